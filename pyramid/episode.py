@@ -1,0 +1,236 @@
+"""The canonical episode: the one record every source reader produces and every later stage consumes.
+
+An `Episode` holds metadata, low-dimensional arrays (state, actions) and *cameras*. Cameras are
+lazy: they remember where their frames live (an mp4 file, or encoded images inside an HDF5
+file) and decode only when `frames()` is called, so holding an episode costs almost no memory.
+Everything here is picklable, so episodes and their references travel between Ray workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pyramid.errors import EpisodeError
+from pyramid.video_io import probe, read_frames
+
+# The six levels of the Motus data pyramid, bottom (most plentiful) to top (most specific).
+PYRAMID_LEVELS = {
+    1: "web data (image-text, video-text)",
+    2: "egocentric human video",
+    3: "synthetic robot data",
+    4: "task-agnostic robot data",
+    5: "multi-robot task trajectories",
+    6: "target-robot task trajectories",
+}
+
+
+def make_episode_id(source: str, relative_path: str) -> str:
+    """A stable id from the source name and the episode's path under its root.
+
+    Safe as a file name and as a WebDataset key (no dots or slashes), readable, and unique: the
+    hash of the exact relative path disambiguates paths that sanitise to the same text.
+    """
+    relative_path = relative_path.replace("\\", "/").strip("/")
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", relative_path).strip("_")[-80:]
+    digest = hashlib.sha1(f"{source}:{relative_path}".encode()).hexdigest()[:8]
+    return f"{source}-{readable}-{digest}"
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """Where one episode lives: enough to read it later, on any worker. Cheap to create and pickle."""
+
+    source: str
+    root: str
+    relpath: str
+    locator: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def episode_id(self) -> str:
+        return make_episode_id(self.source, self.relpath)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / self.relpath
+
+
+@dataclass
+class VideoCamera:
+    """Frames stored in a video file, optionally a segment of it (LeRobot v3 packs episodes back to back)."""
+
+    name: str
+    path: str
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+    frame_offset: int = 0
+    codec: str | None = None
+
+    @classmethod
+    def open(cls, name: str, path: str | Path, frame_offset: int = 0, num_frames: int | None = None) -> "VideoCamera":
+        info = probe(path)
+        available = info.num_frames - frame_offset
+        if num_frames is None:
+            num_frames = available
+        elif num_frames > available:
+            raise EpisodeError(path, f"video has {info.num_frames} frames, episode needs {frame_offset + num_frames}")
+        return cls(name, str(path), num_frames, info.height, info.width, info.fps, frame_offset, info.codec)
+
+    def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        local = range(self.num_frames) if indices is None else indices
+        _check_range(self.path, local, self.num_frames)
+        return read_frames(self.path, [self.frame_offset + int(i) for i in local], codec=self.codec)
+
+
+@dataclass
+class ImageSequenceCamera:
+    """Frames stored as encoded images (JPEG/PNG bytes) in an HDF5 dataset, one element per frame.
+
+    `imdecode_gives_rgb`: whether `cv2.imdecode` already returns RGB. True for images that were
+    written by `cv2.imencode` from an RGB array (RoboTwin, RoboMIND AgileX/TienKung); False for
+    standard JPEGs, which OpenCV decodes to BGR.
+    """
+
+    name: str
+    path: str
+    dataset: str
+    num_frames: int
+    imdecode_gives_rgb: bool
+    raw_shapes: tuple[tuple[int, ...], ...] = ()
+
+    def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        import h5py
+
+        local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
+        _check_range(self.path, local, self.num_frames)
+        with h5py.File(self.path, "r") as file:
+            if self.dataset not in file:
+                raise EpisodeError(self.path, f"missing image dataset '{self.dataset}'")
+            data = file[self.dataset]
+            images = [self._decode(data[i], i) for i in local]
+        if not images:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        return np.stack(images)
+
+    def _decode(self, element: Any, index: int) -> np.ndarray:
+        image = decode_image_bytes(element, self.imdecode_gives_rgb, self.raw_shapes)
+        if image is None:
+            raise EpisodeError(self.path, f"'{self.dataset}'[{index}] is not a decodable image")
+        return image
+
+
+def decode_image_bytes(element: Any, imdecode_gives_rgb: bool, raw_shapes: Sequence[tuple[int, ...]] = ()) -> np.ndarray | None:
+    """Decode one stored image (bytes, numpy bytes or a uint8 vlen array) to RGB uint8 [H, W, 3]."""
+    import cv2
+
+    buffer = np.frombuffer(bytes(element), np.uint8) if isinstance(element, (bytes, np.bytes_)) else np.asarray(element, np.uint8).ravel()
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if image is None:
+        return _reshape_raw(buffer, raw_shapes)
+    return image if imdecode_gives_rgb else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _reshape_raw(buffer: np.ndarray, raw_shapes: Sequence[tuple[int, ...]]) -> np.ndarray | None:
+    for shape in raw_shapes:
+        if buffer.size == int(np.prod(shape)):
+            return buffer.reshape(shape)
+    return None
+
+
+def _check_range(path: str, indices: Sequence[int], total: int) -> None:
+    for i in indices:
+        if not 0 <= int(i) < total:
+            raise EpisodeError(path, f"frame {i} out of range (camera has {total} frames)")
+
+
+Camera = VideoCamera | ImageSequenceCamera
+
+
+@dataclass
+class Episode:
+    """One recorded episode in canonical form.
+
+    `state` and `actions` are float32 [T, D] with one name per dimension (`actions` is None for
+    video-only data such as human video). `num_frames` counts the frames of the primary camera
+    (the first in `cameras`); arrays are aligned with it frame by frame.
+    """
+
+    episode_id: str
+    source: str
+    embodiment: str
+    level: int
+    instructions: list[str]
+    fps: float
+    num_frames: int
+    cameras: dict[str, Camera]
+    state: np.ndarray | None = None
+    state_names: list[str] = field(default_factory=list)
+    actions: np.ndarray | None = None
+    action_names: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if self.level not in PYRAMID_LEVELS:
+            raise ValueError(f"{self.path}: pyramid level must be 1-6, got {self.level}")
+        self.state = _as_float32_2d(self.state, self.path, "state")
+        self.actions = _as_float32_2d(self.actions, self.path, "actions")
+        for names, array, what in ((self.state_names, self.state, "state"), (self.action_names, self.actions, "actions")):
+            if array is not None and names and len(names) != array.shape[1]:
+                raise EpisodeError(self.path, f"{what} has {array.shape[1]} dims but {len(names)} names")
+
+    @property
+    def task(self) -> str:
+        return self.instructions[0] if self.instructions else ""
+
+    @property
+    def primary_camera(self) -> str:
+        return next(iter(self.cameras))
+
+    @property
+    def state_dim(self) -> int:
+        return 0 if self.state is None else int(self.state.shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return 0 if self.actions is None else int(self.actions.shape[1])
+
+    def frames(self, camera: str | None = None, indices: Sequence[int] | None = None) -> np.ndarray:
+        """Decode frames of one camera (the primary camera by default) as uint8 RGB [N, H, W, 3]."""
+        name = camera or self.primary_camera
+        if name not in self.cameras:
+            raise KeyError(f"{self.episode_id}: no camera '{name}' (has {sorted(self.cameras)})")
+        return self.cameras[name].frames(indices)
+
+    def summary(self) -> dict[str, Any]:
+        """The fields `pyramid inspect --json` prints, in that order."""
+        return {
+            "episode_id": self.episode_id,
+            "source": self.source,
+            "embodiment": self.embodiment,
+            "level": self.level,
+            "task": self.task,
+            "fps": round(float(self.fps), 6),
+            "num_frames": int(self.num_frames),
+            "cameras": list(self.cameras),
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+        }
+
+
+def _as_float32_2d(array: np.ndarray | None, path: str, what: str) -> np.ndarray | None:
+    if array is None:
+        return None
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise EpisodeError(path, f"{what} must be [T, D], got shape {array.shape}")
+    return array

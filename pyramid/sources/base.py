@@ -1,0 +1,113 @@
+"""What a source reader is, the registry of readers by name, and lazy directory walking.
+
+A reader knows one on-disk dataset format. `discover()` yields `EpisodeRef`s lazily (a 300k
+episode tree is never listed into memory), `read(ref)` returns one canonical `Episode`.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+from pyramid.episode import PYRAMID_LEVELS, Episode, EpisodeRef
+from pyramid.errors import SourceError
+
+SOURCES: dict[str, type["Source"]] = {}
+
+
+class Source(ABC):
+    """Base class of every source reader. Subclasses set `name` and `default_level`."""
+
+    name: ClassVar[str]
+    default_level: ClassVar[int]
+    default_embodiment: ClassVar[str] = "unknown"
+
+    def __init__(self, root: str | os.PathLike, level: int | None = None, embodiment: str | None = None, **options: Any):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise SourceError(f"{self.root}: not a directory")
+        if level is not None and level not in PYRAMID_LEVELS:
+            raise SourceError(f"{self.root}: pyramid level must be 1-6, got {level}")
+        self.level = level if level is not None else self.default_level
+        self.embodiment_override = embodiment
+        self.options = options
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, root: Path) -> bool:
+        """Whether `root` looks like this format (cheap: a few stat calls, no full walk)."""
+
+    @abstractmethod
+    def discover(self) -> Iterator[EpisodeRef]:
+        """Yield a reference to every episode under the root, lazily and in a deterministic order."""
+
+    @abstractmethod
+    def read(self, ref: EpisodeRef) -> Episode:
+        """Read one episode; raise `EpisodeError` naming the file when it is unusable."""
+
+    def ref(self, relpath: str | os.PathLike, **locator: Any) -> EpisodeRef:
+        return EpisodeRef(self.name, str(self.root), Path(relpath).as_posix(), locator)
+
+    def embodiment(self, detected: str | None = None) -> str:
+        return self.embodiment_override or detected or self.default_embodiment
+
+
+def register(cls: type[Source]) -> type[Source]:
+    SOURCES[cls.name] = cls
+    return cls
+
+
+def get_source(kind: str) -> type[Source]:
+    _load_builtin_sources()
+    if kind not in SOURCES:
+        raise SourceError(f"unknown source kind '{kind}' (known: {', '.join(sorted(SOURCES))})")
+    return SOURCES[kind]
+
+
+def detect_source(root: str | os.PathLike) -> type[Source]:
+    """The reader whose `detect` accepts `root`; the most specific formats are asked first."""
+    _load_builtin_sources()
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a directory")
+    for cls in sorted(SOURCES.values(), key=lambda c: c.name == "videos"):
+        if cls.detect(root):
+            return cls
+    raise SourceError(f"{root}: no known dataset layout found (pass --source; known: {', '.join(sorted(SOURCES))})")
+
+
+def open_source(root: str | os.PathLike, kind: str | None = None, **options: Any) -> Source:
+    cls = get_source(kind) if kind else detect_source(root)
+    return cls(root, **options)
+
+
+def walk_files(root: Path, keep: Callable[[str], bool], prune: Callable[[str], bool] = lambda name: name.startswith(".")) -> Iterator[Path]:
+    """Yield files under `root` whose name passes `keep`, depth first, sorted per directory.
+
+    Only one directory listing is held at a time per level, so memory stays flat on huge trees.
+    """
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: _natural_key(e.name))
+    except OSError:
+        return
+    for entry in entries:
+        if prune(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=True):
+            yield from walk_files(Path(entry.path), keep, prune)
+        elif keep(entry.name):
+            yield Path(entry.path)
+
+
+def _natural_key(name: str) -> tuple:
+    """Sort 'episode2' before 'episode10'."""
+    import re
+
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _load_builtin_sources() -> None:
+    # Importing the package registers every built-in reader.
+    import pyramid.sources  # noqa: F401

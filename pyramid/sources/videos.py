@@ -1,0 +1,52 @@
+"""A folder of plain videos (mp4, mov, webm, mkv): no state, no actions.
+
+This is the unlabelled data latent actions exist for. An optional `<stem>.txt` beside a video
+holds its instruction text.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Iterator
+
+from pyramid.episode import Episode, EpisodeRef, VideoCamera
+from pyramid.sources.base import Source, register, walk_files
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv"}
+
+
+def _is_video(name: str) -> bool:
+    return Path(name).suffix.lower() in VIDEO_SUFFIXES and not name.startswith(".")
+
+
+@register
+class VideosSource(Source):
+    name = "videos"
+    default_level = 2  # unlabelled clips are mostly human/egocentric video; override per recipe
+    default_embodiment = "video"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any(True for _ in itertools.islice(walk_files(root, _is_video), 1))
+
+    def discover(self) -> Iterator[EpisodeRef]:
+        for path in walk_files(self.root, _is_video):
+            yield self.ref(path.relative_to(self.root))
+
+    def read(self, ref: EpisodeRef) -> Episode:
+        camera = VideoCamera.open("video", ref.path)
+        caption = ref.path.with_suffix(".txt")
+        instructions = [caption.read_text().strip()] if caption.is_file() else []
+        return Episode(
+            episode_id=ref.episode_id,
+            source=self.name,
+            embodiment=self.embodiment(),
+            level=self.level,
+            instructions=instructions,
+            fps=camera.fps,
+            num_frames=camera.num_frames,
+            cameras={"video": camera},
+            metadata={"relpath": ref.relpath},
+            path=str(ref.path),
+        )

@@ -1,0 +1,179 @@
+"""Reading and writing video files: decord where it can decode, PyAV where it cannot (AV1).
+
+Frames are always uint8 RGB arrays shaped [N, H, W, 3].
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+
+from pyramid.errors import EpisodeError
+
+# decord bundles an FFmpeg without an AV1 decoder; asking it anyway fails or yields garbage.
+CODECS_DECORD_CANNOT_DECODE = {"av1", "libdav1d", "libaom-av1", "vp9"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+    codec: str
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read frame count, rate, size and codec from the container, counting packets if needed."""
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise EpisodeError(path, "no video stream")
+            stream = container.streams.video[0]
+            num_frames = stream.frames
+            if num_frames <= 0:  # webm/mkv do not store a frame count
+                num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            return VideoInfo(num_frames, fps, stream.height, stream.width, stream.codec_context.name)
+    except EpisodeError:
+        raise
+    except (av.error.FFmpegError, OSError) as exc:
+        raise EpisodeError(path, f"cannot open video ({exc.__class__.__name__}: {exc})") from exc
+
+
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int] | None = None,
+    codec: str | None = None,
+) -> np.ndarray:
+    """Decode the frames at `indices` (all frames when None) as uint8 RGB [N, H, W, 3]."""
+    path = Path(path)
+    codec = codec or probe(path).codec
+    if codec not in CODECS_DECORD_CANNOT_DECODE:
+        try:
+            return _read_with_decord(path, indices)
+        except EpisodeError:
+            raise
+        except Exception:  # decord fails on some streams PyAV handles; fall through
+            pass
+    return _read_with_pyav(path, indices)
+
+
+def _read_with_decord(path: Path, indices: Sequence[int] | None) -> np.ndarray:
+    import decord
+
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    total = len(reader)
+    wanted = list(range(total)) if indices is None else [int(i) for i in indices]
+    _check_indices(path, wanted, total)
+    if not wanted:
+        height, width = reader[0].shape[:2] if total else (0, 0)
+        return np.zeros((0, height, width, 3), np.uint8)
+    return reader.get_batch(wanted).asnumpy()
+
+
+def _read_with_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
+    wanted = None if indices is None else [int(i) for i in indices]
+    if wanted is not None and not wanted:
+        info = probe(path)
+        return np.zeros((0, info.height, info.width, 3), np.uint8)
+    frames: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            height, width = stream.height, stream.width
+            fps = float(stream.average_rate or stream.guessed_rate)
+            lookup = None if wanted is None else set(wanted)
+            first, last = (0, None) if wanted is None else (min(wanted), max(wanted))
+            if first > 0:  # jump near the first wanted frame instead of decoding from the start
+                container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                index = _frame_index(frame, stream, fps)
+                if index < first:
+                    continue
+                if lookup is None or index in lookup:
+                    frames[index] = frame.to_ndarray(format="rgb24")
+                if last is not None and index >= last:
+                    break
+    except av.error.FFmpegError as exc:
+        raise EpisodeError(path, f"cannot decode video ({exc})") from exc
+    if wanted is None:
+        return _stack([frames[i] for i in sorted(frames)], height, width)
+    missing = [i for i in wanted if i not in frames]
+    if missing:
+        raise EpisodeError(path, f"frame {missing[0]} is past the end of the video ({len(frames)} decoded)")
+    return _stack([frames[i] for i in wanted], height, width)
+
+
+def _frame_index(frame: av.VideoFrame, stream, fps: float) -> int:
+    start = stream.start_time or 0
+    if frame.pts is None:
+        raise av.error.InvalidDataError(0, "frame without timestamp")
+    return int(round(float((frame.pts - start) * stream.time_base) * fps))
+
+
+def _stack(frames: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    if not frames:
+        return np.zeros((0, height, width, 3), np.uint8)
+    return np.stack(frames)
+
+
+def _check_indices(path: Path, indices: list[int], total: int) -> None:
+    bad = [i for i in indices if i < 0 or i >= total]
+    if bad:
+        raise EpisodeError(path, f"frame {bad[0]} out of range (video has {total} frames)")
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float,
+    codec: str = "libx264",
+    crf: int = 20,
+    gop: int | None = None,
+) -> Path:
+    """Encode uint8 RGB [N, H, W, 3] frames to `path` (yuv420p), writing to a temp name first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    rate = Fraction(fps).limit_denominator(1001)
+    height, width = frames.shape[1:3]
+    with av.open(str(tmp), mode="w", format=_container_format(path)) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = _encoder_options(codec, crf, gop)
+        for frame in frames:
+            if frame.shape[0] % 2 or frame.shape[1] % 2:
+                frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path
+
+
+def _container_format(path: Path) -> str:
+    return {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}.get(path.suffix.lower(), "mp4")
+
+
+def _encoder_options(codec: str, crf: int, gop: int | None) -> dict[str, str]:
+    options = {"crf": str(crf)}
+    if codec == "libsvtav1":
+        options = {"crf": str(crf), "preset": "12"}
+    elif codec == "libx264":
+        options = {"crf": str(crf), "preset": "veryfast"}
+    elif codec == "libvpx-vp9":
+        options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+    if gop:
+        options["g"] = str(gop)
+    return options
