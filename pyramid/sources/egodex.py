@@ -1,0 +1,204 @@
+"""EgoDex (Apple): egocentric human video paired with ARKit hand/body tracking, one `<i>.hdf5` + `<i>.mp4` per episode.
+
+State is the two wrists and ten fingertips in the camera frame; there are no actions (human data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pyramid.episode import Episode, EpisodeRef, VideoCamera
+from pyramid.errors import EpisodeError
+from pyramid.sources.base import Source, register, walk_files
+
+# The official `get_camera_intrinsics()` constant ("it is always the same"), for a 1920x1080 image.
+# part1 files often store `camera/intrinsic` as an empty (0, 3) array (ml-egodex issue #10).
+DEFAULT_INTRINSICS = np.array([[736.6339, 0.0, 960.0], [0.0, 736.6339, 540.0], [0.0, 0.0, 1.0]])
+FINGERTIPS = ("ThumbTip", "IndexFingerTip", "MiddleFingerTip", "RingFingerTip", "LittleFingerTip")
+TRACKED_JOINTS = (
+    "leftHand",
+    "rightHand",
+    *(f"left{tip}" for tip in FINGERTIPS),
+    *(f"right{tip}" for tip in FINGERTIPS),
+)
+STATE_NAMES = [f"{joint}.{axis}" for joint in TRACKED_JOINTS for axis in "xyz"]
+EPISODE_SUFFIXES = (".hdf5", ".mp4")
+FALLBACK_FPS = 30.0
+DETECT_FOLDER_LIMIT = 8
+
+
+def _is_episode_file(name: str) -> bool:
+    stem, dot, suffix = name.rpartition(".")
+    return bool(dot) and f".{suffix}" in EPISODE_SUFFIXES and stem.isdigit()
+
+
+@register
+class EgoDexSource(Source):
+    name = "egodex"
+    default_level = 2
+    default_embodiment = "human"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        """A `<i>.hdf5` with a `transforms` group one or two folders below root (a split, or the dataset root)."""
+        for folder in _folders_below(root, depth=2):
+            hdf5 = next((p for p in sorted(folder.glob("*.hdf5")) if p.stem.isdigit()), None)
+            if hdf5 is not None and _has_transforms(hdf5):
+                return True
+        return False
+
+    def discover(self) -> Iterator[EpisodeRef]:
+        # Natural sorting puts `<i>.hdf5` right before `<i>.mp4`, so one pair yields one reference.
+        previous = None
+        for path in walk_files(self.root, _is_episode_file):
+            relpath = path.with_suffix(".hdf5").relative_to(self.root)
+            if relpath != previous:
+                previous = relpath
+                yield self.ref(relpath)
+
+    def read(self, ref: EpisodeRef) -> Episode:
+        hdf5_path, video_path = ref.path, ref.path.with_suffix(".mp4")
+        if not hdf5_path.is_file():
+            raise EpisodeError(hdf5_path, f"missing: the video {video_path.name} has no HDF5 beside it")
+        if not video_path.is_file():
+            raise EpisodeError(video_path, f"missing: {hdf5_path.name} has no video beside it")
+        tracking = _read_tracking(hdf5_path)
+        camera = VideoCamera.open("ego", video_path)
+        if camera.num_frames != len(tracking["state"]):
+            raise EpisodeError(
+                video_path, f"video has {camera.num_frames} frames but {hdf5_path.name} has {len(tracking['state'])}"
+            )
+        return Episode(
+            episode_id=ref.episode_id,
+            source=self.name,
+            embodiment=self.embodiment(),
+            level=self.level,
+            instructions=[tracking["instruction"]] if tracking["instruction"] else [],
+            fps=camera.fps or FALLBACK_FPS,
+            num_frames=camera.num_frames,
+            cameras={"ego": camera},
+            state=tracking["state"],
+            state_names=list(STATE_NAMES),
+            metadata={"relpath": ref.relpath, **tracking["metadata"]},
+            path=str(hdf5_path),
+        )
+
+
+def _read_tracking(path: Path) -> dict[str, Any]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            camera_pose, joint_poses = _read_transforms(file, path)
+            attrs = {key: _plain(value) for key, value in file.attrs.items()}
+            intrinsics, intrinsics_source = _intrinsics(file)
+            confidences = _mean_confidences(file)
+    except OSError as exc:
+        raise EpisodeError(path, f"cannot open HDF5 ({exc})") from exc
+    metadata = {
+        "intrinsics": intrinsics.tolist(),
+        "intrinsics_source": intrinsics_source,
+        "confidences": "unknown" if confidences is None else "present",
+        "mean_confidence": confidences,
+        "attrs": attrs,
+    }
+    state = _positions_in_camera_frame(camera_pose, joint_poses, path)
+    return {"state": state, "instruction": _instruction(attrs), "metadata": metadata}
+
+
+def _read_transforms(file: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Camera pose [N, 4, 4] and tracked joint poses [J, N, 4, 4], all in the ARKit world frame, float64."""
+    camera_pose = _read_pose(file, "camera", path, num_frames=None)
+    joints = [_read_pose(file, joint, path, num_frames=len(camera_pose)) for joint in TRACKED_JOINTS]
+    return camera_pose, np.stack(joints)
+
+
+def _read_pose(file: Any, joint: str, path: Path, num_frames: int | None) -> np.ndarray:
+    key = f"transforms/{joint}"
+    if key not in file:
+        raise EpisodeError(path, f"missing dataset '{key}'")
+    data = file[key]
+    if data.ndim != 3 or data.shape[1:] != (4, 4) or (num_frames is not None and data.shape[0] != num_frames):
+        expected = "(N, 4, 4)" if num_frames is None else f"({num_frames}, 4, 4) like transforms/camera"
+        raise EpisodeError(path, f"'{key}' has shape {data.shape}, expected {expected}")
+    if data.dtype.kind != "f":
+        raise EpisodeError(path, f"'{key}' has dtype {data.dtype}, expected float")
+    return np.asarray(data, dtype=np.float64)
+
+
+def _positions_in_camera_frame(camera_pose: np.ndarray, joint_poses: np.ndarray, path: Path) -> np.ndarray:
+    """xyz of each joint in the camera frame, inv(T_camera[t]) @ T_joint[t], as float32 [N, 3 * J]."""
+    try:
+        world_to_camera = np.linalg.inv(camera_pose)
+    except np.linalg.LinAlgError as exc:
+        raise EpisodeError(path, "'transforms/camera' holds a singular matrix") from exc
+    positions = (world_to_camera[None] @ joint_poses)[..., :3, 3]  # [J, N, 3]
+    state = positions.transpose(1, 0, 2).reshape(len(camera_pose), -1)
+    if not np.isfinite(state).all():
+        raise EpisodeError(path, "transforms hold non-finite values")
+    return state.astype(np.float32)
+
+
+def _intrinsics(file: Any) -> tuple[np.ndarray, str]:
+    stored = np.asarray(file["camera/intrinsic"], dtype=np.float64) if "camera/intrinsic" in file else None
+    if stored is None:
+        return DEFAULT_INTRINSICS.copy(), "default (no camera/intrinsic)"
+    if stored.shape != (3, 3) or not np.isfinite(stored).all() or stored[0, 0] <= 0:
+        return DEFAULT_INTRINSICS.copy(), f"default (camera/intrinsic has shape {stored.shape})"
+    return stored, "file"
+
+
+def _mean_confidences(file: Any) -> dict[str, float] | None:
+    """Mean tracking confidence per state joint, or None when the file has no `confidences` group."""
+    if "confidences" not in file:
+        return None
+    group = file["confidences"]
+    return {joint: float(np.mean(group[joint])) for joint in TRACKED_JOINTS if joint in group and group[joint].size}
+
+
+def _instruction(attrs: dict[str, Any]) -> str:
+    """The task sentence, chosen as the official loader does: reversible tasks pick by `which_llm_description`."""
+    first = str(attrs.get("llm_description") or "")
+    if attrs.get("llm_type") != "reversible":
+        return first
+    second = str(attrs.get("llm_description2") or "")
+    return first if str(attrs.get("which_llm_description", "1")).strip() == "1" or not second else second
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as str / number / bool / list, whether h5py gave bytes, str or numpy values."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value.tolist()] if value.ndim else _plain(value.item())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _folders_below(root: Path, depth: int) -> Iterator[Path]:
+    """root, then up to DETECT_FOLDER_LIMIT sub-folders per level, `depth` levels down (a bounded look)."""
+    yield root
+    if depth == 0:
+        return
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return
+    for child in children[:DETECT_FOLDER_LIMIT]:
+        yield from _folders_below(child, depth - 1)
+
+
+def _has_transforms(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            return isinstance(file.get("transforms"), h5py.Group)
+    except OSError:
+        return False

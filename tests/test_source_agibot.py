@@ -1,0 +1,135 @@
+"""AgiBot World specifics: state/action layout, rebuilt short actions, instructions, cameras, dexhand."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pyramid.errors import EpisodeError
+from pyramid.sources import get_source
+from pyramid.video_io import write_video
+from tests.fixtures import agibot as fixture
+from tests.fixtures.media import moving_square_frames
+
+JOINT, EFFECTOR, HEAD, WAIST, ROBOT = slice(0, 14), slice(14, 16), slice(16, 18), slice(18, 20), slice(20, 22)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("agibot")
+    fixture.build(root)
+    return root
+
+
+def read(root, relpath):
+    reader = get_source("agibot")(root)
+    return reader.read(reader.ref(relpath))
+
+
+def one_episode(root, arrays, task_info=None, num_frames=8):
+    """A one-episode tree (task 1, episode 5) with a single h264 head camera."""
+    write_video(root / "observations/1/5/videos/head_color.mp4", moving_square_frames(num_frames, 48, 64), 30.0)
+    fixture.write_proprio(root / "proprio_stats/1/5/proprio_stats.h5", arrays)
+    if task_info is not None:
+        (root / "task_info").mkdir()
+        (root / "task_info/task_1.json").write_text(json.dumps(task_info))
+    return read(root, "observations/1/5")
+
+
+def test_state_and_actions_follow_the_official_converter_layout(dataset):
+    episode = read(dataset, "observations/327/648642")
+    raw = fixture.proprio_arrays(8)
+    expected_state = np.hstack([raw[f"state/{part}/position"] for part in ("joint", "effector", "head", "waist")])
+    np.testing.assert_allclose(episode.state, expected_state, rtol=1e-6)
+    expected_actions = np.hstack([raw[f"action/{part}/position"] for part in ("joint", "effector", "head", "waist")]
+                                 + [raw["action/robot/velocity"]])
+    np.testing.assert_allclose(episode.actions, expected_actions, rtol=1e-6)
+    assert episode.state.shape == (8, 20) and episode.actions.shape == (8, 22)
+    assert episode.state_names[0] == "joint.left_arm_0" and episode.state_names[13] == "joint.right_arm_6"
+    assert episode.state_names[14:] == ["effector.left_gripper", "effector.right_gripper", "head.yaw", "head.pitch",
+                                        "waist.pitch", "waist.lift"]
+    assert episode.action_names == episode.state_names + ["robot.linear_velocity_x", "robot.yaw_rate"]
+    assert episode.embodiment == "agibot_g1" and episode.metadata["actions_filled"] == {}
+    assert episode.metadata["depth_images"] == 8
+
+
+def test_short_actions_are_scattered_into_the_state(dataset):
+    episode = read(dataset, "observations/327/648649")
+    state, actions = episode.state, episode.actions
+    # joint commands only on frames 0, 3, 5, 7; elsewhere the action holds the current joint state
+    assert actions[[0, 3, 5, 7], JOINT][:, 0].tolist() == [100.0, 101.0, 102.0, 103.0]
+    np.testing.assert_array_equal(actions[[1, 2, 4, 6], JOINT], state[[1, 2, 4, 6], JOINT])
+    np.testing.assert_array_equal(actions[2, EFFECTOR], [1.0, 0.0])
+    np.testing.assert_array_equal(actions[6, EFFECTOR], [0.0, 1.0])
+    np.testing.assert_array_equal(actions[0, EFFECTOR], state[0, EFFECTOR])
+    assert state[5, EFFECTOR].tolist() == [50.0, 51.0]  # gripper opening in mm, 10 * t + side
+    # the base velocity has no state to fall back on: frames without a command move nothing
+    np.testing.assert_allclose(actions[:, ROBOT], [[0, 0], [0.3, 0.1], [0.3, 0.2], [0.3, 0.3], [0, 0], [0, 0], [0, 0], [0, 0]], atol=1e-6)
+    np.testing.assert_allclose(actions[:, HEAD], state[:, HEAD] + 0.01, atol=1e-6)  # full length, kept as is
+    assert episode.metadata["actions_filled"]["joint"] == "scattered 4 of 8 rows at action/joint/index"
+
+
+def test_instructions_come_from_task_info(dataset):
+    episode = read(dataset, "observations/327/648642")
+    assert episode.instructions == [
+        "Pickup items in the supermarket.The robot is positioned in front of the fruit stand in the supermarket environment.",
+        "Retrieve cucumber from the shelf.",
+        "Place the held cucumber into the cart.",
+    ]
+    assert episode.metadata["segments"] == [
+        {"start_frame": 0, "end_frame": 4, "text": "Retrieve cucumber from the shelf."},
+        {"start_frame": 4, "end_frame": 8, "text": "Place the held cucumber into the cart."},
+    ]
+
+
+def test_dexhand_episode_without_task_info(dataset):
+    episode = read(dataset, "observations/475/700001")
+    assert episode.embodiment == "agibot_g1_dexhand"
+    assert episode.state.shape == (6, 30) and episode.actions.shape == (6, 32)
+    assert episode.state_names[14:26] == [f"effector.left_hand_{i}" for i in range(6)] + [f"effector.right_hand_{i}" for i in range(6)]
+    assert episode.instructions == [] and episode.metadata["task_info"] == "episode not listed"
+    np.testing.assert_allclose(episode.actions[:, 14:26], episode.state[:, 14:26] + 0.1, atol=1e-6)
+
+
+def test_cameras_head_first_and_av1_head_decodes(dataset):
+    episode = read(dataset, "observations/327/648642")
+    assert list(episode.cameras) == ["head", "hand_left", "hand_right"]
+    assert episode.cameras["head"].codec in {"libdav1d", "av1", "libaom-av1"}
+    frames = episode.frames("head", [0, 7])
+    assert frames.shape == (2, 48, 64, 3) and frames.dtype == np.uint8
+    written = moving_square_frames(8, 48, 64, seed=648642 % 7)[0]
+    assert np.abs(frames[0].astype(int) - written).mean() < 6  # lossy yuv420p, but the same picture
+
+
+def test_missing_action_is_filled_from_state(tmp_path):
+    arrays = fixture.proprio_arrays(8)
+    del arrays["action/head/position"]
+    episode = one_episode(tmp_path, arrays)
+    np.testing.assert_array_equal(episode.actions[:, HEAD], episode.state[:, HEAD])
+    assert episode.metadata["actions_filled"] == {"head": "missing: filled from state"}
+
+
+def test_short_action_without_any_index_is_an_error(tmp_path):
+    arrays = fixture.proprio_arrays(8)
+    arrays["action/waist/position"] = arrays["action/waist/position"][:3]
+    arrays["action/waist/index"] = np.zeros((0,), np.int64)
+    arrays["action/joint/index"] = np.zeros((0,), np.int64)
+    with pytest.raises(EpisodeError, match="action/waist' is shorter than the episode and has no frame index"):
+        one_episode(tmp_path, arrays)
+
+
+def test_english_fields_are_preferred(tmp_path):
+    entry = {"episode_id": 5, "task_name": "超市取物", "english_task_name": "Pick up items",
+             "init_scene_text": "", "label_info": {"action_config": [
+                 {"start_frame": 0, "end_frame": 8, "action_text": "拿黄瓜", "english_action_text": "Take the cucumber"}]}}
+    episode = one_episode(tmp_path, fixture.proprio_arrays(8), task_info=[entry])
+    assert episode.instructions == ["Pick up items", "Take the cucumber"]
+
+
+def test_wrong_state_width_is_an_error(tmp_path):
+    arrays = fixture.proprio_arrays(8)
+    arrays["state/joint/position"] = arrays["state/joint/position"][:, :7]
+    with pytest.raises(EpisodeError, match=r"'state/joint/position' has shape \(8, 7\)"):
+        one_episode(tmp_path, arrays)
