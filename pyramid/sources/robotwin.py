@@ -1,0 +1,277 @@
+"""RoboTwin 2.0 (SAPIEN simulation): one HDF5 per episode, either the legacy 2025 `data/episode<N>.hdf5`
+or the 2026 XPolicyLab `data/episode_0000000.hdf5`; the format is told apart per file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
+from pyramid.errors import EpisodeError
+from pyramid.sources.base import Source, register, walk_files
+
+EPISODE_FILE = re.compile(r"episode_?(\d+)\.hdf5")
+NOMINAL_FPS = 250 / 15  # physics steps of 1/250 s, one frame saved every save_freq=15 steps (spacing not uniform)
+LEGACY_CAMERAS = ("head_camera", "left_camera", "right_camera", "front_camera")
+XPOLICYLAB_CAMERAS = ("cam_head", "cam_left_wrist", "cam_right_wrist", "cam_third_view")
+XPOLICYLAB_JOINTS = ("left_arm_joint_states", "left_ee_joint_states", "right_arm_joint_states", "right_ee_joint_states")
+# Folder-name prefixes (HF sets `<embodiment>_clean_50`, XPolicyLab `aloha_agilex/`) -> RoboTwin embodiment names.
+EMBODIMENT_PREFIXES = {"aloha-agilex": "aloha-agilex", "arx-x5": "arx-x5", "franka-panda": "franka-panda",
+                       "franka": "franka-panda", "piper": "piper", "ur5-wsg": "ur5-wsg", "ur5": "ur5-wsg"}
+SIXTEEN_DOF_EMBODIMENT = "franka-panda"  # the one 7+1-per-arm robot; the others are 6+1 per arm
+NOT_EPISODE_FOLDERS = {"_traj_data", "video", "instructions"}
+DETECT_DEPTH, DETECT_BREADTH = 5, 3
+
+
+def _prune(name: str) -> bool:
+    return name.startswith(".") or name in NOT_EPISODE_FOLDERS
+
+
+@register
+class RoboTwinSource(Source):
+    """Option `fps`: overrides the rate (legacy files store none: 250/15 Hz nominal; XPolicyLab stores one)."""
+
+    name = "robotwin"
+    default_level = 3
+    default_embodiment = "aloha-agilex"
+
+    def __init__(self, root, level=None, embodiment=None, *, fps: float | None = None, **options: Any):
+        super().__init__(root, level, embodiment, **options)
+        self.fps = None if fps is None else float(fps)
+        self._config_files: dict[Path, Any] = {}  # scene_info.json / seed.txt, parsed once per reader
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return _finds_episode_folder(root, DETECT_DEPTH)
+
+    def discover(self) -> Iterator[EpisodeRef]:
+        for path in walk_files(self.root, lambda name: EPISODE_FILE.fullmatch(name) is not None, _prune):
+            if path.parent.name == "data":
+                yield self.ref(path.relative_to(self.root))
+
+    def read(self, ref: EpisodeRef) -> Episode:
+        path = ref.path
+        with _open_hdf5(path) as file:
+            if "data_format_version" in file or "vision" in file:
+                fields = _read_xpolicylab(file, path)
+            elif "joint_action" in file or "observation" in file:
+                fields = _read_legacy(file, path)
+                fields["instructions"] = _legacy_instructions(path)
+                fields["metadata"].update(self._legacy_context(path))
+            else:
+                raise EpisodeError(path, "neither legacy RoboTwin (observation/, joint_action/) nor XPolicyLab (vision/, state/)")
+        embodiment, embodiment_from = _embodiment_of(path, fields["state"].shape[1])
+        metadata = {"relpath": ref.relpath, "embodiment_from": embodiment_from, **fields["metadata"]}
+        if self.fps:
+            metadata["fps_from"] = "option"
+        return Episode(
+            episode_id=ref.episode_id,
+            source=self.name,
+            embodiment=self.embodiment(embodiment),
+            level=self.level,
+            instructions=fields["instructions"],
+            fps=self.fps or fields["fps"],
+            num_frames=len(fields["state"]),
+            cameras=fields["cameras"],
+            state=fields["state"],
+            state_names=fields["names"],
+            actions=fields["actions"],
+            action_names=fields["names"],
+            metadata=metadata,
+            path=str(path),
+        )
+
+    def _legacy_context(self, path: Path) -> dict[str, Any]:
+        """Seed, scene description and video of a legacy episode, from the files beside `data/`."""
+        config_folder, number = path.parent.parent, _episode_number(path)
+        context: dict[str, Any] = {"task_folder": config_folder.parent.name, "config_folder": config_folder.name,
+                                   "episode_index": number}
+        seeds = self._config_file(config_folder / "seed.txt", lambda p: [int(seed) for seed in p.read_text().split()])
+        if seeds and number < len(seeds):
+            context["seed"] = seeds[number]
+        scenes = self._config_file(config_folder / "scene_info.json", lambda p: json.loads(p.read_text()))
+        if isinstance(scenes, dict) and f"episode_{number}" in scenes:
+            context["scene_info"] = scenes[f"episode_{number}"]
+        video = config_folder / "video" / f"episode{number}.mp4"
+        if video.is_file():
+            # head camera only, re-encoded at 30 fps whatever the real rate: the HDF5 frames stay the source
+            context["video"] = video.relative_to(self.root).as_posix()
+        return context
+
+    def _config_file(self, path: Path, parse) -> Any:
+        if path not in self._config_files:
+            try:
+                self._config_files[path] = parse(path) if path.is_file() else None
+            except (OSError, ValueError) as error:
+                raise EpisodeError(path, f"unreadable ({_one_line(error)})") from None
+        return self._config_files[path]
+
+
+def _read_legacy(file, path: Path) -> dict[str, Any]:
+    """State is the commanded `joint_action/vector`; the action at t is the vector at t+1 (RoboTwin's policy convention)."""
+    if "joint_action/vector" not in file:
+        raise EpisodeError(path, "missing dataset 'joint_action/vector'")
+    vector = np.asarray(file["joint_action/vector"][()], dtype=np.float64)
+    if vector.ndim != 2 or vector.shape[0] == 0 or vector.shape[1] < 4 or vector.shape[1] % 2:
+        raise EpisodeError(path, f"'joint_action/vector' has shape {vector.shape}, expected (T, 2 * (arm joints + 1))")
+    cameras = _legacy_cameras(file, path, len(vector))
+    # The last frame has no successor: it repeats its own target ("hold"), so arrays keep one row per frame.
+    actions = np.concatenate([vector[1:], vector[-1:]])
+    arm_joints = vector.shape[1] // 2 - 1
+    names = [f"{side}_{part}" for side in ("left", "right") for part in (*(f"arm_{i}" for i in range(arm_joints)), "gripper")]
+    metadata = {"format": "robotwin-legacy", "fps_from": "nominal 250/15 Hz",
+                "action_convention": "joint_action/vector[t+1]; the last frame repeats its own target"}
+    return {"state": vector, "actions": actions, "names": names, "cameras": cameras, "fps": NOMINAL_FPS, "metadata": metadata}
+
+
+def _legacy_cameras(file, path: Path, num_frames: int) -> dict[str, ImageSequenceCamera]:
+    import h5py
+
+    group = file.get("observation")
+    stored = {}
+    if isinstance(group, h5py.Group):
+        stored = {name: f"observation/{name}/rgb" for name in group if f"observation/{name}/rgb" in file}
+    if "third_view_rgb" in file:
+        stored["third_view"] = "third_view_rgb"
+    return _cameras(file, path, stored, LEGACY_CAMERAS, num_frames)
+
+
+def _read_xpolicylab(file, path: Path) -> dict[str, Any]:
+    """State and action are stored already paired (frames [:-1] and [1:]), T-1 rows each, like the frames."""
+    present = [key for key in XPOLICYLAB_JOINTS if f"state/{key}" in file]
+    if not present:
+        raise EpisodeError(path, f"no joint states under 'state/' (expected some of {', '.join(XPOLICYLAB_JOINTS)})")
+    state = np.concatenate([_matrix(file, path, f"state/{key}") for key in present], axis=1)
+    actions = np.concatenate([_matrix(file, path, f"action/{key}") for key in present], axis=1)
+    if actions.shape != state.shape:
+        raise EpisodeError(path, f"action has shape {actions.shape} but state has {state.shape}")
+    names = [name for key in present for name in _xpolicylab_names(key, file[f"state/{key}"])]
+    stored = {name: f"vision/{name}/colors" for name in file.get("vision", {}) if f"vision/{name}/colors" in file}
+    cameras = _cameras(file, path, stored, XPOLICYLAB_CAMERAS, len(state))
+    frequency = float(np.asarray(file["additional_info/frequency"][()])) if "additional_info/frequency" in file else None
+    metadata = {"format": "robotwin-xpolicylab", "data_format_version": _text(file.get("data_format_version")),
+                "fps_from": "additional_info/frequency" if frequency else "nominal 250/15 Hz",
+                "action_convention": "stored action/ (the next frame's joint targets)"}
+    return {"state": state, "actions": actions, "names": names, "cameras": cameras, "fps": frequency or NOMINAL_FPS,
+            "metadata": metadata, "instructions": _xpolicylab_instructions(file, path)}
+
+
+def _xpolicylab_names(key: str, data) -> list[str]:
+    side, part = key.split("_", 1)
+    width = 1 if data.ndim == 1 else int(data.shape[1])
+    if part.startswith("ee_") and width == 1:
+        return [f"{side}_gripper"]
+    kind = "arm" if part.startswith("arm_") else "ee"
+    return [f"{side}_{kind}_{i}" for i in range(width)]
+
+
+def _matrix(file, path: Path, key: str) -> np.ndarray:
+    if key not in file:
+        raise EpisodeError(path, f"missing dataset '{key}'")
+    rows = np.asarray(file[key][()], dtype=np.float64)
+    rows = rows[:, None] if rows.ndim == 1 else rows
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise EpisodeError(path, f"'{key}' has shape {rows.shape}, expected (T, D)")
+    return rows
+
+
+def _cameras(file, path: Path, stored: dict[str, str], preferred: tuple[str, ...], num_frames: int
+             ) -> dict[str, ImageSequenceCamera]:
+    """JPEG cameras in preferred order; `cv2.imencode` was given RGB arrays, so `cv2.imdecode` returns RGB."""
+    order = [name for name in preferred if name in stored] + sorted(set(stored) - set(preferred))
+    cameras = {}
+    for name in order:
+        count = int(file[stored[name]].shape[0])
+        if count == 0:
+            continue
+        if count != num_frames:
+            raise EpisodeError(path, f"'{stored[name]}' has {count} frames but the joint arrays have {num_frames} rows")
+        cameras[name] = ImageSequenceCamera(name, str(path), stored[name], count, imdecode_gives_rgb=True)
+    if not cameras:
+        raise EpisodeError(path, "no RGB camera with frames")
+    return cameras
+
+
+def _legacy_instructions(path: Path) -> list[str]:
+    """`instructions/episode<N>.json` beside `data/`: {"seen": [...], "unseen": [...]}, written after collection."""
+    instruction_file = path.parent.parent / "instructions" / f"episode{_episode_number(path)}.json"
+    if not instruction_file.is_file():
+        return []
+    try:
+        content = json.loads(instruction_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise EpisodeError(instruction_file, f"unreadable instructions ({_one_line(error)})") from None
+    return [str(text) for key in ("seen", "unseen") for text in content.get(key, []) if str(text).strip()]
+
+
+def _xpolicylab_instructions(file, path: Path) -> list[str]:
+    if "instructions" not in file:
+        return []
+    try:
+        values = json.loads(_text(file["instructions"]))
+    except ValueError:
+        raise EpisodeError(path, "'instructions' is not a JSON list of strings") from None
+    values = values if isinstance(values, list) else [values]
+    return [str(text) for text in values if str(text).strip()]
+
+
+def _text(dataset) -> str | None:
+    if dataset is None:
+        return None
+    value = dataset[()]
+    if isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else b""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _embodiment_of(path: Path, state_width: int) -> tuple[str | None, str]:
+    """From the folder holding `data/` (`aloha-agilex_clean_50`, `aloha_agilex`), else from the state width."""
+    folder = path.parent.parent.name.lower().replace("_", "-")
+    for prefix in sorted(EMBODIMENT_PREFIXES, key=len, reverse=True):
+        if folder == prefix or folder.startswith(prefix + "-"):
+            return EMBODIMENT_PREFIXES[prefix], "folder name"
+    if state_width == 16:
+        return SIXTEEN_DOF_EMBODIMENT, "state width"
+    return None, "default"
+
+
+def _episode_number(path: Path) -> int:
+    match = EPISODE_FILE.fullmatch(path.name)
+    if match is None:
+        raise EpisodeError(path, "not named episode<N>.hdf5")
+    return int(match.group(1))
+
+
+def _open_hdf5(path: Path):
+    import h5py
+
+    if not path.is_file():
+        raise EpisodeError(path, "file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise EpisodeError(path, f"not a readable HDF5 file ({_one_line(error)})") from None
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _finds_episode_folder(folder: Path, depth: int) -> bool:
+    """A `data/` folder holding `episode*.hdf5` within `depth` levels, looking into a few folders per level."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: (entry.name != "data", entry.name))
+    except OSError:
+        return False
+    if folder.name == "data" and any(entry.is_file() and EPISODE_FILE.fullmatch(entry.name) for entry in entries):
+        return True
+    if depth == 0:
+        return False
+    subfolders = [entry for entry in entries if entry.is_dir() and not _prune(entry.name)][:DETECT_BREADTH]
+    return any(_finds_episode_folder(Path(entry.path), depth - 1) for entry in subfolders)

@@ -1,0 +1,144 @@
+"""RoboTwin 2.0 reader: both file formats, colours, the shifted action convention, side files, embodiment names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyramid.errors import EpisodeError
+from pyramid.sources import detect_source, get_source
+from tests.fixtures import robotwin as fixture
+from tests.fixtures.media import solid_frames
+
+RED = (255, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robotwin")
+    spec = fixture.build(root)
+    return root, spec
+
+
+def read(root, relpath, **options):
+    reader = get_source("robotwin")(root, **options)
+    ref = next(ref for ref in reader.discover() if ref.relpath == relpath)
+    return reader.read(ref)
+
+
+def test_discovery_finds_both_formats_in_natural_order_and_skips_side_folders(built):
+    root, spec = built
+    relpaths = [ref.relpath for ref in get_source("robotwin")(root).discover()]
+    assert relpaths == [fixture.LEGACY, fixture.LEGACY_NO_VECTOR, fixture.LEGACY_TRUNCATED, fixture.XPOLICYLAB, fixture.FRANKA]
+    assert not any("_traj_data" in p or p.endswith(".mp4") for p in relpaths)
+
+
+@pytest.mark.parametrize("writer", ["legacy", "xpolicylab"])
+def test_a_red_frame_decodes_to_red(tmp_path, writer):
+    frames = {name: solid_frames(fixture.T + 1, fixture.HEIGHT, fixture.WIDTH, RED) for name in fixture.LEGACY_CAMERAS}
+    relpath = "data/task/demo_clean/data/episode0.hdf5" if writer == "legacy" else "data/demo_clean/task/aloha_agilex/data/episode_0000000.hdf5"
+    (fixture.write_legacy_episode if writer == "legacy" else fixture.write_xpolicylab_episode)(tmp_path / relpath, frames)
+    episode = read(tmp_path, relpath)
+    for camera in episode.cameras:
+        pixels = episode.frames(camera, [0, episode.num_frames - 1]).reshape(-1, 3).astype(int)
+        assert np.abs(pixels - RED).max() <= 6, (camera, pixels.mean(axis=0))
+
+
+def test_decoded_frames_match_what_was_recorded(tmp_path):
+    frames = fixture.camera_frames(fixture.LEGACY_CAMERAS, seed=4)
+    relpath = "data/task/demo_clean/data/episode3.hdf5"
+    fixture.write_legacy_episode(tmp_path / relpath, frames)
+    episode = read(tmp_path, relpath)
+    for camera, given in frames.items():
+        decoded = episode.frames(camera).astype(int)  # every frame, so NUL-padded shorter JPEGs are covered too
+        assert decoded.shape == given.shape
+        assert np.abs(decoded - given).mean() < 12 < 25 < np.abs(decoded[..., ::-1] - given).mean()
+
+
+def test_legacy_state_is_the_joint_vector_and_the_action_is_the_next_one(built):
+    root, _ = built
+    episode = read(root, fixture.LEGACY)
+    vector = fixture.joint_vector(fixture.T, 6)
+    np.testing.assert_allclose(episode.state, vector, rtol=1e-6)
+    np.testing.assert_allclose(episode.actions[:-1], vector[1:], rtol=1e-6)
+    np.testing.assert_allclose(episode.actions[-1], vector[-1], rtol=1e-6)
+    assert episode.state_names == [f"left_arm_{i}" for i in range(6)] + ["left_gripper"] + [f"right_arm_{i}" for i in range(6)] + ["right_gripper"]
+    assert episode.metadata["format"] == "robotwin-legacy"
+
+
+def test_franka_vectors_are_sixteen_wide_with_seven_joints_per_arm(built):
+    root, _ = built
+    episode = read(root, fixture.FRANKA)
+    assert episode.state_names[7] == "left_gripper" and episode.state_names[-2] == "right_arm_6"
+    assert episode.metadata["embodiment_from"] == "folder name"
+
+
+def test_xpolicylab_files_keep_their_stored_pairs(built):
+    root, _ = built
+    episode = read(root, fixture.XPOLICYLAB)
+    vector = fixture.joint_vector(fixture.T + 1, 6)
+    np.testing.assert_allclose(episode.state, vector[:-1], rtol=1e-6)
+    np.testing.assert_allclose(episode.actions, vector[1:], rtol=1e-6)
+    assert episode.state_names[6] == "left_gripper" and episode.state_names[:2] == ["left_arm_0", "left_arm_1"]
+    assert episode.metadata["format"] == "robotwin-xpolicylab" and episode.metadata["data_format_version"] == "v1.0"
+    assert episode.fps == 15.0 and episode.metadata["fps_from"] == "additional_info/frequency"
+
+
+def test_instructions_seen_then_unseen(built):
+    root, _ = built
+    assert read(root, fixture.LEGACY).instructions == fixture.SEEN + fixture.UNSEEN
+    assert read(root, fixture.FRANKA).instructions == []
+    assert read(root, fixture.XPOLICYLAB).instructions == fixture.XPOLICYLAB_INSTRUCTIONS
+
+
+def test_legacy_side_files_land_in_metadata(built):
+    root, _ = built
+    metadata = read(root, fixture.LEGACY).metadata
+    assert (metadata["seed"], metadata["episode_index"], metadata["task_folder"], metadata["config_folder"]) == (
+        0, 0, "beat_block_hammer", "demo_clean")
+    assert metadata["scene_info"]["info"] == {"{A}": "020_hammer/base0", "{a}": "left"}
+    assert metadata["video"] == "data/beat_block_hammer/demo_clean/video/episode0.mp4"
+
+
+def test_fps_is_nominal_for_legacy_files_and_configurable(built):
+    root, _ = built
+    assert read(root, fixture.LEGACY).fps == pytest.approx(250 / 15)
+    assert read(root, fixture.LEGACY, fps=30).fps == 30.0
+    assert read(root, fixture.XPOLICYLAB, fps=50).fps == 50.0
+
+
+def test_embodiment_comes_from_the_folder_or_the_option(built):
+    root, _ = built
+    legacy = read(root, fixture.LEGACY)
+    assert legacy.embodiment == "aloha-agilex" and legacy.metadata["embodiment_from"] == "default"
+    assert read(root, fixture.XPOLICYLAB).metadata["embodiment_from"] == "folder name"
+    assert read(root, fixture.LEGACY, embodiment="arx-x5").embodiment == "arx-x5"
+
+
+@pytest.mark.parametrize("below", ["data", "data/beat_block_hammer/demo_clean", "data/demo_clean/beat_block_hammer/aloha_agilex"])
+def test_the_root_may_be_any_folder_above_the_episodes(built, below):
+    root, _ = built
+    assert detect_source(root / below).name == "robotwin"
+    assert list(get_source("robotwin")(root / below).discover())
+
+
+def test_a_camera_with_fewer_frames_than_joint_rows_is_an_error(tmp_path):
+    frames = fixture.camera_frames(fixture.LEGACY_CAMERAS)
+    relpath = "data/task/demo_clean/data/episode0.hdf5"
+    fixture.write_legacy_episode(tmp_path / relpath, frames)
+    import h5py
+
+    with h5py.File(tmp_path / relpath, "a") as file:
+        rgb = file["observation/left_camera/rgb"][:-1]
+        del file["observation/left_camera/rgb"]
+        file.create_dataset("observation/left_camera/rgb", data=rgb)
+    with pytest.raises(EpisodeError, match="'observation/left_camera/rgb' has 5 frames but the joint arrays have 6 rows"):
+        read(tmp_path, relpath)
+
+
+def test_corrupt_files_name_the_problem(built):
+    root, _ = built
+    with pytest.raises(EpisodeError, match="missing dataset 'joint_action/vector'"):
+        read(root, fixture.LEGACY_NO_VECTOR)
+    with pytest.raises(EpisodeError, match="episode2.hdf5: not a readable HDF5 file"):
+        read(root, fixture.LEGACY_TRUNCATED)
