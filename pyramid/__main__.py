@@ -1,0 +1,3 @@
+from pyramid.cli import app
+
+app(prog_name="pyramid")

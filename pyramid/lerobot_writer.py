@@ -1,0 +1,322 @@
+"""Write a LeRobotDataset v3.0 (lerobot >= 0.4): episodes back to back in one parquet file and one mp4 per camera.
+
+The layout, column names and metadata follow huggingface/lerobot (`dataset_writer.py`,
+`dataset_metadata.py`); see /work/shared/formats.md section 5. Everything streams: an episode's
+frames are encoded and its rows written as it arrives, so memory holds one episode at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import av
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+# LeRobot's defaults: AV1 with a GOP of 2 so that random access decodes at most one extra frame.
+VIDEO_OPTIONS = {
+    "libsvtav1": {"crf": "30", "g": "2", "preset": "12"},
+    "libx264": {"crf": "23", "g": "2", "preset": "veryfast"},
+}
+CODEC_NAMES = {"libsvtav1": "av1", "libx264": "h264"}
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+@dataclass
+class RecordedEpisode:
+    """One episode to write: a task, state/actions [T, D] and uint8 RGB frames [T, H, W, 3] per video key."""
+
+    task: str
+    state: np.ndarray
+    actions: np.ndarray | None
+    videos: dict[str, np.ndarray]
+
+
+def write_lerobot_v3(
+    root: str | os.PathLike,
+    episodes: Iterable[RecordedEpisode],
+    *,
+    fps: int,
+    robot_type: str,
+    state_names: Sequence[str],
+    action_names: Sequence[str] | None = None,
+    codec: str = "libsvtav1",
+    overwrite: bool = False,
+) -> Path:
+    """Write `episodes` as a LeRobot v3.0 dataset at `root` (built under a temporary name, then renamed)."""
+    root = Path(root)
+    if root.exists() and not overwrite:
+        raise FileExistsError(f"{root}: already exists")
+    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = _DatasetWriter(tmp, fps, robot_type, list(state_names), list(action_names or []), codec)
+    try:
+        for episode in episodes:
+            writer.add(episode)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if root.exists():
+        shutil.rmtree(root)
+    os.replace(tmp, root)
+    return root
+
+
+class _DatasetWriter:
+    def __init__(self, root: Path, fps: int, robot_type: str, state_names: list[str], action_names: list[str], codec: str):
+        if codec not in VIDEO_OPTIONS:
+            raise ValueError(f"codec must be one of {sorted(VIDEO_OPTIONS)}, got {codec!r}")
+        self.root, self.fps, self.robot_type, self.codec = root, int(fps), robot_type, codec
+        self.state_names, self.action_names = state_names, action_names
+        self.tasks: dict[str, int] = {}
+        self.episode_rows: list[dict[str, Any]] = []
+        self.episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
+        self.videos: dict[str, _VideoStream] = {}
+        self.data: pq.ParquetWriter | None = None
+        self.total_frames = 0
+
+    def add(self, episode: RecordedEpisode) -> None:
+        index = len(self.episode_rows)
+        length = self._check(episode, index)
+        task_index = self.tasks.setdefault(episode.task, len(self.tasks))
+        columns = self._data_columns(episode, index, task_index, length)
+        self._write_rows(columns)
+        row: dict[str, Any] = {"episode_index": index, "tasks": [episode.task], "length": length,
+                               "data/chunk_index": 0, "data/file_index": 0,
+                               "dataset_from_index": self.total_frames, "dataset_to_index": self.total_frames + length}
+        stats = {key: feature_stats(values) for key, values in columns.items()}
+        for key, frames in episode.videos.items():
+            row.update(self._append_video(key, frames))
+            stats[key] = image_stats(frames)
+        row.update(_flatten_stats(stats))
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        self.episode_rows.append(row)
+        self.episode_stats.append(stats)
+        self.total_frames += length
+
+    def _append_video(self, key: str, frames: np.ndarray) -> dict[str, Any]:
+        """Encode the frames after the previous episodes' and return the episode's place in the mp4."""
+        stream = self.videos.get(key) or self._open_video(key, frames.shape[1:3])
+        start = stream.frames_written / self.fps
+        stream.append(frames)
+        return {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+                f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps}
+
+    def _check(self, episode: RecordedEpisode, index: int) -> int:
+        length = len(episode.state)
+        arrays = {"state": episode.state, **({"actions": episode.actions} if self.action_names else {}),
+                  **{f"video '{key}'": frames for key, frames in episode.videos.items()}}
+        for what, array in arrays.items():
+            if array is None or len(array) != length or length == 0:
+                raise ValueError(f"episode {index}: {what} must have {length} > 0 frames, like the state")
+        if np.shape(episode.state)[1:] != (len(self.state_names),):
+            raise ValueError(f"episode {index}: state must be [T, {len(self.state_names)}]")
+        if episode.actions is not None and not self.action_names:
+            raise ValueError(f"episode {index}: has actions but no action_names were given")
+        if self.action_names and np.shape(episode.actions)[1:] != (len(self.action_names),):
+            raise ValueError(f"episode {index}: actions must be [T, {len(self.action_names)}]")
+        if self.videos and set(episode.videos) != set(self.videos):
+            raise ValueError(f"episode {index}: video keys {sorted(episode.videos)} differ from {sorted(self.videos)}")
+        return length
+
+    def _data_columns(self, episode: RecordedEpisode, index: int, task_index: int, length: int) -> dict[str, np.ndarray]:
+        frame_index = np.arange(length, dtype=np.int64)
+        columns = {"observation.state": np.asarray(episode.state, np.float32)}
+        if self.action_names:
+            columns["action"] = np.asarray(episode.actions, np.float32)
+        columns.update({
+            "timestamp": (frame_index / self.fps).astype(np.float32),
+            "frame_index": frame_index,
+            "episode_index": np.full(length, index, np.int64),
+            "index": self.total_frames + frame_index,
+            "task_index": np.full(length, task_index, np.int64),
+        })
+        return columns
+
+    def _write_rows(self, columns: dict[str, np.ndarray]) -> None:
+        table = pa.table({key: _arrow_column(values) for key, values in columns.items()})
+        if self.data is None:
+            path = self.root / DATA_PATH.format(chunk_index=0, file_index=0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.data = pq.ParquetWriter(path, table.schema)
+        self.data.write_table(table)  # one row group per episode, so readers can skip the others
+
+    def _open_video(self, key: str, size: tuple[int, int]) -> "_VideoStream":
+        if self.episode_rows:
+            raise ValueError(f"video '{key}' appears after the first episode")
+        path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
+        self.videos[key] = _VideoStream(path, self.fps, self.codec, *size)
+        return self.videos[key]
+
+    def finish(self) -> None:
+        if not self.episode_rows:
+            raise ValueError("no episodes to write")
+        self._close()
+        meta = self.root / "meta"
+        meta.mkdir(parents=True, exist_ok=True)
+        tasks = pd.DataFrame({"task_index": list(self.tasks.values())}, index=pd.Index(list(self.tasks), name="task"))
+        tasks.to_parquet(meta / "tasks.parquet")
+        episodes_path = self.root / EPISODES_PATH
+        episodes_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(self.episode_rows), episodes_path)
+        _write_json(meta / "stats.json", _jsonable(aggregate_stats(self.episode_stats)))
+        _write_json(meta / "info.json", self._info())
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        except Exception:  # already failing; the temporary tree is deleted next
+            pass
+
+    def _close(self) -> None:
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+        for stream in self.videos.values():
+            stream.close()
+
+    def _info(self) -> dict[str, Any]:
+        features: dict[str, Any] = {
+            "observation.state": {"dtype": "float32", "shape": [len(self.state_names)], "names": self.state_names},
+        }
+        if self.action_names:
+            features["action"] = {"dtype": "float32", "shape": [len(self.action_names)], "names": self.action_names}
+        for key, stream in self.videos.items():
+            features[key] = stream.feature()
+        features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+        features.update({key: {"dtype": "int64", "shape": [1], "names": None} for key in INDEX_COLUMNS[1:]})
+        episodes = len(self.episode_rows)
+        return {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": episodes,
+            "total_frames": self.total_frames,
+            "total_tasks": len(self.tasks),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 200,
+            "fps": self.fps,
+            "splits": {"train": f"0:{episodes}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.videos else None,
+            "features": features,
+        }
+
+
+class _VideoStream:
+    """One mp4 that episodes are appended to; timestamps run on across episodes."""
+
+    def __init__(self, path: Path, fps: int, codec: str, height: int, width: int):
+        if height % 2 or width % 2:
+            raise ValueError(f"{path}: yuv420p needs an even frame size, got {height}x{width}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # SVT-AV1 prints a dozen info lines per encoder to stderr; keep errors only unless the user chose otherwise.
+        os.environ.setdefault("SVT_LOG", "1")
+        self.path, self.fps, self.codec, self.height, self.width = path, fps, codec, height, width
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream(codec, rate=Fraction(fps))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.options = dict(VIDEO_OPTIONS[codec])
+        self.frames_written = 0
+        self.closed = False
+
+    def append(self, frames: np.ndarray) -> None:
+        if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
+            wanted = f"uint8 [T, {self.height}, {self.width}, 3]"
+            raise ValueError(f"{self.path}: frames must be {wanted}, got {frames.dtype} {list(frames.shape)}")
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            video_frame.pts = self.frames_written
+            video_frame.time_base = Fraction(1, self.fps)
+            self.container.mux(self.stream.encode(video_frame))
+            self.frames_written += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.container.mux(self.stream.encode())
+            self.container.close()
+            self.closed = True
+
+    def feature(self) -> dict[str, Any]:
+        return {
+            "dtype": "video",
+            "shape": [self.height, self.width, 3],
+            "names": ["height", "width", "channels"],
+            "info": {
+                "video.height": self.height, "video.width": self.width,
+                "video.codec": CODEC_NAMES[self.codec], "video.pix_fmt": "yuv420p",
+                "video.is_depth_map": False, "video.fps": self.fps, "video.channels": 3, "has_audio": False,
+            },
+        }
+
+
+def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
+    """LeRobot's per-episode stats of one feature: per-dimension min/max/mean/std/quantiles and the count."""
+    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    stats = {"min": values.min(0), "max": values.max(0), "mean": values.mean(0), "std": values.std(0),
+             "count": np.array([len(values)])}
+    stats.update({name: np.quantile(values, q, axis=0) for name, q in QUANTILES.items()})
+    return stats
+
+
+def image_stats(frames: np.ndarray, max_frames: int = 16, stride: int = 4) -> dict[str, np.ndarray]:
+    """Per-channel stats on the [0, 1] scale, shaped (3, 1, 1), from a subsample of frames as LeRobot does."""
+    step = max(1, len(frames) // max_frames)
+    sample = frames[::step, ::stride, ::stride].reshape(-1, 3) / 255.0
+    stats = feature_stats(sample)
+    stats = {name: value.reshape(3, 1, 1) for name, value in stats.items() if name != "count"}
+    stats["count"] = np.array([len(frames[::step])])
+    return stats
+
+
+def aggregate_stats(episode_stats: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
+    """Combine per-episode stats: exact min/max/mean/std, count-weighted quantiles (LeRobot's approximation)."""
+    combined = {}
+    for key in episode_stats[0]:
+        parts = [stats[key] for stats in episode_stats]
+        counts = np.array([float(part["count"][0]) for part in parts])
+        weights = (counts / counts.sum()).reshape(-1, *[1] * parts[0]["mean"].ndim)
+        means = np.stack([part["mean"] for part in parts])
+        mean = (weights * means).sum(0)
+        variance = (weights * (np.stack([part["std"] for part in parts]) ** 2 + (means - mean) ** 2)).sum(0)
+        result = {"min": np.min([part["min"] for part in parts], 0), "max": np.max([part["max"] for part in parts], 0),
+                  "mean": mean, "std": np.sqrt(variance), "count": np.array([int(counts.sum())])}
+        result.update({name: (weights * np.stack([part[name] for part in parts])).sum(0) for name in QUANTILES})
+        combined[key] = result
+    return combined
+
+
+def _flatten_stats(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, list]:
+    return {f"stats/{key}/{name}": value.tolist() for key, feature in stats.items() for name, value in feature.items()}
+
+
+def _jsonable(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list]]:
+    return {key: {name: value.tolist() for name, value in feature.items()} for key, feature in stats.items()}
+
+
+def _arrow_column(values: np.ndarray) -> pa.Array:
+    """Vectors become fixed-size lists (HF `Sequence(length=n)`), scalars plain columns."""
+    if values.ndim == 1:
+        return pa.array(values)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def _write_json(path: Path, content: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=4) + "\n")

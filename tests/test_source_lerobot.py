@@ -1,0 +1,166 @@
+"""LeRobot reader on v2.0, v2.1 (with broken episodes), image-only v2.1 and v3.0; and the v3.0 writer's output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pyramid.errors import EpisodeError, SourceError
+from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+from pyramid.sources import detect_source, get_source
+from pyramid.video_io import probe
+from tests.fixtures import lerobot as fixtures
+from tests.fixtures.media import moving_square_frames
+
+BUILDERS = {
+    "v2.0": lambda root: fixtures.build_v2(root, "v2.0"),
+    "v2.1": fixtures.build_v2,
+    "v2.1-images": fixtures.build_v2_images,
+    "v3.0": fixtures.build,
+}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def built(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param.replace(".", "_"))
+    return request.param, root, BUILDERS[request.param](root)
+
+
+def test_every_version_is_detected_and_read(built):
+    version, root, spec = built
+    assert detect_source(root).name == "lerobot"
+    reader = get_source("lerobot")(root)
+    refs = {ref.relpath: ref for ref in reader.discover()}
+    assert sorted(refs) == sorted(set(spec.expected) | set(spec.corrupt))
+    for relpath, expected in spec.expected.items():
+        episode = reader.read(refs[relpath])
+        for key, value in expected.items():
+            assert episode.summary().get(key, getattr(episode, key, None)) == value, (version, relpath, key)
+        index = refs[relpath].locator["episode_index"]
+        np.testing.assert_array_equal(episode.state, fixtures.trajectory(index, episode.num_frames))
+        if episode.actions is not None:
+            np.testing.assert_array_equal(episode.actions, fixtures.trajectory(index, episode.num_frames) / 2)
+        assert episode.metadata["codebase_version"] == version.split("-")[0]
+
+
+def test_broken_episodes_name_the_file(built):
+    _, root, spec = built
+    reader = get_source("lerobot")(root)
+    refs = {ref.relpath: ref for ref in reader.discover()}
+    for relpath, fragment in spec.corrupt.items():
+        with pytest.raises(EpisodeError) as caught:
+            reader.read(refs[relpath])
+        assert fragment in caught.value.path and str(root) in caught.value.path
+
+
+def test_v21_broken_episodes_say_what_is_wrong(tmp_path):
+    fixtures.build_v2(tmp_path, "v2.1")
+    reader = get_source("lerobot")(tmp_path)
+    problems = {}
+    for ref in reader.discover():
+        try:
+            reader.read(ref)
+        except EpisodeError as exc:
+            problems[ref.locator["episode_index"]] = exc.problem
+    assert set(problems) == {2, 3, 4}
+    assert "missing video" in problems[2]
+    assert "5 rows" in problems[3] and "length 7" in problems[3]
+    assert "4 frames" in problems[4]
+
+
+def test_v3_segments_come_from_the_right_part_of_the_shared_mp4(tmp_path):
+    fixtures.build(tmp_path)
+    reader = get_source("lerobot")(tmp_path)
+    second = reader.read(next(ref for ref in reader.discover() if ref.relpath == "episodes/000001"))
+    camera = second.cameras["top"]
+    assert camera.frame_offset == 8 and camera.num_frames == 6 and camera.codec in ("libdav1d", "av1", "libaom-av1")
+    decoded = second.frames().astype(int)
+    own = moving_square_frames(6, fixtures.HEIGHT, fixtures.WIDTH, seed=1)
+    other = moving_square_frames(8, fixtures.HEIGHT, fixtures.WIDTH, seed=0)[:6]
+    assert np.abs(decoded - own).mean() < 6 < np.abs(decoded - other).mean()
+
+
+def test_v2_lists_unloaded_float_features_and_generates_missing_names(tmp_path):
+    fixtures.build_v2(tmp_path, "v2.0")
+    reader = get_source("lerobot")(tmp_path)
+    episode = reader.read(next(reader.discover()))
+    assert episode.state_names == ["state.0", "state.1", "state.2", "state.3"]
+    assert episode.action_names == fixtures.ACTION_NAMES  # from {"motors": [...]}
+    assert episode.metadata["other_features"] == {
+        "observation.environment_state": ["observation.environment_state.0", "observation.environment_state.1"]}
+    assert set(episode.cameras) == {"top", "wrist"}
+
+
+def test_images_embedded_in_parquet_decode_losslessly(tmp_path):
+    fixtures.build_v2_images(tmp_path)
+    reader = get_source("lerobot")(tmp_path)
+    episode = reader.read(list(reader.discover())[1])
+    np.testing.assert_array_equal(episode.frames(), moving_square_frames(4, fixtures.HEIGHT, fixtures.WIDTH, seed=1))
+    np.testing.assert_array_equal(episode.frames(indices=[2]), episode.frames()[2:3])
+    with pytest.raises(EpisodeError):
+        episode.frames(indices=[4])
+
+
+def test_unsupported_version_is_refused(tmp_path):
+    fixtures.build_v2(tmp_path, "v2.0")
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    (tmp_path / "meta/info.json").write_text(json.dumps({**info, "codebase_version": "v1.6"}))
+    with pytest.raises(SourceError, match="v1.6"):
+        list(get_source("lerobot")(tmp_path).discover())
+
+
+def test_names_that_disagree_with_the_data_are_an_error(tmp_path):
+    fixtures.build_v2(tmp_path, "v2.1")
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    info["features"]["observation.state"]["names"] = ["a", "b"]
+    (tmp_path / "meta/info.json").write_text(json.dumps(info))
+    reader = get_source("lerobot")(tmp_path)
+    with pytest.raises(EpisodeError, match="2 names"):
+        reader.read(next(reader.discover()))
+
+
+def test_writer_produces_lerobot_v3_metadata(tmp_path):
+    fixtures.build(tmp_path)
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 3 and info["total_frames"] == 23
+    assert "total_videos" not in info and info["splits"] == {"train": "0:3"}
+    video = info["features"]["observation.images.top"]
+    assert video["dtype"] == "video" and video["shape"] == [48, 64, 3] and video["info"]["video.codec"] == "av1"
+    assert probe(tmp_path / "videos/observation.images.top/chunk-000/file-000.mp4").num_frames == 23
+
+    tasks = pd.read_parquet(tmp_path / "meta/tasks.parquet")
+    assert tasks.index.name == "task" and tasks.loc["open the drawer", "task_index"] == 1
+
+    episodes = pq.read_table(tmp_path / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [(e["dataset_from_index"], e["dataset_to_index"]) for e in episodes] == [(0, 8), (8, 14), (14, 23)]
+    assert [e["videos/observation.images.top/from_timestamp"] for e in episodes] == pytest.approx([0.0, 0.8, 1.4])
+    assert episodes[1]["videos/observation.images.top/to_timestamp"] == pytest.approx(1.4)
+    assert episodes[1]["tasks"] == ["open the drawer"] and episodes[1]["stats/observation.state/count"] == [6]
+
+    stats = json.loads((tmp_path / "meta/stats.json").read_text())
+    state = stats["observation.state"]
+    assert set(state) == {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}
+    everything = np.concatenate([fixtures.trajectory(i, n) for i, n in enumerate([8, 6, 9])])
+    np.testing.assert_allclose(state["mean"], everything.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(state["std"], everything.std(0), rtol=1e-5)
+    assert state["min"] == pytest.approx(everything.min(0).tolist()) and state["count"] == [23]
+    assert np.shape(stats["observation.images.top"]["mean"]) == (3, 1, 1)
+
+    schema = pq.read_schema(tmp_path / "data/chunk-000/file-000.parquet")
+    assert schema.field("observation.state").type == pa.list_(pa.float32(), 4)
+    assert schema.field("timestamp").type == pa.float32() and schema.field("index").type == pa.int64()
+
+
+def test_writer_refuses_to_overwrite_unless_asked(tmp_path):
+    episode = RecordedEpisode("wave", np.zeros((3, 1), np.float32), None, {})
+    write_lerobot_v3(tmp_path / "ds", [episode], fps=5, robot_type="none", state_names=["q"])
+    with pytest.raises(FileExistsError):
+        write_lerobot_v3(tmp_path / "ds", [episode], fps=5, robot_type="none", state_names=["q"])
+    info = json.loads((tmp_path / "ds/meta/info.json").read_text())
+    assert info["video_path"] is None and "action" not in info["features"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary tree left behind
