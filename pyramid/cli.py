@@ -75,5 +75,44 @@ def sample_data(
         typer.echo(f"{name}: {path}")
 
 
+@app.command()
+def build(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Build recipe (YAML)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Override the recipe's output directory."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Parallel workers per stage (default: every CPU)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Build the pyramid: sources -> clips, flow, latent actions -> WebDataset shards, Lance, manifest, report."""
+    from pyramid.pipeline import build as run_build
+    from pyramid.recipe import RecipeError, load_recipe
+    from pyramid.summary import print_summary
+
+    try:
+        recipe = load_recipe(recipe_path, output=str(output.resolve()) if output else None)
+        result = run_build(recipe, address=address, workers=workers, progress=not quiet)
+    except (RecipeError, SourceError) as exc:
+        fail(str(exc))
+    print_summary(result)
+    if result.failed_fraction > recipe.max_failed_fraction:
+        typer.echo(f"error: {result.failed_fraction:.0%} of episodes failed (limit {recipe.max_failed_fraction:.0%}); see {result.output / 'manifest.json'}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command("export-motus")
+def export_motus(
+    build_dir: Path = typer.Argument(..., help="Output directory of a finished `pyramid build`."),
+    out_dir: Path = typer.Argument(..., help="Where to write videos/, latent_action_dim14/ and metas/."),
+) -> None:
+    """Write a build in the layout the original Motus trainer reads."""
+    from pyramid.sinks.motus_layout import export_motus as run_export
+
+    try:
+        counts = run_export(build_dir, out_dir)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    typer.echo(f"{out_dir}: {counts['clips']} clips, {counts['latent_actions']} with latent actions")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

@@ -151,6 +151,9 @@ def write_video(
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
         stream.options = _encoder_options(codec, crf, gop)
+        # One encoder thread: x264 output then depends only on the frames, so rebuilt shards are
+        # byte-identical; parallelism comes from running many episodes at once instead.
+        stream.thread_count = 1
         for frame in frames:
             if frame.shape[0] % 2 or frame.shape[1] % 2:
                 frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")

@@ -1,0 +1,64 @@
+"""Cutting an episode into clips at the stored frame rate and size.
+
+Frames are resampled by nearest source frame (never upsampled: an episode recorded slower than the
+stored rate keeps its own rate), resized to the stored size, and split into non-overlapping clips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    index: int
+    first: int  # first stored frame of the clip (index into the stored-frame sequence)
+    stop: int  # one past the last stored frame
+    start_frame: int  # source frame of `first`
+    end_frame: int  # one past the source frame of `stop - 1`
+
+    @property
+    def num_frames(self) -> int:
+        return self.stop - self.first
+
+
+def stored_rate(source_fps: float, wanted_fps: float) -> float:
+    """The rate clips of this episode are stored at: the wanted rate, or the source rate if lower."""
+    return min(float(source_fps), float(wanted_fps)) if source_fps > 0 else float(wanted_fps)
+
+
+def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) -> np.ndarray:
+    """Source frame index of each stored frame, nearest in time."""
+    if num_source_frames <= 0:
+        return np.zeros(0, np.int64)
+    duration = (num_source_frames - 1) / source_fps
+    count = int(np.floor(duration * fps + 1e-6)) + 1
+    indices = np.rint(np.arange(count) * source_fps / fps).astype(np.int64)
+    return np.minimum(indices, num_source_frames - 1)
+
+
+def clip_spans(source_indices: np.ndarray, clip_frames: int, min_frames: int) -> list[ClipSpan]:
+    """Non-overlapping clips of `clip_frames` stored frames; a shorter tail is kept if it has `min_frames`."""
+    spans = []
+    for index, first in enumerate(range(0, len(source_indices), clip_frames)):
+        stop = min(first + clip_frames, len(source_indices))
+        if stop - first < max(2, min_frames):
+            break
+        spans.append(ClipSpan(index, first, stop, int(source_indices[first]), int(source_indices[stop - 1]) + 1))
+    return spans
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 [N, H, W, 3] frames to `size` = (height, width); area filter when shrinking."""
+    height, width = size
+    if frames.shape[1:3] == (height, width):
+        return frames
+    shrinking = frames.shape[1] * frames.shape[2] > height * width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    out = np.empty((len(frames), height, width, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = cv2.resize(frame, (width, height), interpolation=interpolation)
+    return out

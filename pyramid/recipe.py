@@ -1,0 +1,147 @@
+"""The build recipe: a YAML file validated into typed settings, strictly (unknown keys are errors).
+
+Every problem in a recipe is reported at once, each naming its key, e.g.
+`recipe.yaml: sources.0.kind: unknown source kind 'egodx'; video_size: expected [height, width]`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pyramid.episode import PYRAMID_LEVELS
+
+# Motus trains at 384x320 (height x width); flow and latent actions are defined at this size.
+DEFAULT_VIDEO_SIZE = (384, 320)
+
+
+class RecipeError(Exception):
+    """A recipe that cannot be used; the message lists every bad key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(Strict):
+    kind: str
+    root: str
+    level: int | None = Field(None, description="Pyramid level override (1-6); the reader's default otherwise.")
+    embodiment: str | None = None
+    weight: float = Field(1.0, gt=0, description="Sampling weight of this source in training mixtures.")
+    options: dict = Field(default_factory=dict, description="Reader options, e.g. {fps: 30} for RoboMIND.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from pyramid.sources import SOURCES, get_source
+
+        get_source("videos")  # loads the registry
+        if kind not in SOURCES:
+            raise ValueError(f"unknown source kind '{kind}' (known: {', '.join(sorted(SOURCES))})")
+        return kind
+
+    @field_validator("level")
+    @classmethod
+    def _valid_level(cls, level: int | None) -> int | None:
+        if level is not None and level not in PYRAMID_LEVELS:
+            raise ValueError(f"pyramid level must be 1-6, got {level}")
+        return level
+
+
+class FlowSpec(Strict):
+    backend: str = Field("dis", description="'dis', 'farneback' or 'ptlflow:<model>' (e.g. ptlflow:dpflow, the paper's).")
+    stride: int = Field(1, ge=1)
+    options: dict = Field(default_factory=lambda: {"preset": "medium"})
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        from flow import backend_names
+
+        if backend.partition(":")[0] not in backend_names():
+            raise ValueError(f"unknown flow backend '{backend}' (known: {', '.join(backend_names())})")
+        return backend
+
+
+class FilterSpec(Strict):
+    min_frames: int = Field(8, ge=2, description="Episodes shorter than this (after resampling) are skipped.")
+    # A clip is static when fewer than this share of its pixels move more than 1 px per stored-frame
+    # pair. A share of moving pixels, not a mean or median: in manipulation video most pixels are
+    # background, so those stay near 0 while the arm moves. 0.2% is ~250 px at 384x320, a small gripper.
+    static_motion_threshold: float = Field(0.002, ge=0, le=1)
+
+
+class Recipe(Strict):
+    sources: list[SourceSpec] = Field(min_length=1)
+    output: str
+    video_size: tuple[int, int] = DEFAULT_VIDEO_SIZE
+    fps: float = Field(10.0, gt=0, description="Frame rate the clips are stored at (resampled by nearest frame).")
+    clip_frames: int = Field(32, ge=2, description="Frames per clip at the stored rate.")
+    flow: FlowSpec = FlowSpec()
+    vae: str | None = Field(None, description="Latent-action VAE checkpoint directory; labels clips when set.")
+    shard_size_mb: float = Field(256.0, gt=0)
+    formats: list[Literal["webdataset", "lance"]] = ["webdataset", "lance"]
+    filters: FilterSpec = FilterSpec()
+    max_failed_fraction: float = Field(0.2, ge=0, le=1, description="The build fails when more episodes than this are quarantined.")
+    max_episodes: int | None = Field(None, ge=1, description="Read at most this many episodes per source (for trials).")
+
+    @field_validator("video_size")
+    @classmethod
+    def _even_size(cls, size: tuple[int, int]) -> tuple[int, int]:
+        if any(side <= 0 or side % 2 for side in size):
+            raise ValueError(f"expected [height, width] with positive even sides, got {list(size)}")
+        return size
+
+    @model_validator(mode="after")
+    def _some_format(self) -> "Recipe":
+        if not self.formats:
+            raise ValueError("formats: name at least one of webdataset, lance")
+        return self
+
+    def resolved(self, base: Path) -> "Recipe":
+        """Paths in a recipe are relative to the recipe file; environment variables are expanded."""
+        def fix(path: str) -> str:
+            expanded = Path(os.path.expanduser(path))
+            return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+
+        sources = [s.model_copy(update={"root": fix(s.root)}) for s in self.sources]
+        vae = fix(self.vae) if self.vae else None
+        return self.model_copy(update={"sources": sources, "output": fix(self.output), "vae": vae})
+
+
+def load_recipe(path: str | os.PathLike, **overrides) -> Recipe:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(_expand_environment(path, path.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(f"{path}: " + "; ".join(_describe(error) for error in exc.errors())) from None
+    return recipe.resolved(path.parent.resolve())
+
+
+def _expand_environment(path: Path, text: str) -> str:
+    """Substitute ${VAR} everywhere in the recipe; an unset variable is an error, not a literal path."""
+    missing = sorted({name for name in re.findall(r"\$\{(\w+)\}", text) if name not in os.environ})
+    if missing:
+        raise RecipeError(f"{path}: environment variable(s) not set: {', '.join(missing)}")
+    return os.path.expandvars(text)
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{key}: {message}"

@@ -1,0 +1,70 @@
+"""Lance datasets of a build: `clips.lance` (one row per clip, video as a blob) and `flow.lance`.
+
+Both are streamed from the staging directory in discovery order into a temporary dataset that is
+renamed into place when complete, so a reader never sees a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import lance
+import pyarrow as pa
+
+from pyramid.staging import FLOW_SCHEMA, Staging
+
+CLIP_SCHEMA = pa.schema([
+    ("key", pa.string()), ("episode_id", pa.string()), ("source", pa.string()), ("embodiment", pa.string()),
+    ("level", pa.int8()), ("task", pa.string()), ("instructions", pa.list_(pa.string())),
+    ("fps", pa.float64()), ("source_fps", pa.float64()), ("action_fps", pa.float64()),
+    ("clip_index", pa.int32()), ("start_frame", pa.int32()), ("end_frame", pa.int32()), ("num_frames", pa.int32()),
+    ("height", pa.int32()), ("width", pa.int32()),
+    ("state_names", pa.list_(pa.string())), ("action_names", pa.list_(pa.string())),
+    ("has_actions", pa.bool_()), ("has_latent_actions", pa.bool_()), ("json", pa.string()),
+    pa.field("video", pa.large_binary(), metadata={"lance-encoding:blob": "true"}),
+    ("actions_npy", pa.binary()), ("state_npy", pa.binary()), ("latent_actions_npy", pa.binary()),
+])
+NPY_COLUMNS = {"actions.npy": "actions_npy", "state.npy": "state_npy", "latent_actions.npy": "latent_actions_npy"}
+
+
+def clip_row(sample: dict[str, bytes]) -> dict:
+    meta = json.loads(sample["json"])
+    row = {name: meta.get(name) for name in CLIP_SCHEMA.names if name in meta}
+    row.update(key=sample["__key__"], json=sample["json"].decode(), video=sample["mp4"])
+    for field, column in NPY_COLUMNS.items():
+        row[column] = sample.get(field)
+    return row
+
+
+def write_clips(output: Path, staging: Staging, episode_ids: Iterable[str]) -> Path:
+    def batches() -> Iterator[pa.RecordBatch]:
+        for episode_id in episode_ids:
+            rows = [clip_row(sample) for sample in staging.samples(episode_id)]
+            if rows:
+                yield pa.RecordBatch.from_pylist(rows, schema=CLIP_SCHEMA)
+
+    return _write_atomically(Path(output) / "clips.lance", CLIP_SCHEMA, batches)
+
+
+def write_flow(output: Path, staging: Staging, episode_ids: Iterable[str]) -> Path:
+    def batches() -> Iterator[pa.RecordBatch]:
+        for episode_id in episode_ids:
+            table = staging.flow_table(episode_id)
+            if table is not None and table.num_rows:
+                yield from table.cast(FLOW_SCHEMA).to_batches(max_chunksize=256)
+
+    return _write_atomically(Path(output) / "flow.lance", FLOW_SCHEMA, batches)
+
+
+def _write_atomically(path: Path, schema: pa.Schema, batches: Callable[[], Iterator[pa.RecordBatch]]) -> Path:
+    if path.exists():
+        return path
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    lance.write_dataset(reader, str(tmp), schema=schema, mode="create", max_rows_per_file=4096)
+    tmp.rename(path)
+    return path

@@ -1,0 +1,81 @@
+"""Packs staged episodes into WebDataset tar shards per pyramid level, resumably and deterministically.
+
+Episodes are packed in discovery order; a shard closes when it reaches the target size and is
+committed by rename, after which `pack_state.json` records how far each level got. A killed build
+drops its unfinished `.tmp` shards and repacks from the last committed episode, producing the same
+shards an uninterrupted build would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyramid.staging import add_member, atomic_write_bytes
+
+
+@dataclass
+class OpenShard:
+    level: int
+    number: int
+    tmp: Path
+    tar: tarfile.TarFile
+    last_order: int = -1
+    samples: int = 0
+
+
+class ShardPacker:
+    def __init__(self, output: Path, target_bytes: int):
+        self.dir = Path(output) / "webdataset"
+        self.state_path = Path(output) / "_staging" / "pack_state.json"
+        self.target_bytes = target_bytes
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.open: dict[int, OpenShard] = {}
+        for stale in self.dir.glob("level*/.*.tmp"):
+            stale.unlink()
+
+    def already_packed(self, order: int, level: int) -> bool:
+        return order <= self._level_state(level)["committed_through"]
+
+    def add(self, order: int, level: int, samples: list[dict[str, bytes]]) -> None:
+        shard = self.open.get(level) or self._open(level)
+        for sample in samples:
+            key = sample["__key__"]
+            for field in sorted(f for f in sample if f != "__key__"):
+                add_member(shard.tar, f"{key}.{field}", sample[field])
+            shard.samples += 1
+        shard.last_order = order
+        if shard.tar.fileobj.tell() >= self.target_bytes:
+            self._commit(shard)
+
+    def finish(self) -> None:
+        for shard in list(self.open.values()):
+            self._commit(shard)
+
+    def shards(self) -> list[Path]:
+        return sorted(self.dir.glob("level*/shard-*.tar"))
+
+    def _level_state(self, level: int) -> dict:
+        return self.state.setdefault(str(level), {"next_shard": 0, "committed_through": -1})
+
+    def _open(self, level: int) -> OpenShard:
+        number = self._level_state(level)["next_shard"]
+        folder = self.dir / f"level{level}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".shard-{number:06d}.tar.tmp"
+        shard = OpenShard(level, number, tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT))
+        self.open[level] = shard
+        return shard
+
+    def _commit(self, shard: OpenShard) -> None:
+        shard.tar.close()
+        del self.open[shard.level]
+        if shard.samples == 0:
+            shard.tmp.unlink()
+            return
+        os.replace(shard.tmp, shard.tmp.with_name(f"shard-{shard.number:06d}.tar"))
+        self.state[str(shard.level)] = {"next_shard": shard.number + 1, "committed_through": shard.last_order}
+        atomic_write_bytes(self.state_path, json.dumps(self.state).encode())

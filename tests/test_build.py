@@ -1,0 +1,170 @@
+"""`pyramid build` end to end on real-format fixtures of several sources, with a real local Ray."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import lance
+import numpy as np
+import pytest
+import webdataset as wds
+import yaml
+
+from pyramid.recipe import load_recipe
+from pyramid.video_io import read_frames
+from tests.fixtures import builder
+
+CLI = [sys.executable, "-m", "pyramid"]
+
+
+def make_recipe(tmp_path: Path, roots: dict[str, Path], output: str, **extra) -> Path:
+    recipe = {
+        "sources": [{"kind": kind, "root": str(root)} for kind, root in roots.items()],
+        "output": output, "video_size": [64, 96], "fps": 10, "clip_frames": 4,
+        "filters": {"min_frames": 3, "static_motion_threshold": 0.0}, "shard_size_mb": 0.05,
+        "max_failed_fraction": 0.6, **extra,
+    }
+    path = tmp_path / f"{output}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    roots = {}
+    for kind in ("videos", "agibot", "egodex"):
+        roots[kind] = tmp_path_factory.mktemp(kind)
+        builder(kind)(roots[kind])
+    return roots
+
+
+@pytest.fixture(scope="module")
+def built(fixtures, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    recipe_path = make_recipe(tmp, fixtures, "out")
+    result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet", "--workers", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_recipe(recipe_path), tmp / "out"
+
+
+def read_shards(output: Path) -> dict[str, dict]:
+    samples = {}
+    for shard in sorted(output.glob("webdataset/level*/shard-*.tar")):
+        for sample in wds.WebDataset(str(shard), shardshuffle=False):
+            samples[sample["__key__"]] = sample
+    return samples
+
+
+def test_manifest_counts_sources_levels_and_quarantine(built):
+    recipe, output = built
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert set(manifest["by_source"]) == {"videos", "agibot", "egodex"}
+    assert set(manifest["by_level"]) == {"level2", "level5"}
+    assert manifest["episodes"]["failed"] == len(manifest["quarantined"]) > 0
+    for item in manifest["quarantined"]:
+        assert item["reason"] and "\n" not in item["reason"]
+    assert "agibot_g1" in manifest["normalization"]
+    stats = manifest["normalization"]["agibot_g1"]["actions"]
+    assert len(stats["q01"]) == len(stats["q99"]) == 22 and stats["count"] > 0
+    assert manifest["recipe"]["video_size"] == [64, 96]
+    assert (output / "report.html").read_text().count("<img") >= 2
+    assert not (output / "_staging").exists()
+
+
+def test_shards_hold_every_clip_with_frames_matching_the_episode(built):
+    recipe, output = built
+    samples = read_shards(output)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert len(samples) == sum(row["clips"] for row in manifest["by_source"].values())
+    from pyramid.sources import get_source
+
+    for key, sample in samples.items():
+        meta = json.loads(sample["json"])
+        assert key == f"{meta['episode_id']}_c{meta['clip_index']:04d}"
+        assert (meta["height"], meta["width"]) == (64, 96)
+        if meta["has_actions"]:
+            actions = np.load(io.BytesIO(sample["actions.npy"]))
+            assert actions.shape[0] == meta["end_frame"] - meta["start_frame"] and actions.dtype == np.float32
+    # decoded frames of one clip equal the source frames resized, up to compression
+    key, sample = next((k, s) for k, s in sorted(samples.items()) if json.loads(s["json"])["source"] == "videos")
+    meta = json.loads(sample["json"])
+    clip = output / "clip.mp4"
+    clip.write_bytes(sample["mp4"])
+    frames = read_frames(clip)
+    assert frames.shape == (meta["num_frames"], 64, 96, 3)
+    spec = recipe.sources[[s.kind for s in recipe.sources].index("videos")]
+    reader = get_source("videos")(spec.root)
+    ref = next(r for r in reader.discover() if r.episode_id == meta["episode_id"])
+    from pyramid.clips import resize_frames
+
+    episode = reader.read(ref)
+    source = resize_frames(episode.frames(), (64, 96)).astype(int)
+    errors = [np.abs(frames[0].astype(int) - frame).mean() for frame in source]
+    assert int(np.argmin(errors)) == meta["start_frame"] and errors[meta["start_frame"]] < 4, errors
+
+
+def test_lance_datasets_match_the_shards(built):
+    _, output = built
+    samples = read_shards(output)
+    clips = lance.dataset(str(output / "clips.lance"))
+    assert clips.count_rows() == len(samples)
+    table = clips.to_table(columns=["key", "episode_id", "level", "num_frames"]).to_pylist()
+    assert {row["key"] for row in table} == set(samples)
+    row = 1
+    key = table[row]["key"]
+    blob = clips.take_blobs("video", indices=[row])[0].read()
+    assert blob == samples[key]["mp4"]
+    flow = lance.dataset(str(output / "flow.lance"))
+    pairs = flow.to_table(columns=["episode_id", "pair_index"]).to_pylist()
+    assert len(pairs) > 0 and all(p["pair_index"] >= 0 for p in pairs)
+
+
+def test_rerunning_a_finished_build_does_nothing(built):
+    _, output = built
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    recipe_path = output.parent / "out.yaml"
+    result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "nothing to do" in result.stderr
+    after = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_killed_build_resumes_to_the_same_content(fixtures, built, tmp_path):
+    _, reference = built
+    recipe_path = make_recipe(tmp_path, fixtures, "resumed")
+    output = tmp_path / "resumed"
+    process = subprocess.Popen([*CLI, "build", str(recipe_path), "--quiet", "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((output / "_staging").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (output / "manifest.json").exists(), "the build finished before it could be killed"
+    result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet", "--workers", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in output.glob("webdataset/*/*")) == sorted(p.name for p in reference.glob("webdataset/*/*"))
+    for shard in reference.glob("webdataset/*/*.tar"):
+        twin = output / shard.relative_to(reference)
+        assert _members(twin) == _members(shard), _debug_diff(twin, shard)
+    assert not list(output.rglob("*.tmp*"))
+
+
+def _members(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]
+
+
+def _debug_diff(a, b):
+    for (na, da), (nb, db) in zip(_members(a), _members(b)):
+        if na != nb or da != db:
+            return na, nb, len(da), len(db), da[:300], db[:300]

@@ -1,0 +1,70 @@
+"""Recipes: strict validation with every error named by key, and path resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pyramid.recipe import DEFAULT_VIDEO_SIZE, RecipeError, load_recipe
+
+
+def write(tmp_path: Path, recipe: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_minimal_recipe_gets_documented_defaults(tmp_path):
+    recipe = load_recipe(write(tmp_path, {"sources": [{"kind": "videos", "root": "clips"}], "output": "out"}))
+    assert recipe.video_size == DEFAULT_VIDEO_SIZE == (384, 320)
+    assert recipe.sources[0].root == str((tmp_path / "clips").resolve())
+    assert recipe.output == str((tmp_path / "out").resolve())
+    assert recipe.formats == ["webdataset", "lance"]
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path):
+    path = write(tmp_path, {
+        "sources": [{"kind": "egodx", "root": "x", "level": 9}],
+        "output": "out", "video_size": [385, 320], "shard_size": 3, "formats": ["tfrecord"], "flow": {"backend": "raft"},
+    })
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    assert message.startswith(str(path))
+    for fragment in ("sources.0.kind: unknown source kind 'egodx'", "sources.0.level", "video_size",
+                     "shard_size: unknown key", "formats.0", "flow.backend: unknown flow backend 'raft'"):
+        assert fragment in message, fragment
+    assert "\n" not in message
+
+
+def test_missing_required_keys_are_named(tmp_path):
+    with pytest.raises(RecipeError, match="sources: Field required.*output: Field required"):
+        load_recipe(write(tmp_path, {}))
+
+
+def test_unreadable_recipe_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sources: [unclosed")
+    with pytest.raises(RecipeError, match="bad.yaml: cannot read recipe"):
+        load_recipe(path)
+
+
+def test_unset_environment_variables_are_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYRAMID_TEST_ROOT", raising=False)
+    path = write(tmp_path, {"sources": [{"kind": "videos", "root": "${PYRAMID_TEST_ROOT}"}], "output": "out"})
+    with pytest.raises(RecipeError, match="not set: PYRAMID_TEST_ROOT"):
+        load_recipe(path)
+    monkeypatch.setenv("PYRAMID_TEST_ROOT", str(tmp_path / "clips"))
+    assert load_recipe(path).sources[0].root == str(tmp_path / "clips")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "recipes").glob("build_*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_build_recipe_loads(path, tmp_path, monkeypatch):
+    import re
+
+    for name in set(re.findall(r"\$\{(\w+)\}", path.read_text())):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    recipe = load_recipe(path)
+    assert recipe.sources and recipe.output
