@@ -1,0 +1,156 @@
+"""Flow backends side by side: pairs/s at 384x320 (Motus's video size) and end-point error on known motion.
+
+    .venv/bin/python bench/flow.py [--model dpflow] [--checkpoint NAME_OR_PATH] [--seconds 1.5]
+
+The learned backend uses the given checkpoint, else the first of its ptlflow checkpoints found in
+the local cache, else random weights (then it reports speed only). Targets: DIS medium >= 100
+pairs/s per core; a learned backend on GPU in batches of >= 8 pairs. "/cpu-s" is pairs per CPU
+second this process used: the per-core rate, which other jobs on a shared machine do not lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# This script is itself named flow.py: drop its folder from the path so `import flow` finds the package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import flow  # noqa: E402
+from flow.grayscale import usable_cores  # noqa: E402
+from flow.known_motion import end_point_error, moving_sequence, rotation, textured_image, translation, warp, zoom  # noqa: E402
+from pyramid.recipe import DEFAULT_VIDEO_SIZE  # noqa: E402
+
+SIZE = DEFAULT_VIDEO_SIZE  # (height, width) = (384, 320), Motus's video size
+MOTIONS = {"translate": translation(4.3, -2.7), "rotate": rotation(2.0, SIZE), "zoom": zoom(1.03, SIZE)}
+DIS_TARGET_PER_CORE = 100
+GPU_BATCH = 8
+
+
+@dataclass
+class Row:
+    label: str
+    backend: flow.FlowBackend
+    cores: int | None  # CPU cores it computes on; None on GPU
+    scored: bool = True  # False for random weights: their flow means nothing
+    pairs_per_second: float = 0.0  # wall clock
+    pairs_per_cpu_second: float = 0.0  # per core busy; unlike wall clock, not lowered by other jobs on the machine
+    errors: dict[str, float] = field(default_factory=dict)
+
+
+def measure_speed(row: Row, frames: np.ndarray, seconds: float) -> None:
+    row.backend.sequence(frames[:2])  # warm-up: thread pools, model kernels, DPFlow's pyramid for this size
+    done, start, start_cpu = 0, time.perf_counter(), time.process_time()
+    while True:
+        done += len(row.backend.sequence(frames))
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+    row.pairs_per_second = done / elapsed
+    row.pairs_per_cpu_second = done / (time.process_time() - start_cpu)
+
+
+def end_point_errors(backend: flow.FlowBackend) -> dict[str, float]:
+    image = textured_image(*SIZE, seed=7)
+    errors = {}
+    for name, matrix in MOTIONS.items():
+        moved, true_flow, valid = warp(image, matrix)
+        errors[name] = end_point_error(backend(image[None], moved[None])[0], true_flow, valid)
+    return errors
+
+
+def classical_rows(cores: int) -> list[Row]:
+    rows = [Row(f"dis {preset}", flow.get_backend("dis", preset=preset), cores) for preset in ("ultrafast", "fast", "medium")]
+    rows.append(Row("dis medium, 1 thread", flow.get_backend("dis", threads=1), 1))
+    rows.append(Row("dis medium, scale 0.5", flow.get_backend("dis", scale=0.5), cores))
+    rows.append(Row("farneback", flow.get_backend("farneback"), cores))
+    return rows
+
+
+def learned_row(model: str, checkpoint: str | None) -> Row:
+    import ptlflow
+    from loguru import logger
+
+    from flow.ptlflow_backend import CheckpointError, resolve_checkpoint
+
+    logger.disable("ptlflow")  # its per-size INFO lines would interleave with the table
+    model_class = ptlflow.get_model_reference(model)
+    if checkpoint is None:
+        for name in getattr(model_class, "pretrained_checkpoints", None) or {}:
+            try:
+                checkpoint = str(resolve_checkpoint(model, model_class, name))
+                break
+            except CheckpointError:
+                continue
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        # One thread: on a small shared machine torch's spinning worker threads can stall for seconds.
+        torch.set_num_threads(1)
+    weights = {"checkpoint": checkpoint} if checkpoint else {"random_weights": True}
+    backend = flow.get_backend(f"ptlflow:{model}", batch_size=GPU_BATCH if on_gpu else 2, **weights)
+    label = f"ptlflow:{model} ({'gpu' if on_gpu else 'cpu'}, batch {backend.batch_size}{'' if checkpoint else ', random weights'})"
+    return Row(label, backend, None if on_gpu else 1, scored=checkpoint is not None)
+
+
+def print_table(rows: list[Row]) -> None:
+    reference = next(row for row in rows if row.label == "dis medium")
+    reference_error = np.mean(list(reference.errors.values()))
+    header = f"{'backend':<48} {'cores':>5} {'pairs/s':>8} {'/cpu-s':>7} {'x dis':>6}  " + "".join(
+        f"{'EPE ' + name:>14}" for name in MOTIONS
+    ) + f"{'EPE x dis':>10}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        per_core = f"{row.pairs_per_cpu_second:7.1f}" if row.cores else f"{'gpu':>7}"
+        # CPU rows compare per CPU-second (robust to other jobs); a GPU row compares wall-clock rates.
+        ratio = row.pairs_per_cpu_second / reference.pairs_per_cpu_second if row.cores else row.pairs_per_second / reference.pairs_per_second
+        speed = f"{row.label:<48} {row.cores or '-':>5} {row.pairs_per_second:8.1f} {per_core} {ratio:6.2f}  "
+        if row.scored:
+            mean_error = np.mean(list(row.errors.values()))
+            accuracy = "".join(f"{row.errors[name]:14.3f}" for name in MOTIONS) + f"{mean_error / reference_error:10.2f}"
+        else:
+            accuracy = "".join(f"{'-':>14}" for _ in MOTIONS) + f"{'-':>10}"
+        print(speed + accuracy)
+
+
+def print_targets(rows: list[Row]) -> None:
+    medium = next(row for row in rows if row.label == "dis medium")
+    verdict = "met" if medium.pairs_per_cpu_second >= DIS_TARGET_PER_CORE else "NOT met"
+    print(f"\ntarget dis medium >= {DIS_TARGET_PER_CORE} pairs/s per core: {medium.pairs_per_cpu_second:.1f} per CPU-second -> {verdict}")
+    learned = rows[-1]
+    if learned.cores is None:
+        print(f"target learned backend on GPU in batches >= {GPU_BATCH}: batch {learned.backend.batch_size}, {learned.pairs_per_second:.1f} pairs/s")
+    else:
+        print(f"target learned backend on GPU in batches >= {GPU_BATCH}: not measured (no GPU here)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="dpflow")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--seconds", type=float, default=1.5, help="timing per backend")
+    args = parser.parse_args()
+
+    cores = usable_cores()
+    print(f"flow at {SIZE[0]}x{SIZE[1]} (height x width), {cores} usable CPU cores, GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}\n")
+    frames = moving_sequence(33, SIZE)
+    rows = classical_rows(cores) + [learned_row(args.model, args.checkpoint)]
+    for row in rows:
+        learned_on_cpu = row.label.startswith("ptlflow") and row.cores is not None
+        # DPFlow on CPU takes ~1 s a pair: time one batch, not a 33-frame clip.
+        clip = frames[: row.backend.batch_size + 1] if learned_on_cpu else frames
+        measure_speed(row, clip, 0 if learned_on_cpu else args.seconds)
+        if row.scored:
+            row.errors = end_point_errors(row.backend)
+    print_table(rows)
+    print_targets(rows)
+
+
+if __name__ == "__main__":
+    main()

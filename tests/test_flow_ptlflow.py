@@ -1,0 +1,109 @@
+"""The ptlflow backend's weights: refused without a checkpoint, loaded from a file or the local cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import flow
+from flow.known_motion import moving_sequence
+from flow.ptlflow_backend import CheckpointError
+
+CPU = {"device": "cpu", "batch_size": 2}
+THINGS_FILE = "dpflow-things-2012b5d6.ckpt"  # the file name in ptlflow's URL for dpflow "things"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache_and_one_thread(tmp_path, monkeypatch):
+    # torch.hub reads TORCH_HOME, so no test ever sees (or needs) the real cache.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two spinning threads on a shared 2-core machine run 50x slower
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return moving_sequence(3, (64, 64))
+
+
+def random_backend(seed: int):
+    torch.manual_seed(seed)
+    return flow.get_backend("ptlflow:dpflow", random_weights=True, **CPU)
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_random_weights_give_flow_of_the_right_shape_on_cpu(frames):
+    result = flow.estimate_pairs(np.stack([frames[:2], frames[1:]], axis=1), random_backend(0))
+    assert result.shape == (2, 64, 64, 2) and result.dtype == np.float32
+
+
+def test_without_a_checkpoint_the_error_says_what_to_pass():
+    with pytest.raises(CheckpointError) as error:
+        flow.get_backend("ptlflow:dpflow")
+    message = one_line(error)
+    assert message.startswith("ptlflow:dpflow: no checkpoint given")
+    assert "checkpoint=" in message and "things" in message and "never downloaded" in message
+
+
+def test_a_checkpoint_name_missing_from_the_cache_names_the_file_and_its_url(tmp_path):
+    with pytest.raises(CheckpointError) as error:
+        flow.get_backend("ptlflow:dpflow", checkpoint="things")
+    message = one_line(error)
+    assert message.startswith(f"{tmp_path / 'torch' / 'hub' / 'checkpoints' / THINGS_FILE}: ")
+    assert f"https://github.com/hmorimitsu/ptlflow/releases/download/weights1/{THINGS_FILE}" in message
+
+
+def test_a_missing_checkpoint_file_is_named(tmp_path):
+    with pytest.raises(CheckpointError) as error:
+        flow.get_backend("ptlflow:dpflow", checkpoint=tmp_path / "nowhere.ckpt")
+    assert one_line(error).startswith(f"{tmp_path / 'nowhere.ckpt'}: no such checkpoint file")
+
+
+def test_an_unreadable_checkpoint_is_named(tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as error:
+        flow.get_backend("ptlflow:dpflow", checkpoint=broken)
+    assert one_line(error).startswith(f"{broken}: cannot load weights")
+
+
+def test_random_weights_and_a_checkpoint_together_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="either checkpoint or random_weights"):
+        flow.get_backend("ptlflow:dpflow", checkpoint=tmp_path / "x.ckpt", random_weights=True)
+
+
+def save_ptlflow_checkpoint(state_dict: dict, path: Path) -> Path:
+    # The layout of ptlflow's released .ckpt files (Lightning): weights plus hyper_parameters.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state_dict, "hyper_parameters": {"train_size": [432, 960]}}, path)
+    return path
+
+
+def test_weights_load_from_a_file_a_cache_name_and_safetensors(tmp_path, frames):
+    trained = random_backend(1)
+    expected = trained.sequence(frames)
+    state = {name: tensor.contiguous() for name, tensor in trained.model.state_dict().items()}
+    sources = {
+        "file": save_ptlflow_checkpoint(state, tmp_path / "mine.ckpt"),
+        "things": save_ptlflow_checkpoint(state, tmp_path / "torch" / "hub" / "checkpoints" / THINGS_FILE),
+        "safetensors": tmp_path / "mine.safetensors",
+    }
+    save_file(state, sources["safetensors"])
+    assert not np.allclose(random_backend(2).sequence(frames), expected)  # other weights, other flow
+    for name, path in sources.items():
+        torch.manual_seed(2)
+        loaded = flow.get_backend("ptlflow:dpflow", checkpoint="things" if name == "things" else path, **CPU)
+        np.testing.assert_allclose(loaded.sequence(frames), expected, atol=1e-5, err_msg=name)
+        if name != "safetensors":  # hyper_parameters travel only in .ckpt files
+            assert list(loaded.model.train_size) == [432, 960]
