@@ -45,7 +45,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     except EpisodeError:
         raise
     except (av.error.FFmpegError, OSError) as exc:
-        raise EpisodeError(path, f"cannot open video ({exc.__class__.__name__}: {exc})") from exc
+        raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
 
 
 def read_frames(
@@ -104,13 +104,18 @@ def _read_with_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
                 if last is not None and index >= last:
                     break
     except av.error.FFmpegError as exc:
-        raise EpisodeError(path, f"cannot decode video ({exc})") from exc
+        raise EpisodeError(path, f"cannot decode video ({_reason(exc)})") from exc
     if wanted is None:
         return _stack([frames[i] for i in sorted(frames)], height, width)
     missing = [i for i in wanted if i not in frames]
     if missing:
         raise EpisodeError(path, f"frame {missing[0]} is past the end of the video ({len(frames)} decoded)")
     return _stack([frames[i] for i in wanted], height, width)
+
+
+def _reason(exc: Exception) -> str:
+    """The error without the file name PyAV appends (EpisodeError names the file already)."""
+    return getattr(exc, "strerror", None) or exc.__class__.__name__
 
 
 def _frame_index(frame: av.VideoFrame, stream, fps: float) -> int:
