@@ -1,0 +1,51 @@
+"""`pyramid inspect`: one JSON line per episode with exactly the documented keys; errors don't stop the listing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pyramid.cli import app
+from pyramid.sources import SOURCES
+from tests.fixtures import builder
+
+KEYS = ["episode_id", "source", "embodiment", "level", "task", "fps", "num_frames", "cameras", "state_dim", "action_dim"]
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_inspect_json_lists_every_episode_and_reports_corrupt_ones(kind, tmp_path):
+    spec = builder(kind)(tmp_path)
+    result = runner.invoke(app, ["inspect", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    good = [row for row in rows if "error" not in row]
+    bad = [row for row in rows if "error" in row]
+    reader = SOURCES[kind](tmp_path)
+    ids = {ref.relpath: ref.episode_id for ref in reader.discover()}
+    assert len(rows) == len(spec.expected) + len(spec.corrupt)
+    assert {ids[relpath] for relpath in spec.expected} <= {row["episode_id"] for row in good}
+    # inspect reads metadata, not pixels: an undecodable image only shows when frames are decoded
+    assert {row["episode_id"] for row in bad} <= {ids[relpath] for relpath in spec.corrupt}
+    assert bool(bad) == bool(spec.corrupt)
+    for row in good:
+        assert list(row) == KEYS
+        assert row["source"] == kind
+    for row in bad:
+        assert set(row) == {"episode_id", "error"} and ": " in row["error"] and "\n" not in row["error"]
+
+
+def test_inspect_takes_the_kind_and_prints_a_table(tmp_path):
+    builder("videos")(tmp_path)
+    result = runner.invoke(app, ["inspect", str(tmp_path), "--source", "videos"])
+    assert result.exit_code == 0
+    assert "ERROR" in result.stdout and "fps" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["/nonexistent/root"], ["{tmp}", "--source", "nope"], ["{tmp}"]])
+def test_unusable_root_exits_non_zero_with_one_line(args, tmp_path):
+    result = runner.invoke(app, ["inspect", *[a.format(tmp=tmp_path) for a in args]])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
