@@ -168,3 +168,14 @@ def _debug_diff(a, b):
     for (na, da), (nb, db) in zip(_members(a), _members(b)):
         if na != nb or da != db:
             return na, nb, len(da), len(db), da[:300], db[:300]
+
+
+def test_too_many_failures_fail_the_build_but_keep_its_output(fixtures, tmp_path):
+    recipe_path = make_recipe(tmp_path, {"videos": fixtures["videos"]}, "strict", max_failed_fraction=0.1, formats=["webdataset"])
+    result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet", "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "25% of episodes failed (limit 10%)" in result.stderr
+    manifest = json.loads((tmp_path / "strict" / "manifest.json").read_text())
+    assert [q["path"].split("/")[-1] for q in manifest["quarantined"]] == ["broken.mp4"]
+    assert manifest["outputs"]["lance"] == ["flow.lance"]  # flow.lance feeds VAE training whatever the formats
+    assert list((tmp_path / "strict").glob("webdataset/level2/shard-*.tar"))
