@@ -1,0 +1,62 @@
+"""The `pyramid train` and `pyramid predict` commands; `register(app)` adds them to the `pyramid` CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+MODES = "vla, vgm, world_model, idm or joint"
+
+
+def train_command(
+    recipe: Path = typer.Argument(..., help="A training recipe, e.g. recipes/stage1.yaml."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints already in the output directory."),
+) -> None:
+    """Train Motus for one stage. Resumes from the output directory's latest checkpoint unless --fresh.
+
+    For several GPUs: torchrun --nproc-per-node N -m recipes.train RECIPE.yaml
+    """
+    from recipes.motus.config import RecipeError, load_recipe
+    from recipes.train import train
+
+    try:
+        loaded = load_recipe(recipe)
+    except RecipeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2)
+    result = train(loaded, resume=not fresh, log=typer.echo)
+    typer.echo(f"done at step {result['step']}: {result['checkpoint']}")
+
+
+def predict_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (…/checkpoints/step_NNNNNN)."),
+    mode: str = typer.Option("joint", "--mode", "-m", help=f"One of {MODES}."),
+    out: Path = typer.Option(Path("prediction"), "--out", "-o", help="Directory for prediction.mp4/actions.npy."),
+    data_root: Optional[Path] = typer.Option(None, "--data", help="A build to take the clip from (default: the "
+                                                                   "checkpoint's training data)."),
+    data_format: Optional[str] = typer.Option(None, "--format", help="webdataset or lance."),
+    clip: int = typer.Option(0, help="Which usable clip of the build."),
+    steps: Optional[int] = typer.Option(None, help="Euler steps (default: the model config's, 10)."),
+    seed: int = typer.Option(0, help="Seed of the initial noise and of the clip window."),
+) -> None:
+    """Predict video and/or actions for one clip in one of the five modes."""
+    from recipes.motus.schedule import Mode
+    from recipes.predict import load_recipe_of, predict_clip
+
+    if mode not in {m.value for m in Mode}:
+        typer.echo(f"error: unknown mode {mode!r} (use {MODES})", err=True)
+        raise typer.Exit(code=2)
+    if not (checkpoint / "training_state.json").exists():
+        typer.echo(f"error: {checkpoint}: not a checkpoint directory (no training_state.json)", err=True)
+        raise typer.Exit(code=2)
+    data = load_recipe_of(checkpoint).data
+    updates = {k: v for k, v in {"root": str(data_root) if data_root else None, "format": data_format}.items() if v}
+    files = predict_clip(checkpoint, mode, out, data.model_copy(update=updates), clip, steps, seed)
+    typer.echo(f"{files.video}\n{files.actions}\n{files.summary}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    app.command("predict")(predict_command)

@@ -1,0 +1,1 @@
+"""Motus: the tri-model video/action/understanding transformer and everything its training recipes need."""

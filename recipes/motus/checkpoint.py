@@ -1,0 +1,122 @@
+"""Training checkpoints: one directory per step, safetensors + JSON only, enough to resume a run exactly.
+
+    step_000100/
+      video/ action/ understanding/   config.json + safetensors per expert (diffusers `from_pretrained` reads them)
+      optimizer.safetensors           AdamW moments and step counts, keyed by parameter name
+      rng.safetensors                 each rank's training-noise generator state
+      training_state.json             step, samples consumed, LR scheduler, optimizer hyper-parameters
+
+Weights and optimizer state are gathered to full tensors first (torch.distributed.checkpoint's
+state-dict API), so DDP and FSDP runs write the same files as a single process does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+EXPERTS = ("video", "action", "understanding")
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # the name diffusers' from_pretrained looks for
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def step_directory(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    complete = [p for p in (Path(output_dir) / "checkpoints").glob("step_*") if (p / "training_state.json").exists()]
+    return max(complete, key=lambda p: int(p.name.removeprefix("step_")), default=None)
+
+
+def save_checkpoint(directory: Path, model, optimizer, scheduler, generator: torch.Generator,
+                    state: dict[str, Any], is_writer: bool = True) -> Path:
+    """Every rank must call this (gathering is collective); only the writer touches the disk."""
+    weights = get_model_state_dict(model, options=FULL)
+    optim = get_optimizer_state_dict(model, optimizer, options=FULL)
+    generators = _gather(generator.get_state())  # each rank draws its own noise
+    if not is_writer:
+        return directory
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrapped = _unwrap(model)
+    for name in EXPERTS:
+        expert = getattr(unwrapped, name)
+        (tmp / name).mkdir(parents=True)
+        expert.save_config(tmp / name)
+        prefix = f"{name}."
+        tensors = {k[len(prefix):]: v.contiguous() for k, v in weights.items() if k.startswith(prefix)}
+        save_file(tensors, tmp / name / WEIGHTS, metadata={"format": "pt"})
+    moments = {f"{param}/{key}": value.contiguous() for param, entry in optim["state"].items()
+               for key, value in entry.items() if isinstance(value, torch.Tensor)}
+    save_file(moments, tmp / "optimizer.safetensors")
+    save_file({f"noise_generator_rank{rank}": state for rank, state in enumerate(generators)}, tmp / "rng.safetensors")
+    training_state = {**state, "scheduler": scheduler.state_dict(),
+                      "param_groups": [_jsonable(g) for g in optim["param_groups"]]}
+    (tmp / "training_state.json").write_text(json.dumps(training_state, indent=1))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    return directory
+
+
+def load_weights(directory: str | Path, model, experts: tuple[str, ...] = EXPERTS) -> None:
+    """Load the named experts' weights from a checkpoint into `model` (strict for each expert loaded)."""
+    directory = Path(directory)
+    tensors = {}
+    for name in experts:
+        path = directory / name / WEIGHTS
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no {name} weights in this checkpoint")
+        tensors.update({f"{name}.{k}": v for k, v in load_file(path).items()})
+    strict = set(experts) == set(EXPERTS)
+    set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=strict))
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict[str, Any]:
+    """Restore everything `save_checkpoint` wrote; returns the training state (step, samples consumed, ...)."""
+    load_weights(directory, model)
+    state = json.loads((directory / "training_state.json").read_text())
+    moments: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(directory / "optimizer.safetensors").items():
+        param, _, name = key.rpartition("/")
+        moments.setdefault(param, {})[name] = value
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["param_groups"]]
+    # strict=False: a parameter that never received a gradient (e.g. the state encoder in a stage without
+    # states) has no AdamW state to save, and none to restore.
+    set_optimizer_state_dict(model, optimizer, {"state": moments, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+    scheduler.load_state_dict(state["scheduler"])
+    generators = load_file(directory / "rng.safetensors")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if f"noise_generator_rank{rank}" in generators:
+        generator.set_state(generators[f"noise_generator_rank{rank}"])
+    else:  # more processes than the run that saved: new ranks draw fresh noise (the resume is no longer exact)
+        generator.manual_seed(int(generators["noise_generator_rank0"].sum()) + 7919 * rank)
+    return state
+
+
+def _gather(state: torch.Tensor) -> list[torch.Tensor]:
+    if not dist.is_initialized():
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def _jsonable(group: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()
+            if isinstance(v, (int, float, str, bool, list, tuple)) or v is None}

@@ -1,0 +1,244 @@
+"""Training examples from a build: a condition frame, the frames after it at 5 Hz, the action chunk at 30 Hz.
+
+Pipeline per clip (see `ClipExamples.__getitem__`): choose a window, decode just its frames from
+the clip's mp4, resample actions (or latent actions) to the action rate over the same time span,
+normalise them with the manifest's q01/q99, pad to the model's width. Every random choice comes
+from a generator seeded by the sample's global position, so a resumed run sees the same examples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from pyramid.errors import EpisodeError
+from recipes.motus.config import DataConfig, FramesConfig, ModelConfig
+from recipes.motus.shards import ClipRecord, open_clips
+
+
+@dataclass(frozen=True)
+class Window:
+    frame_indices: list[int]  # stored-frame indices: the condition frame, then the future frames
+    start_time: float  # seconds from the clip's start to the condition frame
+
+
+def example_rng(seed: int, position: int) -> random.Random:
+    """The generator of every random choice for the sample at a global stream position."""
+    return random.Random(seed * 1_000_003 + position)
+
+
+def window_frames(fps: float, frames: FramesConfig) -> list[int]:
+    """Offsets, in stored frames, of the condition frame and the future frames at `frames.video_fps`."""
+    return [round(k * fps / frames.video_fps) for k in range(frames.future_frames + 1)]
+
+
+def choose_window(num_frames: int, fps: float, frames: FramesConfig, rng: random.Random) -> Window | None:
+    offsets = window_frames(fps, frames)
+    last_start = num_frames - 1 - offsets[-1]
+    if last_start < 0:
+        return None
+    start = rng.randint(0, last_start)
+    return Window([start + o for o in offsets], start / fps)
+
+
+def resample_linear(values: np.ndarray, rate: float, times: np.ndarray) -> np.ndarray:
+    """Rows sampled at `rate` Hz from t = 0, linearly interpolated at `times` (held at the ends)."""
+    position = np.clip(times * rate, 0, len(values) - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(values) - 1)
+    weight = (position - low)[:, None]
+    return ((1 - weight) * values[low] + weight * values[high]).astype(np.float32)
+
+
+def resample_hold(values: np.ndarray, rate: float, times: np.ndarray) -> np.ndarray:
+    """Per-interval values (latent action k covers [k, k+1) / rate) looked up at `times`: no blending."""
+    index = np.clip(np.floor(times * rate + 1e-6).astype(int), 0, len(values) - 1)
+    return values[index].astype(np.float32)
+
+
+class Normalizer:
+    """Maps each dimension's [q01, q99] of the build's manifest to [-1, 1], per embodiment and array."""
+
+    def __init__(self, manifest_path: str | Path):
+        self.path = Path(manifest_path)
+        try:
+            self.stats = json.loads(self.path.read_text()).get("normalization", {})
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EpisodeError(self.path, f"cannot read the build manifest ({exc})") from exc
+
+    def bounds(self, embodiment: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        entry = self.stats.get(embodiment, {}).get(name)
+        if entry is None or "q01" not in entry or "q99" not in entry:
+            raise EpisodeError(self.path, f"no q01/q99 normalisation statistics for {embodiment} {name}")
+        return np.asarray(entry["q01"], np.float32), np.asarray(entry["q99"], np.float32)
+
+    def normalize(self, values: np.ndarray, embodiment: str, name: str) -> np.ndarray:
+        low, high = self.bounds(embodiment, name)
+        span = np.where(high - low > 1e-8, high - low, 1.0)  # a constant dimension maps to -1, not to inf
+        return (2 * (values - low) / span - 1).astype(np.float32)
+
+    def denormalize(self, values: np.ndarray, embodiment: str, name: str) -> np.ndarray:
+        low, high = self.bounds(embodiment, name)
+        dims = len(low)
+        span = np.where(high - low > 1e-8, high - low, 1.0)
+        return ((values[..., :dims] + 1) / 2 * span + low).astype(np.float32)
+
+
+def decode_frames(mp4: bytes, indices: list[int], origin: str) -> np.ndarray:
+    """uint8 RGB [N, H, W, 3] at the given stored-frame indices of an in-memory clip mp4.
+
+    PyAV, decoding from the start and converting only the wanted frames: for a short clip this is
+    faster than decord, whose reader spends longer indexing the stream than decoding the window.
+    """
+    import av
+
+    wanted, frames, last = set(indices), {}, max(indices)
+    try:
+        with av.open(io.BytesIO(mp4)) as container:
+            for number, frame in enumerate(container.decode(container.streams.video[0])):
+                if number in wanted:  # same size, so no scaling: POINT only skips the slow default set-up (4x)
+                    frames[number] = frame.to_ndarray(format="rgb24", interpolation="POINT")
+                if number >= last:
+                    break
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise EpisodeError(origin, f"cannot decode the clip video ({exc.__class__.__name__}: {exc})") from exc
+    if len(frames) != len(wanted):
+        raise EpisodeError(origin, f"frame {last} past the end of the clip ({len(frames)} frames decoded)")
+    return np.stack([frames[i] for i in indices])
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    tensor = torch.from_numpy(frames)
+    if frames.shape[1:3] == (height, width):
+        return tensor
+    resized = F.interpolate(tensor.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear",
+                            antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class ClipExamples(torch.utils.data.Dataset):
+    """Examples from the clips of one build that have a long enough window and the targets the stage needs."""
+
+    def __init__(self, data: DataConfig, model: ModelConfig, seed: int = 0):
+        self.clips = open_clips(data.format, data.root, data.levels)
+        self.frames, self.targets, self.seed = model.frames, data.targets, seed
+        self.state_dim, self.action_dim = model.action.state_dim, model.action.action_dim
+        self.normalizer = Normalizer(Path(data.root) / "manifest.json") if data.targets != "none" else None
+        self.skipped: Counter[str] = Counter()
+        self.usable = [i for i, meta in enumerate(self.clips.metadata()) if self._usable(meta, data.embodiments)]
+        if not self.usable:
+            raise EpisodeError(data.root, f"no usable clips ({dict(self.skipped)})")
+
+    def _usable(self, meta: dict, embodiments: list[str] | None) -> bool:
+        reason = None
+        if embodiments is not None and meta["embodiment"] not in embodiments:
+            reason = "other embodiment"
+        elif window_frames(meta["fps"], self.frames)[-1] >= meta["num_frames"]:
+            reason = "shorter than one window"
+        elif self.targets == "actions" and not meta.get("has_actions"):
+            reason = "no actions"
+        elif self.targets == "latent_actions" and not meta.get("has_latent_actions"):
+            reason = "no latent actions"
+        if reason:
+            self.skipped[reason] += 1
+        return reason is None
+
+    def __len__(self) -> int:
+        return len(self.usable)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, position = item
+        rng = example_rng(self.seed, position)
+        record = self.clips[self.usable[index]]
+        meta = record.meta
+        window = choose_window(meta["num_frames"], meta["fps"], self.frames, rng)
+        frames = decode_frames(record.mp4, window.frame_indices, record.origin)
+        example = {
+            "key": record.key,
+            "embodiment": meta["embodiment"],
+            "instruction": rng.choice(meta.get("instructions") or [meta.get("task") or ""]),
+            "frames": resize_frames(frames, self.frames.height, self.frames.width),
+        }
+        if self.targets != "none":
+            example.update(self._targets(record, window))
+        return example
+
+    def _targets(self, record: ClipRecord, window: Window) -> dict:
+        meta, chunk = record.meta, self.frames.action_chunk
+        times = window.start_time + np.arange(chunk) / self.frames.action_fps
+        name = self.targets
+        if name not in record.arrays:
+            raise EpisodeError(record.origin, f"json says has_{name} but {name}.npy is missing")
+        if name == "actions":
+            values = resample_linear(record.arrays["actions"], meta["action_fps"], times)
+        else:
+            values = resample_hold(record.arrays["latent_actions"], meta["fps"], times)
+        values = self.normalizer.normalize(values, meta["embodiment"], name)
+        actions, action_mask = _pad(values, self.action_dim, record.origin, name)
+        out = {"actions": torch.from_numpy(actions), "action_mask": torch.from_numpy(action_mask)}
+        if name == "actions" and "state" in record.arrays:
+            state = resample_linear(record.arrays["state"], meta["action_fps"], np.array([window.start_time]))[0]
+            state = self.normalizer.normalize(state, meta["embodiment"], "state")
+            out["state"] = torch.from_numpy(_pad(state[None], self.state_dim, record.origin, "state")[0][0])
+        return out
+
+
+def _pad(values: np.ndarray, width: int, origin: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    dims = values.shape[-1]
+    if dims > width:
+        raise EpisodeError(origin, f"{name} has {dims} dimensions, more than the model's {width}")
+    padded = np.zeros(values.shape[:-1] + (width,), np.float32)
+    padded[..., :dims] = values
+    return padded, np.arange(width) < dims
+
+
+class ResumableSampler(Sampler):
+    """An endless, seeded stream of (clip index, global position), reshuffled each epoch.
+
+    Rank r of w takes positions r, r + w, ...; starting at `start` (samples already consumed by all
+    ranks) resumes the stream exactly where a checkpoint left it.
+    """
+
+    def __init__(self, num_clips: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_clips, self.seed, self.start, self.rank, self.world_size = num_clips, seed, start, rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position = self.start + self.rank
+        epoch, order = -1, None
+        while True:
+            if position // self.num_clips != epoch:
+                epoch = position // self.num_clips
+                order = torch.randperm(self.num_clips, generator=torch.Generator().manual_seed(self.seed + epoch))
+            yield int(order[position % self.num_clips]), position
+            position += self.world_size
+
+
+def collate(examples: list[dict]) -> dict:
+    batch = {"key": [e["key"] for e in examples], "embodiment": [e["embodiment"] for e in examples],
+             "instruction": [e["instruction"] for e in examples],
+             "frames": torch.stack([e["frames"] for e in examples])}
+    for name in ("actions", "action_mask"):
+        if name in examples[0]:
+            batch[name] = torch.stack([e[name] for e in examples])
+    if all("state" in e for e in examples):
+        batch["state"] = torch.stack([e["state"] for e in examples])
+    return batch
+
+
+def make_loader(dataset: ClipExamples, batch_size: int, seed: int, start: int = 0, rank: int = 0,
+                world_size: int = 1, num_workers: int = 0) -> DataLoader:
+    sampler = ResumableSampler(len(dataset), seed, start, rank, world_size)
+    # Lance (and CUDA) are not fork-safe: workers start fresh and reopen the dataset.
+    context = "spawn" if num_workers > 0 else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, multiprocessing_context=context)

@@ -1,0 +1,76 @@
+"""Run a trained Motus on one clip of a build in any of the five modes: `pyramid predict CHECKPOINT --mode vla`.
+
+Writes `prediction.mp4` (the condition frame then the predicted or given future frames, decoded by
+the VAE), `actions.npy` (the action chunk in the embodiment's units, real dimensions only) and
+`prediction.json` (what was given and what was predicted).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyramid.video_io import write_video
+from recipes.motus.build import build_encoders, build_motus
+from recipes.motus.checkpoint import load_weights
+from recipes.motus.config import DataConfig, Recipe
+from recipes.motus.data import ClipExamples, collate
+from recipes.motus.schedule import GIVEN_CLEAN, Mode
+
+
+@dataclass
+class PredictionFiles:
+    video: Path
+    actions: Path
+    summary: Path
+
+
+def load_recipe_of(checkpoint: str | Path) -> Recipe:
+    state = json.loads((Path(checkpoint) / "training_state.json").read_text())
+    return Recipe.model_validate(state["recipe"])
+
+
+def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: DataConfig | None = None,
+                 clip: int = 0, steps: int | None = None, seed: int = 0) -> PredictionFiles:
+    recipe = load_recipe_of(checkpoint)
+    mode = Mode(mode)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_motus(recipe.model)
+    load_weights(checkpoint, model)
+    model.to(device).eval()
+    encoders = build_encoders(recipe.model, device, with_vlm=True, seed=recipe.train.seed)
+
+    data = data or recipe.data
+    if data.targets == "none":  # a stage-1 checkpoint still needs an action chunk's shape (and actions for world_model)
+        data = data.model_copy(update={"targets": "actions"})
+    dataset = ClipExamples(data, recipe.model, seed=seed)
+    batch = collate([dataset[(clip % len(dataset), clip)]])
+    inputs = encoders.inputs(batch, device)
+    latents = inputs["latents"]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        prediction = model.predict(
+            mode, latents[:, :, :1], latents.shape[2], inputs["text"], action_shape=tuple(inputs["actions"].shape[1:]),
+            actions=inputs["actions"], video_latents=latents, state=inputs.get("state"),
+            und_features=inputs.get("und_features"), und_mask=inputs.get("und_mask"),
+            num_steps=steps or recipe.model.inference_steps, generator=torch.Generator().manual_seed(seed))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = encoders.video.decode(prediction.video_latents)[0].cpu().numpy()
+    video_path = write_video(out / "prediction.mp4", frames, fps=recipe.model.frames.video_fps)
+    embodiment = batch["embodiment"][0]
+    real_dims = int(batch["action_mask"][0].sum())
+    actions = prediction.actions[0].float().cpu().numpy()[:, :real_dims]
+    actions = dataset.normalizer.denormalize(actions, embodiment, data.targets)
+    np.save(out / "actions.npy", actions)
+    summary = {"checkpoint": str(checkpoint), "mode": mode.value, "clip": batch["key"][0],
+               "instruction": batch["instruction"][0], "given_clean": GIVEN_CLEAN.get(mode),
+               "video_frames": int(frames.shape[0]), "action_shape": list(actions.shape), "steps": steps
+               or recipe.model.inference_steps, "action_units": data.targets}
+    summary_path = out / "prediction.json"
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return PredictionFiles(video_path, out / "actions.npy", summary_path)

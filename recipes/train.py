@@ -1,0 +1,177 @@
+"""Train Motus on a build's shards, one stage per recipe: `pyramid train recipes/stage1.yaml`.
+
+Reads top to bottom: set up (distributed, model, encoders, optimizer, data, resume), then the loop
+(gradient accumulation, clipping, AdamW with warmup + cosine, logging, checkpoints). Launch with
+`torchrun --nproc-per-node N -m recipes.train RECIPE.yaml` for several GPUs (DDP, or FSDP with
+`train.distributed: fsdp`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from recipes.motus.build import build_encoders, build_motus
+from recipes.motus.checkpoint import (latest_checkpoint, load_checkpoint, load_weights, save_checkpoint,
+                                      step_directory)
+from recipes.motus.config import Recipe, load_recipe
+from recipes.motus.data import ClipExamples, make_loader
+from recipes.motus.schedule import training_loss
+
+
+def train(recipe: Recipe, resume: bool = True, log=print) -> dict:
+    cfg = recipe.train
+    rank, world_size, device = setup_distributed()
+    is_main = rank == 0
+    output = Path(cfg.output_dir)
+
+    # Model: same seed on every rank, so random-init weights agree before the first step.
+    torch.manual_seed(cfg.seed)
+    model = build_motus(recipe.model)
+    if cfg.init_from:
+        load_weights(cfg.init_from, model)
+    for name in ("video", "action", "understanding"):
+        getattr(model, name).requires_grad_(name in cfg.trainable)
+    for parameter in model.understanding.idle_parameters():
+        parameter.requires_grad_(False)
+    model.to(device)
+    encoders = build_encoders(recipe.model, device, with_vlm=cfg.stage > 1, seed=cfg.seed)
+    model = wrap_distributed(model, cfg.distributed, world_size, device, recipe.data.targets != "actions")
+
+    # Optimiser: AdamW, linear warmup then cosine decay to lr * min_lr_ratio.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps,
+                                                                           cfg.min_lr_ratio))
+    noise = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # timesteps and noise; saved for exact resume
+
+    step, consumed = 0, 0
+    checkpoint = latest_checkpoint(output) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, noise)
+        step, consumed = state["step"], state["samples_consumed"]
+        log(f"resumed from {checkpoint} at step {step}")
+
+    dataset = ClipExamples(recipe.data, recipe.model, seed=cfg.seed)
+    loader = make_loader(dataset, cfg.batch_size, cfg.seed, consumed, rank, world_size, recipe.data.num_workers)
+    if is_main:
+        log(f"stage {cfg.stage}: {len(dataset)} clips ({dict(dataset.skipped) or 'none'} skipped), "
+            f"{sum(p.numel() for p in params) / 1e6:.1f}M trainable parameters, {world_size} process(es) on {device}")
+    writer = tensorboard_writer(output) if is_main else None
+    samples_per_step = cfg.batch_size * cfg.grad_accum_steps * world_size
+    batches = iter(loader)
+    history: list[float] = []
+
+    model.train()
+    while step < cfg.steps:
+        started = time.perf_counter()
+        for micro in range(cfg.grad_accum_steps):
+            inputs = encoders.inputs(next(batches), device)
+            sync = micro == cfg.grad_accum_steps - 1 or not hasattr(model, "no_sync")
+            with precision_context(cfg.precision, device), (contextlib.nullcontext() if sync else model.no_sync()):
+                losses = training_loss(model, **inputs, method=cfg.timesteps, video_weight=cfg.video_loss_weight,
+                                       action_weight=cfg.action_loss_weight, generator=noise)
+                (losses.total / cfg.grad_accum_steps).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        consumed += samples_per_step
+        history.append(losses.total.item())
+
+        if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            scalars = {"loss/total": losses.total.item(), "loss/video": losses.video.item(),
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "samples_per_second": samples_per_step / (time.perf_counter() - started)}
+            if losses.actions is not None:
+                scalars["loss/actions"] = losses.actions.item()
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, step)
+            log(f"step {step}/{cfg.steps}  " + "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in scalars.items()))
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            directory = step_directory(output, step)
+            state = {"step": step, "samples_consumed": consumed, "stage": cfg.stage, "recipe": recipe.model_dump()}
+            save_checkpoint(directory, model, optimizer, scheduler, noise, state, is_writer=is_main)
+            if is_main:
+                log(f"saved {directory}")
+    if writer is not None:
+        writer.close()
+    return {"step": step, "losses": history, "checkpoint": str(latest_checkpoint(output))}
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; a plain `python` run is one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+def wrap_distributed(model: nn.Module, strategy: str, world_size: int, device: torch.device,
+                     some_unused: bool) -> nn.Module:
+    if world_size == 1:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Without a state token (video-only or latent-action stages) the state encoder gets no gradient.
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=some_unused)
+    from torch.distributed.fsdp import fully_shard
+
+    # Motus calls the Wan blocks' sub-modules directly, so the unit of sharding is each Linear/Conv
+    # (their forward is what runs); the root unit holds the norms and modulation tables.
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv3d)) and any(p.requires_grad for p in module.parameters()):
+            fully_shard(module)
+    return fully_shard(model)
+
+
+def precision_context(precision: str, device: torch.device):
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def tensorboard_writer(output: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(output / "tensorboard"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m recipes.train RECIPE.yaml")
+    train(load_recipe(args[0]))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

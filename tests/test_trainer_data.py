@@ -1,0 +1,167 @@
+"""The trainer's loaders on shards written as pyramid/SHARDS.md specifies, in both formats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyramid.errors import EpisodeError
+from recipes.motus.config import DataConfig, FramesConfig, model_config
+from recipes.motus.data import (ClipExamples, Normalizer, ResumableSampler, choose_window, decode_frames,
+                                example_rng, make_loader, resample_hold, resample_linear, window_frames)
+from recipes.motus.shards import LanceClips, WebDatasetClips
+from tests.fixtures import shards
+
+TINY = model_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    return shards.build(tmp_path_factory.mktemp("build"))
+
+
+def examples(build, format="webdataset", targets="actions", **extra):
+    return ClipExamples(DataConfig(format=format, root=str(build.root), targets=targets, **extra), TINY)
+
+
+def test_both_formats_hold_the_same_clips(build):
+    web, lance = WebDatasetClips(build.root), LanceClips(build.root)
+    assert [m["episode_id"] for m in web.metadata()] == [m["episode_id"] for m in lance.metadata()]
+    for index in range(len(web)):
+        a, b = web[index], lance[index]
+        assert a.key == b.key and a.mp4 == b.mp4
+        assert set(a.arrays) == set(b.arrays) == {"actions", "state", "latent_actions"}
+        for name in a.arrays:
+            np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
+
+
+def test_both_formats_give_identical_examples(build):
+    web, lance = examples(build, "webdataset"), examples(build, "lance")
+    for position in range(6):
+        item = (position % len(web), position)
+        a, b = web[item], lance[item]
+        assert a["key"] == b["key"] and a["instruction"] == b["instruction"]
+        for name in ("frames", "actions", "action_mask", "state"):
+            assert torch.equal(a[name], b[name]), name
+
+
+def test_an_example_has_a_condition_frame_eight_future_frames_and_48_actions(build):
+    example = examples(build)[(0, 0)]
+    assert example["frames"].shape == (9, 32, 32, 3) and example["frames"].dtype == torch.uint8
+    assert example["actions"].shape == (48, 14) and example["state"].shape == (14,)
+    assert example["action_mask"].tolist() == [True] * 7 + [False] * 7
+    assert torch.all(example["actions"][:, 7:] == 0)
+    assert example["instruction"] in build.metas[example["key"]]["instructions"]
+
+
+def test_frames_are_the_clip_frames_at_5_hz(build):
+    # Stored at 10 Hz, so 5 Hz is every second stored frame from the condition frame.
+    assert window_frames(10.0, FramesConfig()) == [0, 2, 4, 6, 8, 10, 12, 14, 16]
+    assert window_frames(30.0, FramesConfig()) == [6 * k for k in range(9)]
+    data = examples(build, targets="none")
+    example = data[(0, 3)]
+    window = choose_window(20, 10.0, TINY.frames, example_rng(data.seed, 3))
+    record = data.clips[data.usable[0]]
+    expected = decode_frames(record.mp4, window.frame_indices, record.origin)
+    assert torch.equal(example["frames"], torch.from_numpy(expected))
+
+
+def test_actions_are_resampled_to_30_hz_over_the_frames_span_and_normalised(build):
+    data = examples(build)
+    position = 5
+    example = data[(1, position)]
+    meta = build.metas[example["key"]]
+    window = choose_window(meta["num_frames"], meta["fps"], TINY.frames, example_rng(data.seed, position))
+    times = window.start_time + np.arange(48) / 30.0
+    raw = build.arrays[example["key"]]["actions"]  # at 30 Hz from the clip start: row i is time i / 30
+    expected = raw[np.round(times * 30).astype(int)]
+    low, high = data.normalizer.bounds(meta["embodiment"], "actions")
+    np.testing.assert_allclose(example["actions"][:, :7].numpy(), 2 * (expected - low) / (high - low) - 1, atol=1e-5)
+    state = build.arrays[example["key"]]["state"][round(window.start_time * 30)]
+    low, high = data.normalizer.bounds(meta["embodiment"], "state")
+    np.testing.assert_allclose(example["state"][:8].numpy(), 2 * (state - low) / (high - low) - 1, atol=1e-5)
+
+
+def test_resampling_interpolates_actions_and_holds_latent_actions():
+    values = np.arange(10, dtype=np.float32)[:, None] * [1.0, -2.0]
+    np.testing.assert_allclose(resample_linear(values, 10.0, np.array([0.05, 0.25, 5.0])),
+                               [[0.5, -1.0], [2.5, -5.0], [9.0, -18.0]])
+    latent = np.arange(4, dtype=np.float32)[:, None]  # pair k covers [k, k+1) / 10 s
+    np.testing.assert_array_equal(resample_hold(latent, 10.0, np.array([0.0, 0.099, 0.1, 0.35, 2.0]))[:, 0],
+                                  [0, 0, 1, 3, 3])
+
+
+def test_latent_action_targets_come_from_latent_actions_npy(build):
+    data = examples(build, targets="latent_actions")
+    example = data[(2, 0)]
+    assert example["actions"].shape == (48, 14) and example["action_mask"].all()
+    assert "state" not in example  # human video has no robot state; the stage-2 expert runs without a state token
+    latent = build.arrays[example["key"]]["latent_actions"]
+    low, high = data.normalizer.bounds("tiny_arm", "latent_actions")
+    allowed = 2 * (latent - low) / (high - low) - 1
+    for row in example["actions"].numpy():  # every step is one of the clip's latent actions, held
+        assert np.isclose(allowed, row, atol=1e-5).all(axis=1).any()
+
+
+def test_clips_too_short_or_without_targets_are_skipped_with_a_reason(tmp_path):
+    short = shards.build(tmp_path / "short", episodes=1, clips_per_episode=1, num_frames=12)
+    with pytest.raises(EpisodeError, match="shorter than one window"):
+        examples(short)
+    unlabelled = shards.build(tmp_path / "unlabelled", episodes=1, clips_per_episode=2, latent_actions=False)
+    with pytest.raises(EpisodeError, match="no latent actions"):
+        examples(unlabelled, targets="latent_actions")
+    data = examples(unlabelled, embodiments=["tiny_arm"])
+    assert len(data) == 2 and not data.skipped
+
+
+def test_levels_pick_shard_folders_and_lance_rows(build):
+    assert len(WebDatasetClips(build.root, levels=[6])) == len(build.keys)
+    with pytest.raises(EpisodeError, match="no shards for levels"):
+        WebDatasetClips(build.root, levels=[2])
+    with pytest.raises(EpisodeError, match="no clips for levels"):
+        LanceClips(build.root, levels=[2])
+
+
+def test_missing_normalisation_statistics_name_the_manifest(build, tmp_path):
+    manifest = json.loads((build.root / "manifest.json").read_text())
+    del manifest["normalization"]["tiny_arm"]["actions"]
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(EpisodeError, match="manifest.json: no q01/q99 normalisation statistics for tiny_arm actions"):
+        Normalizer(path).normalize(np.zeros((2, 7), np.float32), "tiny_arm", "actions")
+
+
+def test_frames_are_resized_to_the_model_size(tmp_path):
+    wide = shards.build(tmp_path, episodes=1, clips_per_episode=1, height=48, width=64)
+    example = examples(wide, targets="none")[(0, 0)]
+    assert example["frames"].shape == (9, 32, 32, 3)
+
+
+def test_truncated_shard_member_is_an_episode_error(build, tmp_path):
+    shard = next((build.root / "webdataset").glob("level*/shard-*.tar"))
+    broken = tmp_path / "webdataset" / "level6" / shard.name
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(EpisodeError, match=shard.name):
+        WebDatasetClips(tmp_path)[0]
+
+
+def test_sampler_resumes_exactly_and_splits_positions_between_ranks():
+    stream = ResumableSampler(5, seed=3)
+    items = [item for _, item in zip(range(23), stream)]
+    assert sorted(i for i, _ in items[:5]) == list(range(5))  # each epoch is a permutation
+    resumed = [item for _, item in zip(range(10), ResumableSampler(5, seed=3, start=13))]
+    assert resumed == items[13:23]
+    rank1 = [item for _, item in zip(range(4), ResumableSampler(5, seed=3, start=2, rank=1, world_size=2))]
+    assert rank1 == [items[3], items[5], items[7], items[9]]
+
+
+def test_loader_batches_and_workers_agree(build):
+    data = examples(build, "lance")
+    inline = next(iter(make_loader(data, 2, seed=1)))
+    threaded = next(iter(make_loader(data, 2, seed=1, num_workers=1)))
+    assert inline["key"] == threaded["key"]
+    assert torch.equal(inline["frames"], threaded["frames"]) and torch.equal(inline["actions"], threaded["actions"])
