@@ -18,7 +18,7 @@ class ClipSpan:
     first: int  # first stored frame of the clip (index into the stored-frame sequence)
     stop: int  # one past the last stored frame
     start_frame: int  # source frame of `first`
-    end_frame: int  # one past the source frame of `stop - 1`
+    end_frame: int  # source frame of the next clip's first frame (the episode's length for the last)
 
     @property
     def num_frames(self) -> int:
@@ -31,7 +31,7 @@ def stored_rate(source_fps: float, wanted_fps: float) -> float:
 
 
 def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) -> np.ndarray:
-    """Source frame index of each stored frame, nearest in time."""
+    """Source frame index of each stored frame, nearest in time (np.rint: ties go to the even frame)."""
     if num_source_frames <= 0:
         return np.zeros(0, np.int64)
     duration = (num_source_frames - 1) / source_fps
@@ -40,14 +40,19 @@ def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) 
     return np.minimum(indices, num_source_frames - 1)
 
 
-def clip_spans(source_indices: np.ndarray, clip_frames: int, min_frames: int) -> list[ClipSpan]:
-    """Non-overlapping clips of `clip_frames` stored frames; a shorter tail is kept if it has `min_frames`."""
+def clip_spans(source_indices: np.ndarray, clip_frames: int, min_frames: int, num_source_frames: int) -> list[ClipSpan]:
+    """Non-overlapping clips of `clip_frames` stored frames; a shorter tail is kept if it has `min_frames`.
+
+    A clip's source span runs up to the next clip's first source frame (or the episode's end), so the
+    source-rate arrays of consecutive clips tile the episode with no rows left out.
+    """
     spans = []
     for index, first in enumerate(range(0, len(source_indices), clip_frames)):
         stop = min(first + clip_frames, len(source_indices))
         if stop - first < max(2, min_frames):
             break
-        spans.append(ClipSpan(index, first, stop, int(source_indices[first]), int(source_indices[stop - 1]) + 1))
+        end = int(source_indices[stop]) if stop < len(source_indices) else num_source_frames
+        spans.append(ClipSpan(index, first, stop, int(source_indices[first]), end))
     return spans
 
 

@@ -16,3 +16,7 @@ class EpisodeError(Exception):
 
 class SourceError(Exception):
     """A dataset root cannot be used at all (missing, unreadable, or of no known kind)."""
+
+
+class BuildError(Exception):
+    """A build cannot start or finish; the message says what to do."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import zlib
 import shutil
 import time
 from collections import defaultdict
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pyramid.errors import BuildError
 from pyramid.recipe import Recipe
 from pyramid.staging import Staging, atomic_write_bytes
 from pyramid.stats import RunningStats
@@ -54,10 +56,16 @@ class Tally:
                 if field in sample:
                     array = np.load(io.BytesIO(sample[field]), allow_pickle=False)
                     if array.size:
-                        stats = self.stats[embodiment].get(name)
-                        if stats is None:
-                            stats = self.stats[embodiment][name] = RunningStats(array.shape[1], seed=len(embodiment))
-                        stats.update(array)
+                        self._stats_for(embodiment, name, array.shape[1]).update(array)
+
+    def _stats_for(self, embodiment: str, name: str, dim: int) -> RunningStats:
+        """Per embodiment and array; arrays of another width under the same embodiment name get their own entry."""
+        arrays = self.stats[embodiment]
+        if name in arrays and arrays[name].dim != dim:
+            name = f"{name}@{dim}d"
+        if name not in arrays:
+            arrays[name] = RunningStats(dim, seed=zlib.crc32(f"{embodiment}/{name}".encode()))
+        return arrays[name]
 
     def normalization(self) -> dict:
         return {emb: {name: s.summary() for name, s in sorted(arrays.items())} for emb, arrays in sorted(self.stats.items())}
@@ -76,15 +84,15 @@ def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progre
     for row in tqdm(discover(recipe), desc="pack shards", unit="episode", disable=not progress):
         status = staging.status(row["episode_id"])
         if status is None:
-            raise RuntimeError(f"{row['path']}: episode was not processed; run the build again")
+            raise BuildError(f"{row['path']}: episode was not processed; run the build again")
         tally.add_status(status)
         if status["status"] != "ok":
             continue
         samples = list(staging.samples(row["episode_id"]))
         tally.add_samples(status["embodiment"], samples)
         kept_ids.append(row["episode_id"])
-        if "webdataset" in recipe.formats and not packer.already_packed(row["order"], status["level"]):
-            packer.add(row["order"], status["level"], samples)
+        if "webdataset" in recipe.formats and not packer.already_packed(row["order"], row["episode_id"], status["level"]):
+            packer.add(row["order"], row["episode_id"], status["level"], samples)
     packer.finish()
     timings["pack"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -1,28 +1,38 @@
 """`pyramid build`: wires the stages into a Ray Data pipeline, then packs, indexes and reports.
 
 1. discover episodes lazily, in windows, skipping those already staged (resume);
-2. Ray Data per window: decode -> flow (actor pool) -> label (actor pool, when a VAE is set) -> stage;
+2. Ray Data per window: decode -> flow -> (label) -> stage, as one CPU actor per core, or as
+   separate stages with GPU actors for learned flow and the VAE;
 3. pack staged episodes into WebDataset shards per level (resumable), stream them into Lance;
 4. write `manifest.json` and `report.html`, then remove the staging directory.
 This module holds no format knowledge: readers, stages and sinks do.
+
+On a cluster (`--address`), the output directory and every source root must be on a filesystem
+that all nodes see at the same path: workers write staged episodes there.
 """
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import itertools
 import json
 import os
 import pickle
 import shutil
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from pyramid.episode import make_episode_id
+from pyramid.errors import BuildError
 from pyramid.recipe import Recipe
 
-WINDOW_EPISODES = 512  # episodes handed to Ray at a time: bounds driver memory on huge trees
+# Episodes handed to Ray at a time: bounds driver memory on huge trees; actor pools (and the
+# models they load) are rebuilt once per window.
+WINDOW_EPISODES = 2048
 
 
 @dataclass
@@ -34,98 +44,164 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def recipe_fingerprint(recipe: Recipe) -> str:
-    return hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16]
-
-
 def discover(recipe: Recipe) -> Iterator[dict]:
     """One small row per episode over every source, in a deterministic order."""
     from pyramid.sources import get_source
 
     order = itertools.count()
+    kinds = Counter(spec.kind for spec in recipe.sources)
     for source_index, spec in enumerate(recipe.sources):
         reader = get_source(spec.kind)(spec.root, level=spec.level, embodiment=spec.embodiment, **spec.options)
         refs = reader.discover()
         if recipe.max_episodes:
             refs = itertools.islice(refs, recipe.max_episodes)
         for ref in refs:
-            yield {"order": next(order), "source_index": source_index, "episode_id": ref.episode_id,
+            # Two sources of one kind (two LeRobot datasets, say) can hold the same relative paths:
+            # their ids then also carry the root's folder name.
+            episode_id = ref.episode_id if kinds[spec.kind] == 1 else make_episode_id(ref.source, f"{Path(spec.root).name}/{ref.relpath}")
+            yield {"order": next(order), "source_index": source_index, "episode_id": episode_id,
                    "source": ref.source, "root": ref.root, "relpath": ref.relpath, "path": str(ref.path),
                    "level": reader.level, "locator": pickle.dumps(ref.locator)}
 
 
-def build(recipe: Recipe, address: str | None = None, workers: int | None = None, progress: bool = True) -> BuildResult:
+def check_unique_roots(recipe: Recipe) -> None:
+    seen: dict[tuple[str, str], str] = {}
+    for spec in recipe.sources:
+        key = (spec.kind, Path(spec.root).name)
+        if key in seen:
+            raise BuildError(f"sources {seen[key]} and {spec.root} are both '{spec.kind}' in folders named "
+                             f"'{key[1]}': their episode ids would collide; rename one folder")
+        seen[key] = spec.root
+
+
+def build(recipe: Recipe, address: str | None = None, workers: int | None = None, progress: bool = True,
+          retry_failed: bool = False) -> BuildResult:
     output = Path(recipe.output)
-    fingerprint = recipe_fingerprint(recipe)
+    fingerprint = recipe.content_fingerprint()
     manifest_path = output / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("recipe_fingerprint") == fingerprint:
-            shutil.rmtree(output / "_staging", ignore_errors=True)
-            return BuildResult(output, manifest, up_to_date=True)
-        raise RuntimeError(f"{output}: holds a finished build of a different recipe; choose another output directory")
+        if manifest.get("recipe_fingerprint") != fingerprint:
+            raise BuildError(f"{output}: holds a finished build of a different recipe; choose another output directory")
+        shutil.rmtree(output / "_staging", ignore_errors=True)
+        return BuildResult(output, manifest, up_to_date=True, failed_fraction=manifest["episodes"]["failed_fraction"])
+    check_unique_roots(recipe)
     output.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    _process_episodes(recipe, address, workers, progress)
-    timings["process"] = time.perf_counter() - started
+    with build_lock(output), _ray_session(address, progress):
+        _claim_staging(output, fingerprint, retry_failed)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        _process_episodes(recipe, workers)
+        timings["process"] = time.perf_counter() - started
     from pyramid.finalize import finalize
 
-    manifest = finalize(recipe, fingerprint, timings, progress)
+    with build_lock(output):
+        manifest = finalize(recipe, fingerprint, timings, progress)
     return BuildResult(output, manifest, failed_fraction=manifest["episodes"]["failed_fraction"], timings=timings)
 
 
-def _process_episodes(recipe: Recipe, address: str | None, workers: int | None, progress: bool) -> None:
+@contextmanager
+def build_lock(output: Path) -> Iterator[None]:
+    with open(output / ".build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"{output}: another build is writing here") from None
+        yield
+
+
+def _claim_staging(output: Path, fingerprint: str, retry_failed: bool) -> None:
+    """Staged work is reused only by the recipe that made it."""
+    from pyramid.staging import Staging
+
+    staging = Staging(output)
+    marker = staging.dir / "recipe.json"
+    if marker.exists() and json.loads(marker.read_text())["fingerprint"] != fingerprint:
+        raise BuildError(f"{output}: holds an unfinished build of a different recipe; rerun that recipe, "
+                         f"or delete {staging.dir} to start over")
+    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    if retry_failed:
+        for status_path in staging.dir.glob("*.json"):
+            if status_path != marker and json.loads(status_path.read_text()).get("status") == "failed":
+                status_path.unlink()
+
+
+def _process_episodes(recipe: Recipe, workers: int | None) -> None:
     from pyramid.staging import Staging
 
     staging = Staging(Path(recipe.output))
     pending = (row for row in discover(recipe) if not staging.status_path(row["episode_id"]).exists())
     while window := list(itertools.islice(pending, WINDOW_EPISODES)):
-        _init_ray(address, progress)
-        for _ in _run_window(window, recipe, workers):
-            pass
+        try:
+            for _ in _run_window(window, recipe, workers):
+                pass
+        except Exception as exc:  # noqa: BLE001 - a worker died (segfault, OOM kill): find the episode that did it
+            _isolate_crashes(window, recipe, staging, exc)
 
 
-def _init_ray(address: str | None, progress: bool) -> None:
+def _isolate_crashes(window: list[dict], recipe: Recipe, staging, first_error: Exception) -> None:
+    """Rerun the window's unfinished episodes one by one; one that kills its worker again is quarantined."""
+    from pyramid.stages import failure
+
+    for row in window:
+        if staging.status_path(row["episode_id"]).exists():
+            continue
+        try:
+            for _ in _run_window([row], recipe, 1):
+                pass
+        except Exception as exc:  # noqa: BLE001
+            reason = f"{row['path']}: worker died while processing ({exc.__class__.__name__})"
+            staging.write_status(failure(row, reason), None)
+
+
+@contextmanager
+def _ray_session(address: str | None, progress: bool) -> Iterator[None]:
     import ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or "local"  # "local": never attach to a stray cluster
     # Workers must import this project the way the driver does, wherever the build was started from.
     project_root = str(Path(__file__).resolve().parent.parent)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [project_root, os.environ.get("PYTHONPATH")]))}}
     ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=progress,
              configure_logging=True, logging_level="ERROR")
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.print_on_execution_start = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.print_on_execution_start = False
+    try:
+        yield
+    finally:
+        ray.shutdown()  # release the object store before finalize streams the staged data
 
 
 def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iterator[dict]:
     import ray
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     from pyramid.stages import EpisodeWorker, FlowStage, LabelStage, StageWriter, decode_episode
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0))
     pool = max(1, min(workers or cpus, len(window)))
+    # A worker that dies is not retried with the same episode forever: the window fails and
+    # `_isolate_crashes` finds the culprit.
+    no_retries = {"max_restarts": 0, "max_task_retries": 0}
     dataset = ray.data.from_items(window, override_num_blocks=len(window))
     flow_on_gpu = gpus > 0 and recipe.flow.backend.startswith("ptlflow")
     label_on_gpu = gpus > 0 and recipe.vae is not None
     if not (flow_on_gpu or label_on_gpu):
-        # CPU only: one actor per core runs every stage, so decoded frames never cross processes.
         threads = max(1, cpus // pool)
-        dataset = dataset.map(EpisodeWorker, fn_constructor_kwargs={"recipe": recipe, "flow_threads": threads},
-                              compute=ActorPoolStrategy(size=pool), num_cpus=threads)
+        dataset = dataset.map(EpisodeWorker, fn_constructor_kwargs={"recipe": recipe, "threads": threads},
+                              compute=ActorPoolStrategy(size=pool), num_cpus=threads, **no_retries)
         yield from dataset.iter_rows()
         return
-    dataset = dataset.map(decode_episode, fn_kwargs={"recipe": recipe}, compute=ray.data.TaskPoolStrategy(size=pool))
-    dataset = dataset.map(FlowStage, fn_constructor_kwargs={"recipe": recipe}, num_gpus=1 if flow_on_gpu else 0,
-                          compute=ActorPoolStrategy(min_size=1, max_size=gpus if flow_on_gpu else pool))
+    # Flow and the VAE share each GPU when both run there, so neither waits for the other's device.
+    gpu_share = 0.5 if flow_on_gpu and label_on_gpu else 1.0
+    dataset = dataset.map(decode_episode, fn_kwargs={"recipe": recipe}, compute=TaskPoolStrategy(size=pool), max_retries=0)
+    dataset = dataset.map(FlowStage, fn_constructor_kwargs={"recipe": recipe}, num_gpus=gpu_share if flow_on_gpu else 0,
+                          compute=ActorPoolStrategy(min_size=1, max_size=gpus if flow_on_gpu else pool), **no_retries)
     if recipe.vae:
-        dataset = dataset.map(LabelStage, fn_constructor_kwargs={"recipe": recipe}, num_gpus=1 if label_on_gpu else 0,
-                              compute=ActorPoolStrategy(min_size=1, max_size=gpus if label_on_gpu else pool))
-    dataset = dataset.map(StageWriter, fn_constructor_kwargs={"recipe": recipe}, compute=ActorPoolStrategy(min_size=1, max_size=pool))
+        dataset = dataset.map(LabelStage, fn_constructor_kwargs={"recipe": recipe}, num_gpus=gpu_share if label_on_gpu else 0,
+                              compute=ActorPoolStrategy(min_size=1, max_size=gpus if label_on_gpu else pool), **no_retries)
+    dataset = dataset.map(StageWriter, fn_constructor_kwargs={"recipe": recipe},
+                          compute=ActorPoolStrategy(min_size=1, max_size=pool), **no_retries)
     yield from dataset.iter_rows()

@@ -6,6 +6,7 @@ Every problem in a recipe is reported at once, each naming its key, e.g.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -99,10 +100,24 @@ class Recipe(Strict):
         return size
 
     @model_validator(mode="after")
-    def _some_format(self) -> "Recipe":
+    def _consistent(self) -> "Recipe":
+        problems = []
         if not self.formats:
-            raise ValueError("formats: name at least one of webdataset, lance")
+            problems.append("formats: name at least one of webdataset, lance")
+        if self.filters.min_frames > self.clip_frames:
+            problems.append(f"filters.min_frames ({self.filters.min_frames}) exceeds clip_frames ({self.clip_frames}): every clip would be dropped")
+        if self.flow.stride >= self.filters.min_frames:
+            problems.append(f"flow.stride ({self.flow.stride}) must be below filters.min_frames ({self.filters.min_frames})")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def content_fingerprint(self) -> str:
+        """What decides a build's content: everything but where it goes and how many failures it tolerates."""
+        import hashlib
+
+        content = self.model_dump(mode="json", exclude={"output", "max_failed_fraction"})
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolved(self, base: Path) -> "Recipe":
         """Paths in a recipe are relative to the recipe file; environment variables are expanded."""

@@ -29,7 +29,7 @@ def write_report(output: Path, manifest: dict, staging: Staging, episode_ids: li
     sections = [_summary(manifest), _composition(manifest)]
     previews = [_flow_preview(staging, eid) for eid in episode_ids[:PREVIEW_EPISODES]]
     sections.append("<h2>Flow previews</h2>" + "".join(p for p in previews if p))
-    latents = _latent_plot(staging, episode_ids)
+    latents = _latent_plot(staging, episode_ids) if manifest["recipe"].get("vae") else ""
     if latents:
         sections.append(latents)
     sections.append(_quarantine(manifest))
@@ -85,7 +85,7 @@ def _flow_preview(staging: Staging, episode_id: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".mp4") as clip:
         clip.write(sample["mp4"])
         clip.flush()
-        frames = read_frames(clip.name, [0, min(1, meta["num_frames"] - 1)])
+        frames = read_frames(clip.name, [0, min(meta["flow"]["stride"], meta["num_frames"] - 1)])
     first_pair = meta["flow"]["pair_range"][0]
     flow_png = table.column("flow_rgb")[first_pair].as_py()
     flow_rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(flow_png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -95,7 +95,7 @@ def _flow_preview(staging: Staging, episode_id: str) -> str:
 
 def _latent_plot(staging: Staging, episode_ids: list[str]) -> str:
     series = []
-    for episode_id in episode_ids:
+    for episode_id in episode_ids[:64]:
         for sample in staging.samples(episode_id):
             if "latent_actions.npy" in sample:
                 series.append(np.load(io.BytesIO(sample["latent_actions.npy"]), allow_pickle=False))

@@ -1,15 +1,16 @@
-"""The per-episode work of a build, as Ray Data stages: decode -> flow -> (label) -> stage to disk.
+"""The per-episode work of a build: decode -> flow -> (label) -> stage to disk.
 
-Each stage maps one row per episode. A row carries its heavy data as a pickled `payload` (our own
-in-process objects, never read from user files), so Ray moves one opaque blob instead of
-inferring Arrow types for ragged arrays. A stage that fails marks the row `failed` with the reason;
-later stages pass failed rows through untouched, and the staging writer records the reason.
+Each step works on a `payload` dict (the episode's fields, stored frames, flow-RGB, latents). On a
+CPU-only machine `EpisodeWorker` runs every step in one Ray actor and hands payloads over in memory.
+With GPUs the steps become separate Ray Data stages; between them a row carries its payload pickled
+(our own in-process objects, never read from user files), so Ray moves one opaque blob instead of
+inferring Arrow types for ragged arrays. A failing step marks the row `failed` with a one-line
+reason; later steps pass it through, and the staging writer records the reason.
 """
 
 from __future__ import annotations
 
 import pickle
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from pyramid.clips import clip_spans, resize_frames, stored_frame_indices, store
 from pyramid.episode import EpisodeRef
 from pyramid.errors import EpisodeError
 from pyramid.recipe import Recipe
+
+DECODE_CHUNK = 64  # frames decoded at source resolution at a time, before resizing
 
 _readers: dict[int, Any] = {}
 
@@ -33,38 +36,75 @@ def _reader(recipe: Recipe, source_index: int):
     return _readers[source_index]
 
 
-def failure(row: dict, exc: BaseException) -> dict:
-    reason = str(exc) if isinstance(exc, EpisodeError) else f"{row.get('path', '')}: {exc.__class__.__name__}: {exc}"
-    return {**row, "status": "failed", "reason": reason.splitlines()[0] if reason else repr(exc), "payload": b""}
+def failure(row: dict, exc: BaseException | str) -> dict:
+    if isinstance(exc, str):
+        reason = exc
+    elif isinstance(exc, EpisodeError):
+        reason = str(exc)
+    else:
+        reason = f"{row.get('path', '')}: {exc.__class__.__name__}: {exc}"
+    return {**row, "status": "failed", "reason": (reason.splitlines() or [repr(exc)])[0], "payload": b""}
 
 
-def decode_episode(row: dict, recipe: Recipe) -> dict:
-    """Read the episode, pick the stored frames, decode and resize them."""
+def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
+    """Read the episode, pick the stored frames, decode and resize them (in chunks, to bound memory)."""
     try:
         reader = _reader(recipe, int(row["source_index"]))
         episode = reader.read(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"])))
         fps = stored_rate(episode.fps, recipe.fps)
         indices = stored_frame_indices(episode.num_frames, episode.fps, fps)
-        spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames)
+        spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames, episode.num_frames)
         if not spans:
-            return {**row, "status": "skipped", "reason": f"{row['path']}: {len(indices)} frames at {fps:g} fps, fewer than min_frames", "payload": b""}
+            reason = f"{row['path']}: {len(indices)} frames at {fps:g} fps, fewer than min_frames ({recipe.filters.min_frames})"
+            return {**row, "status": "skipped", "reason": reason, "payload": b""}, None
         indices = indices[: spans[-1].stop]
-        frames = resize_frames(episode.frames(indices=indices.tolist()), recipe.video_size)
+        frames = np.concatenate([resize_frames(episode.frames(indices=chunk.tolist()), recipe.video_size)
+                                 for chunk in np.array_split(indices, max(1, -(-len(indices) // DECODE_CHUNK)))])
         fields = {
-            "episode_id": episode.episode_id, "source": episode.source, "embodiment": episode.embodiment,
+            # the pipeline's id, which also tells apart two sources of the same kind
+            "episode_id": row["episode_id"], "source": episode.source, "embodiment": episode.embodiment,
             "level": episode.level, "instructions": episode.instructions, "task": episode.task,
             "source_fps": float(episode.fps), "fps": fps, "num_source_frames": episode.num_frames,
             "state_names": episode.state_names, "action_names": episode.action_names,
         }
         payload = {"fields": fields, "frames": frames, "indices": indices, "spans": spans,
                    "state": episode.state, "actions": episode.actions}
-        return {**row, "status": "ok", "payload": pickle.dumps(payload, protocol=5)}
+        return {**row, "status": "ok"}, payload
     except Exception as exc:  # noqa: BLE001 - any failure quarantines this episode only
-        return failure(row, exc)
+        return failure(row, exc), None
 
 
-class FlowStage:
-    """Optical flow between stored frames t and t+stride, rendered as flow-RGB; drops static clips."""
+def decode_episode(row: dict, recipe: Recipe) -> dict:
+    """`decode_payload` as a Ray Data row function."""
+    row, payload = decode_payload(row, recipe)
+    return _pack(row, payload)
+
+
+def _pack(row: dict, payload: dict | None) -> dict:
+    return {**row, "payload": pickle.dumps(payload, protocol=5) if payload is not None else b""}
+
+
+def _unpack(row: dict) -> dict | None:
+    return pickle.loads(row["payload"]) if row["status"] == "ok" else None
+
+
+class RowStage:
+    """Runs `process(payload)` on a Ray Data row, turning an exception into a quarantined row."""
+
+    def process(self, payload: dict) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, row: dict) -> dict:
+        if row["status"] != "ok":
+            return row
+        try:
+            return _pack(row, self.process(_unpack(row)))
+        except Exception as exc:  # noqa: BLE001
+            return failure(row, exc)
+
+
+class FlowStage(RowStage):
+    """Optical flow between stored frames t and t+stride, rendered as flow-RGB; marks static clips."""
 
     def __init__(self, recipe: Recipe, threads: int | None = None):
         import flow
@@ -75,15 +115,7 @@ class FlowStage:
             options.setdefault("threads", threads)  # share the cores with the other workers, don't oversubscribe
         self.backend = flow.get_backend(recipe.flow.backend, **options)
 
-    def __call__(self, row: dict) -> dict:
-        if row["status"] != "ok":
-            return row
-        try:
-            return {**row, "payload": pickle.dumps(self._flow(pickle.loads(row["payload"])), protocol=5)}
-        except Exception as exc:  # noqa: BLE001
-            return failure(row, exc)
-
-    def _flow(self, payload: dict) -> dict:
+    def process(self, payload: dict) -> dict:
         import flow
 
         stride = self.recipe.flow.stride
@@ -97,23 +129,39 @@ class FlowStage:
         return payload
 
 
-class LabelStage:
+class LabelStage(RowStage):
     """Latent actions (the VAE posterior mean) for every flow pair, from a trained VAE checkpoint."""
 
     def __init__(self, recipe: Recipe):
-        from latent_action.labelling import LatentLabeller
+        from latent_action.labelling import LatentActionLabeller
 
-        self.labeller = LatentLabeller(recipe.vae)
+        self.labeller = LatentActionLabeller(recipe.vae)
+        check_vae_matches(self.labeller.vae.config, recipe)
 
-    def __call__(self, row: dict) -> dict:
-        if row["status"] != "ok":
-            return row
-        try:
-            payload = pickle.loads(row["payload"])
-            payload["latent_actions"] = self.labeller.label_flow_rgb(payload["flow_rgb"])
-            return {**row, "payload": pickle.dumps(payload, protocol=5)}
-        except Exception as exc:  # noqa: BLE001
-            return failure(row, exc)
+    def process(self, payload: dict) -> dict:
+        from latent_action.labelling import encode_flow_rgb
+
+        payload["latent_actions"] = encode_flow_rgb(self.labeller.vae, payload["flow_rgb"], self.labeller.batch_size)
+        return payload
+
+
+def check_vae_matches(config: Any, recipe: Recipe) -> None:
+    """A VAE only understands flow made the way it was trained: same size (flow is in px), backend, stride and colour scale."""
+    import flow
+
+    trained = (config.frame_height, config.frame_width)
+    problems = []
+    if trained != tuple(recipe.video_size):
+        problems.append(f"trained on flow at {trained[0]}x{trained[1]}, the recipe stores {recipe.video_size[0]}x{recipe.video_size[1]}")
+    if config.flow_backend.partition(":")[0] != recipe.flow.backend.partition(":")[0]:
+        problems.append(f"trained on '{config.flow_backend}' flow, the recipe uses '{recipe.flow.backend}'")
+    if recipe.flow.stride != 1:
+        problems.append(f"latent actions are defined on consecutive frames, the recipe's flow stride is {recipe.flow.stride}")
+    scale = config.flow_max_magnitude or flow.DEFAULT_MAX_MAGNITUDE
+    if scale != flow.DEFAULT_MAX_MAGNITUDE:
+        problems.append(f"flow-RGB scale is {scale} px, builds use {flow.DEFAULT_MAX_MAGNITUDE} px")
+    if problems:
+        raise ValueError(f"{recipe.vae}: VAE does not match the recipe: {'; '.join(problems)}")
 
 
 class StageWriter:
@@ -125,28 +173,38 @@ class StageWriter:
         self.recipe = recipe
         self.staging = Staging(Path(recipe.output))
 
-    def __call__(self, row: dict) -> dict:
+    def write(self, row: dict, payload: dict | None) -> dict:
         try:
-            payload = pickle.loads(row["payload"]) if row["status"] == "ok" else None
             summary = self.staging.write_episode(row, payload, self.recipe)
         except Exception as exc:  # noqa: BLE001
-            failed = failure(row, exc)
-            summary = self.staging.write_status(failed, None)
-            traceback.print_exc()
+            summary = self.staging.write_status(failure(row, exc), None)
         return {"order": row["order"], "episode_id": row["episode_id"], "status": summary["status"], "reason": summary.get("reason", "")}
+
+    def __call__(self, row: dict) -> dict:
+        return self.write(row, _unpack(row))
 
 
 class EpisodeWorker:
-    """Every stage in one actor, for CPU-only machines: no hand-offs between processes, one worker per core."""
+    """Every step in one actor, for CPU-only machines: payloads stay in memory, one worker per core."""
 
-    def __init__(self, recipe: Recipe, flow_threads: int | None = None):
+    def __init__(self, recipe: Recipe, threads: int = 1):
         self.recipe = recipe
-        self.flow = FlowStage(recipe, threads=flow_threads)
-        self.label = LabelStage(recipe) if recipe.vae else None
-        self.write = StageWriter(recipe)
+        self.flow = FlowStage(recipe, threads=threads)
+        self.label = None
+        if recipe.vae:
+            import torch
+
+            torch.set_num_threads(threads)
+            self.label = LabelStage(recipe)
+        self.writer = StageWriter(recipe)
 
     def __call__(self, row: dict) -> dict:
-        row = self.flow(decode_episode(row, self.recipe))
-        if self.label is not None:
-            row = self.label(row)
-        return self.write(row)
+        row, payload = decode_payload(row, self.recipe)
+        for stage in filter(None, (self.flow, self.label)):
+            if payload is None:
+                break
+            try:
+                payload = stage.process(payload)
+            except Exception as exc:  # noqa: BLE001
+                row, payload = failure(row, exc), None
+        return self.writer.write(row, payload)

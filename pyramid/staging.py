@@ -32,8 +32,12 @@ TAR_MTIME = 0  # fixed so that a rebuilt shard is byte-identical
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name, flush to disk, rename: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
 
 
@@ -105,10 +109,9 @@ class Staging:
                  "level": fields["level"], "pair_index": t, "flow_rgb": png_bytes(rgb),
                  "action": None if actions is None else actions[indices[t]].tolist()}
                 for t, rgb in enumerate(payload["flow_rgb"])]
-        path = self.dir / f"{episode_id}.flow.parquet"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        pq.write_table(pa.Table.from_pylist(rows, schema=FLOW_SCHEMA), tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=FLOW_SCHEMA), buffer)
+        atomic_write_bytes(self.dir / f"{episode_id}.flow.parquet", buffer.getvalue())
 
     def samples(self, episode_id: str) -> Iterator[dict[str, bytes]]:
         """The staged clip samples of one episode, each as {field name: bytes} plus `__key__`."""
@@ -132,6 +135,12 @@ class Staging:
         return pq.read_table(path) if path.exists() else None
 
 
+def flow_scale() -> float:
+    import flow
+
+    return flow.DEFAULT_MAX_MAGNITUDE
+
+
 def clip_samples(payload: dict, recipe: Recipe) -> Iterator[dict[str, Any]]:
     fields, frames, spans = payload["fields"], payload["frames"], payload["spans"]
     latents = payload.get("latent_actions")
@@ -144,6 +153,7 @@ def clip_samples(payload: dict, recipe: Recipe) -> Iterator[dict[str, Any]]:
                 "has_latent_actions": latents is not None,
                 "motion": payload["clip_motion"][clip],
                 "flow": {"backend": recipe.flow.backend, "stride": stride, "dataset": "flow.lance",
+                         "max_magnitude": flow_scale(),
                          "pair_range": [span.first, span.stop - stride]}}
         sample: dict[str, Any] = {"__key__": f"{fields['episode_id']}_c{span.index:04d}", "json": meta,
                                   "mp4": mp4_bytes(frames[span.first : span.stop], fields["fps"])}

@@ -179,3 +179,23 @@ def test_too_many_failures_fail_the_build_but_keep_its_output(fixtures, tmp_path
     assert [q["path"].split("/")[-1] for q in manifest["quarantined"]] == ["broken.mp4"]
     assert manifest["outputs"]["lance"] == ["flow.lance"]  # flow.lance feeds VAE training whatever the formats
     assert list((tmp_path / "strict").glob("webdataset/level2/shard-*.tar"))
+
+
+def test_two_sources_of_one_kind_keep_their_episodes_apart(fixtures, tmp_path):
+    import shutil as sh
+
+    roots = {}
+    for name in ("site_a", "site_b"):
+        roots[name] = tmp_path / name
+        sh.copytree(fixtures["videos"], roots[name])
+    recipe = {"sources": [{"kind": "videos", "root": str(root)} for root in roots.values()], "output": str(tmp_path / "twice"),
+              "video_size": [64, 96], "fps": 10, "clip_frames": 4, "formats": ["webdataset"],
+              "filters": {"min_frames": 3, "static_motion_threshold": 0.0}, "max_failed_fraction": 0.5}
+    (tmp_path / "twice.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run([*CLI, "build", str(tmp_path / "twice.yaml"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "twice" / "manifest.json").read_text())
+    assert manifest["episodes"]["ok"] == 2 * 3 and manifest["episodes"]["failed"] == 2
+    samples = read_shards(tmp_path / "twice")
+    assert len(samples) == manifest["by_source"]["videos"]["clips"]
+    assert len({json.loads(s["json"])["episode_id"] for s in samples.values()}) == 6

@@ -68,3 +68,19 @@ def test_every_bundled_build_recipe_loads(path, tmp_path, monkeypatch):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     recipe = load_recipe(path)
     assert recipe.sources and recipe.output
+
+
+def test_settings_that_would_drop_every_clip_are_refused(tmp_path):
+    path = write(tmp_path, {"sources": [{"kind": "videos", "root": "clips"}], "output": "out",
+                            "clip_frames": 4, "flow": {"stride": 8}})
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert "filters.min_frames (8) exceeds clip_frames (4)" in str(caught.value)
+    assert "flow.stride (8) must be below filters.min_frames (8)" in str(caught.value)
+
+
+def test_fingerprint_ignores_output_and_failure_limit(tmp_path):
+    base = {"sources": [{"kind": "videos", "root": "clips"}], "output": "out"}
+    first = load_recipe(write(tmp_path, base)).content_fingerprint()
+    assert load_recipe(write(tmp_path, {**base, "output": "elsewhere", "max_failed_fraction": 0.5})).content_fingerprint() == first
+    assert load_recipe(write(tmp_path, {**base, "fps": 5})).content_fingerprint() != first

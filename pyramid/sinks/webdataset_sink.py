@@ -14,6 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyramid.errors import BuildError
 from pyramid.staging import add_member, atomic_write_bytes
 
 
@@ -24,6 +25,7 @@ class OpenShard:
     tmp: Path
     tar: tarfile.TarFile
     last_order: int = -1
+    last_id: str = ""
     samples: int = 0
 
 
@@ -37,17 +39,22 @@ class ShardPacker:
         for stale in self.dir.glob("level*/.*.tmp"):
             stale.unlink()
 
-    def already_packed(self, order: int, level: int) -> bool:
-        return order <= self._level_state(level)["committed_through"]
+    def already_packed(self, order: int, episode_id: str, level: int) -> bool:
+        state = self._level_state(level)
+        if order == state["committed_through"] and episode_id != state.get("committed_id"):
+            raise BuildError(f"{self.state_path}: the sources changed since this build started "
+                               f"(episode {order} is now {episode_id}, was {state.get('committed_id')}); "
+                               f"build into a new output directory")
+        return order <= state["committed_through"]
 
-    def add(self, order: int, level: int, samples: list[dict[str, bytes]]) -> None:
+    def add(self, order: int, episode_id: str, level: int, samples: list[dict[str, bytes]]) -> None:
         shard = self.open.get(level) or self._open(level)
         for sample in samples:
             key = sample["__key__"]
             for field in sorted(f for f in sample if f != "__key__"):
                 add_member(shard.tar, f"{key}.{field}", sample[field])
             shard.samples += 1
-        shard.last_order = order
+        shard.last_order, shard.last_id = order, episode_id
         if shard.tar.fileobj.tell() >= self.target_bytes:
             self._commit(shard)
 
@@ -77,5 +84,6 @@ class ShardPacker:
             shard.tmp.unlink()
             return
         os.replace(shard.tmp, shard.tmp.with_name(f"shard-{shard.number:06d}.tar"))
-        self.state[str(shard.level)] = {"next_shard": shard.number + 1, "committed_through": shard.last_order}
+        self.state[str(shard.level)] = {"next_shard": shard.number + 1, "committed_through": shard.last_order,
+                                        "committed_id": shard.last_id}
         atomic_write_bytes(self.state_path, json.dumps(self.state).encode())
