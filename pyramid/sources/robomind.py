@@ -18,6 +18,7 @@ import numpy as np
 from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
 from pyramid.errors import EpisodeError
 from pyramid.sources.base import Source, register, walk_files
+from pyramid.sources.hdf5_file import one_line, open_hdf5
 
 SUCCESS, FAILED = "success_episodes", "failed_episodes"
 RGB_GROUP = "observations/rgb_images"
@@ -169,7 +170,7 @@ class RoboMindSource(Source):
         place = place_of(path)
         embodiment = place.embodiment or self.embodiment_override
         schema = _schema(path, embodiment)
-        with _open_hdf5(path) as file:
+        with open_hdf5(path) as file:
             if any(key in file for key in V2_KEYS):
                 raise EpisodeError(path, "RoboMIND 2.0 schema (arm_joint_position, camera_observations/); this reader reads v1")
             cameras = _cameras(file, path, schema)
@@ -237,16 +238,6 @@ def _schema(path: Path, embodiment: str | None) -> Schema:
         raise EpisodeError(path, f"unknown RoboMIND embodiment '{embodiment}' (known: {', '.join(sorted(SCHEMAS))})")
     return SCHEMAS[embodiment]
 
-
-def _open_hdf5(path: Path):
-    import h5py
-
-    if not path.is_file():
-        raise EpisodeError(path, "file not found")
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise EpisodeError(path, f"not a readable HDF5 file ({_one_line(error)})") from None
 
 
 def _cameras(file, path: Path, schema: Schema) -> dict[str, ImageSequenceCamera]:
@@ -324,9 +315,6 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
-
 
 def _side_file_folders(place: Place, root: Path) -> list[Path]:
     """The dataset root (above the benchmark folder), the benchmark folder, and the reader's root."""
@@ -353,7 +341,7 @@ def _read_annotations(path: Path) -> dict[str, list[tuple[tuple[str, ...], Any]]
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise EpisodeError(path, f"unreadable annotation file ({_one_line(error)})") from None
+        raise EpisodeError(path, f"unreadable annotation file ({one_line(error)})") from None
     index: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
     for record in records if isinstance(records, list) else []:
         if isinstance(record, dict) and isinstance(record.get("id"), str):

@@ -15,6 +15,7 @@ import numpy as np
 from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
 from pyramid.errors import EpisodeError
 from pyramid.sources.base import Source, register, walk_files
+from pyramid.sources.hdf5_file import one_line, open_hdf5
 
 EPISODE_FILE = re.compile(r"episode_?(\d+)\.hdf5")
 NOMINAL_FPS = 250 / 15  # physics steps of 1/250 s, one frame saved every save_freq=15 steps (spacing not uniform)
@@ -57,7 +58,7 @@ class RoboTwinSource(Source):
 
     def read(self, ref: EpisodeRef) -> Episode:
         path = ref.path
-        with _open_hdf5(path) as file:
+        with open_hdf5(path) as file:
             if "data_format_version" in file or "vision" in file:
                 fields = _read_xpolicylab(file, path)
             elif "joint_action" in file or "observation" in file:
@@ -109,7 +110,7 @@ class RoboTwinSource(Source):
             try:
                 self._config_files[path] = parse(path) if path.is_file() else None
             except (OSError, ValueError) as error:
-                raise EpisodeError(path, f"unreadable ({_one_line(error)})") from None
+                raise EpisodeError(path, f"unreadable ({one_line(error)})") from None
         return self._config_files[path]
 
 
@@ -206,7 +207,7 @@ def _legacy_instructions(path: Path) -> list[str]:
     try:
         content = json.loads(instruction_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise EpisodeError(instruction_file, f"unreadable instructions ({_one_line(error)})") from None
+        raise EpisodeError(instruction_file, f"unreadable instructions ({one_line(error)})") from None
     return [str(text) for key in ("seen", "unseen") for text in content.get(key, []) if str(text).strip()]
 
 
@@ -248,19 +249,6 @@ def _episode_number(path: Path) -> int:
     return int(match.group(1))
 
 
-def _open_hdf5(path: Path):
-    import h5py
-
-    if not path.is_file():
-        raise EpisodeError(path, "file not found")
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        raise EpisodeError(path, f"not a readable HDF5 file ({_one_line(error)})") from None
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
 
 
 def _finds_episode_folder(folder: Path, depth: int) -> bool:
