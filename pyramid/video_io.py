@@ -156,18 +156,27 @@ def write_video(
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
         stream.options = _encoder_options(codec, crf, gop)
-        # One encoder thread: x264 output then depends only on the frames, so rebuilt shards are
-        # byte-identical; parallelism comes from running many episodes at once instead.
-        stream.thread_count = 1
-        for frame in frames:
+        stream.thread_count = 1  # builds parallelise across episodes, not within one clip
+        for index, frame in enumerate(frames):
             if frame.shape[0] % 2 or frame.shape[1] % 2:
                 frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            for packet in stream.encode(_yuv420p_frame(frame, index)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     os.replace(tmp, path)
     return path
+
+
+def _yuv420p_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:
+    """RGB -> BT.601 limited-range yuv420p (FFmpeg's default for untagged video) by OpenCV, with its pts."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    planes = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+    frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+    frame.pts = index
+    return frame
 
 
 def _container_format(path: Path) -> str:
@@ -179,7 +188,9 @@ def _encoder_options(codec: str, crf: int, gop: int | None) -> dict[str, str]:
     if codec == "libsvtav1":
         options = {"crf": str(crf), "preset": "12"}
     elif codec == "libx264":
-        options = {"crf": str(crf), "preset": "veryfast"}
+        # mbtree off: x264's macroblock-tree rate control read uninitialised memory here (the output
+        # changed with whatever the process had freed before), and rebuilt shards must be identical.
+        options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
     elif codec == "libvpx-vp9":
         options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8"}
     if gop:
