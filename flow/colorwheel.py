@@ -43,8 +43,8 @@ WHEEL = _make_wheel()
 # one HSV sextant, so hue rises along the wheel and np.interp inverts it to a wheel position.
 _WHEEL_HUES = np.append(cv2.cvtColor((WHEEL[None] / 255).astype(np.float32), cv2.COLOR_RGB2HSV)[0, :, 0] / 60, 6.0)
 # Per channel: 255 - colour, and the change to the next colour (lookup tables for to_rgb).
-_WHEEL_MISSING = np.ascontiguousarray((255 - WHEEL).T, np.float32)
-_WHEEL_STEP = np.ascontiguousarray((np.roll(WHEEL, -1, axis=0) - WHEEL).T, np.float32)
+_WHEEL_MISSING = np.ascontiguousarray((255 - WHEEL).T, np.float64)
+_WHEEL_STEP = np.ascontiguousarray((np.roll(WHEEL, -1, axis=0) - WHEEL).T, np.float64)
 
 
 def to_rgb(flow: np.ndarray, max_magnitude: float | None = DEFAULT_MAX_MAGNITUDE) -> np.ndarray:
@@ -61,19 +61,29 @@ def to_rgb(flow: np.ndarray, max_magnitude: float | None = DEFAULT_MAX_MAGNITUDE
     u, v = flow[..., 0] / np.float32(max_magnitude), flow[..., 1] / np.float32(max_magnitude)
     radius = np.hypot(u, v)
     # Middlebury's mapping, including its (ncols - 1): angle -pi..pi -> wheel position 0..54.
-    position = (np.arctan2(-v, -u) / np.float32(np.pi) + 1) * np.float32((len(WHEEL) - 1) / 2)
+    position = np.arctan2(-v, -u)
+    position /= np.float32(np.pi)
+    position += 1
+    position *= np.float32((len(WHEEL) - 1) / 2)
     first = position.astype(np.int32)  # position >= 0, so this is floor
-    fraction = position - first
+    fraction = position - first  # float64 (float32 - int32), which the exact-colour tests rely on
     # In 0..255 levels, where the wheel's entries are exact integers: inside the disc a channel is
     # 255 - radius * (255 - wheel), outside 0.75 * wheel = 191.25 - 0.75 * (255 - wheel).
     inside = radius <= 1
     top = np.where(inside, np.float32(255), np.float32(191.25))
     scale = np.where(inside, radius, np.float32(0.75))
     rgb = np.empty(flow.shape[:-1] + (3,), np.uint8)
+    # In place, into reused buffers: this function runs on every flow pair of a build.
+    missing, step = np.empty_like(fraction), np.empty_like(fraction)
     for channel in range(3):
         # (255 - wheel) is exactly 0 along a full channel, so it stays exactly 255 (from_rgb relies on it).
-        missing = _WHEEL_MISSING[channel].take(first) - fraction * _WHEEL_STEP[channel].take(first)
-        rgb[..., channel] = np.floor(top - scale * missing)
+        np.take(_WHEEL_MISSING[channel], first, out=missing, mode="clip")
+        np.take(_WHEEL_STEP[channel], first, out=step, mode="clip")
+        step *= fraction
+        missing -= step
+        missing *= scale
+        np.subtract(top, missing, out=missing)
+        rgb[..., channel] = missing  # values are >= 0, so the cast truncates, i.e. floors
     return rgb
 
 
