@@ -14,11 +14,18 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 install: .venv/.installed
 
+# The main job, end to end on sample data: episodes -> tiny latent-action VAE -> labelled pyramid
+# (WebDataset + Lance + report) -> latent-action evaluation -> Motus layout -> a few trainer steps.
 demo: install
-	rm -rf out/sample_data
+	rm -rf out/sample_data out/vae-tiny out/sample_pyramid out/motus_export out/tiny_run
 	.venv/bin/pyramid sample-data out/sample_data
 	.venv/bin/pyramid inspect out/sample_data/lerobot
-	.venv/bin/pyramid inspect out/sample_data/videos
+	.venv/bin/pyramid train-vae latent_action/configs/tiny.yaml
+	.venv/bin/pyramid build recipes/build_sample.yaml
+	.venv/bin/pyramid eval-latents --vae out/vae-tiny/checkpoints/step_0001000 --out out/sample_pyramid/latent_eval out/sample_data/lerobot
+	.venv/bin/pyramid export-motus out/sample_pyramid out/motus_export
+	.venv/bin/pyramid train recipes/tiny.yaml
+	@echo "report: out/sample_pyramid/report.html   latent-action evaluation: out/sample_pyramid/latent_eval/"
 
 test: install
 	$(PY) -m pytest -q --timeout 900 tests

@@ -82,16 +82,18 @@ def build(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Parallel workers per stage (default: every CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Process quarantined episodes of an unfinished build again."),
 ) -> None:
     """Build the pyramid: sources -> clips, flow, latent actions -> WebDataset shards, Lance, manifest, report."""
+    from pyramid.errors import BuildError
     from pyramid.pipeline import build as run_build
     from pyramid.recipe import RecipeError, load_recipe
     from pyramid.summary import print_summary
 
     try:
         recipe = load_recipe(recipe_path, output=str(output.resolve()) if output else None)
-        result = run_build(recipe, address=address, workers=workers, progress=not quiet)
-    except (RecipeError, SourceError) as exc:
+        result = run_build(recipe, address=address, workers=workers, progress=not quiet, retry_failed=retry_failed)
+    except (RecipeError, SourceError, BuildError) as exc:
         fail(str(exc))
     print_summary(result)
     if result.failed_fraction > recipe.max_failed_fraction:
@@ -112,6 +114,18 @@ def export_motus(
     except FileNotFoundError as exc:
         fail(str(exc))
     typer.echo(f"{out_dir}: {counts['clips']} clips, {counts['latent_actions']} with latent actions")
+
+
+def _register_other_commands() -> None:
+    # The latent-action and trainer packages own their commands; both import heavy libraries lazily.
+    from latent_action.commands import register as register_latent_action
+    from recipes.commands import register as register_trainer
+
+    register_latent_action(app)
+    register_trainer(app)
+
+
+_register_other_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,85 @@
+"""The latent-action commands of the `pyramid` CLI: `train-vae`, `label`, `eval-latents` (added by `register`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pyramid.errors import EpisodeError, SourceError
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def train_vae(
+    config: Path = typer.Argument(..., help="Training config YAML (see latent_action/configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in run.out_dir."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with the losses."),
+) -> None:
+    """Train the latent-action VAE on flow pairs (from episodes or a flow.lance dataset)."""
+    from latent_action.config import ConfigError, load_config
+    from latent_action.train import train
+
+    try:
+        checkpoint = train(load_config(config), resume=resume, show_progress=progress, echo=_echo_err)
+    except (ConfigError, EpisodeError, SourceError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"checkpoint: {checkpoint}")
+
+
+def label(
+    source_root: Path = typer.Argument(..., help="A source root of any registered kind."),
+    out_dir: Path = typer.Argument(..., help="Where latent_actions/, latent_action_dim14/ and latent_stats.json go."),
+    vae: Path = typer.Option(..., "--vae", help="A checkpoint directory written by train-vae."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind; auto-detected when omitted."),
+    motus_layout: bool = typer.Option(False, "--motus-layout", help="Also write latent_action_dim14/<episode>.pt for the Motus trainer."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Relabel episodes already labelled in OUT_DIR."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+) -> None:
+    """Write the latent action (mu, float32 [T-1, 14]) of every frame pair of every episode."""
+    from latent_action.labelling import label_source
+
+    try:
+        report = label_source(vae, source_root, out_dir, source, motus_layout, overwrite, device, echo=_echo_err)
+    except (EpisodeError, SourceError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"labelled {report['episodes']} episodes ({report['pairs']} pairs, {report['reused']} reused), "
+               f"{len(report['errors'])} unreadable; stats in {out_dir / 'latent_stats.json'}")
+
+
+def eval_latents(
+    data: Path = typer.Argument(..., help="A source root with real actions."),
+    vae: Path = typer.Option(..., "--vae", help="A checkpoint directory written by train-vae."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<checkpoint name>)."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind; auto-detected when omitted."),
+    split: str = typer.Option("heldout", help="'heldout': only episodes the VAE did not train on; 'all': every episode."),
+    alpha: float = typer.Option(1e-3, help="Ridge regularisation of the probe (on standardised latents)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+) -> None:
+    """Probe R^2 (latents -> real actions), flow reconstruction EPE and latent statistics, as eval.json and plots."""
+    from latent_action.evaluation import evaluate_latents
+
+    if out_dir is None:  # <run>/eval/<step> for a train-vae checkpoint, else beside the checkpoint
+        out_dir = vae.parent.parent / "eval" / vae.name if vae.parent.name == "checkpoints" else vae.with_name(vae.name + "-eval")
+    try:
+        result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err)
+    except (EpisodeError, SourceError, ValueError) as exc:
+        _fail(str(exc))
+    summary = {"overall_r2": result["probe"]["overall_r2"], **result["flow"]}
+    typer.echo(json.dumps(summary))
+    typer.echo(f"report: {out_dir / 'eval.json'}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-vae")(train_vae)
+    app.command("label")(label)
+    app.command("eval-latents")(eval_latents)

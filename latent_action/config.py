@@ -1,0 +1,120 @@
+"""The `pyramid train-vae` YAML, validated into typed objects; unknown keys are errors, all reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from latent_action.losses import DEFAULT_BETA, DEFAULT_LAMBDA_A, DEFAULT_MOTION_WEIGHT
+from latent_action.sampler import DEFAULT_LABELLED_FRACTION
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be used; the message lists every problem, one per line, by key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    preset: Literal["tiny", "paper"] = "tiny"
+    dcae_path: Optional[Path] = None  # a local diffusers AutoencoderDC directory (e.g. dc-ae-f128c512-mix-1.0-diffusers)
+    freeze_dcae: bool = False  # train only the light encoder/decoder on top of a pretrained DC-AE
+    head_hidden_dim: Optional[int] = Field(None, gt=0)  # the preset's value when omitted
+
+
+class SourceConfig(Strict):
+    root: Path
+    kind: Optional[str] = None  # auto-detected when omitted
+    weight: float = Field(1.0, gt=0)  # relative sampling weight within its (labelled or unlabelled) pool
+    embodiment: Optional[str] = None
+    max_episodes: Optional[int] = Field(None, gt=0)
+
+
+class FlowConfig(Strict):
+    backend: str = "dis"
+    # None: flow.to_rgb's default, which the pipeline's flow.lance dataset also uses.
+    max_magnitude: Optional[float] = Field(None, gt=0)
+    # The stored video size the flow is computed at: Motus stores H x W = 384 x 320.
+    frame_height: int = Field(384, gt=0)
+    frame_width: int = Field(320, gt=0)
+
+
+class DataConfig(Strict):
+    sources: list[SourceConfig] = Field(default_factory=list)  # read straight from episodes (small runs)
+    lance: Optional[Path] = None  # or the pipeline's <build_out>/flow.lance
+    source_weights: dict[str, float] = Field(default_factory=dict)  # per source name, for the Lance dataset
+    flow: FlowConfig = FlowConfig()
+    labelled_fraction: float = Field(DEFAULT_LABELLED_FRACTION, ge=0, le=1)
+    # Labelled episodes kept out of training, for the probe in `eval-latents` and the periodic preview.
+    holdout_fraction: float = Field(0.25, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "DataConfig":
+        if bool(self.sources) == (self.lance is not None):
+            raise ValueError("give exactly one of 'sources' (episodes) or 'lance' (a flow.lance dataset)")
+        return self
+
+
+class AugmentConfig(Strict):
+    # Random shift of each training flow image, as a fraction of the model input size (0 = off).
+    # Shifting a flow image keeps the motion, so the latent must not depend on where motion happens.
+    max_shift: float = Field(0.25, ge=0, lt=1)
+
+
+class LossConfig(Strict):
+    lambda_a: float = Field(DEFAULT_LAMBDA_A, ge=0)
+    beta: float = Field(DEFAULT_BETA, ge=0)
+    motion_weight: float = Field(DEFAULT_MOTION_WEIGHT, ge=0)
+
+
+class OptimConfig(Strict):
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(32, gt=0)
+    max_steps: int = Field(1000, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class RunConfig(Strict):
+    out_dir: Path
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    bf16: bool = True  # autocast on GPU only
+    log_every: int = Field(10, gt=0)
+    eval_every: int = Field(200, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)
+
+
+class TrainConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    augment: AugmentConfig = AugmentConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig
+
+
+def parse_config(raw: object, origin: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}" for error in exc.errors()]
+        raise ConfigError(f"{origin}: {len(problems)} problem(s)\n  " + "\n  ".join(problems)) from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
+    return parse_config(raw, str(path))

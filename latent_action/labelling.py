@@ -1,0 +1,113 @@
+"""Latent actions for every consecutive frame pair of an episode: the VAE's mean `mu`, float32 [T-1, 14].
+
+`label_episode` is the function; `LatentActionLabeller` is the same as a callable class that loads the
+VAE once (a Ray Data actor); `label_source` labels a whole source root and writes
+`latent_actions/<episode_id>.npy`, optionally `latent_action_dim14/<episode_id>.pt` (the Motus trainer's
+layout: a float32 tensor [T-1, 14]) and `latent_stats.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from latent_action.images import to_model_input
+from latent_action.model import LatentActionVAE
+from latent_action.pairs import episode_flows, flow_to_rgb, read_episodes
+from pyramid.episode import Episode
+from pyramid.stats import RunningStats
+
+DEFAULT_BATCH_SIZE = 64
+
+
+@torch.no_grad()
+def encode_flow_rgb(vae: LatentActionVAE, flow_rgb: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """mu for each flow-RGB image (uint8 [N, H, W, 3], any size): float32 [N, action_dim]."""
+    device = next(vae.parameters()).device
+    config = vae.config
+    means = [vae.encode(to_model_input(flow_rgb[start : start + batch_size], config.image_size, config.input_encoding).to(device))[0]
+             for start in range(0, len(flow_rgb), batch_size)]
+    if not means:
+        return np.zeros((0, vae.config.action_dim), np.float32)
+    return torch.cat(means).float().cpu().numpy()
+
+
+def label_episode(vae: LatentActionVAE, episode: Episode, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """float32 [T-1, 14]: row t is the latent action of the pair (frame t, frame t+1).
+
+    Flow is made exactly as for training: frames resized to the VAE's stored frame size, its flow
+    backend, its flow-RGB max magnitude.
+    """
+    config = vae.config
+    chunks = [
+        encode_flow_rgb(vae, flow_to_rgb(flows, config.flow_max_magnitude), batch_size)
+        for flows in episode_flows(episode, config.frame_height, config.frame_width, config.flow_backend)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, config.action_dim), np.float32)
+
+
+class LatentActionLabeller:
+    """Construct once per worker (a Ray Data actor: `map(LatentActionLabeller, fn_constructor_args=(ckpt,))`)."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE):
+        from latent_action.checkpoint import load_trained
+        from latent_action.train import resolve_device
+
+        self.vae, _, _ = load_trained(checkpoint, resolve_device(device))
+        self.batch_size = batch_size
+
+    def __call__(self, episode: Episode) -> np.ndarray:
+        return label_episode(self.vae, episode, self.batch_size)
+
+
+def label_source(
+    checkpoint: str | Path,
+    root: str | Path,
+    out_dir: str | Path,
+    kind: str | None = None,
+    motus_layout: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Label every episode under `root`; episodes already labelled in `out_dir` are reused unless `overwrite`."""
+    labeller = None
+    out_dir = Path(out_dir)
+    stats = RunningStats(14)
+    report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": {}}
+    for episode in read_episodes(root, kind):
+        if isinstance(episode, Exception):
+            report["errors"][episode.path] = str(episode)
+            echo(f"skipped: {episode}")
+            continue
+        target = out_dir / "latent_actions" / f"{episode.episode_id}.npy"
+        if target.is_file() and not overwrite:
+            latents = np.load(target)
+            report["reused"] += 1
+        else:
+            labeller = labeller or LatentActionLabeller(checkpoint, device)
+            latents = labeller(episode)
+            _write_atomically(target, lambda path: np.save(path, latents))
+        if motus_layout:
+            tensor = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
+            _write_atomically(out_dir / "latent_action_dim14" / f"{episode.episode_id}.pt", lambda path: torch.save(tensor, path))
+        stats.update(latents)
+        report["episodes"] += 1
+        report["pairs"] += len(latents)
+    summary = {"latent_action": stats.summary(), "episodes": report["episodes"], "pairs": report["pairs"], "checkpoint": str(checkpoint)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latent_stats.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "label_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    write(partial)
+    os.replace(partial, path)

@@ -1,0 +1,219 @@
+"""The latent-action VAE training recipe: setup, the loop, evaluation previews and checkpoints, top to bottom.
+
+Run it with `pyramid train-vae CONFIG.yaml [--resume]`; `train(config)` is the same thing from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from latent_action.action_space import ActionNormalizer
+from latent_action.checkpoint import checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_checkpoint, save_checkpoint
+from latent_action.config import TrainConfig
+from latent_action.images import distance_from_white, random_shift, to_model_input, to_uint8, white
+from latent_action.losses import LossTerms, latent_action_loss
+from latent_action.model import LatentActionVAE
+from latent_action.pairs import EpisodePairs, LancePairs, PairSet, heldout_episodes, indices_of, read_episodes
+from latent_action.plots import write_preview
+from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
+from latent_action.sampler import MixedPairSampler
+
+PREVIEW_PAIRS = 8
+EVAL_PAIRS = 64
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [B, 3, S, S] in the model's input encoding
+    motion: torch.Tensor  # [B, 1, S, S] in [0, 1]: how far each pixel is from "no motion"
+    action: torch.Tensor  # [B, 14], normalised; zero where the pair has no action
+    mask: torch.Tensor  # [B, 14], 1 where action carries a real value
+
+
+@dataclass
+class TrainingData:
+    pairs: PairSet
+    heldout: set[str]  # labelled episodes kept out of training
+    train_indices: np.ndarray
+    eval_indices: np.ndarray  # held-out pairs (training pairs when nothing is held out)
+    normalizer: ActionNormalizer
+
+
+def train(config: TrainConfig, resume: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+    """Train (or continue training) and return the directory of the last checkpoint."""
+    from tqdm import tqdm
+
+    out_dir, checkpoints = config.run.out_dir, config.run.out_dir / "checkpoints"
+    if not resume and latest_checkpoint(checkpoints) is not None:
+        raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another run.out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.run.device)
+    torch.manual_seed(config.run.seed)
+
+    data = prepare_data(config, echo)
+    vae = build_model(config).to(device).train()
+    echo(f"model '{config.model.preset}': {describe_counts(parameter_counts(vae))}")
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=config.optim.lr,
+                                  betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config))
+    sampler = MixedPairSampler(data.pairs.table.labelled, data.pairs.table.group, data.train_indices,
+                               config.data.labelled_fraction, sampling_weights(config), config.run.seed)
+    generator = torch.Generator(device=device).manual_seed(config.run.seed)  # the reparameterisation noise
+    step = 0
+    if resume and (last := latest_checkpoint(checkpoints)) is not None:
+        step = restore_checkpoint(last, vae, optimizer, scheduler, generator)
+        echo(f"resumed from {last} at step {step}")
+
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.run.bf16 and device.type == "cuda")
+    shift = round(config.augment.max_shift * vae.config.image_size)
+    bar = tqdm(total=config.optim.max_steps, initial=step, disable=not show_progress, desc="train-vae", dynamic_ncols=True)
+    last_saved = None
+    with (out_dir / "train_log.jsonl").open("a") as log:
+        while step < config.optim.max_steps:
+            # Batches and their shifts are functions of (seed, step): a resumed run draws the same ones.
+            batch = make_batch(data.pairs, sampler.batch(step, config.optim.batch_size), data.normalizer, vae, device,
+                               shift, np.random.default_rng([config.run.seed, step, 1]))
+            with autocast:
+                output = vae(batch.images, sample=True, generator=generator)
+            terms = latent_action_loss(output.reconstruction, batch.images, output.mu, output.logvar, output.z,
+                                       batch.action, batch.mask, batch.motion, **config.loss.model_dump())
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), config.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            final = step == config.optim.max_steps
+            if step % config.run.log_every == 0 or final:
+                record = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **terms.as_floats()}
+                _write(log, record)
+                bar.set_postfix(loss=f"{record['total']:.4f}", rec=f"{record['reconstruction']:.4f}",
+                                align=f"{record['alignment']:.3f}", kl=f"{record['kl']:.2f}")
+            if step % config.run.eval_every == 0 or final:
+                preview = out_dir / "previews" / f"step_{step:07d}.png"
+                _write(log, {"step": step, "eval": evaluate(vae, data, config, device, preview)})
+            if step % config.run.checkpoint_every == 0 or final:
+                last_saved = save_checkpoint(checkpoint_dir(checkpoints, step), vae, optimizer, scheduler, generator, step,
+                                             data.normalizer, data.heldout, {"train_config": json.loads(config.model_dump_json())})
+                prune_checkpoints(checkpoints, config.run.keep_checkpoints)
+    bar.close()
+    return last_saved or latest_checkpoint(checkpoints)
+
+
+def _write(log, record: dict) -> None:
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+
+
+def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingData:
+    """The flow pairs, the held-out split and the action normalisation fitted on the training pairs."""
+    pairs = open_pairs(config, PRESETS[config.model.preset].image_size, echo)
+    heldout = heldout_episodes(pairs.table, config.data.holdout_fraction)
+    train_indices = indices_of(pairs.table, heldout, keep=False)
+    heldout_indices = indices_of(pairs.table, heldout, keep=True)
+    echo(f"pairs: {len(train_indices)} for training ({int(pairs.table.labelled[train_indices].sum())} labelled), "
+         f"{len(heldout_indices)} held out from {len(heldout)} episodes")
+    eval_indices = heldout_indices if len(heldout_indices) else train_indices
+    return TrainingData(pairs, heldout, train_indices, eval_indices, fit_normalizer(pairs, train_indices))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(config: TrainConfig) -> LatentActionVAE:
+    flow = config.data.flow
+    settings = {
+        "flow_backend": flow.backend, "flow_max_magnitude": flow.max_magnitude,
+        "frame_height": flow.frame_height, "frame_width": flow.frame_width,
+    }
+    if config.model.head_hidden_dim:
+        settings["head_hidden_dim"] = config.model.head_hidden_dim
+    return build_vae(config.model.preset, config.model.dcae_path, config.model.freeze_dcae, **settings)
+
+
+def warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
+    """LR multiplier: linear warmup to 1, then a cosine down to `min_lr_ratio` at `max_steps`."""
+    warmup, total, floor = config.optim.warmup_steps, config.optim.max_steps, config.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]) -> PairSet:
+    data = config.data
+    if data.lance is not None:
+        return LancePairs(data.lance, image_size)
+    pairs = EpisodePairs(image_size)
+    for number, source in enumerate(data.sources):
+        for episode in read_episodes(source.root, source.kind, source.embodiment, source.max_episodes):
+            if isinstance(episode, Exception):
+                pairs.skipped[str(episode.path)] = str(episode)
+                echo(f"skipped: {episode}")
+                continue
+            if episode.num_frames >= 2:
+                pairs.add_episode(episode, data.flow.frame_height, data.flow.frame_width, data.flow.backend,
+                                  data.flow.max_magnitude, group=f"sources[{number}]")
+    if not len(pairs):
+        raise ValueError("the configured sources hold no episode with two or more frames")
+    return pairs
+
+
+def sampling_weights(config: TrainConfig) -> dict[str, float]:
+    """Weight per sampling group: `sources[i]` entries for episodes, source names for a Lance dataset."""
+    if config.data.lance is not None:
+        return dict(config.data.source_weights)
+    return {f"sources[{number}]": source.weight for number, source in enumerate(config.data.sources)}
+
+
+def fit_normalizer(pairs: PairSet, train_indices: np.ndarray) -> ActionNormalizer:
+    table = pairs.table
+    labelled = [(table.embodiment[i], table.action_names.get(table.embodiment[i], []), table.action[i])
+                for i in train_indices if table.action[i] is not None]
+    return ActionNormalizer.fit(labelled)
+
+
+def make_batch(pairs: PairSet, indices: np.ndarray, normalizer: ActionNormalizer, vae: LatentActionVAE,
+               device: torch.device, shift: int = 0, rng: np.random.Generator | None = None) -> Batch:
+    """Model inputs, motion maps and normalised actions of the pairs at `indices`, shifted when `shift` > 0."""
+    table, encoding = pairs.table, vae.config.input_encoding
+    encoded = [normalizer.encode(table.embodiment[i], table.action[i]) for i in indices]
+    images = to_model_input(pairs.images(indices), vae.config.image_size, encoding)
+    if shift > 0 and rng is not None:
+        images = random_shift(images, shift, white(encoding), rng)
+    actions = torch.from_numpy(np.stack([value for value, _ in encoded]))
+    masks = torch.from_numpy(np.stack([mask for _, mask in encoded]))
+    motion = distance_from_white(images, encoding)
+    return Batch(images.to(device), motion.to(device), actions.to(device), masks.to(device))
+
+
+@torch.no_grad()
+def evaluate(vae: LatentActionVAE, data: TrainingData, config: TrainConfig, device: torch.device, preview_path: Path) -> dict[str, float]:
+    """Losses on a fixed set of (held-out) pairs, decoding the mean, and a preview image of input vs reconstruction."""
+    indices = data.eval_indices
+    chosen = indices[np.linspace(0, len(indices) - 1, min(EVAL_PAIRS, len(indices))).astype(int)]
+    vae.eval()
+    batch = make_batch(data.pairs, chosen, data.normalizer, vae, device)
+    output = vae(batch.images, sample=False)
+    terms: LossTerms = latent_action_loss(output.reconstruction, batch.images, output.mu, output.logvar, output.z,
+                                          batch.action, batch.mask, batch.motion, **config.loss.model_dump())
+    vae.train()
+    shown = np.linspace(0, len(chosen) - 1, min(PREVIEW_PAIRS, len(chosen))).astype(int)
+    encoding = vae.config.input_encoding
+    write_preview(preview_path, to_uint8(batch.images[shown], encoding), to_uint8(output.reconstruction[shown], encoding))
+    return terms.as_floats()

@@ -1,0 +1,200 @@
+"""Training, exact resume, labelling and evaluation of the latent-action VAE on a tiny sample dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import typer
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from latent_action.checkpoint import load_trained
+from latent_action.commands import register
+from latent_action.config import parse_config
+from latent_action.evaluation import evaluate_latents
+from latent_action.labelling import label_episode, label_source
+from latent_action.pairs import LancePairs
+from latent_action.train import train
+from pyramid.sample_data import write_sample_data
+from pyramid.sources import open_source
+
+EPISODES, CLIPS, FRAMES = 3, 2, 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on shared cores extra threads spin against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    write_sample_data(root, robot_episodes=EPISODES, video_clips=CLIPS, num_frames=FRAMES)
+    return root
+
+
+def config_dict(sample, out_dir, **optim) -> dict:
+    return {
+        "model": {"preset": "tiny"},
+        "data": {
+            "sources": [{"root": str(sample / "lerobot")}, {"root": str(sample / "videos")}],
+            "flow": {"frame_height": 96, "frame_width": 80},
+            "labelled_fraction": 0.5,
+            "holdout_fraction": 0.34,
+        },
+        "optim": {"batch_size": 4, "max_steps": 6, "warmup_steps": 2, "lr": 1e-3, **optim},
+        "run": {"out_dir": str(out_dir), "eval_every": 3, "checkpoint_every": 3, "log_every": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def straight_run(sample, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("straight")
+    checkpoint = train(parse_config(config_dict(sample, out_dir)), show_progress=False, echo=lambda _: None)
+    return out_dir, checkpoint
+
+
+def test_training_writes_checkpoints_previews_and_a_log(straight_run):
+    out_dir, checkpoint = straight_run
+    assert checkpoint == out_dir / "checkpoints" / "step_0000006"
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "optimizer.safetensors", "trainer_state.json",
+                 "action_normalizer.json", "heldout_episodes.json"):
+        assert (checkpoint / name).is_file(), name
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
+    assert len(json.loads((checkpoint / "heldout_episodes.json").read_text())) == 1
+    assert sorted(p.name for p in (out_dir / "previews").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+    preview = cv2.imread(str(out_dir / "previews" / "step_0000003.png"))
+    assert preview.shape[0] == 2 * 64 + 2  # input row, separator, reconstruction row
+    records = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+    losses = [r for r in records if "total" in r]
+    assert [r["step"] for r in losses] == [1, 2, 3, 4, 5, 6]
+    assert all(r["total"] > 0 and r["reconstruction"] > 0 for r in losses)
+    normalizer = json.loads((checkpoint / "action_normalizer.json").read_text())
+    assert normalizer["embodiments"]["sample_arm"]["dims"] == [0, 1, 2]
+
+
+def test_resumed_run_reaches_the_same_state_as_an_uninterrupted_one(sample, straight_run, tmp_path):
+    straight_dir, straight_final = straight_run
+    # An interrupted run: its step-3 checkpoint is exactly what the straight run saved at step 3.
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copytree(straight_dir / "checkpoints" / "step_0000003", tmp_path / "checkpoints" / "step_0000003")
+    messages = []
+    resumed_final = train(parse_config(config_dict(sample, tmp_path)), resume=True, show_progress=False, echo=messages.append)
+    assert any("resumed" in m and "step 3" in m for m in messages)
+    straight_weights = load_file(str(straight_final / "diffusion_pytorch_model.safetensors"))
+    resumed_weights = load_file(str(resumed_final / "diffusion_pytorch_model.safetensors"))
+    assert straight_weights.keys() == resumed_weights.keys()
+    for name, tensor in straight_weights.items():
+        assert torch.allclose(tensor, resumed_weights[name], atol=1e-6, rtol=0), name
+    straight_moments = load_file(str(straight_final / "optimizer.safetensors"))
+    resumed_moments = load_file(str(resumed_final / "optimizer.safetensors"))
+    for name, tensor in straight_moments.items():
+        assert torch.allclose(tensor, resumed_moments[name], atol=1e-6, rtol=0), name
+    straight_state = json.loads((straight_final / "trainer_state.json").read_text())
+    resumed_state = json.loads((resumed_final / "trainer_state.json").read_text())
+    assert straight_state["scheduler"] == resumed_state["scheduler"] and straight_state["rng"] == resumed_state["rng"]
+
+
+def test_labelling_writes_one_latent_per_frame_pair(sample, straight_run, tmp_path):
+    _, checkpoint = straight_run
+    report = label_source(checkpoint, sample / "lerobot", tmp_path, motus_layout=True, device="cpu", echo=lambda _: None)
+    assert report["episodes"] == EPISODES and report["pairs"] == EPISODES * (FRAMES - 1) and not report["errors"]
+    reader = open_source(sample / "lerobot")
+    vae, _, _ = load_trained(checkpoint)
+    first = reader.read(next(iter(reader.discover())))
+    for ref in reader.discover():
+        latents = np.load(tmp_path / "latent_actions" / f"{ref.episode_id}.npy")
+        assert latents.shape == (FRAMES - 1, 14) and latents.dtype == np.float32
+        motus = torch.load(tmp_path / "latent_action_dim14" / f"{ref.episode_id}.pt", weights_only=True)
+        assert motus.dtype == torch.float32 and np.array_equal(motus.numpy(), latents)
+    direct = label_episode(vae, first)
+    assert np.allclose(direct, np.load(tmp_path / "latent_actions" / f"{first.episode_id}.npy"), atol=1e-5)
+    stats = json.loads((tmp_path / "latent_stats.json").read_text())
+    assert stats["pairs"] == EPISODES * (FRAMES - 1)
+    for key in ("min", "max", "mean", "std", "q01", "q99"):
+        assert len(stats["latent_action"][key]) == 14, key
+    again = label_source(checkpoint, sample / "lerobot", tmp_path, device="cpu", echo=lambda _: None)
+    assert again["reused"] == EPISODES
+
+
+def test_eval_latents_writes_probe_epe_and_plots(sample, straight_run, tmp_path):
+    _, checkpoint = straight_run
+    result = evaluate_latents(checkpoint, sample / "lerobot", tmp_path, device="cpu", echo=lambda _: None)
+    probe = result["probe"]["per_embodiment"]["sample_arm"]
+    assert probe["scored_episodes"] == 1 and probe["probe_fit_episodes"] == EPISODES - 1
+    assert set(probe["r2_per_dim"]) == {"x", "y", "grip"}
+    assert np.isfinite(result["probe"]["overall_r2"])
+    assert result["flow"]["epe_px"] >= 0 and result["flow"]["flow_rgb_roundtrip_epe_px"] < 0.5
+    assert len(result["latent_stats"]["q99"]) == 14
+    for name in ("eval.json", "probe_sample_arm.png", "latent_histograms.png", "flow_preview.png"):
+        assert (tmp_path / name).is_file(), name
+    every = evaluate_latents(checkpoint, sample / "lerobot", tmp_path / "all", split="all", device="cpu", echo=lambda _: None)
+    assert every["probe"]["per_embodiment"]["sample_arm"]["scored_episodes"] == EPISODES
+
+
+def test_lance_flow_dataset_feeds_training(tmp_path):
+    import lance
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    images = [np.full((64, 64, 3), 255, np.uint8) for _ in range(4)]
+    for i, image in enumerate(images):
+        image[10:20, 5 + 5 * i : 15 + 5 * i] = (200, 40 * i, 90)
+    pngs = [cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes() for image in images]
+    table = pa.table({
+        "episode_id": ["robot-a", "robot-a", "robot-b", "clip-c"],
+        "source": ["lerobot", "lerobot", "lerobot", "videos"],
+        "embodiment": ["sample_arm", "sample_arm", "sample_arm", "video"],
+        "level": pa.array([5, 5, 5, 2], pa.int8()),
+        "pair_index": pa.array([0, 1, 0, 0], pa.int32()),
+        "flow_rgb": pa.array(pngs, pa.binary()),
+        "action": pa.array([rng.normal(size=3).tolist(), rng.normal(size=3).tolist(), rng.normal(size=3).tolist(), None],
+                           pa.list_(pa.float32())),
+    })
+    lance.write_dataset(table, str(tmp_path / "flow.lance"))
+    pairs = LancePairs(tmp_path / "flow.lance", image_size=64)
+    assert pairs.table.labelled.tolist() == [True, True, True, False]
+    assert np.array_equal(pairs.images([3, 1]), np.stack([images[3], images[1]]))  # RGB order kept
+    assert pairs.pair(2).episode_id == "robot-b" and pairs.pair(3).action is None
+    config = {
+        "data": {"lance": str(tmp_path / "flow.lance"), "holdout_fraction": 0.0},
+        "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1},
+        "run": {"out_dir": str(tmp_path / "run"), "eval_every": 2, "checkpoint_every": 2},
+    }
+    checkpoint = train(parse_config(config), show_progress=False, echo=lambda _: None)
+    assert (checkpoint / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_cli_train_label_and_eval(sample, tmp_path):
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(config_dict(sample, tmp_path / "run", max_steps=2)))
+    trained = runner.invoke(app, ["train-vae", str(config_file), "--no-progress"])
+    assert trained.exit_code == 0, trained.output
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert f"checkpoint: {checkpoint}" in trained.output and "heads" in trained.output
+    labelled = runner.invoke(app, ["label", "--vae", str(checkpoint), str(sample / "videos"), str(tmp_path / "labels"),
+                                   "--motus-layout", "--device", "cpu"])
+    assert labelled.exit_code == 0, labelled.output
+    assert len(list((tmp_path / "labels" / "latent_action_dim14").glob("*.pt"))) == CLIPS
+    evaluated = runner.invoke(app, ["eval-latents", "--vae", str(checkpoint), str(sample / "lerobot"), "--split", "all",
+                                    "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "overall_r2" in evaluated.output and (tmp_path / "eval" / "eval.json").is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"sources": []}, "optim": {"batch_sise": 3}}))
+    failed = runner.invoke(app, ["train-vae", str(bad)])
+    assert failed.exit_code == 2 and "optim.batch_sise" in failed.output and "run: Field required" in failed.output
