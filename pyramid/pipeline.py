@@ -20,6 +20,7 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -183,8 +184,10 @@ def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iter
     gpus = int(ray.cluster_resources().get("GPU", 0))
     pool = max(1, min(workers or cpus, len(window)))
     # A worker that dies is not retried with the same episode forever: the window fails and
-    # `_isolate_crashes` finds the culprit.
+    # `_isolate_crashes` finds the culprit. (Ray 2.60 takes these only as remote args, with a
+    # deprecation warning we silence; pyproject pins Ray below 2.64, which removes them.)
     no_retries = {"max_restarts": 0, "max_task_retries": 0}
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
     dataset = ray.data.from_items(window, override_num_blocks=len(window))
     flow_on_gpu = gpus > 0 and recipe.flow.backend.startswith("ptlflow")
     label_on_gpu = gpus > 0 and recipe.vae is not None
