@@ -16,13 +16,7 @@ from latent_action.probe import cross_validated_predictions, fit_ridge, mean_r2,
 from latent_action.sampler import MixedPairSampler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on shared cores extra threads spin against each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

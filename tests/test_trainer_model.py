@@ -12,12 +12,7 @@ from recipes.motus.schedule import DENOISED, Mode, sample_timesteps, training_lo
 CHUNK, ACTION_DIM = 48, 14
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on 2 shared cores: threading only adds contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
