@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from latent_action.losses import DEFAULT_BETA, DEFAULT_LAMBDA_A, DEFAULT_MOTION_WEIGHT
 from latent_action.sampler import DEFAULT_LABELLED_FRACTION
+from pyramid.config_errors import validation_problems
 
 
 class ConfigError(ValueError):
@@ -107,7 +108,7 @@ def parse_config(raw: object, origin: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}" for error in exc.errors()]
+        problems = validation_problems(exc)
         raise ConfigError(f"{origin}: {len(problems)} problem(s)\n  " + "\n  ".join(problems)) from None
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pyramid.config_errors import validation_problems
 from pyramid.episode import PYRAMID_LEVELS
 
 # Motus trains at 384x320 (height x width); flow and latent actions are defined at this size.
@@ -142,7 +143,7 @@ def load_recipe(path: str | os.PathLike, **overrides) -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(f"{path}: " + "; ".join(_describe(error) for error in exc.errors())) from None
+        raise RecipeError(f"{path}: " + "; ".join(validation_problems(exc))) from None
     return recipe.resolved(path.parent.resolve())
 
 
@@ -152,11 +153,3 @@ def _expand_environment(path: Path, text: str) -> str:
     if missing:
         raise RecipeError(f"{path}: environment variable(s) not set: {', '.join(missing)}")
     return os.path.expandvars(text)
-
-
-def _describe(error: dict) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    return f"{key}: {message}"

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pyramid.config_errors import validation_problems
+
 
 class RecipeError(Exception):
     """A recipe that cannot be used; the message names the file and lists every bad key."""
@@ -266,8 +268,4 @@ def _merge(base: dict, overrides: dict) -> dict:
 def _describe(exc: Exception) -> str:
     if not isinstance(exc, ValidationError):
         return str(exc)
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return "; ".join(parts)
+    return "; ".join(validation_problems(exc))
