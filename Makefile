@@ -22,7 +22,7 @@ demo: install
 	.venv/bin/pyramid inspect out/sample_data/lerobot
 	.venv/bin/pyramid train-vae latent_action/configs/tiny.yaml
 	.venv/bin/pyramid build recipes/build_sample.yaml
-	.venv/bin/pyramid eval-latents --vae out/vae-tiny/checkpoints/step_0001000 --out out/sample_pyramid/latent_eval out/sample_data/lerobot
+	.venv/bin/pyramid eval-latents --vae out/vae-tiny --out out/sample_pyramid/latent_eval out/sample_data/lerobot
 	.venv/bin/pyramid export-motus out/sample_pyramid out/motus_export
 	.venv/bin/pyramid train recipes/tiny.yaml
 	@echo "report: out/sample_pyramid/report.html   latent-action evaluation: out/sample_pyramid/latent_eval/"

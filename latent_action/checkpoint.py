@@ -97,11 +97,23 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
         shutil.rmtree(path)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory as given, or the latest checkpoint of a training run (`run.out_dir` or its checkpoints/)."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        if folder.is_dir() and (latest := latest_checkpoint(folder)) is not None:
+            return latest
+    raise EpisodeError(path, "not a latent-action VAE checkpoint (no config.json) nor a training run with checkpoints")
+
+
 def load_trained(directory: str | Path, device: str | torch.device = "cpu") -> tuple[LatentActionVAE, ActionNormalizer, set[str]]:
-    """A trained VAE (eval mode), its action normalisation and its held-out episode ids."""
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise EpisodeError(directory, "not a latent-action VAE checkpoint (no config.json)")
+    """A trained VAE (eval mode), its action normalisation and its held-out episode ids.
+
+    `directory` is a checkpoint, or a training run whose latest checkpoint is taken.
+    """
+    directory = resolve_checkpoint(directory)
     vae = LatentActionVAE.from_pretrained(str(directory), low_cpu_mem_usage=False).to(device).eval()
     normalizer = ActionNormalizer.load(directory / "action_normalizer.json")
     heldout_file = directory / "heldout_episodes.json"

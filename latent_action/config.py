@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -113,9 +114,29 @@ def parse_config(raw: object, origin: str = "config") -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
+    """Relative paths in the file (source roots, flow.lance, DC-AE weights, out_dir) are relative to the file,
+    as in build and trainer recipes; environment variables and ~ are expanded."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
-    return parse_config(raw, str(path))
+    return relative_to(parse_config(raw, str(path)), path.resolve().parent)
+
+
+def relative_to(config: TrainConfig, base: Path) -> TrainConfig:
+    def fix(value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        expanded = Path(os.path.expandvars(os.path.expanduser(str(value))))
+        return expanded if expanded.is_absolute() else Path(os.path.normpath(base / expanded))
+
+    data = config.data.model_copy(update={
+        "sources": [source.model_copy(update={"root": fix(source.root)}) for source in config.data.sources],
+        "lance": fix(config.data.lance),
+    })
+    return config.model_copy(update={
+        "data": data,
+        "model": config.model.model_copy(update={"dcae_path": fix(config.model.dcae_path)}),
+        "run": config.run.model_copy(update={"out_dir": fix(config.run.out_dir)}),
+    })

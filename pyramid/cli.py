@@ -63,7 +63,7 @@ def _describe(row: dict) -> str:
 @app.command("sample-data")
 def sample_data(
     out_dir: Path = typer.Argument(..., help="Directory to write the sample datasets into."),
-    episodes: int = typer.Option(8, help="Robot episodes (LeRobot v3.0, with actions)."),
+    episodes: int = typer.Option(32, help="Robot episodes (LeRobot v3.0, with actions)."),
     clips: int = typer.Option(8, help="Unlabelled plain video clips."),
     seed: int = typer.Option(0, help="Random seed; the same seed writes the same data."),
 ) -> None:

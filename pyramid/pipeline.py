@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pyramid.episode import make_episode_id
-from pyramid.errors import BuildError
+from pyramid.errors import BuildError, EpisodeError
 from pyramid.recipe import Recipe
 
 # Episodes handed to Ray at a time: bounds driver memory on huge trees; actor pools (and the
@@ -75,8 +75,22 @@ def check_unique_roots(recipe: Recipe) -> None:
         seen[key] = spec.root
 
 
+def _with_checkpoint(recipe: Recipe) -> Recipe:
+    """The recipe with `vae` pointing at one checkpoint (a training run names its latest), so the build's
+    fingerprint and manifest say which weights labelled it."""
+    if not recipe.vae:
+        return recipe
+    from latent_action.checkpoint import resolve_checkpoint
+
+    try:
+        return recipe.model_copy(update={"vae": str(resolve_checkpoint(recipe.vae))})
+    except EpisodeError as exc:
+        raise BuildError(str(exc)) from None
+
+
 def build(recipe: Recipe, address: str | None = None, workers: int | None = None, progress: bool = True,
           retry_failed: bool = False) -> BuildResult:
+    recipe = _with_checkpoint(recipe)
     output = Path(recipe.output)
     fingerprint = recipe.content_fingerprint()
     manifest_path = output / "manifest.json"

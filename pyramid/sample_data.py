@@ -23,7 +23,7 @@ HEIGHT, WIDTH, FPS = 384, 320, 10
 NAMES = ["x", "y", "grip"]
 CAMERA = "observation.images.top"
 MAX_SPEED = 6.0  # px per frame
-MAX_GRIP_SPEED = 0.12  # opening per frame
+MAX_GRIP_SPEED = 0.25  # opening per frame: each jaw moves up to about 5 px, a motion flow sees as well as the arm's
 # Gripper geometry (px): a square hub with one jaw on each side; the jaw gap grows with the opening.
 HUB_HALF = 14.0
 JAW_WIDTH, JAW_HALF_HEIGHT = 8.0, 22.0
@@ -35,7 +35,7 @@ MARGIN_Y = JAW_HALF_HEIGHT + 4
 TABLE_RED, GRIPPER_RED = 50.0, 250.0
 
 
-def write_sample_data(out_dir: str | os.PathLike, robot_episodes: int = 8, video_clips: int = 8, seed: int = 0,
+def write_sample_data(out_dir: str | os.PathLike, robot_episodes: int = 32, video_clips: int = 8, seed: int = 0,
                       num_frames: int = 40) -> dict[str, Path]:
     """Write `<out_dir>/lerobot` (LeRobot v3.0, AV1) and `<out_dir>/videos` (h264 clips with captions).
 
@@ -127,13 +127,18 @@ def _draw_gripper(table: np.ndarray, x: float, y: float, grip: float) -> np.ndar
     left, top = int(min(box[0] for box in boxes)), int(min(box[2] for box in boxes))
     right, bottom = int(max(box[1] for box in boxes)) + 1, int(max(box[3] for box in boxes)) + 1
     rows, cols = np.arange(top, bottom, dtype=np.float32), np.arange(left, right, dtype=np.float32)
-    coverage = sum(np.outer(_overlap(rows, box[2], box[3]), _overlap(cols, box[0], box[1])) for box in boxes)
-    checker = (np.floor((rows[:, None] + 0.5 - y) / 5) + np.floor((cols[None] + 0.5 - x) / 5)) % 2
-    paint = np.stack([np.full_like(checker, GRIPPER_RED), 70 + 150 * checker, 20 + 60 * (1 - checker)], axis=-1)
     frame = table.copy()
     patch = frame[top:bottom, left:right]
-    patch += coverage[..., None] * (paint - patch)
+    for box in boxes:  # the parts never overlap, so each one paints its own pixels
+        coverage = np.outer(_overlap(rows, box[2], box[3]), _overlap(cols, box[0], box[1]))
+        patch += coverage[..., None] * (_paint(rows, cols, box) - patch)
     return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+
+
+def _paint(rows: np.ndarray, cols: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """A part's colours: red, with a 5 px green/blue checker fixed to the part, so its texture moves exactly as it does."""
+    checker = (np.floor((rows[:, None] + 0.5 - box[2]) / 5) + np.floor((cols[None] + 0.5 - box[0]) / 5)) % 2
+    return np.stack([np.full_like(checker, GRIPPER_RED), 70 + 150 * checker, 20 + 60 * (1 - checker)], axis=-1)
 
 
 def _overlap(pixels: np.ndarray, start: float, end: float) -> np.ndarray:

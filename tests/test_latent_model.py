@@ -8,7 +8,7 @@ import torch
 
 from latent_action.action_space import LATENT_ACTION_DIM, ActionNormalizer, selected_dims
 from latent_action.config import ConfigError, parse_config
-from latent_action.images import distance_from_white, random_shift, to_model_input, to_uint8
+from latent_action.images import INK_GAIN, distance_from_white, random_shift, to_model_input, to_uint8
 from latent_action.losses import alignment_loss, kl_divergence, latent_action_loss, reconstruction_loss
 from latent_action.model import LatentActionVAE
 from latent_action.presets import build_vae, parameter_counts
@@ -31,7 +31,7 @@ def flow_images(count: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     images = torch.zeros(count, 3, size, size)
     for i in range(count):
         y, x = rng.integers(4, size - 20, size=2)
-        images[i, :, y : y + 16, x : x + 16] = torch.from_numpy(rng.uniform(0.2, 1.0, size=(3, 1, 1))).float()
+        images[i, :, y : y + 16, x : x + 16] = torch.from_numpy(rng.uniform(0.2, 1.0, size=(3, 1, 1))).float() * INK_GAIN
     return images
 
 
@@ -225,5 +225,7 @@ def test_shipped_configs_are_valid(name):
 
     from latent_action.config import load_config
 
-    config = load_config(Path(__file__).parent.parent / "latent_action" / "configs" / f"{name}.yaml")
+    repo = Path(__file__).resolve().parent.parent
+    config = load_config(repo / "latent_action" / "configs" / f"{name}.yaml")
     assert config.model.preset == name
+    assert config.run.out_dir == repo / "out" / f"vae-{name}"  # relative to the file, not the working directory

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 import typer
+import webdataset as wds
 import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from latent_action.checkpoint import load_trained
+from latent_action.checkpoint import load_trained, resolve_checkpoint
 from latent_action.commands import register
 from latent_action.config import parse_config
 from latent_action.evaluation import evaluate_latents
 from latent_action.labelling import label_episode, label_source
 from latent_action.pairs import LancePairs
 from latent_action.train import train
+from pyramid.errors import EpisodeError
 from pyramid.sample_data import write_sample_data
 from pyramid.sources import open_source
 
@@ -76,6 +81,14 @@ def test_training_writes_checkpoints_previews_and_a_log(straight_run):
     assert all(r["total"] > 0 and r["reconstruction"] > 0 for r in losses)
     normalizer = json.loads((checkpoint / "action_normalizer.json").read_text())
     assert normalizer["embodiments"]["sample_arm"]["dims"] == [0, 1, 2]
+
+
+def test_a_training_run_stands_for_its_latest_checkpoint(straight_run, tmp_path):
+    out_dir, checkpoint = straight_run
+    assert resolve_checkpoint(out_dir) == resolve_checkpoint(out_dir / "checkpoints") == checkpoint
+    assert resolve_checkpoint(out_dir / "checkpoints" / "step_0000003") == out_dir / "checkpoints" / "step_0000003"
+    with pytest.raises(EpisodeError, match="not a latent-action VAE checkpoint"):
+        resolve_checkpoint(tmp_path)
 
 
 def test_resumed_run_reaches_the_same_state_as_an_uninterrupted_one(sample, straight_run, tmp_path):
@@ -192,3 +205,29 @@ def test_cli_train_label_and_eval(sample, tmp_path):
     bad.write_text(yaml.safe_dump({"data": {"sources": []}, "optim": {"batch_sise": 3}}))
     failed = runner.invoke(app, ["train-vae", str(bad)])
     assert failed.exit_code == 2 and "optim.batch_sise" in failed.output and "run: Field required" in failed.output
+
+
+def test_a_build_labels_clips_with_the_latest_checkpoint_of_a_run(sample, straight_run, tmp_path):
+    out_dir, checkpoint = straight_run
+    recipe = {
+        "sources": [{"kind": "lerobot", "root": str(sample / "lerobot")}], "output": str(tmp_path / "pyramid"),
+        "video_size": [96, 80], "fps": 10, "clip_frames": FRAMES, "formats": ["webdataset"],
+        "filters": {"min_frames": 3, "static_motion_threshold": 0.0}, "vae": str(out_dir),  # the run, not a checkpoint
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run([sys.executable, "-m", "pyramid", "build", str(tmp_path / "recipe.yaml"), "--quiet", "--workers", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "pyramid" / "manifest.json").read_text())
+    assert manifest["recipe"]["vae"] == str(checkpoint)
+    vae, _, _ = load_trained(checkpoint)
+    reader = open_source(sample / "lerobot")
+    expected = {ref.episode_id: label_episode(vae, reader.read(ref)) for ref in reader.discover()}
+    shards = sorted((tmp_path / "pyramid").glob("webdataset/level*/shard-*.tar"))
+    samples = [s for shard in shards for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    assert len(samples) == EPISODES
+    for example in samples:
+        latents = np.load(io.BytesIO(example["latent_actions.npy"]))
+        meta = json.loads(example["json"])
+        assert latents.shape == (FRAMES - 1, 14) and latents.dtype == np.float32
+        np.testing.assert_allclose(latents, expected[meta["episode_id"]], atol=1e-4)

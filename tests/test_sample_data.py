@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pyramid.sample_data import MAX_SPEED, gripper_centroid, write_sample_data
+from pyramid.sample_data import GAP_CLOSED, GAP_OPEN, MAX_SPEED, gripper_boxes, gripper_centroid, render_episode, write_sample_data
 from pyramid.sources import get_source
 from pyramid.video_io import probe
 
@@ -64,6 +64,34 @@ def test_decoded_motion_follows_the_actions(sample):
     position_errors, motion_errors = np.concatenate(position_errors), np.concatenate(motion_errors)
     assert motion_errors.mean() < 0.3 and np.percentile(motion_errors, 99) < 1.0 and motion_errors.max() < 1.5
     assert position_errors.mean() < 0.3 and position_errors.max() < 1.5
+
+
+def test_jaw_texture_moves_with_the_jaws():
+    # Same centre, the jaws 4 px further apart: each jaw is the same picture, moved 4 px outwards.
+    span = GAP_OPEN - GAP_CLOSED
+    closed, opened = render_episode(np.random.default_rng(0), np.array([[160, 192, 1 / span], [160, 192, 5 / span]]))
+    _, left_jaw, right_jaw = gripper_boxes(160, 192, 1 / span)
+    left, right, rows = int(left_jaw[0]), int(right_jaw[0]), slice(172, 212)
+    np.testing.assert_array_equal(opened[rows, left - 4 : left + 4], closed[rows, left : left + 8])
+    np.testing.assert_array_equal(opened[rows, right + 4 : right + 12], closed[rows, right : right + 8])
+    assert not np.array_equal(opened[rows, left : left + 8], closed[rows, left : left + 8])
+
+
+def test_optical_flow_sees_the_jaws_open_and_close(sample):
+    import flow
+
+    root, _ = sample
+    spreads, grips = [], []
+    for episode in read_episodes(root / "lerobot"):
+        flows = flow.estimate(episode.frames(), backend="dis")
+        for pair, (state, action) in enumerate(zip(episode.state[:-1], episode.actions[:-1])):
+            _, left_jaw, right_jaw = [[int(round(v)) for v in box] for box in gripper_boxes(*state)]
+            mean_u = lambda box: flows[pair, box[2] : box[3], box[0] : box[1], 0].mean()  # noqa: E731
+            spreads.append((mean_u(right_jaw) - mean_u(left_jaw)) / 2)
+            grips.append(action[2] * (GAP_OPEN - GAP_CLOSED))
+    # DIS smooths across the small gap between hub and jaws, so it sees most, not all, of the jaw motion.
+    slope, _ = np.polyfit(grips, spreads, 1)
+    assert np.corrcoef(spreads, grips)[0, 1] > 0.95 and slope > 0.6
 
 
 def test_same_seed_same_data_other_seed_other_data(sample, tmp_path):
