@@ -39,13 +39,16 @@ def train_vae(
 def label(
     source_root: Path = typer.Argument(..., help="A source root of any registered kind."),
     out_dir: Path = typer.Argument(..., help="Where latent_actions/, latent_action_dim14/ and latent_stats.json go."),
-    vae: Path = typer.Option(..., "--vae", help="A checkpoint directory written by train-vae."),
+    vae: Path = typer.Option(..., "--vae", help="A checkpoint written by train-vae, or its run.out_dir (the latest checkpoint)."),
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind; auto-detected when omitted."),
     motus_layout: bool = typer.Option(False, "--motus-layout", help="Also write latent_action_dim14/<episode>.pt for the Motus trainer."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Relabel episodes already labelled in OUT_DIR."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
 ) -> None:
-    """Write the latent action (mu, float32 [T-1, 14]) of every frame pair of every episode."""
+    """Write the latent action (mu, float32 [T-1, 14]) of every frame pair of every episode, in one process.
+
+    For large inputs, name the VAE in a build recipe (`vae:`): `pyramid build` labels every clip as a Ray stage.
+    """
     from latent_action.labelling import label_source
 
     try:
@@ -58,7 +61,7 @@ def label(
 
 def eval_latents(
     data: Path = typer.Argument(..., help="A source root with real actions."),
-    vae: Path = typer.Option(..., "--vae", help="A checkpoint directory written by train-vae."),
+    vae: Path = typer.Option(..., "--vae", help="A checkpoint written by train-vae, or its run.out_dir (the latest checkpoint)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: <run>/eval/<checkpoint name>)."),
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind; auto-detected when omitted."),
     split: str = typer.Option("heldout", help="'heldout': only episodes the VAE did not train on; 'all': every episode."),
@@ -68,6 +71,12 @@ def eval_latents(
     """Probe R^2 (latents -> real actions), flow reconstruction EPE and latent statistics, as eval.json and plots."""
     from latent_action.evaluation import evaluate_latents
 
+    from latent_action.checkpoint import resolve_checkpoint
+
+    try:
+        vae = resolve_checkpoint(vae)
+    except EpisodeError as exc:
+        _fail(str(exc))
     if out_dir is None:  # <run>/eval/<step> for a train-vae checkpoint, else beside the checkpoint
         out_dir = vae.parent.parent / "eval" / vae.name if vae.parent.name == "checkpoints" else vae.with_name(vae.name + "-eval")
     try:

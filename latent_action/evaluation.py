@@ -45,29 +45,43 @@ class EmbodimentData:
 
 @dataclass
 class FlowErrors:
-    """Running sums of end-point errors, over all pixels and over moving pixels."""
+    """Running sums of end-point errors, over all pixels and over moving pixels.
+
+    The `*_blank_px` figures are the errors of a reconstruction with no motion at all: a decoder
+    has learned something only where it beats them (flow images are mostly still background).
+    """
 
     total: float = 0.0
     pixels: int = 0
     moving_total: float = 0.0
     moving_pixels: int = 0
+    blank_total: float = 0.0
+    blank_moving_total: float = 0.0
     roundtrip_total: float = 0.0
 
     def add(self, reference: np.ndarray, reconstructed: np.ndarray, true_flow: np.ndarray) -> None:
         error = np.linalg.norm(reconstructed - reference, axis=-1)
-        moving = np.linalg.norm(reference, axis=-1) > MOVING_PX
+        length = np.linalg.norm(reference, axis=-1)
+        moving = length > MOVING_PX
         self.total += float(error.sum())
         self.pixels += error.size
         self.moving_total += float(error[moving].sum())
         self.moving_pixels += int(moving.sum())
+        self.blank_total += float(length.sum())
+        self.blank_moving_total += float(length[moving].sum())
         self.roundtrip_total += float(np.linalg.norm(reference - true_flow, axis=-1).sum())
 
     def summary(self) -> dict[str, float | None]:
+        def mean(total: float, count: int) -> float | None:
+            return total / count if count else None
+
         return {
-            "epe_px": self.total / self.pixels if self.pixels else None,
-            "epe_moving_px": self.moving_total / self.moving_pixels if self.moving_pixels else None,
-            "moving_pixel_fraction": self.moving_pixels / self.pixels if self.pixels else None,
-            "flow_rgb_roundtrip_epe_px": self.roundtrip_total / self.pixels if self.pixels else None,
+            "epe_px": mean(self.total, self.pixels),
+            "epe_moving_px": mean(self.moving_total, self.moving_pixels),
+            "epe_blank_px": mean(self.blank_total, self.pixels),
+            "epe_moving_blank_px": mean(self.blank_moving_total, self.moving_pixels),
+            "moving_pixel_fraction": mean(self.moving_pixels, self.pixels),
+            "flow_rgb_roundtrip_epe_px": mean(self.roundtrip_total, self.pixels),
         }
 
 

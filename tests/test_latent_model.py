@@ -229,3 +229,18 @@ def test_shipped_configs_are_valid(name):
     config = load_config(repo / "latent_action" / "configs" / f"{name}.yaml")
     assert config.model.preset == name
     assert config.run.out_dir == repo / "out" / f"vae-{name}"  # relative to the file, not the working directory
+
+
+def test_flow_errors_score_a_blank_reconstruction_as_the_blank_baseline():
+    from latent_action.evaluation import FlowErrors
+
+    reference = np.zeros((2, 8, 8, 2), np.float32)
+    reference[:, 2:4, 2:4] = (3.0, 4.0)  # 8 moving pixels of 5 px among 128
+    perfect, blank = FlowErrors(), FlowErrors()
+    perfect.add(reference, reference.copy(), reference)
+    blank.add(reference, np.zeros_like(reference), reference)
+    assert perfect.summary()["epe_px"] == 0 and perfect.summary()["epe_moving_px"] == 0
+    summary = blank.summary()
+    assert summary["epe_moving_px"] == summary["epe_moving_blank_px"] == 5.0
+    assert summary["epe_px"] == summary["epe_blank_px"] == pytest.approx(5.0 * 8 / 128)
+    assert summary["moving_pixel_fraction"] == pytest.approx(8 / 128)

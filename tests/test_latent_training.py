@@ -201,6 +201,9 @@ def test_cli_train_label_and_eval(sample, tmp_path):
                                     "--out", str(tmp_path / "eval"), "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "overall_r2" in evaluated.output and (tmp_path / "eval" / "eval.json").is_file()
+    of_run = runner.invoke(app, ["eval-latents", "--vae", str(tmp_path / "run"), str(sample / "lerobot"), "--split", "all", "--device", "cpu"])
+    assert of_run.exit_code == 0, of_run.output
+    assert (tmp_path / "run" / "eval" / "step_0000002" / "eval.json").is_file()  # the run's latest checkpoint, evaluated beside it
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"data": {"sources": []}, "optim": {"batch_sise": 3}}))
     failed = runner.invoke(app, ["train-vae", str(bad)])
