@@ -25,7 +25,7 @@ demo: install
 	.venv/bin/pyramid eval-latents --vae out/vae-tiny --out out/sample_pyramid/latent_eval out/sample_data/lerobot
 	.venv/bin/pyramid export-motus out/sample_pyramid out/motus_export
 	.venv/bin/pyramid train recipes/tiny.yaml
-	@echo "report: out/sample_pyramid/report.html   latent-action evaluation: out/sample_pyramid/latent_eval/"
+	@echo "report: out/sample_pyramid/report.html   latent-action evaluation: out/sample_pyramid/latent_eval/report.html"
 
 test: install
 	$(PY) -m pytest -q --timeout 900 tests

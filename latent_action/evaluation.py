@@ -4,7 +4,7 @@ The probe is a ridge regression from mu to the pair's real action, per embodimen
 "heldout" it is fit on the episodes the VAE trained on and scored (R^2) on the episodes it held out;
 with split "all" it is scored by k-fold cross-validation over whole episodes. Flow end-point error
 of the reconstruction (stored-size pixels) and latent statistics come from the scored episodes.
-Written as `eval.json` and PNG plots.
+Written as `eval.json`, PNG plots, and a `report.html` that shows them together.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from latent_action.action_space import selected_dims
 from latent_action.checkpoint import load_trained
+from latent_action.eval_report import write_eval_report
 from latent_action.images import resize_images, to_uint8
 from latent_action.labelling import encode_flow_rgb, label_episode
 from latent_action.model import LatentActionVAE
@@ -132,6 +133,7 @@ def evaluate_latents(
     write_preview(out_dir / "flow_preview.png", np.stack([p[1] for p in previews]), np.stack([p[2] for p in previews]))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    write_eval_report(out_dir, result)
     return result
 
 

@@ -146,6 +146,9 @@ def test_eval_latents_writes_probe_epe_and_plots(sample, straight_run, tmp_path)
     assert len(result["latent_stats"]["q99"]) == 14
     for name in ("eval.json", "probe_sample_arm.png", "latent_histograms.png", "flow_preview.png"):
         assert (tmp_path / name).is_file(), name
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("<img") == 3 and f"{result['probe']['overall_r2']:.3f}" in report
+    assert f"{result['flow']['epe_blank_px']:.3f} px" in report
     every = evaluate_latents(checkpoint, sample / "lerobot", tmp_path / "all", split="all", device="cpu", echo=lambda _: None)
     assert every["probe"]["per_embodiment"]["sample_arm"]["scored_episodes"] == EPISODES
 
