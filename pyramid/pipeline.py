@@ -14,6 +14,7 @@ that all nodes see at the same path: workers write staged episodes there.
 from __future__ import annotations
 
 import fcntl
+import gc
 import itertools
 import json
 import os
@@ -147,26 +148,36 @@ def _process_episodes(recipe: Recipe, workers: int | None) -> None:
     staging = Staging(Path(recipe.output))
     pending = (row for row in discover(recipe) if not staging.status_path(row["episode_id"]).exists())
     while window := list(itertools.islice(pending, WINDOW_EPISODES)):
-        try:
-            for _ in _run_window(window, recipe, workers):
-                pass
-        except Exception as exc:  # noqa: BLE001 - a worker died (segfault, OOM kill): find the episode that did it
-            _isolate_crashes(window, recipe, staging, exc)
+        if _died_in(window, recipe, workers) is not None:  # a worker died (segfault, OOM kill): find the episode
+            _isolate_crashes(window, recipe, staging)
 
 
-def _isolate_crashes(window: list[dict], recipe: Recipe, staging, first_error: Exception) -> None:
+def _died_in(window: list[dict], recipe: Recipe, workers: int | None) -> str | None:
+    """Run a window; None when it finished, else the name of the error that ended it.
+
+    The error is not kept: its traceback would hold the failed dataset, whose surviving actors
+    would then keep their CPUs and the next run would wait for them forever.
+    """
+    try:
+        for _ in _run_window(window, recipe, workers):
+            pass
+    except Exception as exc:  # noqa: BLE001 - whatever ended the run, the caller isolates episodes
+        died = exc.__class__.__name__
+    else:
+        return None
+    gc.collect()  # release the failed dataset's actors now
+    return died
+
+
+def _isolate_crashes(window: list[dict], recipe: Recipe, staging) -> None:
     """Rerun the window's unfinished episodes one by one; one that kills its worker again is quarantined."""
     from pyramid.stages import failure
 
     for row in window:
         if staging.status_path(row["episode_id"]).exists():
             continue
-        try:
-            for _ in _run_window([row], recipe, 1):
-                pass
-        except Exception as exc:  # noqa: BLE001
-            reason = f"{row['path']}: worker died while processing ({exc.__class__.__name__})"
-            staging.write_status(failure(row, reason), None)
+        if (error := _died_in([row], recipe, 1)) is not None:
+            staging.write_status(failure(row, f"{row['path']}: worker died while processing ({error})"), None)
 
 
 @contextmanager

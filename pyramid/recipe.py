@@ -41,11 +41,13 @@ class SourceSpec(Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        from pyramid.sources import SOURCES, get_source
+        from pyramid.errors import SourceError
+        from pyramid.sources import get_source
 
-        get_source("videos")  # loads the registry
-        if kind not in SOURCES:
-            raise ValueError(f"unknown source kind '{kind}' (known: {', '.join(sorted(SOURCES))})")
+        try:
+            get_source(kind)
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
         return kind
 
     @field_validator("level")

@@ -199,3 +199,27 @@ def test_two_sources_of_one_kind_keep_their_episodes_apart(fixtures, tmp_path):
     samples = read_shards(tmp_path / "twice")
     assert len(samples) == manifest["by_source"]["videos"]["clips"]
     assert len({json.loads(s["json"])["episode_id"] for s in samples.values()}) == 6
+
+
+def test_an_episode_that_kills_its_worker_is_quarantined_and_the_build_goes_on(fixtures, tmp_path):
+    import shutil as sh
+
+    from tests.fixtures.crashing_source import KIND
+
+    root = tmp_path / "clips"
+    sh.copytree(fixtures["videos"], root)
+    victim = next(path for path in sorted(root.rglob("*.mp4")) if path.name != "broken.mp4")
+    victim.rename(victim.with_name("crash_me.mp4"))
+    recipe = {"sources": [{"kind": KIND, "root": str(root)}], "output": str(tmp_path / "out"),
+              "video_size": [64, 96], "fps": 10, "clip_frames": 4, "formats": ["webdataset"],
+              "filters": {"min_frames": 3, "static_motion_threshold": 0.0}, "max_failed_fraction": 0.6}
+    (tmp_path / "crash.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run([*CLI, "build", str(tmp_path / "crash.yaml"), "--quiet", "--workers", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    reasons = {Path(q["path"]).name: q["reason"] for q in manifest["quarantined"]}
+    assert set(reasons) == {"crash_me.mp4", "broken.mp4"}
+    assert "worker died while processing" in reasons["crash_me.mp4"]
+    assert manifest["episodes"]["ok"] == 2
+    assert len({json.loads(s["json"])["episode_id"] for s in read_shards(tmp_path / "out").values()}) == 2

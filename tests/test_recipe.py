@@ -24,6 +24,20 @@ def test_minimal_recipe_gets_documented_defaults(tmp_path):
     assert recipe.formats == ["webdataset", "lance"]
 
 
+def test_a_source_kind_can_be_your_own_reader_by_import_path(tmp_path):
+    from pyramid.sources import get_source
+    from tests.fixtures.crashing_source import KIND, CrashingVideos
+
+    recipe = load_recipe(write(tmp_path, {"sources": [{"kind": KIND, "root": "clips"}], "output": "out"}))
+    assert get_source(recipe.sources[0].kind) is CrashingVideos
+    cases = {"tests.fixtures.nowhere:Reader": "cannot import it (ModuleNotFoundError",
+             "tests.fixtures.crashing_source:Missing": "cannot import it (AttributeError",
+             "tests.fixtures.crashing_source:KIND": "KIND is not a pyramid.sources.Source subclass"}
+    for kind, problem in cases.items():
+        with pytest.raises(RecipeError, match=problem.replace("(", r"\(")):
+            load_recipe(write(tmp_path, {"sources": [{"kind": kind, "root": "clips"}], "output": "out"}))
+
+
 def test_every_bad_key_is_reported_at_once(tmp_path):
     path = write(tmp_path, {
         "sources": [{"kind": "egodx", "root": "x", "level": 9}],

@@ -60,10 +60,30 @@ def register(cls: type[Source]) -> type[Source]:
 
 
 def get_source(kind: str) -> type[Source]:
+    """A built-in reader by name, or your own `Source` subclass by import path: `my_package.my_module:MyReader`.
+
+    The module must be importable wherever the build runs (installed, or on PYTHONPATH: a build hands the
+    driver's PYTHONPATH to its Ray workers).
+    """
     _load_builtin_sources()
+    if ":" in kind:
+        return _import_source(kind)
     if kind not in SOURCES:
-        raise SourceError(f"unknown source kind '{kind}' (known: {', '.join(sorted(SOURCES))})")
+        raise SourceError(f"unknown source kind '{kind}' (known: {', '.join(sorted(SOURCES))}; or module.path:ReaderClass)")
     return SOURCES[kind]
+
+
+def _import_source(path: str) -> type[Source]:
+    import importlib
+
+    module_name, _, class_name = path.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise SourceError(f"source kind '{path}': cannot import it ({exc.__class__.__name__}: {exc})") from None
+    if not (isinstance(found, type) and issubclass(found, Source)):
+        raise SourceError(f"source kind '{path}': {class_name} is not a pyramid.sources.Source subclass")
+    return found
 
 
 def detect_source(root: str | os.PathLike) -> type[Source]:
