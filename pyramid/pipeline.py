@@ -8,7 +8,8 @@
 This module holds no format knowledge: readers, stages and sinks do.
 
 On a cluster (`--address`), the output directory and every source root must be on a filesystem
-that all nodes see at the same path: workers write staged episodes there.
+that all nodes see at the same path: workers write staged episodes there (`cluster.py` checks each
+node before the work starts).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from pyramid.cluster import check_nodes_see
 from pyramid.episode import make_episode_id
 from pyramid.errors import BuildError, EpisodeError
 from pyramid.recipe import Recipe
@@ -104,6 +106,7 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
     check_unique_roots(recipe)
     output.mkdir(parents=True, exist_ok=True)
     with build_lock(output), _ray_session(address, progress):
+        check_nodes_see([spec.root for spec in recipe.sources], output)
         _claim_staging(output, fingerprint, retry_failed)
         timings: dict[str, float] = {}
         started = time.perf_counter()
