@@ -6,9 +6,9 @@ Two encodings of the same image:
   padding at the border looks like more static background. For a randomly initialised DC-AE.
   Why the gain: a moving pixel's ink is only 0.02-0.3 at flow.to_rgb's default scale (motions of
   0.5-6 px against 20 px) and about 98% of pixels are 0, so in [0, 1] the signal drowns in the
-  network's biases. Trained on the sample data's actions alone, the tiny encoder could not fit even
-  its training pairs in [0, 1] (R^2 ~0 after 600 steps); with the gain of 10 it reached held-out
-  R^2 0.75 (x) and 0.79 (y) within 400 steps.
+  network's biases. In an experiment on the sample data (the tiny encoder trained on the actions
+  alone) it could not fit even its training pairs in [0, 1] (R^2 ~0 after 600 steps); with the
+  gain of 10 it reached held-out R^2 0.75 (x) and 0.79 (y) within 400 steps.
 """
 
 from __future__ import annotations
