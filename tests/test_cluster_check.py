@@ -8,6 +8,10 @@ import ray
 from pyramid.cluster import check_nodes_see, paths_missing_on_nodes
 from pyramid.errors import BuildError
 
+# Earlier tests in the same process imported lance; starting Ray here forks its daemons, and no Lance
+# work happens in them.
+pytestmark = pytest.mark.filterwarnings("ignore:lance is not fork-safe")
+
 
 @pytest.fixture(scope="module")
 def local_ray():
