@@ -6,7 +6,6 @@ Run it with `pyramid train-vae CONFIG.yaml [--resume]`; `train(config)` is the s
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ from latent_action.pairs import EpisodePairs, LancePairs, PairSet, heldout_episo
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
+from pyramid.lr_schedule import warmup_cosine
 
 PREVIEW_PAIRS = 8
 EVAL_PAIRS = 64
@@ -62,7 +62,8 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     echo(f"model '{config.model.preset}': {describe_counts(parameter_counts(vae))}")
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=config.optim.lr,
                                   betas=config.optim.betas, weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config))
+    schedule = warmup_cosine(config.optim.warmup_steps, config.optim.max_steps, config.optim.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     sampler = MixedPairSampler(data.pairs.table.labelled, data.pairs.table.group, data.train_indices,
                                config.data.labelled_fraction, sampling_weights(config), config.run.seed)
     generator = torch.Generator(device=device).manual_seed(config.run.seed)  # the reparameterisation noise
@@ -140,19 +141,6 @@ def build_model(config: TrainConfig) -> LatentActionVAE:
     if config.model.head_hidden_dim:
         settings["head_hidden_dim"] = config.model.head_hidden_dim
     return build_vae(config.model.preset, config.model.dcae_path, config.model.freeze_dcae, **settings)
-
-
-def warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
-    """LR multiplier: linear warmup to 1, then a cosine down to `min_lr_ratio` at `max_steps`."""
-    warmup, total, floor = config.optim.warmup_steps, config.optim.max_steps, config.optim.min_lr_ratio
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]) -> PairSet:

@@ -9,7 +9,6 @@ Reads top to bottom: set up (distributed, model, encoders, optimizer, data, resu
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pyramid.lr_schedule import warmup_cosine
 from recipes.motus.build import build_encoders, build_motus
 from recipes.motus.checkpoint import (latest_checkpoint, load_checkpoint, load_weights, save_checkpoint,
                                       step_directory)
@@ -106,15 +106,6 @@ def train(recipe: Recipe, resume: bool = True, log=print) -> dict:
     if writer is not None:
         writer.close()
     return {"step": step, "losses": history, "checkpoint": str(latest_checkpoint(output))}
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
