@@ -53,7 +53,7 @@ def serial_loop(data: Path, out: Path) -> tuple[float, int, int]:
     reader = get_source("lerobot")(data / "lerobot")
     started, episodes, pairs = time.perf_counter(), 0, 0
     for ref in reader.discover():
-        frames = resize_frames(reader.read(ref).frames(), (384, 320))
+        frames = resize_frames(reader.load(ref).frames(), (384, 320))
         flows = backend.sequence(frames)
         (out / f"{ref.episode_id}.mp4").write_bytes(mp4_bytes(frames, 10.0))
         for i, rgb in enumerate(flow.to_rgb(flows)):
@@ -72,7 +72,7 @@ def bounds(data: Path) -> tuple[float, float, int, int]:
     episodes = pairs = 0
     for ref in reader.discover():
         t0 = time.perf_counter()
-        frames = resize_frames(reader.read(ref).frames(), (384, 320))
+        frames = resize_frames(reader.load(ref).frames(), (384, 320))
         t1 = time.perf_counter()
         pairs += len(backend.sequence(frames))
         flow_s += time.perf_counter() - t1

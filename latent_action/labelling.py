@@ -20,6 +20,7 @@ from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
 from latent_action.pairs import episode_flows, flow_to_rgb, read_episodes
 from pyramid.episode import Episode
+from pyramid.paths import output_child
 from pyramid.stats import RunningStats
 
 DEFAULT_BATCH_SIZE = 64
@@ -85,7 +86,7 @@ def label_source(
             report["errors"][episode.path] = str(episode)
             echo(f"skipped: {episode}")
             continue
-        target = out_dir / "latent_actions" / f"{episode.episode_id}.npy"
+        target = output_child(out_dir, "latent_actions", f"{episode.episode_id}.npy")
         if target.is_file() and not overwrite:
             latents = np.load(target)
             report["reused"] += 1
@@ -95,7 +96,7 @@ def label_source(
             _write_atomically(target, lambda path: np.save(path, latents))
         if motus_layout:
             tensor = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
-            _write_atomically(out_dir / "latent_action_dim14" / f"{episode.episode_id}.pt", lambda path: torch.save(tensor, path))
+            _write_atomically(output_child(out_dir, "latent_action_dim14", f"{episode.episode_id}.pt"), lambda path: torch.save(tensor, path))
         stats.update(latents)
         report["episodes"] += 1
         report["pairs"] += len(latents)

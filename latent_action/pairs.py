@@ -156,7 +156,7 @@ def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | N
         if max_episodes is not None and count >= max_episodes:
             return
         try:
-            yield reader.read(ref)
+            yield reader.load(ref)
         except (EpisodeError, OSError, ValueError) as exc:
             yield exc if isinstance(exc, EpisodeError) else EpisodeError(ref.path, f"{exc.__class__.__name__}: {exc}")
 

@@ -1,3 +1,3 @@
-from pyramid.cli import app
+from pyramid.cli import main
 
-app(prog_name="pyramid")
+main()

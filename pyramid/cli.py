@@ -1,8 +1,13 @@
-"""The `pyramid` command line."""
+"""The `pyramid` command line.
+
+A user error (a bad recipe, a missing or corrupt file, an unusable output) ends in one line on stderr and
+exit code 2; a build over its failure limit exits 1. `--debug` (or PYRAMID_DEBUG=1) shows tracebacks.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,7 +16,15 @@ import typer
 
 from pyramid.errors import EpisodeError, SourceError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Turn manipulation video into Motus training data.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn manipulation video into Motus training data.")
+DEBUG_ENV = "PYRAMID_DEBUG"
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also: PYRAMID_DEBUG=1).")) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 def fail(message: str) -> None:
@@ -32,23 +45,22 @@ def inspect(
         reader = open_source(root, source)
     except SourceError as exc:
         fail(str(exc))
+    from pyramid.sources.base import DuplicateIds
+
     counts = {"ok": 0, "errors": 0}
+    duplicates = DuplicateIds()
     for ref in reader.discover():
         try:
-            row = reader.read(ref).summary()
+            if problem := duplicates.problem(ref.episode_id, str(ref.path)):
+                raise EpisodeError(ref.path, problem)
+            row = reader.load(ref).summary()
             counts["ok"] += 1
-        except (EpisodeError, OSError, KeyError, ValueError) as exc:
-            row = {"episode_id": ref.episode_id, "error": _error_text(ref.path, exc)}
+        except EpisodeError as exc:
+            row = {"episode_id": ref.episode_id, "error": str(exc)}
             counts["errors"] += 1
         typer.echo(json.dumps(row) if as_json else _describe(row))
     if not as_json:
         typer.echo(f"{reader.name}: {counts['ok']} episodes readable, {counts['errors']} unreadable", err=True)
-
-
-def _error_text(path: Path, exc: Exception) -> str:
-    if isinstance(exc, EpisodeError):
-        return str(exc)
-    return f"{path}: {exc.__class__.__name__}: {exc}"
 
 
 def _describe(row: dict) -> str:
@@ -113,7 +125,8 @@ def export_motus(
         counts = run_export(build_dir, out_dir)
     except FileNotFoundError as exc:
         fail(str(exc))
-    typer.echo(f"{out_dir}: {counts['clips']} clips, {counts['latent_actions']} with latent actions")
+    refused = f", {counts['refused']} refused (unsafe keys)" if counts["refused"] else ""
+    typer.echo(f"{out_dir}: {counts['clips']} clips, {counts['latent_actions']} with latent actions{refused}")
 
 
 def _register_other_commands() -> None:
@@ -128,5 +141,39 @@ def _register_other_commands() -> None:
 _register_other_commands()
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: every error a user can cause becomes one line and an exit code."""
+    try:
+        app(args=argv, prog_name="pyramid")
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        code, message = describe_error(exc)
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(code)
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for an error that reached the top of the CLI."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    if isinstance(exc, _user_errors()):
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+            text = f"{exc.filename}: {text}"
+        return 2, text
+    return 1, f"unexpected {exc.__class__.__name__}: {text} (rerun with --debug for the traceback)"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pyramid.errors import BuildError
+    from pyramid.recipe import RecipeError
+
+    errors: list[type[BaseException]] = [EpisodeError, SourceError, BuildError, RecipeError, OSError]
+    for module, name in (("latent_action.config", "ConfigError"), ("recipes.motus.config", "RecipeError"),
+                         ("flow.ptlflow_backend", "CheckpointError")):
+        if (found := getattr(sys.modules.get(module), name, None)) is not None:
+            errors.append(found)
+    return tuple(errors)

@@ -30,16 +30,21 @@ PYRAMID_LEVELS = {
 }
 
 
+READABLE_ID_CHARS = 48  # the readable part of an id; with the hash, ids stay far below tar's 100-character names
+
+
 def make_episode_id(source: str, relative_path: str) -> str:
     """A stable id from the source name and the episode's path under its root.
 
-    Safe as a file name and as a WebDataset key (no dots or slashes), readable, and unique: the
-    hash of the exact relative path disambiguates paths that sanitise to the same text.
+    Safe as a file name and as a WebDataset key (no dots or slashes), readable, bounded in length
+    (the tail of the path, where releases keep what tells episodes apart, up to 48 characters), and
+    unique: the hash of the exact relative path disambiguates paths that sanitise to the same text.
     """
     relative_path = relative_path.replace("\\", "/").strip("/")
-    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", relative_path).strip("_")[-80:]
-    digest = hashlib.sha1(f"{source}:{relative_path}".encode()).hexdigest()[:8]
-    return f"{source}-{readable}-{digest}"
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", relative_path).strip("_")[-READABLE_ID_CHARS:].lstrip("_-")
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", source)[:24]
+    digest = hashlib.sha1(f"{source}:{relative_path}".encode()).hexdigest()[:10]
+    return f"{name}-{readable}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class EpisodeRef:
     root: str
     relpath: str
     locator: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # Set when discovery could not parse this episode's entry (a bad metadata line, a refused symlink):
+    # reading it raises this one-line message, so `inspect` lists it and `build` quarantines it.
+    error: str | None = None
 
     @property
     def episode_id(self) -> str:

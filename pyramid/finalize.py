@@ -77,7 +77,7 @@ def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progre
 
     output = Path(recipe.output)
     staging = Staging(output)
-    packer = ShardPacker(output, int(recipe.shard_size_mb * 2**20))
+    packer = ShardPacker(output, int(recipe.shard_size_mb * 2**20), fingerprint)
     tally = Tally()
     kept_ids: list[str] = []
     started = time.perf_counter()
@@ -100,14 +100,14 @@ def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progre
 
     if kept_ids:
         if "lance" in recipe.formats:
-            write_clips(output, staging, kept_ids)
-        write_flow(output, staging, kept_ids)
+            write_clips(output, staging, kept_ids, fingerprint)
+        write_flow(output, staging, kept_ids, fingerprint)
     timings["lance"] = time.perf_counter() - started
     manifest = _manifest(recipe, fingerprint, tally, packer.shards(), timings)
     from pyramid.report import write_report
 
     write_report(output, manifest, staging, kept_ids)
-    atomic_write_bytes(output / "manifest.json", json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(output / "manifest.json", json.dumps(manifest, indent=2, allow_nan=False).encode())
     shutil.rmtree(staging.dir, ignore_errors=True)
     return manifest
 

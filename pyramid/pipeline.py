@@ -31,8 +31,9 @@ from typing import Iterator
 
 from pyramid.cluster import check_nodes_see
 from pyramid.episode import make_episode_id
-from pyramid.errors import BuildError, EpisodeError
+from pyramid.errors import BuildError, EpisodeError, SourceError
 from pyramid.recipe import Recipe
+from pyramid.sources.base import DuplicateIds
 
 # Episodes handed to Ray at a time: bounds driver memory on huge trees; actor pools (and the
 # models they load) are rebuilt once per window.
@@ -49,13 +50,16 @@ class BuildResult:
 
 
 def discover(recipe: Recipe) -> Iterator[dict]:
-    """One small row per episode over every source, in a deterministic order."""
-    from pyramid.sources import get_source
+    """One small row per episode over every source, in a deterministic order.
 
+    A second episode with an id already seen (a duplicated metadata entry) gets an id of its own and
+    an `error`, so it is quarantined instead of sharing, or overwriting, the first one's staged work.
+    """
     order = itertools.count()
     kinds = Counter(spec.kind for spec in recipe.sources)
+    duplicates = DuplicateIds()
     for source_index, spec in enumerate(recipe.sources):
-        reader = get_source(spec.kind)(spec.root, level=spec.level, embodiment=spec.embodiment, **spec.options)
+        reader = open_reader(spec)
         refs = reader.discover()
         if recipe.max_episodes:
             refs = itertools.islice(refs, recipe.max_episodes)
@@ -63,9 +67,47 @@ def discover(recipe: Recipe) -> Iterator[dict]:
             # Two sources of one kind (two LeRobot datasets, say) can hold the same relative paths:
             # their ids then also carry the root's folder name.
             episode_id = ref.episode_id if kinds[spec.kind] == 1 else make_episode_id(ref.source, f"{Path(spec.root).name}/{ref.relpath}")
-            yield {"order": next(order), "source_index": source_index, "episode_id": episode_id,
+            row = {"order": next(order), "source_index": source_index, "episode_id": episode_id,
                    "source": ref.source, "root": ref.root, "relpath": ref.relpath, "path": str(ref.path),
-                   "level": reader.level, "locator": pickle.dumps(ref.locator)}
+                   "level": reader.level, "locator": pickle.dumps(ref.locator), "error": ref.error}
+            if problem := duplicates.problem(episode_id, row["path"]):
+                row = {**row, "episode_id": f"{episode_id}-dup{row['order']}", "error": problem}
+            yield row
+
+
+def open_reader(spec):
+    from pyramid.sources import get_source
+
+    return get_source(spec.kind)(spec.root, level=spec.level, embodiment=spec.embodiment, **spec.options)
+
+
+def preflight(recipe: Recipe) -> None:
+    """What the driver can check before Ray starts: every source opens, the output can be written."""
+    for spec in recipe.sources:
+        try:
+            reader = open_reader(spec)
+            next(iter(reader.discover()), None)  # a missing index or an unsupported version fails here
+        except SourceError as exc:
+            raise BuildError(f"source '{spec.kind}': {exc}") from None
+        except EpisodeError as exc:
+            raise BuildError(f"source '{spec.kind}': {exc}") from None
+    check_output_writable(Path(recipe.output))
+
+
+def check_output_writable(output: Path) -> None:
+    """The output directory exists or can be made, and accepts files; else one line saying why."""
+    for parent in (output, *output.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise BuildError(f"{output}: cannot be the output directory ({parent} is a file)")
+            break
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BuildError(f"{output}: cannot write the output here ({exc.strerror or exc})") from None
 
 
 def check_unique_roots(recipe: Recipe) -> None:
@@ -101,10 +143,14 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("recipe_fingerprint") != fingerprint:
             raise BuildError(f"{output}: holds a finished build of a different recipe; choose another output directory")
+        if retry_failed and manifest["episodes"]["failed"]:
+            raise BuildError(f"{output}: --retry-failed works on an unfinished build; this one is finished and its "
+                             f"{manifest['episodes']['failed']} quarantined episode(s) are packed around, so retrying "
+                             f"them means building again: delete {output} or build into a new directory")
         shutil.rmtree(output / "_staging", ignore_errors=True)
         return BuildResult(output, manifest, up_to_date=True, failed_fraction=manifest["episodes"]["failed_fraction"])
     check_unique_roots(recipe)
-    output.mkdir(parents=True, exist_ok=True)
+    preflight(recipe)
     with build_lock(output), _ray_session(address, progress):
         check_nodes_see([spec.root for spec in recipe.sources], output)
         _claim_staging(output, fingerprint, retry_failed)

@@ -50,7 +50,7 @@ def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
     """Read the episode, pick the stored frames, decode and resize them (in chunks, to bound memory)."""
     try:
         reader = _reader(recipe, int(row["source_index"]))
-        episode = reader.read(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"])))
+        episode = reader.load(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"]), row.get("error")))
         fps = stored_rate(episode.fps, recipe.fps)
         indices = stored_frame_indices(episode.num_frames, episode.fps, fps)
         spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames, episode.num_frames)
@@ -141,7 +141,10 @@ class LabelStage(RowStage):
     def process(self, payload: dict) -> dict:
         from latent_action.labelling import encode_flow_rgb
 
-        payload["latent_actions"] = encode_flow_rgb(self.labeller.vae, payload["flow_rgb"], self.labeller.batch_size)
+        latents = encode_flow_rgb(self.labeller.vae, payload["flow_rgb"], self.labeller.batch_size)
+        if not np.isfinite(latents).all():
+            raise ValueError(f"the VAE gave non-finite latent actions (first at pair {int(np.argwhere(~np.isfinite(latents))[0, 0])})")
+        payload["latent_actions"] = latents
         return payload
 
 

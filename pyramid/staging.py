@@ -97,7 +97,7 @@ class Staging:
 
     def _write_tar(self, episode_id: str, samples: list[dict]) -> None:
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for sample in samples:
                 for name, data in sample_members(sample):
                     add_member(tar, name, data)

@@ -39,29 +39,44 @@ def clip_row(sample: dict[str, bytes]) -> dict:
     return row
 
 
-def write_clips(output: Path, staging: Staging, episode_ids: Iterable[str]) -> Path:
+FINGERPRINT_KEY = b"pyramid.recipe_fingerprint"
+
+
+def write_clips(output: Path, staging: Staging, episode_ids: Iterable[str], fingerprint: str) -> Path:
     def batches() -> Iterator[pa.RecordBatch]:
         for episode_id in episode_ids:
             rows = [clip_row(sample) for sample in staging.samples(episode_id)]
             if rows:
                 yield pa.RecordBatch.from_pylist(rows, schema=CLIP_SCHEMA)
 
-    return _write_atomically(Path(output) / "clips.lance", CLIP_SCHEMA, batches)
+    return _write_atomically(Path(output) / "clips.lance", CLIP_SCHEMA, batches, fingerprint)
 
 
-def write_flow(output: Path, staging: Staging, episode_ids: Iterable[str]) -> Path:
+def write_flow(output: Path, staging: Staging, episode_ids: Iterable[str], fingerprint: str) -> Path:
     def batches() -> Iterator[pa.RecordBatch]:
         for episode_id in episode_ids:
             table = staging.flow_table(episode_id)
             if table is not None and table.num_rows:
                 yield from table.cast(FLOW_SCHEMA).to_batches(max_chunksize=256)
 
-    return _write_atomically(Path(output) / "flow.lance", FLOW_SCHEMA, batches)
+    return _write_atomically(Path(output) / "flow.lance", FLOW_SCHEMA, batches, fingerprint)
 
 
-def _write_atomically(path: Path, schema: pa.Schema, batches: Callable[[], Iterator[pa.RecordBatch]]) -> Path:
+def written_by(path: Path) -> str | None:
+    """The recipe fingerprint a Lance dataset of ours was written under (None: not one of ours, or unreadable)."""
+    try:
+        return (lance.dataset(str(path)).schema.metadata or {}).get(FINGERPRINT_KEY, b"").decode() or None
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _write_atomically(path: Path, schema: pa.Schema, batches: Callable[[], Iterator[pa.RecordBatch]], fingerprint: str) -> Path:
+    """Kept when this recipe already wrote it (finalize resumed); anything else there is stale and rewritten."""
     if path.exists():
-        return path
+        if written_by(path) == fingerprint:
+            return path
+        shutil.rmtree(path)
+    schema = schema.with_metadata({**(schema.metadata or {}), FINGERPRINT_KEY: fingerprint.encode()})
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     reader = pa.RecordBatchReader.from_batches(schema, batches())

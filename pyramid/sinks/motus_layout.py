@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 import webdataset as wds
 from tqdm import tqdm
+
+from pyramid.paths import safe_name
 
 
 def build_samples(build_dir: Path) -> Iterator[dict]:
@@ -35,20 +38,35 @@ def export_motus(build_dir: Path, out_dir: Path, progress: bool = True) -> dict[
     out_dir = Path(out_dir)
     for folder in ("videos", "latent_action_dim14", "metas"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    counts = {"clips": 0, "latent_actions": 0}
+    counts = {"clips": 0, "latent_actions": 0, "refused": 0}
     for sample in tqdm(build_samples(build_dir), desc="export", unit="clip", disable=not progress):
-        key = sample["__key__"]
-        meta = json.loads(sample["json"])
-        _write(out_dir / "videos" / f"{key}.mp4", sample["mp4"])
-        _write(out_dir / "metas" / f"{key}.txt", (meta.get("task") or "").encode())
-        if "latent_actions.npy" in sample:
-            latents = np.load(io.BytesIO(sample["latent_actions.npy"]), allow_pickle=False)
-            buffer = io.BytesIO()
-            torch.save(torch.from_numpy(latents.astype(np.float32)), buffer)
-            _write(out_dir / "latent_action_dim14" / f"{key}.pt", buffer.getvalue())
-            counts["latent_actions"] += 1
+        try:
+            wrote_latents = _export_sample(out_dir, sample)
+        except ValueError as exc:  # a key that is no file name: it would write outside out_dir
+            warn(f"{sample.get('__url__', build_dir)}: sample skipped: {exc}")
+            counts["refused"] += 1
+            continue
+        counts["latent_actions"] += wrote_latents
         counts["clips"] += 1
     return counts
+
+
+def _export_sample(out_dir: Path, sample: dict) -> bool:
+    key = safe_name(str(sample["__key__"]), "sample key")
+    meta = json.loads(sample["json"])
+    _write(out_dir / "videos" / f"{key}.mp4", sample["mp4"])
+    _write(out_dir / "metas" / f"{key}.txt", (meta.get("task") or "").encode())
+    if "latent_actions.npy" not in sample:
+        return False
+    latents = np.load(io.BytesIO(sample["latent_actions.npy"]), allow_pickle=False)
+    buffer = io.BytesIO()
+    torch.save(torch.from_numpy(latents.astype(np.float32)), buffer)
+    _write(out_dir / "latent_action_dim14" / f"{key}.pt", buffer.getvalue())
+    return True
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,15 @@ class OpenShard:
 
 
 class ShardPacker:
-    def __init__(self, output: Path, target_bytes: int):
+    def __init__(self, output: Path, target_bytes: int, fingerprint: str):
         self.dir = Path(output) / "webdataset"
         self.state_path = Path(output) / "_staging" / "pack_state.json"
         self.target_bytes = target_bytes
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        if self.state.get("fingerprint") != fingerprint:
+            # Shards without this recipe's packing record are another build's (or an abandoned one's): start over.
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.state = {"fingerprint": fingerprint}
         self.open: dict[int, OpenShard] = {}
         for stale in self.dir.glob("level*/.*.tmp"):
             stale.unlink()
@@ -73,7 +78,7 @@ class ShardPacker:
         folder = self.dir / f"level{level}"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".shard-{number:06d}.tar.tmp"
-        shard = OpenShard(level, number, tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT))
+        shard = OpenShard(level, number, tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT))
         self.open[level] = shard
         return shard
 

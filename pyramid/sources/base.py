@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 from pyramid.episode import PYRAMID_LEVELS, Episode, EpisodeRef
-from pyramid.errors import SourceError
+from pyramid.errors import EpisodeError, SourceError
+from pyramid.paths import confined, symlink_problem
+from pyramid.validate import check_episode
 
 SOURCES: dict[str, type["Source"]] = {}
 
@@ -24,8 +27,10 @@ class Source(ABC):
     default_level: ClassVar[int]
     default_embodiment: ClassVar[str] = "unknown"
 
-    def __init__(self, root: str | os.PathLike, level: int | None = None, embodiment: str | None = None, **options: Any):
+    def __init__(self, root: str | os.PathLike, level: int | None = None, embodiment: str | None = None, *,
+                 follow_symlinks: bool = False, **options: Any):
         self.root = Path(root)
+        self.follow_symlinks = follow_symlinks  # symlinks out of the root are refused unless set; loops always
         if not self.root.is_dir():
             raise SourceError(f"{self.root}: not a directory")
         if level is not None and level not in PYRAMID_LEVELS:
@@ -47,8 +52,41 @@ class Source(ABC):
     def read(self, ref: EpisodeRef) -> Episode:
         """Read one episode; raise `EpisodeError` naming the file when it is unusable."""
 
+    def load(self, ref: EpisodeRef) -> Episode:
+        """`read`, then the checks every episode must pass (finite arrays, plausible fps, aligned cameras).
+
+        What every caller uses: a discovery error, a reader's error and a failed check all raise one
+        `EpisodeError` naming the file.
+        """
+        if ref.error:
+            raise EpisodeError(ref.path, ref.error)
+        try:
+            episode = self.read(ref)
+        except EpisodeError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            raise EpisodeError(ref.path, f"{exc.__class__.__name__}: {' '.join(str(exc).split())}") from exc
+        return check_episode(episode)
+
     def ref(self, relpath: str | os.PathLike, **locator: Any) -> EpisodeRef:
         return EpisodeRef(self.name, str(self.root), Path(relpath).as_posix(), locator)
+
+    def unreadable(self, relpath: str | os.PathLike, problem: str) -> EpisodeRef:
+        """A ref for an entry discovery could not parse: `load` raises `problem`, and discovery goes on."""
+        return EpisodeRef(self.name, str(self.root), Path(relpath).as_posix(), {}, error=" ".join(problem.split()))
+
+    def resolve(self, relative: str | os.PathLike) -> Path:
+        """`root / relative` for a path named by the dataset's own metadata, refused when it leaves the root."""
+        return confined(self.root, relative, self.follow_symlinks)
+
+    def walk(self, folder: Path, keep: Callable[[str], bool],
+             prune: Callable[[str], bool] = lambda name: name.startswith(".")) -> Iterator[Path | EpisodeRef]:
+        """`walk_files` under this source's symlink policy: a refused link comes out as an unreadable ref."""
+        for item in walk_files(folder, keep, prune, confine_to=self.root, follow_symlinks=self.follow_symlinks):
+            if isinstance(item, RefusedPath):
+                yield self.unreadable(item.path.relative_to(self.root), f"{item.path}: {item.problem}")
+            else:
+                yield item
 
     def embodiment(self, detected: str | None = None) -> str:
         return self.embodiment_override or detected or self.default_embodiment
@@ -103,20 +141,51 @@ def open_source(root: str | os.PathLike, kind: str | None = None, **options: Any
     return cls(root, **options)
 
 
-def walk_files(root: Path, keep: Callable[[str], bool], prune: Callable[[str], bool] = lambda name: name.startswith(".")) -> Iterator[Path]:
+class DuplicateIds:
+    """Remembers episode ids (as 64-bit hashes: flat memory on huge trees) to name the second of a pair."""
+
+    def __init__(self):
+        self.seen: dict[int, str] = {}
+
+    def problem(self, episode_id: str, path: str) -> str | None:
+        import hashlib
+
+        key = int.from_bytes(hashlib.blake2b(episode_id.encode(), digest_size=8).digest(), "little")
+        if key in self.seen:
+            return f"duplicate episode: same id ({episode_id}) as {self.seen[key]}"
+        self.seen[key] = path
+        return None
+
+
+@dataclass(frozen=True)
+class RefusedPath:
+    """A symlink `walk_files` did not follow, and why."""
+
+    path: Path
+    problem: str
+
+
+def walk_files(root: Path, keep: Callable[[str], bool], prune: Callable[[str], bool] = lambda name: name.startswith("."), *,
+               confine_to: Path | None = None, follow_symlinks: bool = False) -> Iterator[Path | RefusedPath]:
     """Yield files under `root` whose name passes `keep`, depth first, sorted per directory.
 
-    Only one directory listing is held at a time per level, so memory stays flat on huge trees.
+    Symlinks that loop are never followed; with `confine_to`, neither are links that leave that
+    folder unless `follow_symlinks`. Each refused link is yielded as a `RefusedPath`. Only one
+    directory listing is held at a time per level, so memory stays flat on huge trees.
     """
+    confine_to = Path(confine_to or root)
     try:
         entries = sorted(os.scandir(root), key=lambda e: _natural_key(e.name))
     except OSError:
         return
     for entry in entries:
-        if prune(entry.name):
+        is_dir = entry.is_dir(follow_symlinks=True)
+        if prune(entry.name) or not (is_dir or keep(entry.name)):
             continue
-        if entry.is_dir(follow_symlinks=True):
-            yield from walk_files(Path(entry.path), keep, prune)
+        if entry.is_symlink() and (problem := symlink_problem(Path(entry.path), confine_to, follow_symlinks)):
+            yield RefusedPath(Path(entry.path), problem)
+        elif is_dir:
+            yield from walk_files(Path(entry.path), keep, prune, confine_to=confine_to, follow_symlinks=follow_symlinks)
         elif keep(entry.name):
             yield Path(entry.path)
 

@@ -28,11 +28,11 @@ class VideosSource(Source):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any(True for _ in itertools.islice(walk_files(root, _is_video), 1))
+        return any(isinstance(path, Path) for path in itertools.islice(walk_files(root, _is_video), 8))
 
     def discover(self) -> Iterator[EpisodeRef]:
-        for path in walk_files(self.root, _is_video):
-            yield self.ref(path.relative_to(self.root))
+        for path in self.walk(self.root, _is_video):
+            yield path if isinstance(path, EpisodeRef) else self.ref(path.relative_to(self.root))
 
     def read(self, ref: EpisodeRef) -> Episode:
         camera = VideoCamera.open("video", ref.path)

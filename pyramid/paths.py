@@ -1,0 +1,67 @@
+"""Confinement: every path a reader opens stays inside its dataset root, every path a writer makes inside its output.
+
+Readers refuse `..` and absolute paths from metadata, and symlinks that leave the root or loop back on
+themselves (a source option, `follow_symlinks: true`, lets links out of the root; loops are never
+followed). Writers take names only from `safe_name`, so a crafted key cannot climb out of the output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pyramid.errors import EpisodeError
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def symlink_problem(path: Path, root: Path, follow_symlinks: bool = False) -> str | None:
+    """Why the symlink at `path` must not be followed (a loop, or a target outside `root`), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = os.path.realpath(path, strict=True)
+    except (OSError, RuntimeError):
+        return f"broken or looping symlink ({os.readlink(path)})"
+    if path.is_dir() and _within(os.path.realpath(path.parent), target):
+        return f"symlink loop (points at its own ancestor {target})"
+    if not follow_symlinks and not _within(target, os.path.realpath(root)):
+        return f"symlink leaves the dataset root (to {target}); set the source option follow_symlinks: true to read it"
+    return None
+
+
+def confined(root: Path, relative: str | os.PathLike, follow_symlinks: bool = False) -> Path:
+    """`root / relative`, or an EpisodeError when metadata points outside the root (absolute, `..`, a symlink out)."""
+    relative = Path(relative)
+    path = Path(root) / relative
+    if relative.is_absolute() or ".." in relative.parts:
+        raise EpisodeError(path, f"path '{relative}' leaves the dataset root {root}")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if not _within(real, real_root):
+        if not follow_symlinks:
+            raise EpisodeError(path, f"resolves to {real}, outside the dataset root {root} "
+                                     f"(set the source option follow_symlinks: true to read it)")
+        for ancestor in [path, *path.parents]:
+            if ancestor == Path(root):
+                break
+            if (problem := symlink_problem(ancestor, root, True)) is not None:
+                raise EpisodeError(path, problem)
+    return path
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """`name` when it is a plain file name (letters, digits, `_ . -`; no separators, no leading dot), else ValueError."""
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not a safe file name (letters, digits, '_', '-', '.')")
+    return name
+
+
+def output_child(out_dir: Path, *names: str) -> Path:
+    """A path under `out_dir` built from safe names only."""
+    return Path(out_dir).joinpath(*(safe_name(name) for name in names))
