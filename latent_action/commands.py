@@ -8,12 +8,8 @@ from typing import Optional
 
 import typer
 
+from pyramid.cli_errors import fail as _fail
 from pyramid.errors import EpisodeError, SourceError
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _echo_err(message: str) -> None:

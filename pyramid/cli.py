@@ -14,22 +14,17 @@ from typing import Optional
 
 import typer
 
+from pyramid.cli_errors import DEBUG_ENV, debugging, describe_error, fail
 from pyramid.errors import EpisodeError, SourceError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn manipulation video into Motus training data.")
-DEBUG_ENV = "PYRAMID_DEBUG"
 
 
 @app.callback()
 def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also: PYRAMID_DEBUG=1).")) -> None:
     if debug:
         os.environ[DEBUG_ENV] = "1"
-
-
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -148,32 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        if debugging():
             raise
         code, message = describe_error(exc)
         typer.echo(f"error: {message}", err=True)
         sys.exit(code)
-
-
-def describe_error(exc: BaseException) -> tuple[int, str]:
-    """(exit code, one line) for an error that reached the top of the CLI."""
-    if isinstance(exc, KeyboardInterrupt):
-        return 130, "interrupted"
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
-    if isinstance(exc, _user_errors()):
-        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
-            text = f"{exc.filename}: {text}"
-        return 2, text
-    return 1, f"unexpected {exc.__class__.__name__}: {text} (rerun with --debug for the traceback)"
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pyramid.errors import BuildError
-    from pyramid.recipe import RecipeError
-
-    errors: list[type[BaseException]] = [EpisodeError, SourceError, BuildError, RecipeError, OSError]
-    for module, name in (("latent_action.config", "ConfigError"), ("recipes.motus.config", "RecipeError"),
-                         ("flow.ptlflow_backend", "CheckpointError")):
-        if (found := getattr(sys.modules.get(module), name, None)) is not None:
-            errors.append(found)
-    return tuple(errors)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from pyramid.cli_errors import fail
+
 MODES = "vla, vgm, world_model, idm or joint"
 
 
@@ -24,8 +26,7 @@ def train_command(
     try:
         loaded = load_recipe(recipe)
     except RecipeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2)
+        fail(str(exc))
     result = train(loaded, resume=not fresh, log=typer.echo)
     typer.echo(f"done at step {result['step']}: {result['checkpoint']}")
 
@@ -46,11 +47,9 @@ def predict_command(
     from recipes.predict import load_recipe_of, predict_clip
 
     if mode not in {m.value for m in Mode}:
-        typer.echo(f"error: unknown mode {mode!r} (use {MODES})", err=True)
-        raise typer.Exit(code=2)
+        fail(f"unknown mode {mode!r} (use {MODES})")
     if not (checkpoint / "training_state.json").exists():
-        typer.echo(f"error: {checkpoint}: not a checkpoint directory (no training_state.json)", err=True)
-        raise typer.Exit(code=2)
+        fail(f"{checkpoint}: not a checkpoint directory (no training_state.json)")
     data = load_recipe_of(checkpoint).data
     updates = {k: v for k, v in {"root": str(data_root) if data_root else None, "format": data_format}.items() if v}
     files = predict_clip(checkpoint, mode, out, data.model_copy(update=updates), clip, steps, seed)

@@ -26,20 +26,25 @@ from tqdm import tqdm
 from pyramid.paths import safe_name
 
 
-def build_samples(build_dir: Path) -> Iterator[dict]:
+def build_shards(build_dir: Path) -> list[Path]:
     shards = sorted(Path(build_dir).glob("webdataset/level*/shard-*.tar"))
     if not shards:
         raise FileNotFoundError(f"{build_dir}: no WebDataset shards (is this a finished `pyramid build` output?)")
+    return shards
+
+
+def build_samples(shards: list[Path]) -> Iterator[dict]:
     for shard in shards:
         yield from wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
 
 
 def export_motus(build_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, int]:
+    shards = build_shards(build_dir)
     out_dir = Path(out_dir)
     for folder in ("videos", "latent_action_dim14", "metas"):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     counts = {"clips": 0, "latent_actions": 0, "refused": 0}
-    for sample in tqdm(build_samples(build_dir), desc="export", unit="clip", disable=not progress):
+    for sample in tqdm(build_samples(shards), desc="export", unit="clip", disable=not progress):
         try:
             wrote_latents = _export_sample(out_dir, sample)
         except ValueError as exc:  # a key that is no file name: it would write outside out_dir
