@@ -60,7 +60,7 @@ def discover(recipe: Recipe) -> Iterator[dict]:
     duplicates = DuplicateIds()
     for source_index, spec in enumerate(recipe.sources):
         reader = open_reader(spec)
-        refs = reader.discover()
+        refs = _discovery_of(spec, reader)
         if recipe.max_episodes:
             refs = itertools.islice(refs, recipe.max_episodes)
         for ref in refs:
@@ -73,6 +73,14 @@ def discover(recipe: Recipe) -> Iterator[dict]:
             if problem := duplicates.problem(episode_id, row["path"]):
                 row = {**row, "episode_id": f"{episode_id}-dup{row['order']}", "error": problem}
             yield row
+
+
+def _discovery_of(spec, reader) -> Iterator:
+    """The reader's refs; a reader that cannot go on (its own bug, or a disk error) stops the build in one line."""
+    try:
+        yield from reader.discover()
+    except (EpisodeError, SourceError, OSError, ValueError, KeyError) as exc:
+        raise BuildError(f"source '{spec.kind}' at {spec.root}: discovery stopped: {' '.join(str(exc).split())}") from exc
 
 
 def open_reader(spec):

@@ -12,6 +12,7 @@ from pyramid.sources import get_source
 from pyramid.video_io import write_video
 from tests.fixtures import agibot as fixture
 from tests.fixtures.media import moving_square_frames
+from tests.test_source_videos import check_hostile_corpus
 
 JOINT, EFFECTOR, HEAD, WAIST, ROBOT = slice(0, 14), slice(14, 16), slice(16, 18), slice(18, 20), slice(20, 22)
 
@@ -133,3 +134,25 @@ def test_wrong_state_width_is_an_error(tmp_path):
     arrays["state/joint/position"] = arrays["state/joint/position"][:, :7]
     with pytest.raises(EpisodeError, match=r"'state/joint/position' has shape \(8, 7\)"):
         one_episode(tmp_path, arrays)
+
+
+def test_hostile_release_dump(tmp_path):
+    spec = check_hostile_corpus("agibot", fixture.build_hostile, tmp_path / "agibot")
+    assert {bad.fault for bad in spec.bad} >= {"truncated", "empty", "implausible_fps", "nan", "inf", "wrong_shape", "wrong_dtype",
+                                                "mismatched_lengths", "bad_metadata_line", "symlink_loop", "symlink_out"}
+
+
+def test_a_bad_task_info_json_spoils_only_its_own_task(tmp_path):
+    fixture.build_hostile(tmp_path)
+    refs = {ref.relpath: ref for ref in get_source("agibot")(tmp_path).discover()}
+    assert refs["observations/328/800001"].error and "task_328.json" in refs["observations/328/800001"].error
+    assert refs["observations/327/648642"].error is None and refs["observations/475/700001"].error is None
+
+
+def test_symlinked_episode_folders_are_read_when_allowed(tmp_path):
+    fixture.build_hostile(tmp_path / "release")
+    reader = get_source("agibot")(tmp_path / "release", follow_symlinks=True)
+    refs = {ref.relpath: ref for ref in reader.discover()}
+    assert reader.load(refs["observations/327/650015"]).num_frames == 8
+    assert reader.load(refs["observations/327/650016"]).num_frames == 8
+    assert "symlink loop" in refs["observations/327/650014"].error

@@ -11,6 +11,7 @@ from pyramid.sources.egodex import DEFAULT_INTRINSICS, STATE_NAMES
 from pyramid.video_io import write_video
 from tests.fixtures import egodex as fixture
 from tests.fixtures.media import moving_square_frames
+from tests.test_source_videos import check_hostile_corpus
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,25 @@ def test_a_single_split_or_task_folder_is_a_root_too(dataset):
 def test_frame_count_mismatch_names_the_video(dataset):
     with pytest.raises(EpisodeError, match=r"4\.mp4: video has 9 frames but 4\.hdf5 has 6"):
         read(dataset, "part1/wipe_screen/4.hdf5")
+
+
+def test_hostile_release_dump(tmp_path):
+    spec = check_hostile_corpus("egodex", fixture.build_hostile, tmp_path / "egodex")
+    assert {bad.fault for bad in spec.bad} >= {"truncated", "empty", "implausible_fps", "nan", "inf", "wrong_shape",
+                                                "wrong_dtype", "mismatched_lengths", "symlink_loop", "symlink_out"}
+
+
+def test_non_finite_intrinsics_are_reported_not_replaced(tmp_path):
+    fixture.write_episode(tmp_path / "task/0", 6, {"llm_description": "wave"},
+                          intrinsic=np.full((3, 3), np.nan, np.float32))
+    assert read(tmp_path, "task/0.hdf5").metadata["intrinsics_source"] == "file"
+    reader = get_source("egodex")(tmp_path)
+    with pytest.raises(EpisodeError, match=r"metadata\.intrinsics holds a non-finite value"):
+        reader.load(reader.ref("task/0.hdf5"))
+
+
+def test_detection_does_not_enter_symlink_loops(tmp_path):
+    fixture.write_episode(tmp_path / "part1/lid/0", 6, {"llm_description": "wave"})
+    (tmp_path / "part1/loop").symlink_to(tmp_path / "part1", target_is_directory=True)
+    assert detect_source(tmp_path).name == "egodex"
+    assert [ref.relpath for ref in get_source("egodex")(tmp_path).discover()] == ["part1/lid/0.hdf5", "part1/loop"]

@@ -10,6 +10,7 @@ from pyramid.sources import detect_source, get_source
 from pyramid.sources.robomind import SCHEMAS
 from tests.fixtures import robomind as fixture
 from tests.fixtures.media import solid_frames
+from tests.hostile import failure
 
 RED = (255, 0, 0)
 
@@ -229,3 +230,78 @@ def test_robomind_2_files_are_refused_with_a_reason(tmp_path):
         file.create_dataset("puppet/arm_joint_position", data=np.zeros((fixture.T, 6), np.float32))
     with pytest.raises(EpisodeError, match="RoboMIND 2.0 schema"):
         read(tmp_path, relpath)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile") / "robomind"
+    root.mkdir()
+    return root, fixture.build_hostile(root)
+
+
+def test_hostile_discovery_lists_every_episode_and_every_refused_link(hostile):
+    root, spec = hostile
+    assert detect_source(root).name == "robomind"  # detection does not follow the loop or the link out
+    relpaths = [ref.relpath for ref in get_source("robomind")(root).discover()]
+    assert sorted(relpaths) == sorted(spec.good + [case.relpath for case in spec.bad])
+
+
+def test_hostile_good_episodes_load_and_decode(hostile):
+    root, spec = hostile
+    reader = get_source("robomind")(root)
+    refs = {ref.relpath: ref for ref in reader.discover()}
+    for relpath in spec.good:
+        assert failure(reader, refs[relpath]) is None, relpath
+        assert reader.load(refs[relpath]).num_frames >= 6
+    # the malformed row of another task leaves this task's instruction usable
+    assert reader.load(refs[fixture.HOSTILE_AGILEX]).instructions == [fixture.PACKPLATE_INSTRUCTION]
+    assert reader.load(refs[fixture.HOSTILE_XSENS]).instructions == [fixture.ANNOTATION_SUMMARY]
+
+
+def test_hostile_bad_episodes_fail_with_a_one_line_reason(hostile):
+    root, spec = hostile
+    reader = get_source("robomind")(root)
+    refs = {ref.relpath: ref for ref in reader.discover()}
+    for case in spec.bad:
+        reason = failure(reader, refs[case.relpath])
+        assert reason is not None and "\n" not in reason and case.words in reason, (case, reason)
+    assert {case.fault for case in spec.bad} >= {
+        "truncated", "empty", "nan", "inf", "wrong_shape", "wrong_dtype", "mismatched_lengths", "undecodable_image",
+        "missing_feature", "bad_metadata_line", "symlink_loop", "symlink_out"}
+
+
+def test_a_broken_side_file_is_parsed_once_and_fails_each_episode_that_needs_it(hostile, monkeypatch):
+    root, spec = hostile
+    import pyramid.sources.robomind as robomind
+
+    calls = []
+    original = robomind._read_annotations
+    monkeypatch.setattr(robomind, "_read_annotations", lambda path: calls.append(path) or original(path))
+    reader = get_source("robomind")(root)
+    case = next(case for case in spec.bad if "h5_franka_3rgb.json" in case.words)
+    ref = next(ref for ref in reader.discover() if ref.relpath == case.relpath)
+    for _ in range(2):
+        with pytest.raises(EpisodeError, match="line 3: invalid JSON"):
+            reader.load(ref)
+    assert len([path for path in calls if path.name == "h5_franka_3rgb.json"]) == 1
+
+
+def test_an_fps_option_of_zero_is_implausible_not_a_crash(built):
+    root, _ = built
+    reader = get_source("robomind")(root, fps=0)
+    ref = next(ref for ref in reader.discover() if ref.relpath == fixture.UR)
+    with pytest.raises(EpisodeError, match="fps 0 is implausible"):
+        reader.load(ref)
+
+
+def test_a_side_file_linked_outside_the_root_is_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "elsewhere.csv"
+    outside.write_text(",task,instruction\n0,some_task,Do the task.\n")
+    relpath, _ = write_single(root, "agilex_3rgb")  # no language_raw: the instruction comes from the CSV
+    (root / "RoboMIND_v1_2_instr.csv").symlink_to(outside)
+    reader = get_source("robomind")(root)
+    ref = next(reader.discover())
+    with pytest.raises(EpisodeError, match="outside the dataset root"):
+        reader.load(ref)
+    assert get_source("robomind")(root, follow_symlinks=True).load(ref).instructions == ["Do the task."]
+    assert ref.relpath == relpath

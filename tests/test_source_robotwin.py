@@ -9,6 +9,7 @@ from pyramid.errors import EpisodeError
 from pyramid.sources import detect_source, get_source
 from tests.fixtures import robotwin as fixture
 from tests.fixtures.media import solid_frames
+from tests.hostile import failure
 
 RED = (255, 0, 0)
 
@@ -142,3 +143,77 @@ def test_corrupt_files_name_the_problem(built):
         read(root, fixture.LEGACY_NO_VECTOR)
     with pytest.raises(EpisodeError, match="episode2.hdf5: not a readable HDF5 file"):
         read(root, fixture.LEGACY_TRUNCATED)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile") / "robotwin2"
+    root.mkdir()
+    return root, fixture.build_hostile(root)
+
+
+def test_hostile_discovery_lists_every_episode_and_every_refused_link(hostile):
+    root, spec = hostile
+    assert detect_source(root).name == "robotwin"
+    relpaths = [ref.relpath for ref in get_source("robotwin")(root).discover()]
+    assert sorted(relpaths) == sorted(spec.good + [case.relpath for case in spec.bad])
+
+
+def test_hostile_good_episodes_load_and_decode(hostile):
+    root, spec = hostile
+    reader = get_source("robotwin")(root)
+    refs = {ref.relpath: ref for ref in reader.discover()}
+    for relpath in spec.good:
+        assert failure(reader, refs[relpath]) is None, relpath
+        assert reader.load(refs[relpath]).num_frames >= 6
+    # a bad seed token costs only the episode at its position
+    assert reader.load(refs[spec.good[1]]).metadata["seed"] == 3
+
+
+def test_hostile_bad_episodes_fail_with_a_one_line_reason(hostile):
+    root, spec = hostile
+    reader = get_source("robotwin")(root)
+    refs = {ref.relpath: ref for ref in reader.discover()}
+    for case in spec.bad:
+        reason = failure(reader, refs[case.relpath])
+        assert reason is not None and "\n" not in reason and case.words in reason, (case, reason)
+    assert {case.fault for case in spec.bad} >= {
+        "truncated", "empty", "nan", "inf", "wrong_shape", "wrong_dtype", "mismatched_lengths", "undecodable_image",
+        "missing_feature", "bad_metadata_line", "implausible_fps", "path_escape", "symlink_loop", "symlink_out"}
+
+
+@pytest.mark.parametrize("relpath", [fixture.LEGACY, fixture.XPOLICYLAB])
+def test_an_fps_option_of_zero_is_implausible_not_the_stored_rate(built, relpath):
+    root, _ = built
+    reader = get_source("robotwin")(root, fps=0)
+    ref = next(ref for ref in reader.discover() if ref.relpath == relpath)
+    with pytest.raises(EpisodeError, match="fps 0 is implausible"):
+        reader.load(ref)
+
+
+def test_a_side_file_linked_outside_the_root_is_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "scene_info.json"
+    outside.write_text('{"episode_0": {"info": {}}}')
+    relpath = "beat_block_hammer/demo_clean/data/episode0.hdf5"
+    fixture.write_legacy_episode(root / relpath, fixture.camera_frames(fixture.LEGACY_CAMERAS))
+    (root / "beat_block_hammer/demo_clean/scene_info.json").symlink_to(outside)
+    reader = get_source("robotwin")(root)
+    ref = next(reader.discover())
+    assert ref.relpath == relpath
+    with pytest.raises(EpisodeError, match="scene_info.json: resolves to .*, outside the dataset root"):
+        reader.load(ref)
+    assert get_source("robotwin")(root, follow_symlinks=True).load(ref).metadata["scene_info"] == {"info": {}}
+
+
+def test_an_episode_file_linked_outside_the_root_is_refused(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "episode0.hdf5"
+    fixture.write_legacy_episode(outside, fixture.camera_frames(fixture.LEGACY_CAMERAS))
+    link = root / "task/demo_clean/data/episode0.hdf5"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    ref = next(get_source("robotwin")(root).discover())
+    with pytest.raises(EpisodeError, match="leaves the dataset root"):
+        get_source("robotwin")(root).load(ref)
+    # read() itself confines the path too, whatever ref it is handed
+    with pytest.raises(EpisodeError, match="outside the dataset root"):
+        get_source("robotwin")(root).read(get_source("robotwin")(root).ref(ref.relpath))

@@ -13,9 +13,11 @@ import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, VideoCamera
 from pyramid.errors import EpisodeError
+from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
+from pyramid.sources.hdf5_file import one_line, open_hdf5, read_numeric
 
-FALLBACK_FPS = 30.0
+FALLBACK_FPS = 30.0  # formats.md: the release is 30 Hz; used only when the head video states no rate
 PRIMARY_CAMERA = "head"
 VIDEO_SUFFIX = "_color.mp4"
 GRIPPER_NAMES = ["effector.left_gripper", "effector.right_gripper"]
@@ -46,16 +48,53 @@ class AgiBotSource(Source):
         return (root / "observations").is_dir() and ((root / "proprio_stats").is_dir() or (root / "task_info").is_dir())
 
     def discover(self) -> Iterator[EpisodeRef]:
-        observations = self.root / "observations"
-        for task in _subfolders(observations):
-            for episode in _subfolders(observations / task):
-                yield self.ref(f"observations/{task}/{episode}")
+        """Every `observations/<task>/<episode>` folder; a task whose task_info JSON is unreadable
+        yields each of its episodes as an unreadable ref, and an entry without an id one of its own."""
+        for task, refused in self._subfolders("observations"):
+            if refused:
+                yield self.unreadable(f"observations/{task}", refused)
+                continue
+            info_problem, bad_entries = self._task_info_problems(task)
+            for episode, refused in self._subfolders(f"observations/{task}"):
+                relpath = f"observations/{task}/{episode}"
+                problem = refused or info_problem
+                yield self.unreadable(relpath, problem) if problem else self.ref(relpath)
+            for index, problem in bad_entries:
+                yield self.unreadable(f"{_task_info_relpath(task)}#{index}", problem)
+
+    def _subfolders(self, relative: str) -> Iterator[tuple[str, str | None]]:
+        """(name, why it is refused or None) of each visible sub-folder, numeric ids in numeric order.
+
+        A symlink that loops, or leaves the root without `follow_symlinks`, is listed with its problem
+        instead of being entered.
+        """
+        folder = self.root / relative
+        try:
+            with os.scandir(folder) as entries:
+                names = [entry.name for entry in entries
+                         if not entry.name.startswith(".") and (entry.is_symlink() or entry.is_dir())]
+        except OSError:
+            return
+        for name in sorted(names, key=_id_order):
+            problem = symlink_problem(folder / name, self.root, self.follow_symlinks)
+            if problem or (folder / name).is_dir():
+                yield name, problem
+
+    def _task_info_problems(self, task: str) -> tuple[str | None, list[tuple[int, str]]]:
+        """Why the task's JSON is unusable as a whole (or None), and (index, problem) of each entry without an id."""
+        relpath = _task_info_relpath(task)
+        try:
+            path = self.resolve(relpath)
+            entries = _task_info_list(path)
+        except EpisodeError as error:
+            return f"{error.path}: {error.problem}", []
+        return None, [(index, problem) for index, entry in enumerate(entries) if (problem := _entry_problem(index, entry))]
 
     def read(self, ref: EpisodeRef) -> Episode:
         task, episode_id = Path(ref.relpath).parts[-2:]
-        proprio = _read_proprio(self.root / "proprio_stats" / task / episode_id / "proprio_stats.h5")
+        proprio = _read_proprio(self.resolve(f"proprio_stats/{task}/{episode_id}/proprio_stats.h5"))
         num_frames = len(proprio["state"])
-        cameras = _open_cameras(ref.path / "videos", num_frames)
+        cameras = self._open_cameras(f"{ref.relpath}/videos", num_frames)
         instructions, info = self._instructions(task, episode_id)
         dexhand = proprio["effector_dim"] == 12
         return Episode(
@@ -64,7 +103,7 @@ class AgiBotSource(Source):
             embodiment=self.embodiment("agibot_g1_dexhand" if dexhand else None),
             level=self.level,
             instructions=instructions,
-            fps=next(iter(cameras.values())).fps or FALLBACK_FPS,
+            fps=_container_fps(next(iter(cameras.values()))),
             num_frames=num_frames,
             cameras=cameras,
             state=proprio["state"],
@@ -76,11 +115,27 @@ class AgiBotSource(Source):
                 "task_id": task,
                 "agibot_episode_id": episode_id,
                 "actions_filled": proprio["actions_filled"],
-                "depth_images": _count_depth_images(ref.path / "depth"),
+                "depth_images": _count_depth_images(self.resolve(f"{ref.relpath}/depth")),
                 **info,
             },
             path=str(ref.path),
         )
+
+    def _open_cameras(self, videos: str, num_frames: int) -> dict[str, VideoCamera]:
+        """Every `<camera>_color.mp4`, head first; each must have exactly one frame per proprio row."""
+        folder = self.resolve(videos)
+        names = sorted(path.name for path in folder.glob(f"*{VIDEO_SUFFIX}")) if folder.is_dir() else []
+        if not names:
+            raise EpisodeError(folder, f"no *{VIDEO_SUFFIX} videos")
+        names.sort(key=lambda name: name != f"{PRIMARY_CAMERA}{VIDEO_SUFFIX}")
+        cameras = {}
+        for name in names:
+            path = self.resolve(f"{videos}/{name}")
+            camera = VideoCamera.open(name[: -len(VIDEO_SUFFIX)], path)
+            if camera.num_frames != num_frames:
+                raise EpisodeError(path, f"video has {camera.num_frames} frames but proprio_stats.h5 has {num_frames}")
+            cameras[camera.name] = camera
+        return cameras
 
     def _instructions(self, task: str, episode_id: str) -> tuple[list[str], dict[str, Any]]:
         """The task string (official converter: `task_name.init_scene_text`), then each segment's text."""
@@ -89,7 +144,7 @@ class AgiBotSource(Source):
             return [], {"task_info": "episode not listed"}
         name = _english_or(entry, "task_name")
         scene = _english_or(entry, "init_scene_text")
-        task_info = self.root / "task_info" / f"task_{task}.json"
+        task_info = self.root / _task_info_relpath(task)
         segments = [_segment(item, task_info) for item in (entry.get("label_info") or {}).get("action_config") or []]
         task_text = f"{name}.{scene}" if scene else name
         instructions = [text for text in [task_text, *(segment["text"] for segment in segments)] if text]
@@ -97,21 +152,51 @@ class AgiBotSource(Source):
 
     def _task_entries(self, task: str) -> dict[str, dict[str, Any]]:
         if task not in self._task_info:
-            self._task_info = {task: _load_task_info(self.root / "task_info" / f"task_{task}.json")}
+            self._task_info = {task: _load_task_info(self.resolve(_task_info_relpath(task)))}
         return self._task_info[task]
 
 
-def _load_task_info(path: Path) -> dict[str, dict[str, Any]]:
-    """task_info JSON (a list of per-episode objects) keyed by episode id as text; {} when the file is absent."""
+def _container_fps(camera: VideoCamera) -> float:
+    """The head video's own rate; only a missing (0) rate falls back to the documented 30 Hz.
+
+    Any other value, however absurd (1e6, 0.001, NaN), is kept so `check_episode` reports it.
+    """
+    return camera.fps if camera.fps else FALLBACK_FPS
+
+
+def _task_info_relpath(task: str) -> str:
+    return f"task_info/task_{task}.json"
+
+
+def _entry_problem(index: int, entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"task_info entry {index} is a {type(entry).__name__}, expected an object"
+    if not _has_id(entry):
+        return f"task_info entry {index} has no episode_id"
+    return None
+
+
+def _has_id(entry: Any) -> bool:
+    return isinstance(entry, dict) and entry.get("episode_id") not in (None, "")
+
+
+def _task_info_list(path: Path) -> list[Any]:
+    """The parsed task_info JSON list; [] when the file is absent (not every task is listed)."""
     if not path.is_file():
-        return {}
+        return []
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise EpisodeError(path, f"unreadable task_info JSON ({exc.__class__.__name__}: {exc})") from exc
+        raise EpisodeError(path, f"unreadable task_info JSON ({exc.__class__.__name__}: {one_line(exc)})") from exc
     if not isinstance(entries, list):
         raise EpisodeError(path, f"task_info must be a JSON list, got {type(entries).__name__}")
-    return {str(entry["episode_id"]): entry for entry in entries if isinstance(entry, dict) and "episode_id" in entry}
+    return entries
+
+
+def _load_task_info(path: Path) -> dict[str, dict[str, Any]]:
+    """task_info entries keyed by episode id as text; {} when the file is absent."""
+    entries = _task_info_list(path)
+    return {str(entry["episode_id"]): entry for entry in entries if _has_id(entry)}
 
 
 def _segment(item: Any, path: Path) -> dict[str, Any]:
@@ -128,12 +213,10 @@ def _english_or(entry: dict[str, Any], key: str) -> str:
 
 
 def _read_proprio(path: Path) -> dict[str, Any]:
-    import h5py
-
     if not path.is_file():
         raise EpisodeError(path, "missing proprio_stats.h5")
     try:
-        with h5py.File(path, "r") as file:
+        with open_hdf5(path) as file:
             state_parts = {part: _state_part(file, part, path) for part in STATE_PARTS}
             num_frames = len(state_parts["joint"])
             for part, values in state_parts.items():
@@ -145,8 +228,8 @@ def _read_proprio(path: Path) -> dict[str, Any]:
                 action_parts[part], filled[part] = _full_action(file, part, values, path)
             no_motion = np.zeros((num_frames, len(ROBOT_VELOCITY_NAMES)))
             action_parts["robot"], filled["robot"] = _full_action(file, "robot", no_motion, path, key="velocity")
-    except OSError as exc:
-        raise EpisodeError(path, f"cannot open HDF5 ({exc})") from exc
+    except OSError as exc:  # a dataset whose bytes are cut off or corrupt
+        raise EpisodeError(path, f"cannot read HDF5 ({one_line(exc)})") from exc
     effector_dim = state_parts["effector"].shape[1]
     names = [name for part, part_names in STATE_PARTS.items()
              for name in (DEXHAND_NAMES if part == "effector" and effector_dim == 12 else part_names)]
@@ -164,7 +247,7 @@ def _state_part(file: Any, part: str, path: Path) -> np.ndarray:
     key = f"state/{part}/position"
     if key not in file:
         raise EpisodeError(path, f"missing dataset '{key}'")
-    values = np.asarray(file[key], dtype=np.float64)
+    values = read_numeric(file, path, key)
     widths = (2, 12) if part == "effector" else (len(STATE_PARTS[part]),)
     if values.ndim != 2 or values.shape[1] not in widths:
         raise EpisodeError(path, f"'{key}' has shape {values.shape}, expected (N, {' or '.join(map(str, widths))})")
@@ -175,7 +258,8 @@ def _reject_long_actions(file: Any, num_frames: int, path: Path) -> None:
     """Some released episodes carry more action rows than frames; they cannot be aligned, so they are corrupt."""
     import h5py
 
-    for part, group in (file["action"].items() if "action" in file else []):
+    action = file.get("action")
+    for part, group in (action.items() if isinstance(action, h5py.Group) else []):
         for key, dataset in (group.items() if isinstance(group, h5py.Group) else []):
             if key != "index" and isinstance(dataset, h5py.Dataset) and dataset.ndim and dataset.shape[0] > num_frames:
                 raise EpisodeError(path, f"'action/{part}/{key}' is longer ({dataset.shape[0]} rows) than {num_frames} frames")
@@ -190,9 +274,9 @@ def _full_action(file: Any, part: str, base: np.ndarray, path: Path, key: str = 
     An absent or empty action is `base` itself.
     """
     name = f"action/{part}/{key}"
-    if name not in file or file[name].size == 0:
+    values = read_numeric(file, path, name) if name in file else None
+    if values is None or values.size == 0:
         return base.copy(), "missing: filled from state" if part != "robot" else "missing: zeros"
-    values = np.asarray(file[name], dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != base.shape[1]:
         raise EpisodeError(path, f"'{name}' has shape {values.shape}, expected (N, {base.shape[1]}) like the state")
     if len(values) == len(base):
@@ -209,24 +293,9 @@ def _full_action(file: Any, part: str, base: np.ndarray, path: Path, key: str = 
 
 def _action_index(file: Any, part: str, path: Path) -> tuple[np.ndarray, str]:
     for name in (f"action/{part}/index", "action/joint/index"):
-        if name in file and file[name].size:
-            return np.asarray(file[name], dtype=np.int64).ravel(), name
+        if name in file and (index := read_numeric(file, path, name)).size:
+            return index.astype(np.int64).ravel(), name
     raise EpisodeError(path, f"'action/{part}' is shorter than the episode and has no frame index")
-
-
-def _open_cameras(videos: Path, num_frames: int) -> dict[str, VideoCamera]:
-    """Every `<camera>_color.mp4`, head first; each must have exactly one frame per proprio row."""
-    paths = sorted(videos.glob(f"*{VIDEO_SUFFIX}")) if videos.is_dir() else []
-    if not paths:
-        raise EpisodeError(videos, f"no *{VIDEO_SUFFIX} videos")
-    paths.sort(key=lambda p: p.name != f"{PRIMARY_CAMERA}{VIDEO_SUFFIX}")
-    cameras = {}
-    for path in paths:
-        camera = VideoCamera.open(path.name[: -len(VIDEO_SUFFIX)], path)
-        if camera.num_frames != num_frames:
-            raise EpisodeError(path, f"video has {camera.num_frames} frames but proprio_stats.h5 has {num_frames}")
-        cameras[camera.name] = camera
-    return cameras
 
 
 def _count_depth_images(depth: Path) -> int:
@@ -237,11 +306,6 @@ def _count_depth_images(depth: Path) -> int:
         return sum(1 for entry in entries if entry.name.startswith("head_depth") and entry.name.endswith(".png"))
 
 
-def _subfolders(folder: Path) -> Iterator[str]:
-    """Names of the visible sub-folders, numeric ids in numeric order."""
-    try:
-        with os.scandir(folder) as entries:
-            names = [entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")]
-    except OSError:
-        return
-    yield from sorted(names, key=lambda name: (0, int(name), "") if name.isdigit() else (1, 0, name))
+def _id_order(name: str) -> tuple:
+    """Numeric ids in numeric order, then other names."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)

@@ -84,7 +84,7 @@ class Source(ABC):
         """`walk_files` under this source's symlink policy: a refused link comes out as an unreadable ref."""
         for item in walk_files(folder, keep, prune, confine_to=self.root, follow_symlinks=self.follow_symlinks):
             if isinstance(item, RefusedPath):
-                yield self.unreadable(item.path.relative_to(self.root), f"{item.path}: {item.problem}")
+                yield self.unreadable(item.path.relative_to(self.root), item.problem)
             else:
                 yield item
 

@@ -12,7 +12,9 @@ import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, VideoCamera
 from pyramid.errors import EpisodeError
-from pyramid.sources.base import Source, register, walk_files
+from pyramid.paths import symlink_problem
+from pyramid.sources.base import Source, register
+from pyramid.sources.hdf5_file import one_line, open_hdf5
 
 # The official `get_camera_intrinsics()` constant ("it is always the same"), for a 1920x1080 image.
 # part1 files often store `camera/intrinsic` as an empty (0, 3) array (ml-egodex issue #10).
@@ -26,7 +28,7 @@ TRACKED_JOINTS = (
 )
 STATE_NAMES = [f"{joint}.{axis}" for joint in TRACKED_JOINTS for axis in "xyz"]
 EPISODE_SUFFIXES = (".hdf5", ".mp4")
-FALLBACK_FPS = 30.0
+FALLBACK_FPS = 30.0  # formats.md: every EgoDex video is 30 fps; used only when the container states no rate
 DETECT_FOLDER_LIMIT = 8
 
 
@@ -45,7 +47,7 @@ class EgoDexSource(Source):
     def detect(cls, root: Path) -> bool:
         """A `<i>.hdf5` with a `transforms` group one or two folders below root (a split, or the dataset root)."""
         for folder in _folders_below(root, depth=2):
-            hdf5 = next((p for p in sorted(folder.glob("*.hdf5")) if p.stem.isdigit()), None)
+            hdf5 = _first_episode_hdf5(folder, root)
             if hdf5 is not None and _has_transforms(hdf5):
                 return True
         return False
@@ -53,14 +55,24 @@ class EgoDexSource(Source):
     def discover(self) -> Iterator[EpisodeRef]:
         # Natural sorting puts `<i>.hdf5` right before `<i>.mp4`, so one pair yields one reference.
         previous = None
-        for path in walk_files(self.root, _is_episode_file):
-            relpath = path.with_suffix(".hdf5").relative_to(self.root)
-            if relpath != previous:
-                previous = relpath
+        for item in self.walk(self.root, _is_episode_file):
+            relpath = self._episode_relpath(item)
+            if relpath == previous:
+                continue
+            previous = relpath
+            if isinstance(item, EpisodeRef):  # a refused symlink: a task folder, or one file of a pair
+                yield self.unreadable(relpath, item.error or "unreadable")
+            else:
                 yield self.ref(relpath)
 
+    def _episode_relpath(self, item: Path | EpisodeRef) -> Path:
+        """The `<i>.hdf5` path an episode file stands for (a refused folder keeps its own path)."""
+        relpath = Path(item.relpath) if isinstance(item, EpisodeRef) else item.relative_to(self.root)
+        return relpath.with_suffix(".hdf5") if _is_episode_file(relpath.name) else relpath
+
     def read(self, ref: EpisodeRef) -> Episode:
-        hdf5_path, video_path = ref.path, ref.path.with_suffix(".mp4")
+        hdf5_path = self.resolve(ref.relpath)
+        video_path = self.resolve(Path(ref.relpath).with_suffix(".mp4"))
         if not hdf5_path.is_file():
             raise EpisodeError(hdf5_path, f"missing: the video {video_path.name} has no HDF5 beside it")
         if not video_path.is_file():
@@ -77,7 +89,7 @@ class EgoDexSource(Source):
             embodiment=self.embodiment(),
             level=self.level,
             instructions=[tracking["instruction"]] if tracking["instruction"] else [],
-            fps=camera.fps or FALLBACK_FPS,
+            fps=_container_fps(camera),
             num_frames=camera.num_frames,
             cameras={"ego": camera},
             state=tracking["state"],
@@ -87,17 +99,23 @@ class EgoDexSource(Source):
         )
 
 
-def _read_tracking(path: Path) -> dict[str, Any]:
-    import h5py
+def _container_fps(camera: VideoCamera) -> float:
+    """The video's own rate; only a missing (0) rate falls back to the documented 30 fps.
 
+    Any other value, however absurd (1e6, 0.001, NaN), is kept so `check_episode` reports it.
+    """
+    return camera.fps if camera.fps else FALLBACK_FPS
+
+
+def _read_tracking(path: Path) -> dict[str, Any]:
     try:
-        with h5py.File(path, "r") as file:
+        with open_hdf5(path) as file:
             camera_pose, joint_poses = _read_transforms(file, path)
             attrs = {key: _plain(value) for key, value in file.attrs.items()}
-            intrinsics, intrinsics_source = _intrinsics(file)
-            confidences = _mean_confidences(file)
-    except OSError as exc:
-        raise EpisodeError(path, f"cannot open HDF5 ({exc})") from exc
+            intrinsics, intrinsics_source = _intrinsics(file, path)
+            confidences = _mean_confidences(file, path)
+    except OSError as exc:  # a dataset whose bytes are cut off or corrupt
+        raise EpisodeError(path, f"cannot read HDF5 ({one_line(exc)})") from exc
     metadata = {
         "intrinsics": intrinsics.tolist(),
         "intrinsics_source": intrinsics_source,
@@ -105,7 +123,7 @@ def _read_tracking(path: Path) -> dict[str, Any]:
         "mean_confidence": confidences,
         "attrs": attrs,
     }
-    state = _positions_in_camera_frame(camera_pose, joint_poses, path)
+    state = _positions_in_camera_frame(camera_pose, joint_poses, path)  # NaN stays NaN: check_episode names the frame
     return {"state": state, "instruction": _instruction(attrs), "metadata": metadata}
 
 
@@ -118,9 +136,9 @@ def _read_transforms(file: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_pose(file: Any, joint: str, path: Path, num_frames: int | None) -> np.ndarray:
     key = f"transforms/{joint}"
-    if key not in file:
+    data = _dataset(file, key, path)
+    if data is None:
         raise EpisodeError(path, f"missing dataset '{key}'")
-    data = file[key]
     if data.ndim != 3 or data.shape[1:] != (4, 4) or (num_frames is not None and data.shape[0] != num_frames):
         expected = "(N, 4, 4)" if num_frames is None else f"({num_frames}, 4, 4) like transforms/camera"
         raise EpisodeError(path, f"'{key}' has shape {data.shape}, expected {expected}")
@@ -137,26 +155,52 @@ def _positions_in_camera_frame(camera_pose: np.ndarray, joint_poses: np.ndarray,
         raise EpisodeError(path, "'transforms/camera' holds a singular matrix") from exc
     positions = (world_to_camera[None] @ joint_poses)[..., :3, 3]  # [J, N, 3]
     state = positions.transpose(1, 0, 2).reshape(len(camera_pose), -1)
-    if not np.isfinite(state).all():
-        raise EpisodeError(path, "transforms hold non-finite values")
     return state.astype(np.float32)
 
 
-def _intrinsics(file: Any) -> tuple[np.ndarray, str]:
-    stored = np.asarray(file["camera/intrinsic"], dtype=np.float64) if "camera/intrinsic" in file else None
-    if stored is None:
-        return DEFAULT_INTRINSICS.copy(), "default (no camera/intrinsic)"
-    if stored.shape != (3, 3) or not np.isfinite(stored).all() or stored[0, 0] <= 0:
-        return DEFAULT_INTRINSICS.copy(), f"default (camera/intrinsic has shape {stored.shape})"
+def _intrinsics(file: Any, path: Path) -> tuple[np.ndarray, str]:
+    """The stored K, or the official constant when it is missing or empty (part1's (0, 3) quirk).
+
+    A stored K with non-finite values is returned as is, so `check_episode` quarantines the episode.
+    """
+    key = "camera/intrinsic"
+    data = _dataset(file, key, path)
+    if data is None:
+        return DEFAULT_INTRINSICS.copy(), f"default (no {key})"
+    if data.size == 0:
+        return DEFAULT_INTRINSICS.copy(), f"default ({key} has shape {data.shape})"
+    if data.shape != (3, 3) or data.dtype.kind not in "fiu":
+        raise EpisodeError(path, f"'{key}' has shape {data.shape} and dtype {data.dtype}, expected (3, 3) numbers")
+    stored = np.asarray(data, dtype=np.float64)
+    if np.isfinite(stored).all() and not (stored[0, 0] > 0 and stored[1, 1] > 0):
+        raise EpisodeError(path, f"'{key}' has a focal length that is not positive ({stored[0, 0]:g}, {stored[1, 1]:g})")
     return stored, "file"
 
 
-def _mean_confidences(file: Any) -> dict[str, float] | None:
+def _mean_confidences(file: Any, path: Path) -> dict[str, float] | None:
     """Mean tracking confidence per state joint, or None when the file has no `confidences` group."""
     if "confidences" not in file:
         return None
-    group = file["confidences"]
-    return {joint: float(np.mean(group[joint])) for joint in TRACKED_JOINTS if joint in group and group[joint].size}
+    means = {}
+    for joint in TRACKED_JOINTS:
+        data = _dataset(file, f"confidences/{joint}", path)
+        if data is not None and data.size:
+            if data.dtype.kind not in "fiu":
+                raise EpisodeError(path, f"'confidences/{joint}' has dtype {data.dtype}, expected float")
+            means[joint] = float(np.mean(data))
+    return means
+
+
+def _dataset(file: Any, key: str, path: Path) -> Any:
+    """The HDF5 dataset at `key`, None when absent; a group (or other object) there is an error."""
+    import h5py
+
+    if key not in file:
+        return None
+    item = file[key]
+    if not isinstance(item, h5py.Dataset):
+        raise EpisodeError(path, f"'{key}' is a {type(item).__name__}, expected a dataset")
+    return item
 
 
 def _instruction(attrs: dict[str, Any]) -> str:
@@ -181,17 +225,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _folders_below(root: Path, depth: int) -> Iterator[Path]:
-    """root, then up to DETECT_FOLDER_LIMIT sub-folders per level, `depth` levels down (a bounded look)."""
-    yield root
+def _folders_below(folder: Path, depth: int, root: Path | None = None) -> Iterator[Path]:
+    """folder, then up to DETECT_FOLDER_LIMIT sub-folders per level, `depth` levels down (a bounded look).
+
+    Symlinks that loop or leave `root` (the folder first given) are not entered.
+    """
+    root = root or folder
+    yield folder
     if depth == 0:
         return
     try:
-        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        children = sorted(p for p in folder.iterdir()
+                          if not p.name.startswith(".") and p.is_dir() and symlink_problem(p, root) is None)
     except OSError:
         return
     for child in children[:DETECT_FOLDER_LIMIT]:
-        yield from _folders_below(child, depth - 1)
+        yield from _folders_below(child, depth - 1, root)
+
+
+def _first_episode_hdf5(folder: Path, root: Path) -> Path | None:
+    candidates = (p for p in sorted(folder.glob("*.hdf5")) if p.stem.isdigit() and symlink_problem(p, root) is None)
+    return next(candidates, None)
 
 
 def _has_transforms(path: Path) -> bool:

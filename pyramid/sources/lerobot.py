@@ -4,11 +4,17 @@
 so is every `image` feature (PNG bytes embedded in the parquet). Other float vectors (for example
 `observation.environment_state`) are not loaded: their dimension names are listed in
 `metadata["other_features"]`. Layouts: /work/shared/formats.md section 5.
+
+Real dumps are hostile: a bad line in `meta/episodes.jsonl`, a null column or a corrupt file under
+`meta/episodes/` becomes one unreadable ref and discovery goes on; every path named by the metadata
+goes through `resolve` (it must stay inside the root); a declared feature missing from the parquet,
+or stored with another dtype or width, is an `EpisodeError` naming the file and the column.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,15 +26,21 @@ import pyarrow.parquet as pq
 
 from pyramid.episode import Episode, EpisodeRef, VideoCamera, decode_image_bytes
 from pyramid.errors import EpisodeError, SourceError
-from pyramid.sources.base import Source, register, walk_files
+from pyramid.sources.base import Source, register
+from pyramid.validate import FPS_RANGE
+from pyramid.video_io import probe
 
 INFO = "meta/info.json"
+EPISODES_JSONL = "meta/episodes.jsonl"
+EPISODES_DIR = "meta/episodes"
 STATE, ACTION = "observation.state", "action"
 DEFAULT_FEATURES = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
 V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+# What each version fills its path templates with (data_path; video_path adds video_key).
+TEMPLATE_FIELDS = {"v2": {"episode_chunk": 0, "episode_index": 0}, "v3": {"chunk_index": 0, "file_index": 0}}
 
 
 @register
@@ -42,12 +54,25 @@ class LeRobotSource(Source):
 
     @cached_property
     def info(self) -> dict[str, Any]:
-        info = _read_json(self.root / INFO)
+        """meta/info.json, checked once: whatever is wrong here is wrong for every episode (a SourceError)."""
+        path = self.root / INFO
+        info = _read_json(path)
         version = str(info.get("codebase_version", ""))
         if not version.startswith(("v2.", "v3.")):
-            raise SourceError(f"{self.root / INFO}: codebase_version {version!r} is not supported (v2.0, v2.1, v3.0 are)")
+            raise SourceError(f"{path}: codebase_version {version!r} is not supported (v2.0, v2.1, v3.0 are)")
         if "fps" not in info or not isinstance(info.get("features"), dict):
-            raise SourceError(f"{self.root / INFO}: needs 'fps' and 'features'")
+            raise SourceError(f"{path}: needs 'fps' and 'features'")
+        if not _is_number(info["fps"]):
+            raise SourceError(f"{path}: 'fps' must be a number, got {info['fps']!r}")
+        for key, feature in info["features"].items():
+            if not isinstance(feature, dict):
+                raise SourceError(f"{path}: feature {key!r} is not an object")
+        chunks_size = info.get("chunks_size")
+        if chunks_size is not None and not (_is_int(chunks_size) and chunks_size > 0):
+            raise SourceError(f"{path}: 'chunks_size' must be a positive integer, got {chunks_size!r}")
+        fields = TEMPLATE_FIELDS[version[:2]]
+        _check_template(path, "data_path", info.get("data_path"), fields)
+        _check_template(path, "video_path", info.get("video_path"), {**fields, "video_key": "key"})
         return info
 
     @property
@@ -60,61 +85,92 @@ class LeRobotSource(Source):
     def discover(self) -> Iterator[EpisodeRef]:
         yield from self._discover_v3() if self.is_v3 else self._discover_v2()
 
+    # -- v2: one JSON line per episode -------------------------------------------------------------
+
     def _discover_v2(self) -> Iterator[EpisodeRef]:
-        path = self.root / "meta/episodes.jsonl"
+        path = self.root / EPISODES_JSONL
         if not path.is_file():
             raise SourceError(f"{path}: missing (LeRobot v2 lists its episodes there)")
-        chunks_size = int(self.info.get("chunks_size", 1000))
-        with path.open() as lines:  # streamed: a large dataset lists 10^5 episodes here
+        with path.open(encoding="utf-8", errors="replace") as lines:  # streamed: 10^5 episodes are listed here
             for number, line in enumerate(lines, 1):
                 if line.strip():
-                    entry = _parse_line(path, number, line)
-                    if not isinstance(entry.get("episode_index"), int):
-                        raise EpisodeError(path, f"line {number} has no integer 'episode_index'")
-                    yield self._ref_v2(entry, int(entry["episode_index"]), chunks_size)
+                    yield self._entry_v2(number, line)
 
-    def _ref_v2(self, entry: dict[str, Any], index: int, chunks_size: int) -> EpisodeRef:
-        place = {"episode_chunk": index // chunks_size, "episode_index": index}
+    def _entry_v2(self, number: int, line: str) -> EpisodeRef:
+        where = f"{EPISODES_JSONL}:line{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return self.unreadable(where, f"line {number} is not JSON ({exc.msg})")
+        index = entry.get("episode_index") if isinstance(entry, dict) else None
+        if not _is_int(index):
+            return self.unreadable(where, f"line {number} has no integer 'episode_index'")
+        length = entry.get("length")
+        if length is not None and not (_is_int(length) and length >= 0):
+            return self.unreadable(where, f"line {number}: 'length' {length!r} is not a frame count")
+        return self._ref_v2(entry, index)
+
+    def _ref_v2(self, entry: dict[str, Any], index: int) -> EpisodeRef:
+        place = {"episode_chunk": index // int(self.info.get("chunks_size") or 1000), "episode_index": index}
         data = (self.info.get("data_path") or V2_DATA_PATH).format(**place)
         video_path = self.info.get("video_path") or V2_VIDEO_PATH
         videos = {key: {"file": video_path.format(video_key=key, **place), "from_timestamp": 0.0}
                   for key in self.features_of("video")}
-        return self.ref(data, episode_index=index, length=entry.get("length"), tasks=list(entry.get("tasks") or []),
+        return self.ref(data, episode_index=index, length=entry.get("length"), tasks=_task_list(entry.get("tasks")),
                         data_file=data, shared_file=False, videos=videos)
 
+    # -- v3: rows of meta/episodes/chunk-*/file-*.parquet --------------------------------------------
+
     def _discover_v3(self) -> Iterator[EpisodeRef]:
-        files = walk_files(self.root / "meta/episodes", lambda name: name.endswith(".parquet"))
         found = False
-        for path in files:
+        for item in self.walk(self.root / EPISODES_DIR, lambda name: name.endswith(".parquet")):
             found = True
+            if isinstance(item, EpisodeRef):  # a refused symlink
+                yield item
+            else:
+                yield from self._entries_v3(item)
+        if not found:
+            raise SourceError(f"{self.root / EPISODES_DIR}: no episode metadata parquet files")
+
+    def _entries_v3(self, path: Path) -> Iterator[EpisodeRef]:
+        """One ref per row; a file that cannot be read becomes one unreadable ref named after it."""
+        relpath = path.relative_to(self.root).as_posix()
+        number = 0
+        try:
             parquet = pq.ParquetFile(path)
             columns = [name for name in parquet.schema_arrow.names if not name.startswith("stats/")]
             for batch in parquet.iter_batches(batch_size=1024, columns=columns):
                 for row in batch.to_pylist():
-                    yield self._ref_v3(row, path)
-        if not found:
-            raise SourceError(f"{self.root / 'meta/episodes'}: no episode metadata parquet files")
+                    yield self._entry_v3(row, relpath, number)
+                    number += 1
+        except (pa.ArrowException, OSError) as exc:
+            yield self.unreadable(relpath, f"cannot read episode metadata parquet ({_one_line(exc)})")
 
-    def _ref_v3(self, row: dict[str, Any], meta_path: Path) -> EpisodeRef:
-        def column(name: str) -> Any:
-            if row.get(name) is None:
-                raise EpisodeError(meta_path, f"episode {row.get('episode_index')}: no value in column '{name}'")
-            return row[name]
+    def _entry_v3(self, row: dict[str, Any], relpath: str, number: int) -> EpisodeRef:
+        index = _as_int(row.get("episode_index"))
+        where = f"episodes/{index:06d}" if index is not None else f"{relpath}:row{number}"
+        try:
+            return self._ref_v3(row, where)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            return self.unreadable(where, f"{relpath} row {number}: {_one_line(exc)}")
 
-        index = int(column("episode_index"))
+    def _ref_v3(self, row: dict[str, Any], relpath: str) -> EpisodeRef:
+        index = _required_int(row, "episode_index")
         data = (self.info.get("data_path") or V3_DATA_PATH).format(
-            chunk_index=column("data/chunk_index"), file_index=column("data/file_index"))
+            chunk_index=_required_int(row, "data/chunk_index"), file_index=_required_int(row, "data/file_index"))
         video_path = self.info.get("video_path") or V3_VIDEO_PATH
-        videos = {key: {"file": video_path.format(video_key=key, chunk_index=column(f"videos/{key}/chunk_index"),
-                                                  file_index=column(f"videos/{key}/file_index")),
-                        "from_timestamp": float(column(f"videos/{key}/from_timestamp"))}
+        videos = {key: {"file": video_path.format(video_key=key, chunk_index=_required_int(row, f"videos/{key}/chunk_index"),
+                                                  file_index=_required_int(row, f"videos/{key}/file_index")),
+                        "from_timestamp": _required_seconds(row, f"videos/{key}/from_timestamp")}
                   for key in self.features_of("video")}
-        return self.ref(f"episodes/{index:06d}", episode_index=index, length=int(column("length")),
-                        tasks=list(row.get("tasks") or []), data_file=data, shared_file=True, videos=videos)
+        return self.ref(relpath, episode_index=index, length=_required_int(row, "length"),
+                        tasks=_task_list(row.get("tasks")), data_file=data, shared_file=True, videos=videos)
+
+    # -- reading one episode -----------------------------------------------------------------------
 
     def read(self, ref: EpisodeRef) -> Episode:
         where = ref.locator
-        data_path = self.root / where["data_file"]
+        data_path = self.resolve(where["data_file"])
         rows = self._episode_rows(data_path, where)
         length = rows.num_rows
         state, state_names = self._vector(rows, STATE, "state", data_path)
@@ -126,7 +182,7 @@ class LeRobotSource(Source):
             embodiment=self.embodiment(self.info.get("robot_type")),
             level=self.level,
             instructions=where["tasks"] or self._tasks_of(rows),
-            fps=float(self.info["fps"]),
+            fps=float(self.info["fps"]),  # implausible values are refused by check_episode, after read
             num_frames=length,
             cameras=cameras,
             state=state,
@@ -141,24 +197,39 @@ class LeRobotSource(Source):
         """The episode's rows; a v3 file holds many episodes, found by `episode_index` (row groups are skipped)."""
         if not data_path.is_file():
             raise EpisodeError(data_path, f"missing data file of episode {where['episode_index']}")
-        wanted = [STATE, ACTION, "episode_index", "task_index"]
         try:
             schema = pq.read_schema(data_path)
-            columns = [name for name in wanted if name in schema.names]
-            episode_filter = [("episode_index", "=", where["episode_index"])] if where["shared_file"] else None
+        except (pa.ArrowException, OSError) as exc:
+            raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
+        self._check_declared_columns(data_path, where, schema.names)
+        columns = [name for name in (STATE, ACTION, "episode_index", "task_index") if name in schema.names]
+        episode_filter = [("episode_index", "=", where["episode_index"])] if where["shared_file"] else None
+        try:
             rows = pq.read_table(data_path, columns=columns, filters=episode_filter)
         except (pa.ArrowException, OSError) as exc:
-            raise EpisodeError(data_path, f"cannot read parquet ({exc})") from exc
+            raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
         expected = where["length"]
         if rows.num_rows == 0 or (expected is not None and rows.num_rows != expected):
             raise EpisodeError(data_path, f"episode {where['episode_index']} has {rows.num_rows} rows, "
                                           f"its metadata says length {expected}")
         return rows
 
+    def _check_declared_columns(self, data_path: Path, where: dict[str, Any], names: list[str]) -> None:
+        """What the reader loads and meta/info.json declares must be in the file: no silently action-less episode."""
+        declared = [key for key in (STATE, ACTION, *self.features_of("image")) if key in self.info["features"]]
+        for key in declared + (["episode_index"] if where["shared_file"] else []):
+            if key not in names:
+                raise EpisodeError(data_path, f"declared feature '{key}' is missing from {where['data_file']}")
+
     def _vector(self, rows: pa.Table, key: str, prefix: str, data_path: Path) -> tuple[np.ndarray | None, list[str]]:
         if key not in rows.column_names:
             return None, []
-        values = column_as_matrix(rows.column(key), key, data_path)
+        feature = self.info["features"].get(key, {})
+        values = column_as_matrix(rows.column(key), key, data_path, feature.get("dtype"))
+        width = _declared_width(feature)
+        if width is not None and values.shape[1] != width:
+            raise EpisodeError(data_path, f"column '{key}' has {values.shape[1]} values per row, "
+                                          f"meta/info.json declares shape {feature.get('shape')}")
         return values, self.dimension_names(key, values.shape[1], prefix)
 
     def dimension_names(self, key: str, dim: int, prefix: str) -> list[str]:
@@ -172,13 +243,33 @@ class LeRobotSource(Source):
     def _video_cameras(self, where: dict[str, Any], length: int) -> dict[str, VideoCamera]:
         cameras = {}
         for key, video in where["videos"].items():
-            path = self.root / video["file"]
+            path = self.resolve(video["file"])
             if not path.is_file():
                 raise EpisodeError(path, f"missing video of '{key}' for episode {where['episode_index']}")
-            fps = float(self.info["features"][key].get("info", {}).get("video.fps") or self.info["fps"])
-            offset = int(round(video["from_timestamp"] * fps))
-            cameras[camera_name(key)] = VideoCamera.open(camera_name(key), path, frame_offset=offset, num_frames=length)
+            cameras[camera_name(key)] = self._video_segment(key, path, video["from_timestamp"], length)
         return cameras
+
+    def _video_segment(self, key: str, path: Path, from_timestamp: float, length: int) -> VideoCamera:
+        """The episode's frames of `path`: a v3 mp4 holds episodes back to back, from `from_timestamp` on."""
+        info = probe(path)
+        offset = 0
+        if from_timestamp:
+            rate = self._segment_rate(key) or info.fps
+            if not (math.isfinite(rate) and rate > 0):
+                raise EpisodeError(path, f"no frame rate to find the episode starting at {from_timestamp}s")
+            offset = int(round(from_timestamp * rate))
+        if info.num_frames - offset < length:
+            raise EpisodeError(path, f"video has {info.num_frames} frames, episode needs {offset + length}")
+        return VideoCamera(camera_name(key), str(path), length, info.height, info.width, info.fps, offset, info.codec)
+
+    def _segment_rate(self, key: str) -> float | None:
+        """The declared frame rate of `key`'s video, when plausible (else the container's own is used)."""
+        video_info = self.info["features"][key].get("info")
+        declared = video_info.get("video.fps") if isinstance(video_info, dict) else None
+        for rate in (declared, self.info["fps"]):
+            if _is_number(rate) and FPS_RANGE[0] <= rate <= FPS_RANGE[1]:
+                return float(rate)
+        return None
 
     def _image_cameras(self, data_path: Path, where: dict[str, Any], length: int) -> dict[str, "ParquetImageCamera"]:
         return {camera_name(key): ParquetImageCamera(camera_name(key), str(data_path), key, where["episode_index"],
@@ -188,21 +279,34 @@ class LeRobotSource(Source):
     def _tasks_of(self, rows: pa.Table) -> list[str]:
         if "task_index" not in rows.column_names:
             return []
-        indices = dict.fromkeys(int(i) for i in rows.column("task_index").to_pylist() if i is not None)
+        indices = dict.fromkeys(i for i in rows.column("task_index").to_pylist() if _is_int(i))
         return [self.tasks[i] for i in indices if i in self.tasks]
 
     @cached_property
     def tasks(self) -> dict[int, str]:
         """task_index -> task text, from meta/tasks.jsonl (v2) or meta/tasks.parquet (v3; the task is the index)."""
-        if not self.is_v3:
-            path = self.root / "meta/tasks.jsonl"
-            lines = path.read_text().splitlines() if path.is_file() else []
-            entries = [_parse_line(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
-            return {int(entry["task_index"]): str(entry["task"]) for entry in entries}
-        path = self.root / "meta/tasks.parquet"
+        return self._tasks_v3() if self.is_v3 else self._tasks_v2()
+
+    def _tasks_v2(self) -> dict[int, str]:
+        path = self.resolve("meta/tasks.jsonl")
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+        tasks = {}
+        for number, line in enumerate(lines, 1):
+            entry = _parse_line(path, number, line) if line.strip() else None
+            if isinstance(entry, dict) and _is_int(entry.get("task_index")) and "task" in entry:
+                tasks[entry["task_index"]] = str(entry["task"])
+            elif entry is not None:
+                raise EpisodeError(path, f"line {number} has no integer 'task_index' and 'task'")
+        return tasks
+
+    def _tasks_v3(self) -> dict[int, str]:
+        path = self.resolve("meta/tasks.parquet")
         if not path.is_file():
             return {}
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise EpisodeError(path, f"cannot read parquet ({_one_line(exc)})") from exc
         text = next((name for name in ("task", "__index_level_0__") if name in table.column_names), None)
         if text is None or "task_index" not in table.column_names:
             raise EpisodeError(path, f"expected columns 'task' and 'task_index', found {table.column_names}")
@@ -210,7 +314,7 @@ class LeRobotSource(Source):
 
     def _metadata(self, ref: EpisodeRef) -> dict[str, Any]:
         features = self.info["features"]
-        others = {key: flatten_names(feature.get("names")) or [f"{key}.{i}" for i in range(_size(feature))]
+        others = {key: flatten_names(feature.get("names")) or [f"{key}.{i}" for i in range(_declared_width(feature) or 1)]
                   for key, feature in features.items()
                   if key not in (STATE, ACTION) and key not in DEFAULT_FEATURES
                   and str(feature.get("dtype", "")).startswith("float")}
@@ -244,27 +348,30 @@ class ParquetImageCamera:
         try:
             cells = pq.read_table(self.path, columns=[self.column], filters=episode_filter).column(self.column).to_pylist()
         except (pa.ArrowException, OSError, KeyError) as exc:
-            raise EpisodeError(self.path, f"cannot read image column '{self.column}' ({exc})") from exc
+            raise EpisodeError(self.path, f"cannot read image column '{self.column}' ({_one_line(exc)})") from exc
         if len(cells) != self.num_frames:
             raise EpisodeError(self.path, f"'{self.column}' has {len(cells)} images, episode has {self.num_frames} frames")
         return cells
 
     def _decode(self, cell: Any, index: int) -> np.ndarray:
         data = cell.get("bytes") if isinstance(cell, dict) else cell
-        image = decode_image_bytes(data, imdecode_gives_rgb=False) if data else None
+        image = decode_image_bytes(data, imdecode_gives_rgb=False) if isinstance(data, bytes) and data else None
         if image is None:
             raise EpisodeError(self.path, f"'{self.column}' row {index} of episode {self.episode_index} holds no decodable image")
         return image
 
 
-def column_as_matrix(column: pa.ChunkedArray, key: str, path: Path) -> np.ndarray:
-    """A parquet column of scalars, fixed-size lists or nested lists as float32 [T, D]."""
+def column_as_matrix(column: pa.ChunkedArray, key: str, path: Path, declared_dtype: str | None = None) -> np.ndarray:
+    """A parquet column of numeric scalars, fixed-size lists or nested lists as float32 [T, D]."""
     values = column.combine_chunks()
     rows = len(values)
     while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
         if values.null_count:
             raise EpisodeError(path, f"'{key}' has missing rows")
         values = values.flatten()
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type)):
+        declared = f", meta/info.json declares {declared_dtype}" if declared_dtype else ""
+        raise EpisodeError(path, f"column '{key}' holds {values.type} values, not numbers{declared}")
     if values.null_count:
         raise EpisodeError(path, f"'{key}' has missing values")
     flat = values.to_numpy(zero_copy_only=False).astype(np.float32)
@@ -284,8 +391,12 @@ def flatten_names(names: Any) -> list[str]:
     return [str(names)]
 
 
-def _size(feature: dict[str, Any]) -> int:
-    return int(np.prod(feature.get("shape") or [1]))
+def _declared_width(feature: dict[str, Any]) -> int | None:
+    """Values per row that a feature's `shape` promises, or None when it declares no usable shape."""
+    shape = feature.get("shape")
+    if not isinstance(shape, list) or not shape or not all(_is_int(n) and n >= 0 for n in shape):
+        return None
+    return int(np.prod(shape))
 
 
 def camera_name(key: str) -> str:
@@ -295,14 +406,71 @@ def camera_name(key: str) -> str:
     return key
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer, also from a float column holding whole numbers (pandas writes int columns with nulls as float)."""
+    if _is_int(value):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _required_int(row: dict[str, Any], name: str) -> int:
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError(f"no value in column '{name}'")
+    if _as_int(value) is None:
+        raise ValueError(f"column '{name}' holds {value!r}, not an integer")
+    return _as_int(value)
+
+
+def _required_seconds(row: dict[str, Any], name: str) -> float:
+    value = row.get(name)
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"column '{name}' holds {value!r}, not a time in seconds")
+    return float(value)
+
+
+def _task_list(tasks: Any) -> list[str]:
+    if isinstance(tasks, str):
+        return [tasks]
+    return [task for task in tasks if isinstance(task, str)] if isinstance(tasks, list) else []
+
+
+def _check_template(info_path: Path, key: str, template: Any, fields: dict[str, Any]) -> None:
+    if template is None:
+        return
+    if not isinstance(template, str):
+        raise SourceError(f"{info_path}: '{key}' must be a path template, got {template!r}")
+    try:
+        template.format(**fields)
+    except (KeyError, ValueError, IndexError, AttributeError) as exc:
+        raise SourceError(f"{info_path}: '{key}' {template!r} is not a usable path template ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{path}: cannot read JSON ({exc})") from exc
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise SourceError(f"{path}: cannot read JSON ({_one_line(exc)})") from exc
+    if not isinstance(content, dict):
+        raise SourceError(f"{path}: expected a JSON object")
+    return content
 
 
-def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
+def _parse_line(path: Path, number: int, line: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:

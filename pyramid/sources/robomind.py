@@ -17,8 +17,9 @@ import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
 from pyramid.errors import EpisodeError
-from pyramid.sources.base import Source, register, walk_files
-from pyramid.sources.hdf5_file import one_line, open_hdf5
+from pyramid.paths import symlink_problem
+from pyramid.sources.base import Source, register
+from pyramid.sources.hdf5_file import check_finite, one_line, open_hdf5, read_numeric
 
 SUCCESS, FAILED = "success_episodes", "failed_episodes"
 RGB_GROUP = "observations/rgb_images"
@@ -147,13 +148,15 @@ class RoboMindSource(Source):
         super().__init__(root, level, embodiment, **options)
         self.include_failed = include_failed
         self.fps = float(fps)
-        self._side_files: dict[Path, Any] = {}  # each side file is parsed once per reader, on first need
+        # Each side file is parsed once per reader, on first need: its content, None when absent, or the
+        # EpisodeError it raised (so a broken side file fails every episode that needs it without re-parsing).
+        self._side_files: dict[Path, Any] = {}
 
     @classmethod
     def detect(cls, root: Path) -> bool:
         if (root / SUCCESS).is_dir():
             return True
-        return any(_holds_tasks(folder) for folder in _embodiment_folders(root, depth=2))
+        return any(_holds_tasks(folder, root) for folder in _embodiment_folders(root, root, depth=2))
 
     def discover(self) -> Iterator[EpisodeRef]:
         anchors = {SUCCESS, FAILED} if self.include_failed else {SUCCESS}
@@ -161,12 +164,14 @@ class RoboMindSource(Source):
         def prune(name: str) -> bool:
             return name.startswith(".") or (name == FAILED and not self.include_failed)
 
-        for path in walk_files(self.root, lambda name: name == "trajectory.hdf5", prune):
-            if anchors & set(path.absolute().parts):
-                yield self.ref(path.relative_to(self.root))
+        for item in self.walk(self.root, lambda name: name == "trajectory.hdf5", prune):
+            if isinstance(item, EpisodeRef):
+                yield item  # a symlink not followed (a loop, or out of the root): unreadable, discovery goes on
+            elif anchors & set(item.absolute().parts):
+                yield self.ref(item.relative_to(self.root))
 
     def read(self, ref: EpisodeRef) -> Episode:
-        path = ref.path
+        path = self.resolve(ref.relpath)
         place = place_of(path)
         embodiment = place.embodiment or self.embodiment_override
         schema = _schema(path, embodiment)
@@ -185,7 +190,7 @@ class RoboMindSource(Source):
             metadata["alignment"] = alignment
         instructions = [instruction]
         if not instruction:
-            instructions, annotation = self._side_instructions(place)
+            instructions, annotation = self._side_instructions(ref, place)
             if annotation is not None:
                 metadata["annotation"] = annotation
         return Episode(
@@ -205,30 +210,49 @@ class RoboMindSource(Source):
             path=str(path),
         )
 
-    def _side_instructions(self, place: Place) -> tuple[list[str], Any]:
+    def _side_instructions(self, ref: EpisodeRef, place: Place) -> tuple[list[str], Any]:
         """For files without `language_raw`: the task's instruction from the CSV, then the episode's
         annotated summary; and the episode's annotation record, if any."""
         instructions = []
-        by_task = self._side_file(place, INSTRUCTION_CSV, _read_instruction_csv) or {}
-        if by_task.get(place.task):
-            instructions.append(by_task[place.task])
+        by_task = self._side_file(ref, INSTRUCTION_CSV, _read_instruction_csv) or {}
+        instruction = by_task.get(place.task)
+        if isinstance(instruction, EpisodeError):  # this task's row of the table is malformed
+            raise EpisodeError(instruction.path, instruction.problem)
+        if instruction:
+            instructions.append(instruction)
         annotation = None
         if place.embodiment_folder is not None:
             relpath = f"{ANNOTATION_FOLDER}/{place.embodiment_folder.name}.json"
-            annotation = _annotation_for(self._side_file(place, relpath, _read_annotations) or {}, place)
+            annotation = _annotation_for(self._side_file(ref, relpath, _read_annotations) or {}, place)
             summary = annotation.get("task_summary") if isinstance(annotation, dict) else None
             if summary and summary not in instructions:
                 instructions.append(str(summary))
         return instructions, annotation
 
-    def _side_file(self, place: Place, relpath: str, parse) -> Any:
-        for folder in _side_file_folders(place, self.root):
-            path = folder / relpath
-            if path not in self._side_files:
-                self._side_files[path] = parse(path) if path.is_file() else None
-            if self._side_files[path] is not None:
-                return self._side_files[path]
+    def _side_file(self, ref: EpisodeRef, relpath: str, parse) -> Any:
+        """The first side file `relpath` found in `_side_file_folders`, parsed; None when there is none."""
+        for folder in _side_file_folders(ref.relpath):
+            relative = folder / relpath
+            if relative not in self._side_files:
+                self._side_files[relative] = self._parse_side_file(relative, parse)
+            found = self._side_files[relative]
+            if isinstance(found, EpisodeError):
+                raise EpisodeError(found.path, found.problem)
+            if found is not None:
+                return found
         return None
+
+    def _parse_side_file(self, relative: Path, parse) -> Any:
+        """`parse(path)` of a side file inside the root; None when absent, the EpisodeError when unusable."""
+        if not (self.root / relative).is_file():
+            return None
+        try:
+            path = self.resolve(relative)  # a side file linked out of the root is refused like an episode
+            return parse(path)
+        except EpisodeError as error:
+            return error
+        except (OSError, ValueError) as error:  # unreadable, or not UTF-8 text
+            return EpisodeError(self.root / relative, f"unreadable ({one_line(error)})")
 
 
 def _schema(path: Path, embodiment: str | None) -> Schema:
@@ -282,14 +306,11 @@ def _state_and_actions(file, path: Path, schema: Schema, num_frames: int):
 
 
 def _read_matrix(file, path: Path, key: str, width: int) -> np.ndarray:
-    if key not in file:
-        raise EpisodeError(path, f"missing dataset '{key}'")
-    data = file[key]
-    if data.ndim != 2 or data.shape[1] != width or data.shape[0] == 0:
-        raise EpisodeError(path, f"'{key}' has shape {data.shape}, expected (T, {width})")
-    rows = np.asarray(data[()], dtype=np.float64)
-    if not np.isfinite(rows).all():
-        raise EpisodeError(path, f"'{key}' holds NaN or infinite values")
+    rows = read_numeric(file, path, key)
+    if rows.ndim != 2 or rows.shape[1] != width or rows.shape[0] == 0:
+        raise EpisodeError(path, f"'{key}' has shape {rows.shape}, expected (T, {width})")
+    # Checked here, not only in check_episode: simulation resampling drops rows, and with them a bad value.
+    check_finite(path, key, rows)
     return rows
 
 
@@ -316,31 +337,57 @@ def _plain(value: Any) -> Any:
 
 
 
-def _side_file_folders(place: Place, root: Path) -> list[Path]:
-    """The dataset root (above the benchmark folder), the benchmark folder, and the reader's root."""
-    folders = []
-    if place.embodiment_folder is not None:
-        folders += [place.embodiment_folder.parent.parent, place.embodiment_folder.parent]
-    folders.append(root.absolute())
-    return list(dict.fromkeys(folders))
+def _side_file_folders(relpath: str) -> list[Path]:
+    """Relative to the reader's root: the dataset root (above the benchmark folder), the benchmark folder, and
+    the root itself; only those inside the root (side files are read through `Source.resolve`)."""
+    parts = Path(relpath).parts
+    anchor = max((i for i, part in enumerate(parts) if part in (SUCCESS, FAILED)), default=len(parts))
+    h5 = next((i for i in range(anchor - 1, -1, -1) if parts[i].startswith("h5_")), None)
+    folders = [] if h5 is None else [Path(*parts[: h5 - 1]) if h5 >= 1 else Path(), Path(*parts[:h5])]
+    return list(dict.fromkeys([*folders, Path()]))
 
 
-def _read_instruction_csv(path: Path) -> dict[str, str]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = csv.DictReader(handle)
-        if not {"task", "instruction"} <= set(rows.fieldnames or ()):
-            raise EpisodeError(path, "instruction table needs 'task' and 'instruction' columns")
-        by_task: dict[str, str] = {}
-        for row in rows:
-            by_task.setdefault(row["task"].strip(), row["instruction"].strip())
+def _read_instruction_csv(path: Path) -> dict[str, str | EpisodeError]:
+    """task -> instruction, or -> the EpisodeError of its malformed row.
+
+    The table covers every task of the release, so one bad row must not make the others unusable: the episodes
+    of the task a malformed row names fail with the file and line (their instruction is unknown, and training
+    them unlabelled would hide the damage). A row whose task cell is missing names no task and is ignored.
+    """
+    rows = None
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = csv.DictReader(handle)
+            header = rows.fieldnames or ()
+            if not {"task", "instruction"} <= set(header):
+                raise EpisodeError(path, "line 1: instruction table needs 'task' and 'instruction' columns")
+            by_task: dict[str, str | EpisodeError] = {}
+            for row in rows:
+                task = (row.get("task") or "").strip()
+                if None in row or None in row.values():
+                    problem = f"line {rows.line_num}: malformed row (not the {len(header)} fields of the header)"
+                    if task:
+                        by_task.setdefault(task, EpisodeError(path, problem))
+                elif task not in by_task or isinstance(by_task[task], EpisodeError):
+                    by_task[task] = row["instruction"].strip()
+    except UnicodeDecodeError as error:
+        raise EpisodeError(path, f"not UTF-8 text ({one_line(error)})") from None
+    except csv.Error as error:
+        raise EpisodeError(path, f"line {rows.line_num if rows else 1}: {one_line(error)}") from None
     return by_task
 
 
 def _read_annotations(path: Path) -> dict[str, list[tuple[tuple[str, ...], Any]]]:
-    """Annotations indexed by episode folder: the record's id is `.../<task>/.../<split>/<episode>/<file>`."""
+    """Annotations indexed by episode folder: the record's id is `.../<task>/.../<split>/<episode>/<file>`.
+
+    The file is one JSON document for a whole embodiment folder, so invalid JSON leaves no record usable:
+    every episode that needs it (no `language_raw`) fails, naming the file and the line of the error.
+    """
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except json.JSONDecodeError as error:
+        raise EpisodeError(path, f"line {error.lineno}: invalid JSON ({error.msg})") from None
+    except ValueError as error:
         raise EpisodeError(path, f"unreadable annotation file ({one_line(error)})") from None
     index: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
     for record in records if isinstance(records, list) else []:
@@ -357,22 +404,24 @@ def _annotation_for(index: dict, place: Place) -> Any:
     return None
 
 
-def _subfolders(folder: Path) -> list[Path]:
+def _subfolders(folder: Path, root: Path) -> list[Path]:
+    """A few subfolders, sorted; a symlink that loops or leaves `root` is not one."""
     try:
-        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+        names = sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith(".") and entry.is_dir()
+                       and not symlink_problem(Path(entry.path), root))
     except OSError:
         return []
     return [folder / name for name in names[:DETECT_FOLDER_LIMIT]]
 
 
-def _embodiment_folders(root: Path, depth: int) -> Iterator[Path]:
-    """`h5_*` folders at the root, or up to `depth` levels below it (dataset root -> benchmark -> h5_*)."""
-    if root.name.startswith("h5_"):
-        yield root
+def _embodiment_folders(folder: Path, root: Path, depth: int) -> Iterator[Path]:
+    """`h5_*` folders at `folder`, or up to `depth` levels below it (dataset root -> benchmark -> h5_*)."""
+    if folder.name.startswith("h5_"):
+        yield folder
     elif depth > 0:
-        for child in _subfolders(root):
-            yield from _embodiment_folders(child, depth - 1)
+        for child in _subfolders(folder, root):
+            yield from _embodiment_folders(child, root, depth - 1)
 
 
-def _holds_tasks(embodiment_folder: Path) -> bool:
-    return any((task / SUCCESS).is_dir() or (task / FAILED).is_dir() for task in _subfolders(embodiment_folder))
+def _holds_tasks(embodiment_folder: Path, root: Path) -> bool:
+    return any((task / SUCCESS).is_dir() or (task / FAILED).is_dir() for task in _subfolders(embodiment_folder, root))

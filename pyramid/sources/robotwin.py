@@ -14,8 +14,9 @@ import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
 from pyramid.errors import EpisodeError
-from pyramid.sources.base import Source, register, walk_files
-from pyramid.sources.hdf5_file import one_line, open_hdf5
+from pyramid.paths import symlink_problem
+from pyramid.sources.base import Source, register
+from pyramid.sources.hdf5_file import one_line, open_hdf5, read_numeric
 
 EPISODE_FILE = re.compile(r"episode_?(\d+)\.hdf5")
 NOMINAL_FPS = 250 / 15  # physics steps of 1/250 s, one frame saved every save_freq=15 steps (spacing not uniform)
@@ -45,31 +46,34 @@ class RoboTwinSource(Source):
     def __init__(self, root, level=None, embodiment=None, *, fps: float | None = None, **options: Any):
         super().__init__(root, level, embodiment, **options)
         self.fps = None if fps is None else float(fps)
-        self._config_files: dict[Path, Any] = {}  # scene_info.json / seed.txt, parsed once per reader
+        # scene_info.json / seed.txt, parsed once per reader: the content, None when absent, or the EpisodeError it raised
+        self._config_files: dict[Path, Any] = {}
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return _finds_episode_folder(root, DETECT_DEPTH)
+        return _finds_episode_folder(root, root, DETECT_DEPTH)
 
     def discover(self) -> Iterator[EpisodeRef]:
-        for path in walk_files(self.root, lambda name: EPISODE_FILE.fullmatch(name) is not None, _prune):
-            if path.parent.name == "data":
-                yield self.ref(path.relative_to(self.root))
+        for item in self.walk(self.root, lambda name: EPISODE_FILE.fullmatch(name) is not None, _prune):
+            if isinstance(item, EpisodeRef):
+                yield item  # a symlink not followed (a loop, or out of the root): unreadable, discovery goes on
+            elif item.parent.name == "data":
+                yield self.ref(item.relative_to(self.root))
 
     def read(self, ref: EpisodeRef) -> Episode:
-        path = ref.path
+        path = self.resolve(ref.relpath)
         with open_hdf5(path) as file:
             if "data_format_version" in file or "vision" in file:
                 fields = _read_xpolicylab(file, path)
             elif "joint_action" in file or "observation" in file:
                 fields = _read_legacy(file, path)
-                fields["instructions"] = _legacy_instructions(path)
-                fields["metadata"].update(self._legacy_context(path))
+                fields["instructions"] = self._legacy_instructions(ref)
+                fields["metadata"].update(self._legacy_context(ref))
             else:
                 raise EpisodeError(path, "neither legacy RoboTwin (observation/, joint_action/) nor XPolicyLab (vision/, state/)")
         embodiment, embodiment_from = _embodiment_of(path, fields["state"].shape[1])
         metadata = {"relpath": ref.relpath, "embodiment_from": embodiment_from, **fields["metadata"]}
-        if self.fps:
+        if self.fps is not None:  # an fps of 0 is kept, for check_episode to refuse as implausible
             metadata["fps_from"] = "option"
         return Episode(
             episode_id=ref.episode_id,
@@ -77,7 +81,7 @@ class RoboTwinSource(Source):
             embodiment=self.embodiment(embodiment),
             level=self.level,
             instructions=fields["instructions"],
-            fps=self.fps or fields["fps"],
+            fps=fields["fps"] if self.fps is None else self.fps,
             num_frames=len(fields["state"]),
             cameras=fields["cameras"],
             state=fields["state"],
@@ -88,37 +92,67 @@ class RoboTwinSource(Source):
             path=str(path),
         )
 
-    def _legacy_context(self, path: Path) -> dict[str, Any]:
+    def _legacy_context(self, ref: EpisodeRef) -> dict[str, Any]:
         """Seed, scene description and video of a legacy episode, from the files beside `data/`."""
-        config_folder, number = path.parent.parent, _episode_number(path)
+        path, number = ref.path, _episode_number(ref.path)
+        config_folder = path.parent.parent
         context: dict[str, Any] = {"task_folder": config_folder.parent.name, "config_folder": config_folder.name,
                                    "episode_index": number}
-        seeds = self._config_file(config_folder / "seed.txt", lambda p: [int(seed) for seed in p.read_text().split()])
+        beside = _config_folder(ref)
+        if beside is None:
+            return context  # the root is the data/ folder itself: its side files lie outside the root
+        seeds = self._config_file(beside / "seed.txt", _read_seeds)
         if seeds and number < len(seeds):
-            context["seed"] = seeds[number]
-        scenes = self._config_file(config_folder / "scene_info.json", lambda p: json.loads(p.read_text()))
+            seed = seeds[number]
+            if isinstance(seed, EpisodeError):
+                raise EpisodeError(seed.path, seed.problem)
+            context["seed"] = seed
+        # One JSON document for the whole config folder: invalid JSON fails each of its episodes, naming the file and line.
+        scenes = self._config_file(beside / "scene_info.json", _read_json)
         if isinstance(scenes, dict) and f"episode_{number}" in scenes:
             context["scene_info"] = scenes[f"episode_{number}"]
-        video = config_folder / "video" / f"episode{number}.mp4"
+        video = self.root / beside / "video" / f"episode{number}.mp4"
         if video.is_file():
             # head camera only, re-encoded at 30 fps whatever the real rate: the HDF5 frames stay the source
-            context["video"] = video.relative_to(self.root).as_posix()
+            context["video"] = (beside / "video" / video.name).as_posix()
         return context
 
-    def _config_file(self, path: Path, parse) -> Any:
-        if path not in self._config_files:
-            try:
-                self._config_files[path] = parse(path) if path.is_file() else None
-            except (OSError, ValueError) as error:
-                raise EpisodeError(path, f"unreadable ({one_line(error)})") from None
-        return self._config_files[path]
+    def _config_file(self, relative: Path, parse) -> Any:
+        if relative not in self._config_files:
+            self._config_files[relative] = self._parse_side_file(relative, parse)
+        found = self._config_files[relative]
+        if isinstance(found, EpisodeError):
+            raise EpisodeError(found.path, found.problem)
+        return found
+
+    def _parse_side_file(self, relative: Path, parse) -> Any:
+        """`parse(path)` of a side file inside the root; None when absent, the EpisodeError when unusable."""
+        if not (self.root / relative).is_file():
+            return None
+        try:
+            return parse(self.resolve(relative))  # a side file linked out of the root is refused like an episode
+        except EpisodeError as error:
+            return error
+        except (OSError, ValueError) as error:  # unreadable, or not UTF-8 text
+            return EpisodeError(self.root / relative, f"unreadable ({one_line(error)})")
+
+    def _legacy_instructions(self, ref: EpisodeRef) -> list[str]:
+        """`instructions/episode<N>.json` beside `data/`: {"seen": [...], "unseen": [...]}, written after collection.
+
+        One file per episode, so a broken one fails only its own episode, naming the file and line.
+        """
+        beside = _config_folder(ref)
+        if beside is None:
+            return []
+        found = self._parse_side_file(beside / "instructions" / f"episode{_episode_number(ref.path)}.json", _read_instructions)
+        if isinstance(found, EpisodeError):
+            raise found
+        return found or []
 
 
 def _read_legacy(file, path: Path) -> dict[str, Any]:
     """State is the commanded `joint_action/vector`; the action at t is the vector at t+1 (RoboTwin's policy convention)."""
-    if "joint_action/vector" not in file:
-        raise EpisodeError(path, "missing dataset 'joint_action/vector'")
-    vector = np.asarray(file["joint_action/vector"][()], dtype=np.float64)
+    vector = read_numeric(file, path, "joint_action/vector")
     if vector.ndim != 2 or vector.shape[0] == 0 or vector.shape[1] < 4 or vector.shape[1] % 2:
         raise EpisodeError(path, f"'joint_action/vector' has shape {vector.shape}, expected (T, 2 * (arm joints + 1))")
     cameras = _legacy_cameras(file, path, len(vector))
@@ -155,12 +189,23 @@ def _read_xpolicylab(file, path: Path) -> dict[str, Any]:
     names = [name for key in present for name in _xpolicylab_names(key, file[f"state/{key}"])]
     stored = {name: f"vision/{name}/colors" for name in file.get("vision", {}) if f"vision/{name}/colors" in file}
     cameras = _cameras(file, path, stored, XPOLICYLAB_CAMERAS, len(state))
-    frequency = float(np.asarray(file["additional_info/frequency"][()])) if "additional_info/frequency" in file else None
+    frequency = _frequency(file, path)
     metadata = {"format": "robotwin-xpolicylab", "data_format_version": _text(file.get("data_format_version")),
-                "fps_from": "additional_info/frequency" if frequency else "nominal 250/15 Hz",
+                "fps_from": "nominal 250/15 Hz" if frequency is None else "additional_info/frequency",
                 "action_convention": "stored action/ (the next frame's joint targets)"}
-    return {"state": state, "actions": actions, "names": names, "cameras": cameras, "fps": frequency or NOMINAL_FPS,
+    return {"state": state, "actions": actions, "names": names, "cameras": cameras,
+            "fps": NOMINAL_FPS if frequency is None else frequency,
             "metadata": metadata, "instructions": _xpolicylab_instructions(file, path)}
+
+
+def _frequency(file, path: Path) -> float | None:
+    """The stored rate, as is: a 0 or NaN is kept for check_episode to refuse, never replaced by the nominal rate."""
+    if "additional_info/frequency" not in file:
+        return None
+    value = read_numeric(file, path, "additional_info/frequency")
+    if value.size != 1:
+        raise EpisodeError(path, f"'additional_info/frequency' has shape {value.shape}, expected one number")
+    return float(value.ravel()[0])
 
 
 def _xpolicylab_names(key: str, data) -> list[str]:
@@ -173,9 +218,7 @@ def _xpolicylab_names(key: str, data) -> list[str]:
 
 
 def _matrix(file, path: Path, key: str) -> np.ndarray:
-    if key not in file:
-        raise EpisodeError(path, f"missing dataset '{key}'")
-    rows = np.asarray(file[key][()], dtype=np.float64)
+    rows = read_numeric(file, path, key)
     rows = rows[:, None] if rows.ndim == 1 else rows
     if rows.ndim != 2 or rows.shape[0] == 0:
         raise EpisodeError(path, f"'{key}' has shape {rows.shape}, expected (T, D)")
@@ -185,10 +228,15 @@ def _matrix(file, path: Path, key: str) -> np.ndarray:
 def _cameras(file, path: Path, stored: dict[str, str], preferred: tuple[str, ...], num_frames: int
              ) -> dict[str, ImageSequenceCamera]:
     """JPEG cameras in preferred order; `cv2.imencode` was given RGB arrays, so `cv2.imdecode` returns RGB."""
+    import h5py
+
     order = [name for name in preferred if name in stored] + sorted(set(stored) - set(preferred))
     cameras = {}
     for name in order:
-        count = int(file[stored[name]].shape[0])
+        data = file[stored[name]]
+        if not isinstance(data, h5py.Dataset) or data.ndim != 1:
+            raise EpisodeError(path, f"'{stored[name]}' is not a 1-D dataset of encoded images")
+        count = int(data.shape[0])
         if count == 0:
             continue
         if count != num_frames:
@@ -199,16 +247,40 @@ def _cameras(file, path: Path, stored: dict[str, str], preferred: tuple[str, ...
     return cameras
 
 
-def _legacy_instructions(path: Path) -> list[str]:
-    """`instructions/episode<N>.json` beside `data/`: {"seen": [...], "unseen": [...]}, written after collection."""
-    instruction_file = path.parent.parent / "instructions" / f"episode{_episode_number(path)}.json"
-    if not instruction_file.is_file():
-        return []
+def _config_folder(ref: EpisodeRef) -> Path | None:
+    """The folder holding `data/` (with seed.txt, scene_info.json, instructions/), relative to the root; None above it."""
+    relpath = Path(ref.relpath)
+    return relpath.parent.parent if len(relpath.parts) >= 2 else None
+
+
+def _read_json(path: Path) -> Any:
     try:
-        content = json.loads(instruction_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise EpisodeError(instruction_file, f"unreadable instructions ({one_line(error)})") from None
-    return [str(text) for key in ("seen", "unseen") for text in content.get(key, []) if str(text).strip()]
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EpisodeError(path, f"line {error.lineno}: invalid JSON ({error.msg})") from None
+    except ValueError as error:
+        raise EpisodeError(path, f"unreadable ({one_line(error)})") from None
+
+
+def _read_instructions(path: Path) -> list[str]:
+    content = _read_json(path)
+    lists = [content.get(key, []) for key in ("seen", "unseen")] if isinstance(content, dict) else None
+    if lists is None or not all(isinstance(texts, list) for texts in lists):
+        raise EpisodeError(path, 'expected {"seen": [...], "unseen": [...]}')
+    return [str(text) for texts in lists for text in texts if str(text).strip()]
+
+
+def _read_seeds(path: Path) -> list[int | EpisodeError]:
+    """Seeds by episode number. They are positional, so a bad token costs only the episode at its position:
+    that episode fails naming the file and the token; the others keep their seeds."""
+    seeds: list[int | EpisodeError] = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for token in line.split():
+            try:
+                seeds.append(int(token))
+            except ValueError:
+                seeds.append(EpisodeError(path, f"line {line_number}: seed {len(seeds)} is {token[:40]!r}, not an integer"))
+    return seeds
 
 
 def _xpolicylab_instructions(file, path: Path) -> list[str]:
@@ -251,8 +323,9 @@ def _episode_number(path: Path) -> int:
 
 
 
-def _finds_episode_folder(folder: Path, depth: int) -> bool:
-    """A `data/` folder holding `episode*.hdf5` within `depth` levels, looking into a few folders per level."""
+def _finds_episode_folder(folder: Path, root: Path, depth: int) -> bool:
+    """A `data/` folder holding `episode*.hdf5` within `depth` levels, looking into a few folders per level;
+    a symlink that loops or leaves `root` is not looked into."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: (entry.name != "data", entry.name))
     except OSError:
@@ -261,5 +334,6 @@ def _finds_episode_folder(folder: Path, depth: int) -> bool:
         return True
     if depth == 0:
         return False
-    subfolders = [entry for entry in entries if entry.is_dir() and not _prune(entry.name)][:DETECT_BREADTH]
-    return any(_finds_episode_folder(Path(entry.path), depth - 1) for entry in subfolders)
+    subfolders = [entry for entry in entries if entry.is_dir() and not _prune(entry.name)
+                  and not symlink_problem(Path(entry.path), root)][:DETECT_BREADTH]
+    return any(_finds_episode_folder(Path(entry.path), root, depth - 1) for entry in subfolders)

@@ -35,18 +35,19 @@ class VideosSource(Source):
             yield path if isinstance(path, EpisodeRef) else self.ref(path.relative_to(self.root))
 
     def read(self, ref: EpisodeRef) -> Episode:
-        camera = VideoCamera.open("video", ref.path)
-        caption = ref.path.with_suffix(".txt")
-        instructions = [caption.read_text().strip()] if caption.is_file() else []
+        path = self.resolve(ref.relpath)
+        camera = VideoCamera.open("video", path)
+        caption = self.resolve(Path(ref.relpath).with_suffix(".txt"))
+        instructions = [caption.read_text(encoding="utf-8", errors="replace").strip()] if caption.is_file() else []
         return Episode(
             episode_id=ref.episode_id,
             source=self.name,
             embodiment=self.embodiment(),
             level=self.level,
             instructions=instructions,
-            fps=camera.fps,
+            fps=camera.fps,  # no documented rate to fall back on: a missing or absurd one is reported by check_episode
             num_frames=camera.num_frames,
             cameras={"video": camera},
             metadata={"relpath": ref.relpath},
-            path=str(ref.path),
+            path=str(path),
         )

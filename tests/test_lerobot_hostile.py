@@ -1,0 +1,185 @@
+"""The LeRobot reader on hostile dumps: a v2.1 and a v3.0 root with a corrupt twin per fault, and small
+datasets whose meta/info.json is wrong for every episode (a template leaving the root, an implausible fps)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pyramid.errors import EpisodeError, SourceError
+from pyramid.sources import get_source
+from pyramid.sources.base import DuplicateIds
+from tests.fixtures import lerobot as fixtures
+from tests.hostile import load_and_decode
+
+HOSTILE = {"v2.1": fixtures.build_hostile, "v3.0": fixtures.build_hostile_v3}
+DECODE_TIME_WORDS = "cannot decode video"  # the only fault `load` lets through: frames() finds it
+
+
+@pytest.fixture(scope="module", params=list(HOSTILE))
+def hostile(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param.replace(".", "_")) / "dataset"
+    spec = HOSTILE[request.param](root)
+    return root, spec
+
+
+def refs_by_relpath(reader) -> dict:
+    refs = {}
+    for ref in reader.discover():
+        refs.setdefault(ref.relpath, ref)
+    return refs
+
+
+def test_discovery_never_raises_and_yields_every_listed_relpath(hostile):
+    root, spec = hostile
+    relpaths = [ref.relpath for ref in get_source("lerobot")(root).discover()]
+    assert set(spec.good) | {bad.relpath for bad in spec.bad} <= set(relpaths)
+    for bad in spec.bad:
+        assert relpaths.count(bad.relpath) == (2 if bad.fault == "duplicate_id" else 1), bad
+
+
+def test_good_episodes_load_and_decode_with_motion(hostile):
+    root, spec = hostile
+    reader = get_source("lerobot")(root)
+    refs = refs_by_relpath(reader)
+    for relpath in spec.good:
+        episode = load_and_decode(reader, refs[relpath])
+        frames = episode.frames().astype(int)
+        assert episode.num_frames >= 6 and frames.shape[0] == episode.num_frames
+        assert np.abs(np.diff(frames, axis=0)).mean() > 0.5, relpath
+        assert episode.state_dim == 4 and episode.action_dim == 4
+
+
+def test_every_corrupt_twin_fails_with_its_one_line_reason(hostile):
+    root, spec = hostile
+    reader = get_source("lerobot")(root)
+    refs = refs_by_relpath(reader)
+    for bad in spec.bad:
+        if bad.fault == "duplicate_id":
+            continue
+        with pytest.raises(EpisodeError) as caught:
+            load_and_decode(reader, refs[bad.relpath])
+        message = str(caught.value)
+        assert "\n" not in message and bad.words in message, (bad, message)
+        assert str(root) in message
+
+
+def test_only_the_faststart_mp4_gets_past_load(hostile):
+    root, spec = hostile
+    reader = get_source("lerobot")(root)
+    refs = refs_by_relpath(reader)
+    late = [bad for bad in spec.bad if bad.words == DECODE_TIME_WORDS]
+    assert len(late) == 1
+    episode = reader.load(refs[late[0].relpath])  # probes fine: 8 frames in the index
+    assert episode.cameras["top"].num_frames == 8
+
+
+def test_the_duplicate_is_named_by_the_build_layer(hostile):
+    root, spec = hostile
+    duplicate = next(bad for bad in spec.bad if bad.fault == "duplicate_id")
+    seen, problems = DuplicateIds(), []
+    for ref in get_source("lerobot")(root).discover():
+        if (problem := seen.problem(ref.episode_id, ref.relpath)) is not None:
+            problems.append((ref.relpath, problem))
+    assert len(problems) == 1 and problems[0][0] == duplicate.relpath and duplicate.words in problems[0][1]
+
+
+def test_follow_symlinks_reads_the_video_outside_the_root_but_never_a_loop(hostile):
+    root, spec = hostile
+    reader = get_source("lerobot")(root, follow_symlinks=True)
+    refs = refs_by_relpath(reader)
+    linked = next(bad for bad in spec.bad if bad.fault == "symlink_out")
+    assert load_and_decode(reader, refs[linked.relpath]).num_frames == 8
+    for loop in [bad for bad in spec.bad if bad.fault == "symlink_loop"]:
+        with pytest.raises(EpisodeError, match="symlink loop"):
+            reader.load(refs[loop.relpath])
+
+
+# --- meta/info.json wrong for the whole dataset -----------------------------------------------------
+
+def edit_info(root, **changes):
+    path = root / "meta/info.json"
+    info = json.loads(path.read_text())
+    for key, value in changes.items():
+        if key == "video_fps":
+            for feature in info["features"].values():
+                if feature["dtype"] == "video":
+                    feature["info"]["video.fps"] = value
+        else:
+            info[key] = value
+    path.write_text(json.dumps(info))
+
+
+def every_load_error(root, relpaths=None) -> list[str]:
+    reader = get_source("lerobot")(root)
+    problems = []
+    for ref in reader.discover():
+        if relpaths is not None and ref.relpath not in relpaths:
+            continue
+        with pytest.raises(EpisodeError) as caught:
+            reader.load(ref)
+        problems.append(str(caught.value))
+    assert problems
+    return problems
+
+
+@pytest.mark.parametrize("key, template", [
+    ("data_path", "../elsewhere/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"),
+    ("data_path", "/srv/other/episode_{episode_index:06d}.parquet"),
+    ("video_path", "../../videos/{video_key}/episode_{episode_index:06d}.mp4"),
+])
+def test_v2_templates_leaving_the_root_fail_every_episode(tmp_path, key, template):
+    fixtures.build_v2(tmp_path / "dataset", "v2.0")
+    edit_info(tmp_path / "dataset", **{key: template})
+    for message in every_load_error(tmp_path / "dataset"):
+        assert "leaves the dataset root" in message and "\n" not in message
+
+
+def test_v3_template_leaving_the_root_fails_every_episode(tmp_path):
+    spec = fixtures.build(tmp_path / "dataset")
+    edit_info(tmp_path / "dataset", data_path="../data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet")
+    for message in every_load_error(tmp_path / "dataset", set(spec.expected)):
+        assert "leaves the dataset root" in message
+
+
+@pytest.mark.parametrize("fps, words", [(0, "fps 0 is implausible"), (1e9, "fps 1e+09 is implausible"),
+                                        (0.001, "fps 0.001 is implausible")])
+@pytest.mark.parametrize("version", ["v2.0", "v3.0"])
+def test_implausible_fps_fails_every_episode_without_crashing(tmp_path, version, fps, words):
+    root = tmp_path / "dataset"
+    spec = fixtures.build_v2(root, "v2.0") if version == "v2.0" else fixtures.build(root)
+    edit_info(root, fps=fps, video_fps=fps)  # the v3 reader places episodes in the mp4 by frame rate
+    for message in every_load_error(root, set(spec.expected)):
+        assert words in message and "\n" not in message
+
+
+def test_missing_episodes_jsonl_is_a_source_error_naming_it(tmp_path):
+    fixtures.build_v2(tmp_path, "v2.0")
+    (tmp_path / "meta/episodes.jsonl").unlink()
+    with pytest.raises(SourceError, match="episodes.jsonl"):
+        next(get_source("lerobot")(tmp_path).discover())
+
+
+def test_v3_without_episode_metadata_is_a_source_error(tmp_path):
+    fixtures.build(tmp_path)
+    (tmp_path / "meta/episodes/chunk-000/file-000.parquet").unlink()
+    with pytest.raises(SourceError, match="meta/episodes"):
+        next(get_source("lerobot")(tmp_path).discover())
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "cannot read JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"codebase_version": "v2.1", "fps": "thirty", "features": {}}), "'fps' must be a number"),
+    (json.dumps({"codebase_version": "v2.1", "fps": 30, "features": {}, "chunks_size": 0}), "chunks_size"),
+    (json.dumps({"codebase_version": "v2.1", "fps": 30, "features": {},
+                 "data_path": "data/{chunk_index:03d}.parquet"}), "not a usable path template"),
+])
+def test_unusable_info_json_is_a_source_error_naming_it(tmp_path, content, words):
+    fixtures.build_v2(tmp_path, "v2.0")
+    (tmp_path / "meta/info.json").write_text(content)
+    with pytest.raises(SourceError) as caught:
+        next(get_source("lerobot")(tmp_path).discover())
+    assert words in str(caught.value) and "info.json" in str(caught.value)
