@@ -30,7 +30,7 @@ PYRAMID_LEVELS = {
 }
 
 
-READABLE_ID_CHARS = 48  # the readable part of an id; with the hash, ids stay far below tar's 100-character names
+READABLE_ID_CHARS = 48  # the readable part of an id; with the hash, ids stay well below tar's old 100-character names
 
 
 def make_episode_id(source: str, relative_path: str) -> str:
@@ -43,7 +43,7 @@ def make_episode_id(source: str, relative_path: str) -> str:
     relative_path = relative_path.replace("\\", "/").strip("/")
     readable = re.sub(r"[^A-Za-z0-9_-]+", "_", relative_path).strip("_")[-READABLE_ID_CHARS:].lstrip("_-")
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", source)[:24]
-    digest = hashlib.sha1(f"{source}:{relative_path}".encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{source}:{relative_path}".encode()).hexdigest()[:8]
     return f"{name}-{readable}-{digest}"
 
 
