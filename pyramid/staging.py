@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pyramid.paths import output_child
 from pyramid.recipe import Recipe
 from pyramid.video_io import write_video
 
@@ -65,8 +66,12 @@ class Staging:
         self.dir = Path(output) / "_staging"
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    def path(self, episode_id: str, suffix: str) -> Path:
+        """A staged file of one episode; the id must be a plain file name, so nothing lands outside staging."""
+        return output_child(self.dir, f"{episode_id}.{suffix}")
+
     def status_path(self, episode_id: str) -> Path:
-        return self.dir / f"{episode_id}.json"
+        return self.path(episode_id, "json")
 
     def status(self, episode_id: str) -> dict | None:
         path = self.status_path(episode_id)
@@ -101,7 +106,7 @@ class Staging:
             for sample in samples:
                 for name, data in sample_members(sample):
                     add_member(tar, name, data)
-        atomic_write_bytes(self.dir / f"{episode_id}.tar", buffer.getvalue())
+        atomic_write_bytes(self.path(episode_id, "tar"), buffer.getvalue())
 
     def _write_flow(self, episode_id: str, payload: dict) -> None:
         fields, actions, indices = payload["fields"], payload["actions"], payload["indices"]
@@ -111,11 +116,11 @@ class Staging:
                 for t, rgb in enumerate(payload["flow_rgb"])]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=FLOW_SCHEMA), buffer)
-        atomic_write_bytes(self.dir / f"{episode_id}.flow.parquet", buffer.getvalue())
+        atomic_write_bytes(self.path(episode_id, "flow.parquet"), buffer.getvalue())
 
     def samples(self, episode_id: str) -> Iterator[dict[str, bytes]]:
         """The staged clip samples of one episode, each as {field name: bytes} plus `__key__`."""
-        path = self.dir / f"{episode_id}.tar"
+        path = self.path(episode_id, "tar")
         if not path.exists():
             return
         current: dict[str, bytes] = {}
@@ -131,7 +136,7 @@ class Staging:
             yield current
 
     def flow_table(self, episode_id: str) -> pa.Table | None:
-        path = self.dir / f"{episode_id}.flow.parquet"
+        path = self.path(episode_id, "flow.parquet")
         return pq.read_table(path) if path.exists() else None
 
 
