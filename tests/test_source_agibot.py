@@ -12,7 +12,7 @@ from pyramid.sources import get_source
 from pyramid.video_io import write_video
 from tests.fixtures import agibot as fixture
 from tests.fixtures.media import moving_square_frames
-from tests.test_source_videos import check_hostile_corpus
+from tests.hostile import check_hostile_corpus
 
 JOINT, EFFECTOR, HEAD, WAIST, ROBOT = slice(0, 14), slice(14, 16), slice(16, 18), slice(18, 20), slice(20, 22)
 
@@ -137,7 +137,7 @@ def test_wrong_state_width_is_an_error(tmp_path):
 
 
 def test_hostile_release_dump(tmp_path):
-    spec = check_hostile_corpus("agibot", fixture.build_hostile, tmp_path / "agibot")
+    spec = check_hostile_corpus("agibot", tmp_path / "agibot", fixture.build_hostile(tmp_path / "agibot"))
     assert {bad.fault for bad in spec.bad} >= {"truncated", "empty", "implausible_fps", "nan", "inf", "wrong_shape", "wrong_dtype",
                                                 "mismatched_lengths", "bad_metadata_line", "symlink_loop", "symlink_out"}
 

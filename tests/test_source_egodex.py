@@ -11,7 +11,7 @@ from pyramid.sources.egodex import DEFAULT_INTRINSICS, STATE_NAMES
 from pyramid.video_io import write_video
 from tests.fixtures import egodex as fixture
 from tests.fixtures.media import moving_square_frames
-from tests.test_source_videos import check_hostile_corpus
+from tests.hostile import check_hostile_corpus
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_frame_count_mismatch_names_the_video(dataset):
 
 
 def test_hostile_release_dump(tmp_path):
-    spec = check_hostile_corpus("egodex", fixture.build_hostile, tmp_path / "egodex")
+    spec = check_hostile_corpus("egodex", tmp_path / "egodex", fixture.build_hostile(tmp_path / "egodex"))
     assert {bad.fault for bad in spec.bad} >= {"truncated", "empty", "implausible_fps", "nan", "inf", "wrong_shape",
                                                 "wrong_dtype", "mismatched_lengths", "symlink_loop", "symlink_out"}
 
