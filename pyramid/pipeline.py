@@ -59,7 +59,7 @@ def discover(recipe: Recipe) -> Iterator[dict]:
     kinds = Counter(spec.kind for spec in recipe.sources)
     duplicates = DuplicateIds()
     for source_index, spec in enumerate(recipe.sources):
-        reader = open_reader(spec)
+        reader = spec.open_reader()
         refs = _discovery_of(spec, reader)
         if recipe.max_episodes:
             refs = itertools.islice(refs, recipe.max_episodes)
@@ -83,21 +83,12 @@ def _discovery_of(spec, reader) -> Iterator:
         raise BuildError(f"source '{spec.kind}' at {spec.root}: discovery stopped: {' '.join(str(exc).split())}") from exc
 
 
-def open_reader(spec):
-    from pyramid.sources import get_source
-
-    return get_source(spec.kind)(spec.root, level=spec.level, embodiment=spec.embodiment, **spec.options)
-
-
 def preflight(recipe: Recipe) -> None:
     """What the driver can check before Ray starts: every source opens, the output can be written."""
     for spec in recipe.sources:
         try:
-            reader = open_reader(spec)
-            next(iter(reader.discover()), None)  # a missing index or an unsupported version fails here
-        except SourceError as exc:
-            raise BuildError(f"source '{spec.kind}': {exc}") from None
-        except EpisodeError as exc:
+            next(iter(spec.open_reader().discover()), None)  # a missing index or an unsupported version fails here
+        except (SourceError, EpisodeError) as exc:
             raise BuildError(f"source '{spec.kind}': {exc}") from None
     check_output_writable(Path(recipe.output))
 

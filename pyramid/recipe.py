@@ -57,6 +57,12 @@ class SourceSpec(Strict):
             raise ValueError(f"pyramid level must be 1-6, got {level}")
         return level
 
+    def open_reader(self):
+        """The reader of this source, with its level, embodiment and options."""
+        from pyramid.sources import get_source
+
+        return get_source(self.kind)(self.root, level=self.level, embodiment=self.embodiment, **self.options)
+
 
 class FlowSpec(Strict):
     backend: str = Field("dis", description="'dis', 'farneback' or 'ptlflow:<model>' (e.g. ptlflow:dpflow, the paper's).")

@@ -29,10 +29,7 @@ _readers: dict[int, Any] = {}
 def _reader(recipe: Recipe, source_index: int):
     """One reader per source per worker process (readers cache side files such as instruction tables)."""
     if source_index not in _readers:
-        from pyramid.sources import get_source
-
-        spec = recipe.sources[source_index]
-        _readers[source_index] = get_source(spec.kind)(spec.root, level=spec.level, embodiment=spec.embodiment, **spec.options)
+        _readers[source_index] = recipe.sources[source_index].open_reader()
     return _readers[source_index]
 
 
