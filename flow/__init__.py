@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from flow.backend import FlowBackend, backend_names, get_backend
+from flow.backend import FlowBackend, backend_names, get_backend, resolved_options
 from flow.colorwheel import DEFAULT_MAX_MAGNITUDE, from_rgb, to_rgb
 from flow.stats import MotionStats, motion_stats
 
@@ -24,6 +24,7 @@ __all__ = [
     "from_rgb",
     "get_backend",
     "motion_stats",
+    "resolved_options",
     "to_rgb",
 ]
 

@@ -71,13 +71,42 @@ def backend_names() -> list[str]:
     return sorted(BACKENDS)
 
 
-def get_backend(spec: str, **options) -> FlowBackend:
-    """Build a backend from `name` or `name:value` ("dis", "dis:fast", "ptlflow:dpflow") and its options."""
+# Options that change how fast flow is computed, not what it is.
+SPEED_OPTIONS = ("threads", "device", "batch_size")
+
+
+def resolved_options(spec: str, options: dict | None = None) -> dict:
+    """What decides the flow a backend computes: its constructor's defaults, overridden by `options` and
+    the spec's ':value' suffix, without the options that only change speed. Two settings give the same
+    flow exactly when these agree; an option the backend does not take is an error, named here."""
+    import inspect
+
     name, _, value = spec.partition(":")
+    backend_class = _backend_class(spec)
+    parameters = inspect.signature(backend_class.__init__).parameters
+    options = dict(options or {})
+    if value:
+        options[backend_class.spec_option] = value
+    unknown = sorted(set(options) - set(parameters) - {"self"})
+    if unknown:
+        known = ", ".join(p for p in parameters if p != "self")
+        raise ValueError(f"flow backend '{name}' has no option {', '.join(unknown)} (it takes: {known})")
+    defaults = {key: p.default for key, p in parameters.items() if key != "self" and p.default is not inspect.Parameter.empty}
+    return {key: v for key, v in sorted({**defaults, **options}.items()) if key not in SPEED_OPTIONS}
+
+
+def _backend_class(spec: str) -> type:
+    name = spec.partition(":")[0]
     if name not in BACKENDS:
         raise ValueError(f"unknown flow backend {spec!r}; choose from {', '.join(backend_names())}")
     module_name, class_name = BACKENDS[name].split(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def get_backend(spec: str, **options) -> FlowBackend:
+    """Build a backend from `name` or `name:value` ("dis", "dis:fast", "ptlflow:dpflow") and its options."""
+    name, _, value = spec.partition(":")
+    backend_class = _backend_class(spec)
     if value:
         option = backend_class.spec_option
         if option is None:

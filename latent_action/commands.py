@@ -1,4 +1,4 @@
-"""The latent-action commands of the `pyramid` CLI: `train-vae`, `label`, `eval-latents` (added by `register`)."""
+"""The latent-action commands of the `pyramid` CLI: `train-vae`, `label`, `eval-latents`, `label-curve` (added by `register`)."""
 
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ def eval_latents(
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind; auto-detected when omitted."),
     split: str = typer.Option("heldout", help="'heldout': only episodes the VAE did not train on; 'all': every episode."),
     alpha: float = typer.Option(1e-3, help="Ridge regularisation of the probe (on standardised latents)."),
+    dims: Optional[str] = typer.Option(None, "--dims", help="Score only these action dimensions, by name (e.g. x,y,z)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
 ) -> None:
-    """Probe R^2 (latents -> real actions), flow reconstruction EPE and latent statistics, as eval.json and plots."""
+    """Probe R^2 (latents -> real actions) beside a flow-grid baseline, flow reconstruction EPE and latent statistics."""
     from latent_action.evaluation import evaluate_latents
 
     from latent_action.checkpoint import resolve_checkpoint
@@ -76,15 +77,45 @@ def eval_latents(
     if out_dir is None:  # <run>/eval/<step> for a train-vae checkpoint, else beside the checkpoint
         out_dir = vae.parent.parent / "eval" / vae.name if vae.parent.name == "checkpoints" else vae.with_name(vae.name + "-eval")
     try:
-        result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err)
+        result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err,
+                                  dims=dims.split(",") if dims else None)
     except (EpisodeError, SourceError, ValueError) as exc:
         _fail(str(exc))
-    summary = {"overall_r2": result["probe"]["overall_r2"], **result["flow"]}
+    probe = result["probe"]
+    summary = {key: probe[key] for key in ("overall_r2", "overall_r2_flow_grid", "overall_r2_shuffled_control")} | result["flow"]
     typer.echo(json.dumps(summary))
     typer.echo(f"report: {out_dir / 'eval.json'}", err=True)
+
+
+def label_curve(
+    config: Path = typer.Argument(..., help="Training config YAML; one VAE is trained per share, in <run.out_dir>/labels-<share>."),
+    data: Path = typer.Argument(..., help="The source root with real actions to score on (its held-out episodes)."),
+    shares: str = typer.Option("0,0.025,0.1,0.5", help="Shares of labelled training pairs, comma-separated."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: <run.out_dir>/label_curve)."),
+    dims: Optional[str] = typer.Option(None, "--dims", help="Score only these action dimensions, by name (e.g. x,y,z)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show training progress bars."),
+) -> None:
+    """Train at each label share and score each: held-out probe R^2 against the share, beside the flow-grid baseline."""
+    from latent_action.config import ConfigError
+    from latent_action.label_curve import label_curve as run_curve
+
+    try:
+        wanted = [float(value) for value in shares.split(",") if value.strip()]
+    except ValueError:
+        _fail(f"--shares: expected numbers between 0 and 1 separated by commas, got {shares!r}")
+    if not wanted or any(not 0 <= share <= 1 for share in wanted):
+        _fail(f"--shares: expected numbers between 0 and 1 separated by commas, got {shares!r}")
+    try:
+        curve = run_curve(config, data, out_dir, wanted, dims.split(",") if dims else None, device, progress, _echo_err)
+    except (ConfigError, EpisodeError, SourceError, ValueError) as exc:
+        _fail(str(exc))
+    for point in curve["points"]:
+        typer.echo(json.dumps({key: point[key] for key in ("share", "r2", "r2_flow_grid", "epe_moving_px", "epe_moving_blank_px")}))
 
 
 def register(app: typer.Typer) -> None:
     app.command("train-vae")(train_vae)
     app.command("label")(label)
     app.command("eval-latents")(eval_latents)
+    app.command("label-curve")(label_curve)

@@ -38,12 +38,36 @@ class SourceConfig(Strict):
 
 
 class FlowConfig(Strict):
+    """How flow pairs are made, exactly as a build makes them (see `pyramid/clips.py`, `FlowStage`):
+    frames resampled to `fps` (nearest frame; never upsampled), resized to frame_height x frame_width,
+    flow from stored frame t to t + `stride`. The VAE records these; a build with other settings refuses it."""
+
     backend: str = "dis"
+    options: dict = Field(default_factory=dict)  # the backend's constructor options, as a recipe's flow.options
+    fps: float = Field(10.0, gt=0)  # the build recipe's `fps` (its default is 10)
+    stride: int = Field(1, ge=1)  # the build recipe's flow.stride, in stored frames
     # None: flow.to_rgb's default, which the pipeline's flow.lance dataset also uses.
     max_magnitude: Optional[float] = Field(None, gt=0)
     # The stored video size the flow is computed at: Motus stores H x W = 384 x 320.
     frame_height: int = Field(384, gt=0)
     frame_width: int = Field(320, gt=0)
+
+    @model_validator(mode="after")
+    def _options_fit_backend(self) -> "FlowConfig":
+        from flow import resolved_options
+
+        resolved_options(self.backend, self.options)
+        return self
+
+
+class LabelsConfig(Strict):
+    """Which real actions training may use: all but a `share` of them are hidden, chosen by hash of
+    (seed, episode id[, pair index]) so the choice is deterministic and a smaller share is a subset of a
+    larger one. The paper trains with about 10% labelled data; 0 trains on flow alone."""
+
+    share: float = Field(1.0, ge=0, le=1)
+    by: Literal["pairs", "episodes"] = "pairs"
+    seed: int = 0
 
 
 class DataConfig(Strict):
@@ -51,6 +75,8 @@ class DataConfig(Strict):
     lance: Optional[Path] = None  # or the pipeline's <build_out>/flow.lance
     source_weights: dict[str, float] = Field(default_factory=dict)  # per source name, for the Lance dataset
     flow: FlowConfig = FlowConfig()
+    labels: LabelsConfig = LabelsConfig()
+    # The share of each batch drawn from labelled pairs (when both kinds exist); see sampler.py.
     labelled_fraction: float = Field(DEFAULT_LABELLED_FRACTION, ge=0, le=1)
     # Labelled episodes kept out of training, for the probe in `eval-latents` and the periodic preview.
     holdout_fraction: float = Field(0.25, ge=0, lt=1)

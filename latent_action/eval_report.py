@@ -16,7 +16,7 @@ def write_eval_report(out_dir: Path, result: dict) -> Path:
     """Write `<out_dir>/report.html` from the eval result and the PNGs already in `out_dir`."""
     sections = [
         f"<h1>Latent-action evaluation</h1><p>checkpoint {html.escape(result['checkpoint'])}<br>data "
-        f"{html.escape(result['data'])}, split '{result['split']}'</p>",
+        f"{html.escape(result['data'])}, split '{result['split']}'<br>{_pairs_line(result.get('pairs'))}</p>",
         _probe_table(result["probe"]),
         _flow_table(result["flow"]),
         "<h2>Flow input (top) and reconstruction (bottom), most moving held-out pairs</h2>" + _embed(out_dir / "flow_preview.png"),
@@ -36,16 +36,29 @@ def _probe_table(probe: dict) -> str:
     rows = []
     for embodiment, scores in probe["per_embodiment"].items():
         if "error" in scores:
-            rows.append(f"<tr><td>{html.escape(embodiment)}</td><td colspan='3'>{html.escape(scores['error'])}</td></tr>")
+            rows.append(f"<tr><td>{html.escape(embodiment)}</td><td colspan='4'>{html.escape(scores['error'])}</td></tr>")
             continue
-        dims = ", ".join(f"{html.escape(name)} {_number(value)}" for name, value in scores["r2_per_dim"].items())
-        rows.append(f"<tr><td>{html.escape(embodiment)}</td><td>{_number(scores['r2'])}</td>"
-                    f"<td>{_number(scores['r2_shuffled_control'])}</td><td>{dims}</td></tr>")
+        rows.append(_probe_row(html.escape(embodiment), scores, scores["r2_shuffled_control"]))
+        if "across_tasks" in scores:
+            across = scores["across_tasks"]
+            rows.append(_probe_row(f"{html.escape(embodiment)}, across {across['tasks']} tasks", across, None))
     rows.append(f"<tr><td><b>overall</b></td><td><b>{_number(probe['overall_r2'])}</b></td>"
+                f"<td>{_number(probe.get('overall_r2_flow_grid'))}</td>"
                 f"<td>{_number(probe['overall_r2_shuffled_control'])}</td><td></td></tr>")
     return ("<h2>Probe: ridge regression from latent actions to real actions, R^2 on scored episodes</h2>"
-            "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>embodiment</th><th>R^2</th>"
-            f"<th>shuffled-action control</th><th>per dimension</th></tr>{''.join(rows)}</table>")
+            "<p>Beside it, the naive baseline (the same ridge from the mean flow in a 4x4 grid of cells, 32 numbers) "
+            "and a probe fit on shuffled actions. 'Across tasks': each task predicted by a probe fit on the other tasks.</p>"
+            "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>embodiment</th><th>latent R^2</th>"
+            f"<th>flow-grid baseline R^2</th><th>shuffled-action control</th><th>per dimension (latent / baseline)</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def _probe_row(label: str, scores: dict, shuffled: float | None) -> str:
+    baseline = scores.get("flow_grid", {})
+    dims = ", ".join(f"{html.escape(name)} {_number(value)} / {_number(baseline.get('r2_per_dim', {}).get(name))}"
+                     for name, value in scores["r2_per_dim"].items())
+    return (f"<tr><td>{label}</td><td>{_number(scores['r2'])}</td><td>{_number(baseline.get('r2'))}</td>"
+            f"<td>{_number(shuffled)}</td><td>{dims}</td></tr>")
 
 
 def _flow_table(flow: dict) -> str:
@@ -56,6 +69,14 @@ def _flow_table(flow: dict) -> str:
             f"<th>a blank reconstruction</th></tr>{rows}</table>"
             f"<p>moving pixels: {_number(flow.get('moving_pixel_fraction'))} of all; flow-RGB round trip error "
             f"{_number(flow.get('flow_rgb_roundtrip_epe_px'), ' px')}</p>")
+
+
+def _pairs_line(pairs: dict | None) -> str:
+    if not pairs:
+        return ""
+    rate = "every source frame" if pairs["fps"] is None else f"{pairs['fps']:g} fps"
+    return (f"pairs: frames at {rate}, {pairs['size'][0]}x{pairs['size'][1]}, {html.escape(pairs['backend'])} flow "
+            f"{pairs['stride']} stored frame(s) apart")
 
 
 def _number(value: float | None, unit: str = "") -> str:

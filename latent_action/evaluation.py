@@ -1,10 +1,19 @@
 """`pyramid eval-latents`: how well latent actions encode real actions, and how well the VAE reconstructs flow.
 
+Pairs are made as the VAE was trained (`FlowSettings.of_vae`): frames at its stored rate and size, flow
+from stored frame t to t + stride, each pair's action the mean of the source actions it spans.
+
 The probe is a ridge regression from mu to the pair's real action, per embodiment. With split
-"heldout" it is fit on the episodes the VAE trained on and scored (R^2) on the episodes it held out;
-with split "all" it is scored by k-fold cross-validation over whole episodes. Flow end-point error
-of the reconstruction (stored-size pixels) and latent statistics come from the scored episodes.
-Written as `eval.json`, PNG plots, and a `report.html` that shows them together.
+"heldout" it is fit on the episodes the VAE trained on and scored (R^2 per action dimension) on the
+episodes it held out; with split "all" it is scored by k-fold cross-validation over whole episodes.
+Beside it, on the same pairs and split:
+- a shuffled-action control (a probe fit on permuted actions: what chance looks like);
+- the naive baseline: the same ridge from the mean flow over a GRID x GRID grid of cells
+  (2 * GRID^2 numbers per pair), which a latent action must beat to be worth more than averaged flow;
+- when the episodes name several tasks, the probe across tasks: each task's scored episodes are
+  predicted by a probe fit only on the other tasks' episodes.
+Flow end-point error of the reconstruction (stored-size pixels) beside a blank (no-motion) image, and
+latent statistics, come from the scored episodes. Written as `eval.json`, PNG plots, and `report.html`.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -22,26 +31,37 @@ from latent_action.action_space import selected_dims
 from latent_action.checkpoint import load_trained
 from latent_action.eval_report import write_eval_report
 from latent_action.images import resize_images, to_uint8
-from latent_action.labelling import encode_flow_rgb, label_episode
+from latent_action.labelling import encode_flow_rgb
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import episode_flows, flow_to_rgb, pair_action, read_episodes, rgb_to_flow
+from latent_action.pairs import FlowSettings, episode_flows, episode_pair_actions, flow_to_rgb, read_episodes, rgb_to_flow
 from latent_action.plots import plot_latent_histograms, plot_probe, write_preview
-from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, mean_r2, r2_per_dim
+from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, r2_per_dim
 from latent_action.train import resolve_device
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
 PREVIEW_PAIRS = 8
+GRID = 4  # the flow-grid baseline averages flow over GRID x GRID cells
+
+
+@dataclass
+class EpisodeRecord:
+    episode_id: str
+    task: str
+    scored: bool  # R^2 is measured on it (else it only fits the probe)
+    latents: np.ndarray  # [P, 14]
+    grid: np.ndarray  # [P, 2 * GRID^2], the baseline's features
+    actions: np.ndarray  # [P, len(dims)]
 
 
 @dataclass
 class EmbodimentData:
     names: list[str]
     dims: list[int]
-    latents: list[np.ndarray] = field(default_factory=list)
-    actions: list[np.ndarray] = field(default_factory=list)
-    episodes: list[str] = field(default_factory=list)
-    scored: list[bool] = field(default_factory=list)  # per pair: R^2 is measured on it (else only fits the probe)
+    episodes: list[EpisodeRecord] = field(default_factory=list)
+
+    def stacked(self, what: str, which: Sequence[EpisodeRecord] | None = None) -> np.ndarray:
+        return np.concatenate([getattr(e, what) for e in (self.episodes if which is None else which)])
 
 
 @dataclass
@@ -95,12 +115,18 @@ def evaluate_latents(
     alpha: float = DEFAULT_ALPHA,
     device: str = "auto",
     echo: Callable[[str], None] = print,
+    dims: Sequence[str] | None = None,
 ) -> dict:
-    """Evaluate and write `<out_dir>/eval.json` plus plots; return the JSON content."""
+    """Evaluate and write `<out_dir>/eval.json` plus plots; return the JSON content.
+
+    `dims` restricts the probe's scores to the action dimensions of these names (default: every one that varies).
+    """
     if split not in ("heldout", "all"):
         raise ValueError(f"split must be 'heldout' or 'all', got {split!r}")
     out_dir = Path(out_dir)
     vae, _, heldout = load_trained(checkpoint, resolve_device(device))
+    settings = FlowSettings.of_vae(vae.config)
+    estimator = settings.estimator()
     per_embodiment: dict[str, EmbodimentData] = {}
     errors, stats = FlowErrors(), RunningStats(vae.config.action_dim)
     previews: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -110,25 +136,26 @@ def evaluate_latents(
             skipped[episode.path] = str(episode)
             echo(f"skipped: {episode}")
             continue
-        if pair_action(episode, 0) is None:
+        actions = episode_pair_actions(episode, settings)
+        if actions is None or len(actions) == 0:
             continue
         scored = split == "all" or episode.episode_id in heldout
+        latents, grid = _evaluate_episode(vae, episode, settings, estimator, errors if scored else None, previews)
         if scored:
-            latents = _evaluate_episode(vae, episode, errors, previews)
             stats.update(latents)
-        else:
-            latents = label_episode(vae, episode)
-        _collect(per_embodiment, episode, latents, scored)
-    if not any(any(d.scored) for d in per_embodiment.values()):
+        _collect(per_embodiment, episode, latents, grid, actions, scored, dims)
+    if not any(e.scored for d in per_embodiment.values() for e in d.episodes):
         raise ValueError(f"{data_root}: none of the {len(heldout)} episodes the checkpoint held out is here; try --split all")
     result = {
         "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "alpha": alpha,
+        "pairs": {"fps": settings.fps, "stride": settings.stride, "size": [settings.frame_height, settings.frame_width],
+                  "backend": settings.backend},
         "probe": _probe_report(per_embodiment, alpha, out_dir),
         "flow": errors.summary(),
         "latent_stats": stats.summary(),
         "skipped": skipped,
     }
-    scored_latents = [latents for d in per_embodiment.values() for latents, s in zip(d.latents, d.scored) if s]
+    scored_latents = [e.latents for d in per_embodiment.values() for e in d.episodes if e.scored]
     plot_latent_histograms(out_dir / "latent_histograms.png", np.concatenate(scored_latents))
     write_preview(out_dir / "flow_preview.png", np.stack([p[1] for p in previews]), np.stack([p[2] for p in previews]))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,20 +165,31 @@ def evaluate_latents(
 
 
 @torch.no_grad()
-def _evaluate_episode(vae: LatentActionVAE, episode, errors: FlowErrors, previews: list) -> np.ndarray:
-    config = vae.config
+def _evaluate_episode(vae: LatentActionVAE, episode, settings: FlowSettings, estimator, errors: "FlowErrors | None",
+                      previews: list) -> tuple[np.ndarray, np.ndarray]:
+    """(latents, flow-grid features) of every pair; for a scored episode also reconstruction errors and previews."""
     device = next(vae.parameters()).device
-    chunks = []
-    for flows in episode_flows(episode, config.frame_height, config.frame_width, config.flow_backend):
-        rgb = flow_to_rgb(flows, config.flow_max_magnitude)
+    latents, grids = [], []
+    for flows in episode_flows(episode, settings, estimator):
+        rgb = flow_to_rgb(flows, settings.max_magnitude)
         mu = encode_flow_rgb(vae, rgb)
-        recon_rgb = to_uint8(vae.decode(torch.from_numpy(mu).to(device)), config.input_encoding)
-        reference = rgb_to_flow(rgb, config.flow_max_magnitude)
-        reconstructed = _upscale_flow(rgb_to_flow(recon_rgb, config.flow_max_magnitude), flows.shape[1:3])
-        errors.add(reference, reconstructed, flows)
-        _keep_preview(previews, rgb, recon_rgb, flows, config.image_size)
-        chunks.append(mu)
-    return np.concatenate(chunks)
+        if errors is not None:
+            recon_rgb = to_uint8(vae.decode(torch.from_numpy(mu).to(device)), vae.config.input_encoding)
+            reference = rgb_to_flow(rgb, settings.max_magnitude)
+            reconstructed = _upscale_flow(rgb_to_flow(recon_rgb, settings.max_magnitude), flows.shape[1:3])
+            errors.add(reference, reconstructed, flows)
+            _keep_preview(previews, rgb, recon_rgb, flows, vae.config.image_size)
+        latents.append(mu)
+        grids.append(flow_grid(flows))
+    return np.concatenate(latents), np.concatenate(grids)
+
+
+def flow_grid(flows: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Mean flow (u, v) in each of grid x grid cells: [N, H, W, 2] -> [N, 2 * grid^2]."""
+    rows = np.array_split(np.arange(flows.shape[1]), grid)
+    cols = np.array_split(np.arange(flows.shape[2]), grid)
+    cells = [flows[:, r[0] : r[-1] + 1, c[0] : c[-1] + 1].mean(axis=(1, 2)) for r in rows for c in cols]
+    return np.concatenate(cells, axis=1).astype(np.float32)
 
 
 def _upscale_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -171,57 +209,96 @@ def _keep_preview(previews: list, rgb: np.ndarray, recon_rgb: np.ndarray, flows:
     del previews[PREVIEW_PAIRS:]
 
 
-def _collect(per_embodiment: dict[str, EmbodimentData], episode, latents: np.ndarray, scored: bool) -> None:
+def _collect(per_embodiment: dict[str, EmbodimentData], episode, latents: np.ndarray, grid: np.ndarray,
+             actions: np.ndarray, scored: bool, wanted: Sequence[str] | None) -> None:
     dims = selected_dims(episode.embodiment, episode.action_names, episode.action_dim)
     names = [episode.action_names[d] if d < len(episode.action_names) else f"a{d}" for d in dims]
+    if wanted:
+        dims, names = [d for d, n in zip(dims, names) if n in wanted], [n for n in names if n in wanted]
     data = per_embodiment.setdefault(episode.embodiment, EmbodimentData(names, dims))
-    count = min(len(latents), len(episode.actions))
-    data.latents.append(latents[:count])
-    data.actions.append(episode.actions[:count][:, data.dims])
-    data.episodes.append(episode.episode_id)
-    data.scored.append(scored)
+    count = min(len(latents), len(actions))
+    data.episodes.append(EpisodeRecord(episode.episode_id, episode.task or "", scored, latents[:count], grid[:count],
+                                       actions[:count][:, data.dims]))
 
 
 def _probe_report(per_embodiment: dict[str, EmbodimentData], alpha: float, out_dir: Path) -> dict:
-    report, residuals, shuffled_residuals = {}, [], []
+    report = {}
+    pooled: dict[str, list[np.ndarray]] = {"latent": [], "shuffled": [], "flow_grid": []}
     for embodiment, data in sorted(per_embodiment.items()):
+        if not data.dims:
+            report[embodiment] = {"error": "none of the asked action dimensions is here", "episodes": len(data.episodes)}
+            continue
         scored = _probe_embodiment(data, alpha)
         if scored is None:
             report[embodiment] = {"error": "needs two or more episodes with actions", "episodes": len(data.episodes)}
             continue
-        truth, predicted, shuffled, summary = scored
-        report[embodiment] = {**summary, "r2_per_dim": {n: (None if np.isnan(v) else float(v))
-                                                        for n, v in zip(data.names, r2_per_dim(truth, predicted))}}
-        residuals.append(_standardised(truth, predicted))
-        shuffled_residuals.append(_standardised(truth, shuffled))
-        plot_probe(out_dir / f"probe_{embodiment}.png", truth, predicted, data.names, f"{embodiment}: probe R^2 {summary['r2']:.3f}")
+        truth, predictions, summary = scored
+        report[embodiment] = summary
+        for name, predicted in predictions.items():
+            pooled[name].append(_standardised(truth, predicted))
+        plot_probe(out_dir / f"probe_{embodiment}.png", truth, predictions["latent"], data.names,
+                   f"{embodiment}: probe R^2 {summary['r2']:.3f} (flow-grid baseline {summary['flow_grid']['r2']:.3f})")
     overall = lambda parts: float(1.0 - np.mean(np.concatenate(parts))) if parts else None  # noqa: E731
-    return {"overall_r2": overall(residuals), "overall_r2_shuffled_control": overall(shuffled_residuals),
-            "per_embodiment": report}
+    return {"overall_r2": overall(pooled["latent"]), "overall_r2_shuffled_control": overall(pooled["shuffled"]),
+            "overall_r2_flow_grid": overall(pooled["flow_grid"]), "per_embodiment": report}
 
 
 def _probe_embodiment(data: EmbodimentData, alpha: float):
-    """(truth, prediction, prediction of a probe fit on shuffled actions, summary) on the scored pairs, or None."""
-    x, y = np.concatenate(data.latents), np.concatenate(data.actions)
-    groups = np.concatenate([[i] * len(l) for i, l in enumerate(data.latents)])
-    scored = np.concatenate([[s] * len(l) for s, l in zip(data.scored, data.latents)]).astype(bool)
+    """(truth, {latent, shuffled, flow_grid: predictions}, summary) on the scored pairs, or None."""
+    scored = [e for e in data.episodes if e.scored]
+    fit = [e for e in data.episodes if not e.scored]
+    y = data.stacked("actions")
     shuffled_y = y[np.random.default_rng(0).permutation(len(y))]
-    if scored.all():  # split "all": every episode is scored by a probe fit on the other folds
-        if len(data.latents) < 2:
+    features = {"latent": data.stacked("latents"), "flow_grid": data.stacked("grid")}
+    if not fit:  # split "all": every episode is scored by a probe fit on the other folds
+        if len(data.episodes) < 2:
             return None
-        predicted = cross_validated_predictions(x, y, groups, alpha)
-        shuffled = cross_validated_predictions(x, shuffled_y, groups, alpha)
-        fit_episodes = len(data.latents)
+        groups = np.concatenate([[i] * len(e.actions) for i, e in enumerate(data.episodes)])
+        predictions = {name: cross_validated_predictions(x, y, groups, alpha) for name, x in features.items()}
+        predictions["shuffled"] = cross_validated_predictions(features["latent"], shuffled_y, groups, alpha)
+        truth, fit_count = y, len(data.episodes)
     else:
-        if not scored.any():
-            return None
-        predicted = fit_ridge(x[~scored], y[~scored], alpha).predict(x[scored])
-        shuffled = fit_ridge(x[~scored], shuffled_y[~scored], alpha).predict(x[scored])
-        x, y = x[scored], y[scored]
-        fit_episodes = int(np.sum(~np.array(data.scored)))
-    summary = {"r2": mean_r2(y, predicted), "r2_shuffled_control": mean_r2(y, shuffled),
-               "scored_episodes": int(np.sum(data.scored)), "probe_fit_episodes": fit_episodes, "scored_pairs": int(len(y))}
-    return y, predicted, shuffled, summary
+        is_scored = np.concatenate([[e.scored] * len(e.actions) for e in data.episodes]).astype(bool)
+        predictions = {name: fit_ridge(x[~is_scored], y[~is_scored], alpha).predict(x[is_scored]) for name, x in features.items()}
+        predictions["shuffled"] = fit_ridge(features["latent"][~is_scored], shuffled_y[~is_scored], alpha).predict(features["latent"][is_scored])
+        truth, fit_count = y[is_scored], len(fit)
+    summary = {**_scores(truth, predictions["latent"], data.names),
+               "r2_shuffled_control": _scores(truth, predictions["shuffled"], data.names)["r2"],
+               "flow_grid": _scores(truth, predictions["flow_grid"], data.names),
+               "scored_episodes": len(scored) if fit else len(data.episodes), "probe_fit_episodes": fit_count,
+               "scored_pairs": int(len(truth))}
+    across = _across_tasks(data, alpha)
+    if across is not None:
+        summary["across_tasks"] = across
+    return truth, predictions, summary
+
+
+def _across_tasks(data: EmbodimentData, alpha: float) -> dict | None:
+    """Each task's scored episodes predicted by probes fit on the other tasks' fit episodes; None with one task."""
+    scored = [e for e in data.episodes if e.scored]
+    fit = [e for e in data.episodes if not e.scored] or data.episodes
+    tasks = sorted({e.task for e in scored})
+    if len({e.task for e in fit}) < 2 or len(tasks) < 2:
+        return None
+    truth, predicted = [], {"latent": [], "flow_grid": []}
+    for task in tasks:
+        train = [e for e in fit if e.task != task]
+        test = [e for e in scored if e.task == task]
+        if not train:
+            continue
+        truth.append(data.stacked("actions", test))
+        for name, what in (("latent", "latents"), ("flow_grid", "grid")):
+            model = fit_ridge(data.stacked(what, train), data.stacked("actions", train), alpha)
+            predicted[name].append(model.predict(data.stacked(what, test)))
+    truth = np.concatenate(truth)
+    return {**_scores(truth, np.concatenate(predicted["latent"]), data.names), "tasks": len(tasks),
+            "flow_grid": _scores(truth, np.concatenate(predicted["flow_grid"]), data.names)}
+
+
+def _scores(truth: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> dict:
+    per_dim = r2_per_dim(truth, predicted)
+    return {"r2": float(np.nanmean(per_dim)) if np.isfinite(per_dim).any() else None,
+            "r2_per_dim": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, per_dim)}}
 
 
 def _standardised(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:

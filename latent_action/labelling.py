@@ -1,9 +1,12 @@
-"""Latent actions for every consecutive frame pair of an episode: the VAE's mean `mu`, float32 [T-1, 14].
+"""Latent actions for every stored-frame pair of an episode: the VAE's mean `mu`, float32 [P, 14].
+
+P = stored frames - stride, with frames at the rate the VAE was trained at (`flow_fps`; a VAE from before
+it was recorded uses every source frame, P = T - 1).
 
 `label_episode` is the function; `LatentActionLabeller` is the same as a callable class that loads the
 VAE once (a Ray Data actor); `label_source` labels a whole source root and writes
 `latent_actions/<episode_id>.npy`, optionally `latent_action_dim14/<episode_id>.pt` (the Motus trainer's
-layout: a float32 tensor [T-1, 14]) and `latent_stats.json`.
+layout: a float32 tensor [P, 14]) and `latent_stats.json`, which records the rate and stride.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import episode_flows, flow_to_rgb, read_episodes
+from latent_action.pairs import FlowSettings, episode_flows, flow_to_rgb, read_episodes
 from pyramid.episode import Episode
 from pyramid.paths import output_child
 from pyramid.stats import RunningStats
@@ -38,18 +41,16 @@ def encode_flow_rgb(vae: LatentActionVAE, flow_rgb: np.ndarray, batch_size: int 
     return torch.cat(means).float().cpu().numpy()
 
 
-def label_episode(vae: LatentActionVAE, episode: Episode, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """float32 [T-1, 14]: row t is the latent action of the pair (frame t, frame t+1).
+def label_episode(vae: LatentActionVAE, episode: Episode, batch_size: int = DEFAULT_BATCH_SIZE, estimator=None) -> np.ndarray:
+    """float32 [P, 14]: row t is the latent action of the stored-frame pair (t, t + stride).
 
-    Flow is made exactly as for training: frames resized to the VAE's stored frame size, its flow
-    backend, its flow-RGB max magnitude.
+    Flow is made exactly as for training (`FlowSettings.of_vae`): frames at the VAE's stored rate and
+    size, its flow backend and options, its stride and flow-RGB scale.
     """
-    config = vae.config
-    chunks = [
-        encode_flow_rgb(vae, flow_to_rgb(flows, config.flow_max_magnitude), batch_size)
-        for flows in episode_flows(episode, config.frame_height, config.frame_width, config.flow_backend)
-    ]
-    return np.concatenate(chunks) if chunks else np.zeros((0, config.action_dim), np.float32)
+    settings = FlowSettings.of_vae(vae.config)
+    chunks = [encode_flow_rgb(vae, flow_to_rgb(flows, settings.max_magnitude), batch_size)
+              for flows in episode_flows(episode, settings, estimator)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, vae.config.action_dim), np.float32)
 
 
 class LatentActionLabeller:
@@ -61,9 +62,10 @@ class LatentActionLabeller:
 
         self.vae, _, _ = load_trained(checkpoint, resolve_device(device))
         self.batch_size = batch_size
+        self.estimator = FlowSettings.of_vae(self.vae.config).estimator()
 
     def __call__(self, episode: Episode) -> np.ndarray:
-        return label_episode(self.vae, episode, self.batch_size)
+        return label_episode(self.vae, episode, self.batch_size, self.estimator)
 
 
 def label_source(
@@ -100,11 +102,20 @@ def label_source(
         stats.update(latents)
         report["episodes"] += 1
         report["pairs"] += len(latents)
-    summary = {"latent_action": stats.summary(), "episodes": report["episodes"], "pairs": report["pairs"], "checkpoint": str(checkpoint)}
+    summary = {"latent_action": stats.summary(), "episodes": report["episodes"], "pairs": report["pairs"], "checkpoint": str(checkpoint),
+               "pairs_at": _pair_rate(checkpoint)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "latent_stats.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "label_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _pair_rate(checkpoint: str | Path) -> dict:
+    """The stored rate and stride the latents are at, from the checkpoint's config (fps None: every source frame)."""
+    from latent_action.checkpoint import resolve_checkpoint
+
+    settings = FlowSettings.of_vae(json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text()))
+    return {"fps": settings.fps, "stride": settings.stride}
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:

@@ -78,7 +78,9 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
     `dcae_config` is the keyword config of the `AutoencoderDC` inside (see `presets.py`);
     `input_encoding` is how flow-RGB pixels become input values ("signed" or "ink", see `images.py`);
     the flow settings (`flow_*`, `frame_*`) record how the training flow images were made, so
-    labelling makes its inputs the same way.
+    labelling makes its inputs the same way and a build with other settings refuses the VAE:
+    `flow_fps` is the stored frame rate (None: every source frame, VAEs from before it was recorded),
+    `flow_stride` the pair distance in stored frames, `flow_options` the backend's resolved options.
     """
 
     @register_to_config
@@ -94,6 +96,9 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
         flow_max_magnitude: float | None = None,
         frame_height: int = 384,
         frame_width: int = 320,
+        flow_fps: float | None = None,
+        flow_stride: int = 1,
+        flow_options: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.dcae = AutoencoderDC(**dcae_config)

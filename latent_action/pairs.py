@@ -1,4 +1,7 @@
-"""Flow pairs for training: one flow-RGB image per consecutive frame pair, with the pair's real action if any.
+"""Flow pairs for training: one flow-RGB image per stored-frame pair, with the pair's real action if any.
+
+Pairs are made as a build makes them (`FlowSettings`): frames at the stored rate and size, flow from
+stored frame t to t + stride, the pair's action the mean of the source actions it spans.
 
 Two providers with one interface (`PairSet`): `EpisodePairs` computes flow straight from episodes
 (small runs), `LancePairs` reads the pipeline's `flow.lance` dataset with random access.
@@ -17,16 +20,17 @@ import numpy as np
 
 from latent_action.action_space import UNLABELLED_EMBODIMENTS
 from latent_action.images import resize_images
+from pyramid.clips import decode_stored, pair_actions, stored_frames_of
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
 
-FRAMES_PER_CHUNK = 128  # frames decoded at once when computing an episode's flow
+FRAMES_PER_CHUNK = 128  # stored frames whose flow is computed at once
 
 
 @dataclass
 class FlowPair:
     flow_rgb: np.ndarray  # uint8 [H, W, 3]
-    action: np.ndarray | None  # float32 [D], the episode's actions[pair_index]
+    action: np.ndarray | None  # float32 [D], the pair's action (`pyramid.clips.pair_actions`)
     embodiment: str
     episode_id: str
     pair_index: int
@@ -62,10 +66,12 @@ class PairTable:
 
 
 class PairSet:
-    """A map-style set of flow pairs: `table` for metadata, `images(indices)` for the flow-RGB at model size."""
+    """A map-style set of flow pairs: `table` for metadata, `images(indices)` for the flow-RGB at model size,
+    `settings` for how the flow was made."""
 
     table: PairTable
     image_size: int
+    settings: FlowSettings
 
     def __len__(self) -> int:
         return len(self.table)
@@ -81,19 +87,67 @@ class PairSet:
 # ---------------------------------------------------------------------------------------------- episodes
 
 
-def episode_flows(episode: Episode, frame_height: int, frame_width: int, backend: str = "dis") -> Iterator[np.ndarray]:
-    """Flow of every consecutive frame pair, in order, a chunk at a time: float32 [k, H, W, 2], k summing to T-1.
+@dataclass(frozen=True)
+class FlowSettings:
+    """How flow pairs are made from an episode; the same in training, labelling, evaluation and builds."""
 
-    Frames are resized to the stored size first, so flow is in stored-size pixels.
+    backend: str = "dis"
+    options: tuple[tuple[str, object], ...] = ()  # the backend's constructor options
+    fps: float | None = 10.0  # stored frame rate; None = every source frame
+    stride: int = 1  # pair distance in stored frames
+    frame_height: int = 384
+    frame_width: int = 320
+    max_magnitude: float | None = None  # flow-RGB scale; None = flow.to_rgb's default
+
+    @classmethod
+    def from_config(cls, flow_config) -> "FlowSettings":
+        """From a training config's `data.flow`."""
+        return cls(flow_config.backend, tuple(sorted(flow_config.options.items())), flow_config.fps, flow_config.stride,
+                   flow_config.frame_height, flow_config.frame_width, flow_config.max_magnitude)
+
+    @classmethod
+    def of_vae(cls, vae_config) -> "FlowSettings":
+        """The settings a trained VAE recorded (`vae.config`, a dict)."""
+        get = vae_config.get
+        return cls(get("flow_backend", "dis"), tuple(sorted((get("flow_options") or {}).items())), get("flow_fps"),
+                   int(get("flow_stride") or 1), get("frame_height", 384), get("frame_width", 320), get("flow_max_magnitude"))
+
+    def estimator(self):
+        import flow
+
+        return flow.get_backend(self.backend, **dict(self.options))
+
+    def stored_indices(self, episode: Episode) -> np.ndarray:
+        """Source frame index of each stored frame, as a build picks them."""
+        if self.fps is None:
+            return np.arange(episode.num_frames, dtype=np.int64)
+        return stored_frames_of(episode.num_frames, episode.fps, self.fps)[1]
+
+    def stored_rate(self, episode: Episode) -> float:
+        return float(episode.fps) if self.fps is None else stored_frames_of(episode.num_frames, episode.fps, self.fps)[0]
+
+
+def episode_flows(episode: Episode, settings: FlowSettings, estimator=None) -> Iterator[np.ndarray]:
+    """Flow of every stored-frame pair (t, t + stride), in order, a chunk at a time: float32 [k, H, W, 2].
+
+    Frames are picked and resized as a build does (`pyramid.clips`), so flow is in stored-size pixels.
     """
-    import flow
+    estimator = estimator or settings.estimator()
+    indices, stride = settings.stored_indices(episode), settings.stride
+    size = (settings.frame_height, settings.frame_width)
+    for start in range(0, len(indices) - stride, FRAMES_PER_CHUNK):
+        frames = decode_stored(episode, indices[start : start + FRAMES_PER_CHUNK + stride], size)
+        yield estimator.sequence(frames, stride)
 
-    estimator = flow.get_backend(backend)
-    total = episode.num_frames
-    for start in range(0, total - 1, FRAMES_PER_CHUNK):
-        indices = range(start, min(start + FRAMES_PER_CHUNK + 1, total))
-        frames = resize_images(episode.frames(indices=indices), frame_height, frame_width)
-        yield flow.estimate(frames, backend=estimator, stride=1)
+
+def episode_pair_actions(episode: Episode, settings: FlowSettings) -> np.ndarray | None:
+    """The real action of each stored-frame pair (`pyramid.clips.pair_actions`); None for action-free data."""
+    if episode.actions is None or episode.embodiment in UNLABELLED_EMBODIMENTS or len(episode.actions) == 0:
+        return None
+    indices = settings.stored_indices(episode)
+    if len(indices) <= settings.stride:
+        return np.zeros((0, episode.actions.shape[1]), np.float32)
+    return pair_actions(episode.actions, indices, settings.stride)
 
 
 def flow_to_rgb(flows: np.ndarray, max_magnitude: float | None) -> np.ndarray:
@@ -108,31 +162,27 @@ def rgb_to_flow(rgb: np.ndarray, max_magnitude: float | None) -> np.ndarray:
     return flow.from_rgb(rgb) if max_magnitude is None else flow.from_rgb(rgb, max_magnitude=max_magnitude)
 
 
-def pair_action(episode: Episode, pair_index: int) -> np.ndarray | None:
-    """The real action aligned with the pair (frame t, frame t+1): actions[t]; None for action-free data."""
-    if episode.actions is None or episode.embodiment in UNLABELLED_EMBODIMENTS or pair_index >= len(episode.actions):
-        return None
-    return episode.actions[pair_index]
-
-
 class EpisodePairs(PairSet):
     """Pairs computed from episodes and held in memory at model size (fine for up to ~100k pairs at 64x64)."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, settings: FlowSettings):
         self.table = PairTable()
         self.image_size = image_size
+        self.settings = settings
         self.chunks: list[np.ndarray] = []
         self.skipped: dict[str, str] = {}  # episode id -> why it was left out
         self._stacked: np.ndarray | None = None
 
-    def add_episode(self, episode: Episode, frame_height: int, frame_width: int, backend: str = "dis",
-                    max_magnitude: float | None = None, group: str | None = None) -> None:
+    def add_episode(self, episode: Episode, group: str | None = None, estimator=None) -> None:
+        settings = self.settings
+        actions = episode_pair_actions(episode, settings)
         index = 0
-        for flows in episode_flows(episode, frame_height, frame_width, backend):
-            rgb = resize_images(flow_to_rgb(flows, max_magnitude), self.image_size, self.image_size)
+        for flows in episode_flows(episode, settings, estimator):
+            rgb = resize_images(flow_to_rgb(flows, settings.max_magnitude), self.image_size, self.image_size)
             self.chunks.append(rgb)
             for _ in range(len(rgb)):
-                self.table.append(episode.episode_id, episode.source, episode.embodiment, index, pair_action(episode, index), group)
+                action = None if actions is None else actions[index]
+                self.table.append(episode.episode_id, episode.source, episode.embodiment, index, action, group)
                 index += 1
         if episode.actions is not None and episode.action_names:
             self.table.action_names.setdefault(episode.embodiment, list(episode.action_names))
@@ -184,6 +234,7 @@ class LancePairs(PairSet):
         if missing:
             raise EpisodeError(self.path, f"Lance flow dataset lacks column(s) {', '.join(missing)}")
         self.image_size = image_size
+        self.settings = build_flow_settings(self.path.parent / "manifest.json")
         self.table = _table_from_columns(self.dataset.to_table(columns=list(self.COLUMNS)).to_pydict())
 
     def images(self, indices: Sequence[int]) -> np.ndarray:
@@ -191,6 +242,21 @@ class LancePairs(PairSet):
         blobs = self.dataset.take(indices, columns=["flow_rgb"]).column("flow_rgb").to_pylist()
         decoded = [_decode_png(blob, self.path, i) for blob, i in zip(blobs, indices)]
         return np.stack([resize_images(image[None], self.image_size, self.image_size)[0] for image in decoded])
+
+
+def build_flow_settings(manifest: Path) -> FlowSettings:
+    """How a build made its flow.lance, from the recipe in its manifest.json."""
+    import json
+
+    try:
+        recipe = json.loads(manifest.read_text())["recipe"]
+        flow = recipe["flow"]
+        height, width = recipe["video_size"]
+        return FlowSettings(flow["backend"], tuple(sorted(flow.get("options", {}).items())), float(recipe["fps"]),
+                            int(flow.get("stride", 1)), int(height), int(width))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EpisodeError(manifest, f"cannot tell how the build beside it made its flow ({exc.__class__.__name__}: {exc}); "
+                                     "train from a finished build's flow.lance") from exc
 
 
 def _table_from_columns(columns: dict[str, list]) -> PairTable:
@@ -226,6 +292,32 @@ def heldout_episodes(table: PairTable, fraction: float) -> set[str]:
     count = min(len(labelled) - 1, max(1, math.floor(fraction * len(labelled) + 0.5)))
     ranked = sorted(labelled, key=lambda e: hashlib.sha1(e.encode()).hexdigest())
     return set(ranked[:count])
+
+
+def hide_labels(table: PairTable, candidates: np.ndarray, share: float, by: str = "pairs", seed: int = 0) -> int:
+    """Hide the actions of all but `share` of the labelled pairs (by="pairs") or episodes (by="episodes") among
+    `candidates`; return how many pairs lost their action.
+
+    Each pair (or episode) gets a uniform number from a hash of (seed, episode id[, pair index]); those below
+    `share` keep their action. The choice does not depend on what else is in the dataset, and a smaller share
+    keeps a subset of a larger one.
+    """
+    if share >= 1.0:
+        return 0
+    hidden = 0
+    for index in candidates:
+        if table.action[index] is None:
+            continue
+        key = table.episode_id[index] if by == "episodes" else f"{table.episode_id[index]}/{table.pair_index[index]}"
+        if _unit_hash(seed, key) >= share:
+            table.action[index] = None
+            hidden += 1
+    return hidden
+
+
+def _unit_hash(seed: int, key: str) -> float:
+    digest = hashlib.sha1(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def indices_of(table: PairTable, episodes: Iterable[str], keep: bool) -> np.ndarray:

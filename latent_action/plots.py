@@ -1,4 +1,4 @@
-"""The PNG figures of training and evaluation: flow input vs reconstruction, probe fit, latent histograms."""
+"""The PNG figures of training and evaluation: flow input vs reconstruction, probe fit, latent histograms, label curve."""
 
 from __future__ import annotations
 
@@ -63,6 +63,26 @@ def plot_latent_histograms(path: Path, latents: np.ndarray) -> Path:
         axis.set_title(f"z[{d}]", fontsize=8)
         axis.tick_params(labelsize=6)
     figure.suptitle("latent action (mu) per dimension", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_label_curve(path: Path, shares: Sequence[float], latent: Sequence[float | None], baseline: Sequence[float | None]) -> Path:
+    """Held-out probe R^2 against the share of labelled training pairs, with the flow-grid baseline."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.0, 3.4))
+    percent = [100 * s for s in shares]
+    axis.plot(percent, [np.nan if v is None else v for v in latent], marker="o", label="latent action probe")
+    axis.plot(percent, [np.nan if v is None else v for v in baseline], marker="s", linestyle="--", color="gray",
+              label="flow-grid baseline")
+    axis.set_xscale("symlog", linthresh=1.0)
+    axis.set_xticks(percent, [f"{p:g}%" for p in percent])
+    axis.set_xlabel("training pairs with real actions")
+    axis.set_ylabel("held-out probe R^2")
+    axis.set_ylim(min(0.0, *[v for v in latent if v is not None]), 1.0)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.suptitle("label efficiency", fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
 

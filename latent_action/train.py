@@ -19,7 +19,8 @@ from latent_action.config import TrainConfig
 from latent_action.images import distance_from_white, random_shift, to_model_input, to_uint8, white
 from latent_action.losses import LossTerms, latent_action_loss
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import EpisodePairs, LancePairs, PairSet, heldout_episodes, indices_of, read_episodes
+from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet, heldout_episodes, hide_labels, indices_of,
+                                 read_episodes)
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
@@ -58,7 +59,7 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     torch.manual_seed(config.run.seed)
 
     data = prepare_data(config, echo)
-    vae = build_model(config).to(device).train()
+    vae = build_model(config, data.pairs.settings).to(device).train()
     echo(f"model '{config.model.preset}': {describe_counts(parameter_counts(vae))}")
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=config.optim.lr,
                                   betas=config.optim.betas, weight_decay=config.optim.weight_decay)
@@ -115,13 +116,21 @@ def _write(log, record: dict) -> None:
 
 
 def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingData:
-    """The flow pairs, the held-out split and the action normalisation fitted on the training pairs."""
+    """The flow pairs, the held-out split, the label share and the action normalisation fitted on the training pairs."""
     pairs = open_pairs(config, PRESETS[config.model.preset].image_size, echo)
     heldout = heldout_episodes(pairs.table, config.data.holdout_fraction)
     train_indices = indices_of(pairs.table, heldout, keep=False)
     heldout_indices = indices_of(pairs.table, heldout, keep=True)
-    echo(f"pairs: {len(train_indices)} for training ({int(pairs.table.labelled[train_indices].sum())} labelled), "
-         f"{len(heldout_indices)} held out from {len(heldout)} episodes")
+    labels = config.data.labels
+    hidden = hide_labels(pairs.table, train_indices, labels.share, labels.by, labels.seed)
+    labelled = int(pairs.table.labelled[train_indices].sum())
+    echo(f"pairs: {len(train_indices)} for training ({labelled} labelled"
+         + (f"; actions of {hidden} hidden by labels.share {labels.share:g} by {labels.by}" if hidden else "")
+         + f"), {len(heldout_indices)} held out from {len(heldout)} episodes")
+    if labelled in (0, len(train_indices)) and 0 < config.data.labelled_fraction < 1:
+        kind = "unlabelled" if labelled == 0 else "labelled"
+        echo(f"every training pair is {kind}: batches are all {kind}, whatever labelled_fraction says"
+             + (" (set data.labels.share to train with fewer labels)" if labelled else ""))
     eval_indices = heldout_indices if len(heldout_indices) else train_indices
     return TrainingData(pairs, heldout, train_indices, eval_indices, fit_normalizer(pairs, train_indices))
 
@@ -132,33 +141,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(config: TrainConfig) -> LatentActionVAE:
-    flow = config.data.flow
-    settings = {
-        "flow_backend": flow.backend, "flow_max_magnitude": flow.max_magnitude,
-        "frame_height": flow.frame_height, "frame_width": flow.frame_width,
+def build_model(config: TrainConfig, settings: FlowSettings) -> LatentActionVAE:
+    import flow
+
+    recorded = {
+        "flow_backend": settings.backend, "flow_max_magnitude": settings.max_magnitude,
+        "frame_height": settings.frame_height, "frame_width": settings.frame_width,
+        "flow_fps": settings.fps, "flow_stride": settings.stride,
+        "flow_options": flow.resolved_options(settings.backend, dict(settings.options)),
     }
     if config.model.head_hidden_dim:
-        settings["head_hidden_dim"] = config.model.head_hidden_dim
-    return build_vae(config.model.preset, config.model.dcae_path, config.model.freeze_dcae, **settings)
+        recorded["head_hidden_dim"] = config.model.head_hidden_dim
+    return build_vae(config.model.preset, config.model.dcae_path, config.model.freeze_dcae, **recorded)
 
 
 def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]) -> PairSet:
     data = config.data
     if data.lance is not None:
         return LancePairs(data.lance, image_size)
-    pairs = EpisodePairs(image_size)
+    pairs = EpisodePairs(image_size, FlowSettings.from_config(data.flow))
+    estimator = pairs.settings.estimator()
     for number, source in enumerate(data.sources):
         for episode in read_episodes(source.root, source.kind, source.embodiment, source.max_episodes):
             if isinstance(episode, Exception):
                 pairs.skipped[str(episode.path)] = str(episode)
                 echo(f"skipped: {episode}")
                 continue
-            if episode.num_frames >= 2:
-                pairs.add_episode(episode, data.flow.frame_height, data.flow.frame_width, data.flow.backend,
-                                  data.flow.max_magnitude, group=f"sources[{number}]")
+            pairs.add_episode(episode, group=f"sources[{number}]", estimator=estimator)
     if not len(pairs):
-        raise ValueError("the configured sources hold no episode with two or more frames")
+        raise ValueError(f"the configured sources hold no episode with two or more frames at {data.flow.fps:g} fps")
     return pairs
 
 

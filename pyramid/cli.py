@@ -73,13 +73,42 @@ def sample_data(
     episodes: int = typer.Option(32, help="Robot episodes (LeRobot v3.0, with actions)."),
     clips: int = typer.Option(8, help="Unlabelled plain video clips."),
     seed: int = typer.Option(0, help="Random seed; the same seed writes the same data."),
+    sim: Optional[str] = typer.Option(None, "--sim", help="Write simulated 3-D robot episodes instead: 'metaworld' (needs the sim extra of the package)."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="With --sim: a MetaWorld task, e.g. pick-place-v3 (repeatable; default: six tasks)."),
+    variations: Optional[int] = typer.Option(None, help="With --sim: object/goal placements per task (default 8)."),
+    camera: Optional[list[str]] = typer.Option(None, "--camera", help="With --sim: a MetaWorld camera (repeatable; default: corner)."),
+    max_steps: Optional[int] = typer.Option(None, help="With --sim: most frames per episode (default 200)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="With --sim: rendering processes (default 2)."),
 ) -> None:
-    """Write a small LeRobot v3.0 robot dataset and a folder of unlabelled clips whose motion follows the actions."""
+    """Write a small LeRobot v3.0 robot dataset and a folder of unlabelled clips whose motion follows the actions.
+
+    With --sim metaworld: MetaWorld's scripted Sawyer experts, rendered in 3-D, as a LeRobot v3.0 dataset.
+    """
+    sim_options = {"tasks": task, "variations": variations, "cameras": camera, "max_steps": max_steps, "workers": workers}
+    sim_options = {name: value for name, value in sim_options.items() if value not in (None, [], ())}
+    if sim is not None:
+        _write_sim_sample(sim, out_dir, seed, sim_options)
+        return
+    if sim_options:
+        fail("--task, --variations, --camera, --max-steps and --workers need --sim metaworld")
     from pyramid.sample_data import write_sample_data
 
     paths = write_sample_data(out_dir, robot_episodes=episodes, video_clips=clips, seed=seed)
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
+
+
+def _write_sim_sample(sim: str, out_dir: Path, seed: int, options: dict) -> None:
+    if sim != "metaworld":
+        fail(f"--sim must be 'metaworld', got {sim!r}")
+    from pyramid.sim_metaworld import write_metaworld_sample
+
+    try:
+        sample = write_metaworld_sample(out_dir, seed=seed, **options)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"metaworld: {sample.root}")
+    typer.echo(sample.summary())
 
 
 @app.command()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+DECODE_CHUNK = 64  # frames decoded at source resolution at a time, before resizing
 
 @dataclass(frozen=True)
 class ClipSpan:
@@ -30,6 +31,20 @@ def stored_rate(source_fps: float, wanted_fps: float) -> float:
     return min(float(source_fps), float(wanted_fps)) if source_fps > 0 else float(wanted_fps)
 
 
+def stored_frames_of(num_source_frames: int, source_fps: float, fps: float) -> tuple[float, np.ndarray]:
+    """(stored rate, source frame index of each stored frame) of an episode, as every build and the VAE take them."""
+    rate = stored_rate(source_fps, fps)
+    return rate, stored_frame_indices(num_source_frames, source_fps, rate)
+
+
+def decode_stored(episode, source_indices: np.ndarray, size: tuple[int, int], chunk: int = DECODE_CHUNK) -> np.ndarray:
+    """The episode's frames at `source_indices`, resized to `size`, decoded `chunk` at a time to bound memory."""
+    if len(source_indices) == 0:
+        return np.zeros((0, *size, 3), np.uint8)
+    parts = np.array_split(np.asarray(source_indices), max(1, -(-len(source_indices) // chunk)))
+    return np.concatenate([resize_frames(episode.frames(indices=part.tolist()), size) for part in parts])
+
+
 def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) -> np.ndarray:
     """Source frame index of each stored frame, nearest in time (np.rint: ties go to the even frame)."""
     if num_source_frames <= 0:
@@ -38,6 +53,22 @@ def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) 
     count = int(np.floor(duration * fps + 1e-6)) + 1
     indices = np.rint(np.arange(count) * source_fps / fps).astype(np.int64)
     return np.minimum(indices, num_source_frames - 1)
+
+
+def pair_actions(actions: np.ndarray, source_indices: np.ndarray, stride: int = 1) -> np.ndarray:
+    """The action of each stored-frame pair (t, t + stride): the mean of the source-rate actions it spans.
+
+    A pair from source frame i to source frame j spans actions[i:j] (action k moves frame k to k + 1),
+    so at the source rate with stride 1 this is actions[i]; at a lower stored rate it averages the
+    commands executed between the two frames, which is what the flow between them shows.
+    """
+    starts = np.asarray(source_indices[:-stride] if stride else source_indices, np.int64)
+    stops = np.asarray(source_indices[stride:], np.int64)
+    actions = np.asarray(actions, np.float64)
+    sums = np.concatenate([np.zeros((1, actions.shape[1])), np.cumsum(actions, axis=0)])
+    stops = np.minimum(np.maximum(stops, starts + 1), len(actions))
+    starts = np.minimum(starts, stops - 1)
+    return ((sums[stops] - sums[starts]) / (stops - starts)[:, None]).astype(np.float32)
 
 
 def clip_spans(source_indices: np.ndarray, clip_frames: int, min_frames: int, num_source_frames: int) -> list[ClipSpan]:

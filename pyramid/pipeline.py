@@ -90,7 +90,23 @@ def preflight(recipe: Recipe) -> None:
             next(iter(spec.open_reader().discover()), None)  # a missing index or an unsupported version fails here
         except (SourceError, EpisodeError) as exc:
             raise BuildError(f"source '{spec.kind}': {exc}") from None
+    if recipe.vae:
+        check_vae_config(recipe)
     check_output_writable(Path(recipe.output))
+
+
+def check_vae_config(recipe: Recipe) -> None:
+    """The recipe's VAE exists and was trained on flow made as this recipe makes it (its config.json only)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    from latent_action.checkpoint import resolve_checkpoint
+    from pyramid.stages import check_vae_matches
+
+    try:
+        config = json.loads((resolve_checkpoint(recipe.vae) / "config.json").read_text())
+        check_vae_matches(FrozenDict(config), recipe)
+    except (EpisodeError, OSError, ValueError) as exc:
+        raise BuildError(str(exc)) from None
 
 
 def check_output_writable(output: Path) -> None:

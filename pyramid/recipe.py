@@ -67,7 +67,7 @@ class SourceSpec(Strict):
 class FlowSpec(Strict):
     backend: str = Field("dis", description="'dis', 'farneback' or 'ptlflow:<model>' (e.g. ptlflow:dpflow, the paper's).")
     stride: int = Field(1, ge=1)
-    options: dict = Field(default_factory=lambda: {"preset": "medium"})
+    options: dict = Field(default_factory=dict, description="The backend's constructor options (its defaults when omitted).")
 
     @field_validator("backend")
     @classmethod
@@ -77,6 +77,13 @@ class FlowSpec(Strict):
         if backend.partition(":")[0] not in backend_names():
             raise ValueError(f"unknown flow backend '{backend}' (known: {', '.join(backend_names())})")
         return backend
+
+    @model_validator(mode="after")
+    def _options_fit_backend(self) -> "FlowSpec":
+        from flow import resolved_options
+
+        resolved_options(self.backend, self.options)  # names an option the backend does not take
+        return self
 
 
 class FilterSpec(Strict):

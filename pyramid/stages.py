@@ -16,12 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from pyramid.clips import clip_spans, resize_frames, stored_frame_indices, stored_rate
+from pyramid.clips import clip_spans, decode_stored, stored_frames_of
 from pyramid.episode import EpisodeRef
 from pyramid.errors import EpisodeError
 from pyramid.recipe import Recipe
-
-DECODE_CHUNK = 64  # frames decoded at source resolution at a time, before resizing
 
 _readers: dict[int, Any] = {}
 
@@ -48,15 +46,13 @@ def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
     try:
         reader = _reader(recipe, int(row["source_index"]))
         episode = reader.load(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"]), row.get("error")))
-        fps = stored_rate(episode.fps, recipe.fps)
-        indices = stored_frame_indices(episode.num_frames, episode.fps, fps)
+        fps, indices = stored_frames_of(episode.num_frames, episode.fps, recipe.fps)
         spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames, episode.num_frames)
         if not spans:
             reason = f"{row['path']}: {len(indices)} frames at {fps:g} fps, fewer than min_frames ({recipe.filters.min_frames})"
             return {**row, "status": "skipped", "reason": reason, "payload": b""}, None
         indices = indices[: spans[-1].stop]
-        frames = np.concatenate([resize_frames(episode.frames(indices=chunk.tolist()), recipe.video_size)
-                                 for chunk in np.array_split(indices, max(1, -(-len(indices) // DECODE_CHUNK)))])
+        frames = decode_stored(episode, indices, recipe.video_size)
         fields = {
             # the pipeline's id, which also tells apart two sources of the same kind
             "episode_id": row["episode_id"], "source": episode.source, "embodiment": episode.embodiment,
@@ -146,17 +142,28 @@ class LabelStage(RowStage):
 
 
 def check_vae_matches(config: Any, recipe: Recipe) -> None:
-    """A VAE only understands flow made the way it was trained: same size (flow is in px), backend, stride and colour scale."""
+    """A VAE only understands flow made the way it was trained: same stored rate and size (flow is in px per
+    stored-frame pair), backend and options, stride and colour scale. Names both sides of every difference."""
     import flow
 
     trained = (config.frame_height, config.frame_width)
     problems = []
     if trained != tuple(recipe.video_size):
         problems.append(f"trained on flow at {trained[0]}x{trained[1]}, the recipe stores {recipe.video_size[0]}x{recipe.video_size[1]}")
+    trained_fps = config.get("flow_fps")
+    if trained_fps is None:
+        problems.append(f"trained on every source frame (a VAE from before the frame rate was recorded), the recipe stores {recipe.fps:g} fps: retrain it")
+    elif float(trained_fps) != float(recipe.fps):
+        problems.append(f"trained on frames at {float(trained_fps):g} fps, the recipe stores {recipe.fps:g} fps")
     if config.flow_backend.partition(":")[0] != recipe.flow.backend.partition(":")[0]:
         problems.append(f"trained on '{config.flow_backend}' flow, the recipe uses '{recipe.flow.backend}'")
-    if recipe.flow.stride != 1:
-        problems.append(f"latent actions are defined on consecutive frames, the recipe's flow stride is {recipe.flow.stride}")
+    elif (trained_options := config.get("flow_options")) is not None:
+        wanted = flow.resolved_options(recipe.flow.backend, recipe.flow.options)
+        if dict(trained_options) != wanted:
+            problems.append(f"trained with flow options {dict(trained_options)}, the recipe's resolve to {wanted}")
+    trained_stride = int(config.get("flow_stride") or 1)
+    if trained_stride != recipe.flow.stride:
+        problems.append(f"trained on pairs {trained_stride} stored frame(s) apart, the recipe's flow stride is {recipe.flow.stride}")
     scale = config.flow_max_magnitude or flow.DEFAULT_MAX_MAGNITUDE
     if scale != flow.DEFAULT_MAX_MAGNITUDE:
         problems.append(f"flow-RGB scale is {scale} px, builds use {flow.DEFAULT_MAX_MAGNITUDE} px")

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pyramid.clips import pair_actions
 from pyramid.paths import output_child
 from pyramid.recipe import Recipe
 from pyramid.video_io import write_video
@@ -89,7 +90,7 @@ class Staging:
         episode_id = row["episode_id"]
         samples = list(clip_samples(payload, recipe))
         self._write_tar(episode_id, samples)
-        self._write_flow(episode_id, payload)
+        self._write_flow(episode_id, payload, recipe.flow.stride)
         fields = payload["fields"]
         counts = {"level": fields["level"], "embodiment": fields["embodiment"], "clips": len(samples),
                   "static_clips": len(payload["spans"]) - len(samples),
@@ -108,11 +109,12 @@ class Staging:
                     add_member(tar, name, data)
         atomic_write_bytes(self.path(episode_id, "tar"), buffer.getvalue())
 
-    def _write_flow(self, episode_id: str, payload: dict) -> None:
-        fields, actions, indices = payload["fields"], payload["actions"], payload["indices"]
+    def _write_flow(self, episode_id: str, payload: dict, stride: int) -> None:
+        fields, actions = payload["fields"], payload["actions"]
+        actions = None if actions is None else pair_actions(actions, payload["indices"], stride)
         rows = [{"episode_id": episode_id, "source": fields["source"], "embodiment": fields["embodiment"],
                  "level": fields["level"], "pair_index": t, "flow_rgb": png_bytes(rgb),
-                 "action": None if actions is None else actions[indices[t]].tolist()}
+                 "action": None if actions is None else actions[t].tolist()}
                 for t, rgb in enumerate(payload["flow_rgb"])]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=FLOW_SCHEMA), buffer)

@@ -173,7 +173,12 @@ def test_lance_flow_dataset_feeds_training(tmp_path):
                            pa.list_(pa.float32())),
     })
     lance.write_dataset(table, str(tmp_path / "flow.lance"))
+    with pytest.raises(EpisodeError, match="manifest.json: cannot tell how the build beside it made its flow"):
+        LancePairs(tmp_path / "flow.lance", image_size=64)
+    recipe = {"fps": 10.0, "video_size": [384, 320], "flow": {"backend": "dis", "stride": 1, "options": {}}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"recipe": recipe}))  # as a finished build writes it
     pairs = LancePairs(tmp_path / "flow.lance", image_size=64)
+    assert (pairs.settings.fps, pairs.settings.stride, pairs.settings.frame_height) == (10.0, 1, 384)
     assert pairs.table.labelled.tolist() == [True, True, True, False]
     assert np.array_equal(pairs.images([3, 1]), np.stack([images[3], images[1]]))  # RGB order kept
     assert pairs.pair(2).episode_id == "robot-b" and pairs.pair(3).action is None

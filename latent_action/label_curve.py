@@ -1,0 +1,91 @@
+"""`pyramid label-curve`: how the latent action's held-out probe R^2 grows with the share of labelled pairs.
+
+One VAE per share (the training config with `data.labels.share` set, each in `<run.out_dir>/labels-<share>`),
+each scored by `eval-latents` on the same held-out episodes (the split does not depend on the share),
+then one `curve.json`, `label_curve.png` and `report.html` that puts them side by side with the naive
+flow-grid baseline. A finished run (its last checkpoint at `max_steps`) is reused, an unfinished one resumed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from latent_action.checkpoint import latest_checkpoint
+from latent_action.config import TrainConfig, load_config
+from latent_action.evaluation import evaluate_latents
+from latent_action.plots import plot_label_curve
+from latent_action.train import train
+
+DEFAULT_SHARES = (0.0, 0.025, 0.1, 0.5)
+
+
+def share_name(share: float) -> str:
+    return f"labels-{100 * share:g}pct"
+
+
+def config_for_share(config: TrainConfig, share: float) -> TrainConfig:
+    data = config.data.model_copy(update={"labels": config.data.labels.model_copy(update={"share": share})})
+    run = config.run.model_copy(update={"out_dir": config.run.out_dir / share_name(share)})
+    return config.model_copy(update={"data": data, "run": run})
+
+
+def trained_checkpoint(config: TrainConfig, show_progress: bool, echo: Callable[[str], None]) -> Path:
+    """The run's final checkpoint: trained now, resumed, or reused when already at max_steps."""
+    last = latest_checkpoint(config.run.out_dir / "checkpoints")
+    if last is not None and int(last.name.split("_")[1]) >= config.optim.max_steps:
+        echo(f"reusing {last}")
+        return last
+    return train(config, resume=last is not None, show_progress=show_progress, echo=echo)
+
+
+def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
+                shares: Sequence[float] = DEFAULT_SHARES, dims: Sequence[str] | None = None, device: str = "auto",
+                show_progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+    base = load_config(config_path)
+    out_dir = Path(out_dir) if out_dir is not None else base.run.out_dir / "label_curve"
+    points = []
+    for share in sorted(shares):
+        config = config_for_share(base, share)
+        echo(f"labels.share {share:g}: training in {config.run.out_dir}")
+        checkpoint = trained_checkpoint(config, show_progress, echo)
+        result = evaluate_latents(checkpoint, data_root, out_dir / share_name(share), device=device, echo=echo, dims=dims)
+        probe = result["probe"]
+        points.append({"share": share, "checkpoint": str(checkpoint), "r2": probe["overall_r2"],
+                       "r2_flow_grid": probe["overall_r2_flow_grid"], "r2_shuffled_control": probe["overall_r2_shuffled_control"],
+                       "epe_moving_px": result["flow"]["epe_moving_px"], "epe_moving_blank_px": result["flow"]["epe_moving_blank_px"],
+                       "report": f"{share_name(share)}/report.html"})
+    curve = {"config": str(config_path), "data": str(data_root), "dims": list(dims) if dims else None, "points": points}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "curve.json").write_text(json.dumps(curve, indent=2))
+    plot_label_curve(out_dir / "label_curve.png", [p["share"] for p in points], [p["r2"] for p in points],
+                     [p["r2_flow_grid"] for p in points])
+    write_curve_report(out_dir, curve)
+    return curve
+
+
+def write_curve_report(out_dir: Path, curve: dict) -> Path:
+    def number(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    rows = "".join(
+        f"<tr><td>{100 * p['share']:g}%</td><td>{number(p['r2'])}</td><td>{number(p['r2_flow_grid'])}</td>"
+        f"<td>{number(p['r2_shuffled_control'])}</td><td>{number(p['epe_moving_px'])} / {number(p['epe_moving_blank_px'])} px</td>"
+        f"<td><a href='{html.escape(p['report'])}'>report</a></td></tr>" for p in curve["points"])
+    image = base64.b64encode((out_dir / "label_curve.png").read_bytes()).decode()
+    dims = ", ".join(curve["dims"]) if curve["dims"] else "every action dimension that varies"
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>label efficiency</title></head>"
+            "<body style='font-family:sans-serif;max-width:1000px'><h1>Label efficiency of the latent action</h1>"
+            f"<p>config {html.escape(curve['config'])}<br>data {html.escape(curve['data'])}<br>held-out probe R^2 over {html.escape(dims)}</p>"
+            f"<img src='data:image/png;base64,{image}'/>"
+            "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>labelled training pairs</th>"
+            "<th>latent R^2</th><th>flow-grid baseline R^2</th><th>shuffled control</th><th>moving-pixel EPE (VAE / blank)</th>"
+            f"<th></th></tr>{rows}</table></body></html>")
+    path = out_dir / "report.html"
+    partial = path.with_name(".report.html.partial")
+    partial.write_text(page)
+    partial.replace(path)
+    return path

@@ -1,0 +1,105 @@
+"""One flow path for builds and the VAE: stored frames, pair actions, recorded settings, label shares, the flow-grid baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import flow
+from latent_action.config import parse_config
+from latent_action.evaluation import flow_grid
+from latent_action.pairs import FlowSettings, PairTable, hide_labels
+from latent_action.presets import build_vae
+from pyramid.clips import pair_actions, stored_frames_of
+from pyramid.errors import BuildError
+from pyramid.pipeline import check_vae_config
+from pyramid.recipe import Recipe
+
+
+def test_pair_action_is_the_mean_of_the_source_actions_the_pair_spans():
+    actions = np.arange(12, dtype=np.float32)[:, None] * [1.0, -2.0]
+    assert np.array_equal(pair_actions(actions, np.arange(12), 1), actions[:-1])  # source rate: actions[t]
+    rate, indices = stored_frames_of(12, 30.0, 10.0)
+    assert rate == 10.0 and indices.tolist() == [0, 3, 6, 9]
+    assert pair_actions(actions, indices, 1)[:, 0].tolist() == [1.0, 4.0, 7.0]  # mean of actions 0-2, 3-5, 6-8
+    assert pair_actions(actions, indices, 2)[:, 1].tolist() == [-5.0, -11.0]  # mean of 0-5 and 3-8, times -2
+
+
+def test_label_share_is_deterministic_nested_and_by_episode_when_asked():
+    def table() -> PairTable:
+        t = PairTable()
+        for episode in range(20):
+            for pair in range(50):
+                t.append(f"ep{episode}", "s", "arm", pair, np.zeros(3, np.float32))
+        return t
+
+    kept = {}
+    for share in (0.0, 0.025, 0.1, 0.5, 1.0):
+        t = table()
+        hidden = hide_labels(t, np.arange(len(t)), share, "pairs", seed=0)
+        kept[share] = set(np.flatnonzero(t.labelled))
+        assert hidden == len(t) - len(kept[share])
+        assert abs(len(kept[share]) / len(t) - share) < 0.03
+    assert kept[0.0] == set() and kept[0.025] <= kept[0.1] <= kept[0.5] <= kept[1.0]
+    again = table()
+    hide_labels(again, np.arange(len(again)), 0.1, "pairs", seed=0)
+    assert set(np.flatnonzero(again.labelled)) == kept[0.1]
+    other_seed = table()
+    hide_labels(other_seed, np.arange(len(other_seed)), 0.1, "pairs", seed=1)
+    assert set(np.flatnonzero(other_seed.labelled)) != kept[0.1]
+    by_episode = table()
+    hide_labels(by_episode, np.arange(500), 0.5, "episodes", seed=0)  # only the first 10 episodes are candidates
+    labelled_episodes = {by_episode.episode_id[i] for i in np.flatnonzero(by_episode.labelled)}
+    for episode in labelled_episodes - {f"ep{e}" for e in range(10, 20)}:
+        assert all(by_episode.action[i] is not None for i in range(len(by_episode)) if by_episode.episode_id[i] == episode)
+    assert all(by_episode.action[i] is not None for i in range(500, 1000))  # not a candidate: untouched
+
+
+def test_flow_grid_averages_each_cell():
+    flows = np.zeros((1, 8, 8, 2), np.float32)
+    flows[0, :2, :2] = (4.0, -4.0)  # top-left cell of a 4x4 grid
+    features = flow_grid(flows, 4)
+    assert features.shape == (1, 32) and features[0, :2].tolist() == [4.0, -4.0] and not features[0, 2:].any()
+
+
+def test_flow_options_are_checked_against_the_backend():
+    assert flow.resolved_options("dis", {"threads": 3}) == {"preset": "medium", "scale": 1.0}
+    assert flow.resolved_options("dis:fast")["preset"] == "fast"
+    Recipe(sources=[{"kind": "videos", "root": "x"}], output="o", flow={"backend": "farneback"})  # loads and runs as is
+    with pytest.raises(ValueError, match="flow backend 'farneback' has no option preset"):
+        Recipe(sources=[{"kind": "videos", "root": "x"}], output="o", flow={"backend": "farneback", "options": {"preset": "fast"}})
+    with pytest.raises(ValueError, match="has no option presett"):
+        parse_config({"data": {"sources": [{"root": "x"}], "flow": {"options": {"presett": "fast"}}}, "run": {"out_dir": "o"}})
+
+
+def saved_vae(tmp_path, **flow_settings):
+    settings = {"flow_backend": "dis", "flow_fps": 10.0, "flow_stride": 1, "frame_height": 384, "frame_width": 320,
+                "flow_options": flow.resolved_options("dis", {}), **flow_settings}
+    directory = tmp_path / "vae"
+    build_vae("tiny", **settings).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("settings, recipe_changes, words", [
+    ({"flow_fps": 30.0}, {}, "trained on frames at 30 fps, the recipe stores 10 fps"),
+    ({"flow_fps": None}, {}, "trained on every source frame"),
+    ({"flow_stride": 2}, {}, "trained on pairs 2 stored frame(s) apart, the recipe's flow stride is 1"),
+    ({}, {"flow": {"backend": "dis", "options": {"preset": "fast"}}}, "the recipe's resolve to {'preset': 'fast'"),
+    ({"frame_height": 192}, {}, "trained on flow at 192x320, the recipe stores 384x320"),
+])
+def test_a_build_refuses_a_vae_trained_on_other_flow_before_ray_starts(tmp_path, settings, recipe_changes, words):
+    vae = saved_vae(tmp_path, **settings)
+    recipe = Recipe(sources=[{"kind": "videos", "root": str(tmp_path)}], output=str(tmp_path / "out"), vae=str(vae), **recipe_changes)
+    with pytest.raises(BuildError, match="VAE does not match the recipe") as caught:
+        check_vae_config(recipe)
+    assert words in str(caught.value)
+
+
+def test_a_build_takes_a_vae_trained_on_its_flow(tmp_path):
+    vae = saved_vae(tmp_path)
+    check_vae_config(Recipe(sources=[{"kind": "videos", "root": str(tmp_path)}], output=str(tmp_path / "out"), vae=str(vae),
+                            flow={"backend": "dis", "options": {"preset": "medium", "threads": 2}}))
+    assert json.loads((vae / "config.json").read_text())["flow_fps"] == 10.0
+    assert FlowSettings.of_vae(json.loads((vae / "config.json").read_text())).fps == 10.0
