@@ -6,6 +6,8 @@ import base64
 import html
 from pathlib import Path
 
+from pyramid.staging import atomic_write_bytes
+
 FLOW_ROWS = [
     ("flow EPE over all pixels", "epe_px", "epe_blank_px"),
     ("flow EPE over moving pixels", "epe_moving_px", "epe_moving_blank_px"),
@@ -19,16 +21,18 @@ def write_eval_report(out_dir: Path, result: dict) -> Path:
         f"{html.escape(result['data'])}, split '{result['split']}'<br>{_pairs_line(result.get('pairs'))}</p>",
         _probe_table(result["probe"]),
         _flow_table(result["flow"]),
-        "<h2>Flow input (top) and reconstruction (bottom), most moving held-out pairs</h2>" + _embed(out_dir / "flow_preview.png"),
-        "<h2>Probe predictions</h2>" + "".join(_embed(p) for p in sorted(out_dir.glob("probe_*.png"))),
-        "<h2>Latent actions</h2>" + _embed(out_dir / "latent_histograms.png"),
+        "<h2>Flow input (top) and reconstruction (bottom), most moving held-out pairs</h2>" + embed(out_dir / "flow_preview.png"),
+        "<h2>Probe predictions</h2>" + "".join(embed(p) for p in sorted(out_dir.glob("probe_*.png"))),
+        "<h2>Latent actions</h2>" + embed(out_dir / "latent_histograms.png"),
     ]
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>latent-action evaluation</title></head>"
-            f"<body style='font-family:sans-serif;max-width:1100px'>{''.join(sections)}</body></html>")
-    path = out_dir / "report.html"
-    partial = path.with_name(".report.html.partial")
-    partial.write_text(page)
-    partial.replace(path)
+    return write_page(out_dir / "report.html", "latent-action evaluation", "".join(sections))
+
+
+def write_page(path: Path, title: str, body: str) -> Path:
+    """A self-contained HTML page, written under a temporary name and renamed."""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body style='font-family:sans-serif;max-width:1100px'>{body}</body></html>")
+    atomic_write_bytes(path, page.encode())
     return path
 
 
@@ -42,9 +46,9 @@ def _probe_table(probe: dict) -> str:
         if "across_tasks" in scores:
             across = scores["across_tasks"]
             rows.append(_probe_row(f"{html.escape(embodiment)}, across {across['tasks']} tasks", across, None))
-    rows.append(f"<tr><td><b>overall</b></td><td><b>{_number(probe['overall_r2'])}</b></td>"
-                f"<td>{_number(probe.get('overall_r2_flow_grid'))}</td>"
-                f"<td>{_number(probe['overall_r2_shuffled_control'])}</td><td></td></tr>")
+    rows.append(f"<tr><td><b>overall</b></td><td><b>{number(probe['overall_r2'])}</b></td>"
+                f"<td>{number(probe.get('overall_r2_flow_grid'))}</td>"
+                f"<td>{number(probe['overall_r2_shuffled_control'])}</td><td></td></tr>")
     return ("<h2>Probe: ridge regression from latent actions to real actions, R^2 on scored episodes</h2>"
             "<p>Beside it, the naive baseline (the same ridge from the mean flow in a 4x4 grid of cells, 32 numbers) "
             "and a probe fit on shuffled actions. 'Across tasks': each task predicted by a probe fit on the other tasks.</p>"
@@ -55,20 +59,20 @@ def _probe_table(probe: dict) -> str:
 
 def _probe_row(label: str, scores: dict, shuffled: float | None) -> str:
     baseline = scores.get("flow_grid", {})
-    dims = ", ".join(f"{html.escape(name)} {_number(value)} / {_number(baseline.get('r2_per_dim', {}).get(name))}"
+    dims = ", ".join(f"{html.escape(name)} {number(value)} / {number(baseline.get('r2_per_dim', {}).get(name))}"
                      for name, value in scores["r2_per_dim"].items())
-    return (f"<tr><td>{label}</td><td>{_number(scores['r2'])}</td><td>{_number(baseline.get('r2'))}</td>"
-            f"<td>{_number(shuffled)}</td><td>{dims}</td></tr>")
+    return (f"<tr><td>{label}</td><td>{number(scores['r2'])}</td><td>{number(baseline.get('r2'))}</td>"
+            f"<td>{number(shuffled)}</td><td>{dims}</td></tr>")
 
 
 def _flow_table(flow: dict) -> str:
-    rows = "".join(f"<tr><td>{label}</td><td>{_number(flow.get(value), ' px')}</td><td>{_number(flow.get(blank), ' px')}</td></tr>"
+    rows = "".join(f"<tr><td>{label}</td><td>{number(flow.get(value), ' px')}</td><td>{number(flow.get(blank), ' px')}</td></tr>"
                    for label, value, blank in FLOW_ROWS)
     return ("<h2>Flow reconstruction at the stored frame size</h2>"
             "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th></th><th>VAE</th>"
             f"<th>a blank reconstruction</th></tr>{rows}</table>"
-            f"<p>moving pixels: {_number(flow.get('moving_pixel_fraction'))} of all; flow-RGB round trip error "
-            f"{_number(flow.get('flow_rgb_roundtrip_epe_px'), ' px')}</p>")
+            f"<p>moving pixels: {number(flow.get('moving_pixel_fraction'))} of all; flow-RGB round trip error "
+            f"{number(flow.get('flow_rgb_roundtrip_epe_px'), ' px')}</p>")
 
 
 def _pairs_line(pairs: dict | None) -> str:
@@ -79,11 +83,11 @@ def _pairs_line(pairs: dict | None) -> str:
             f"{pairs['stride']} stored frame(s) apart")
 
 
-def _number(value: float | None, unit: str = "") -> str:
+def number(value: float | None, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.3f}{unit}"
 
 
-def _embed(path: Path) -> str:
+def embed(path: Path) -> str:
     if not path.is_file():
         return ""
     encoded = base64.b64encode(path.read_bytes()).decode()

@@ -8,7 +8,6 @@ flow-grid baseline. A finished run (its last checkpoint at `max_steps`) is reuse
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, Sequence
 
 from latent_action.checkpoint import latest_checkpoint
 from latent_action.config import TrainConfig, load_config
+from latent_action.eval_report import embed, number, write_page
 from latent_action.evaluation import evaluate_latents
 from latent_action.plots import plot_label_curve
 from latent_action.train import train
@@ -68,24 +68,15 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
 
 
 def write_curve_report(out_dir: Path, curve: dict) -> Path:
-    def number(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
     rows = "".join(
         f"<tr><td>{100 * p['share']:g}%</td><td>{number(p['r2'])}</td><td>{number(p['r2_flow_grid'])}</td>"
         f"<td>{number(p['r2_shuffled_control'])}</td><td>{number(p['epe_moving_px'])} / {number(p['epe_moving_blank_px'])} px</td>"
         f"<td><a href='{html.escape(p['report'])}'>report</a></td></tr>" for p in curve["points"])
-    image = base64.b64encode((out_dir / "label_curve.png").read_bytes()).decode()
     dims = ", ".join(curve["dims"]) if curve["dims"] else "every action dimension that varies"
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>label efficiency</title></head>"
-            "<body style='font-family:sans-serif;max-width:1000px'><h1>Label efficiency of the latent action</h1>"
+    body = ("<h1>Label efficiency of the latent action</h1>"
             f"<p>config {html.escape(curve['config'])}<br>data {html.escape(curve['data'])}<br>held-out probe R^2 over {html.escape(dims)}</p>"
-            f"<img src='data:image/png;base64,{image}'/>"
+            + embed(out_dir / "label_curve.png") +
             "<table border='1' cellpadding='4' style='border-collapse:collapse'><tr><th>labelled training pairs</th>"
             "<th>latent R^2</th><th>flow-grid baseline R^2</th><th>shuffled control</th><th>moving-pixel EPE (VAE / blank)</th>"
-            f"<th></th></tr>{rows}</table></body></html>")
-    path = out_dir / "report.html"
-    partial = path.with_name(".report.html.partial")
-    partial.write_text(page)
-    partial.replace(path)
-    return path
+            f"<th></th></tr>{rows}</table>")
+    return write_page(out_dir / "report.html", "label efficiency", body)

@@ -123,9 +123,6 @@ class FlowSettings:
             return np.arange(episode.num_frames, dtype=np.int64)
         return stored_frames_of(episode.num_frames, episode.fps, self.fps)[1]
 
-    def stored_rate(self, episode: Episode) -> float:
-        return float(episode.fps) if self.fps is None else stored_frames_of(episode.num_frames, episode.fps, self.fps)[0]
-
 
 def episode_flows(episode: Episode, settings: FlowSettings, estimator=None) -> Iterator[np.ndarray]:
     """Flow of every stored-frame pair (t, t + stride), in order, a chunk at a time: float32 [k, H, W, 2].

@@ -242,3 +242,25 @@ def test_a_build_labels_clips_with_the_latest_checkpoint_of_a_run(sample, straig
         meta = json.loads(example["json"])
         assert latents.shape == (FRAMES - 1, 14) and latents.dtype == np.float32
         np.testing.assert_allclose(latents, expected[meta["episode_id"]], atol=1e-4)
+
+
+def test_label_curve_trains_one_vae_per_share_on_one_split_and_reuses_finished_runs(sample, tmp_path):
+    from latent_action.label_curve import label_curve
+
+    config_file = tmp_path / "curve.yaml"
+    config_file.write_text(yaml.safe_dump(config_dict(sample, tmp_path / "run", max_steps=3)))
+    messages: list[str] = []
+    curve = label_curve(config_file, sample / "lerobot", shares=[0.5, 0.0], device="cpu", show_progress=False, echo=messages.append)
+    assert [p["share"] for p in curve["points"]] == [0.0, 0.5]
+    assert any("actions of" in m and "hidden by labels.share 0.5" in m for m in messages)
+    assert any("every training pair is unlabelled" in m for m in messages)  # share 0: nothing labelled is left
+    runs = [tmp_path / "run" / name for name in ("labels-0pct", "labels-50pct")]
+    heldout = [json.loads((resolve_checkpoint(run) / "heldout_episodes.json").read_text()) for run in runs]
+    assert heldout[0] == heldout[1] and heldout[0]  # the split does not depend on the share
+    for point in curve["points"]:
+        assert point["r2"] is not None and point["r2_flow_grid"] is not None
+    report = (tmp_path / "run" / "label_curve" / "report.html").read_text()
+    assert report.count("<img") == 1 and f"{curve['points'][1]['r2_flow_grid']:.3f}" in report
+    again: list[str] = []
+    label_curve(config_file, sample / "lerobot", shares=[0.0], device="cpu", show_progress=False, echo=again.append)
+    assert any(m.startswith("reusing ") for m in again)
