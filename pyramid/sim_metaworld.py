@@ -52,6 +52,9 @@ ACTION_NAMES = ["x", "y", "z", "grip"]
 ROBOT_TYPE = "sawyer"
 SETTLE_STEPS = 10  # recorded after success, so every episode ends on the finished task
 MAX_PATH_LENGTH = 500  # MetaWorld refuses to step an env further without a reset
+# H.264, not LeRobot's default AV1: the SVT-AV1 encoder bundled with PyAV deadlocks (idle, in
+# svt_av1_enc_send_picture) on some of these long multi-episode files under load; the 2-D sample keeps AV1.
+VIDEO_CODEC = "libx264"
 INSTALL_HINT = "pip install -e '.[sim]'"
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ def write_metaworld_sample(
     workers: int = 2,
     progress: bool = True,
 ) -> MetaWorldSample:
-    """Write `<out_dir>/metaworld` (LeRobot v3.0, AV1): `variations` episodes of each task, replacing it if it exists.
+    """Write `<out_dir>/metaworld` (LeRobot v3.0, H.264): `variations` episodes of each task, replacing it if it exists.
 
     Each camera becomes a video feature `observation.images.<camera>`, the first the primary one. The same
     seed writes the same variations, actions, states and video whatever `workers` is. Returns the root and
@@ -132,7 +135,7 @@ def write_metaworld_sample(
     results = _run_ordered(_jobs(metaworld, tasks, variations, seed), settings, workers)
     episodes = _recorded(results, outcomes, total=len(tasks) * variations, progress=progress)
     root = write_lerobot_v3(out_dir / "metaworld", episodes, fps=fps, robot_type=ROBOT_TYPE, state_names=STATE_NAMES,
-                            action_names=ACTION_NAMES, overwrite=True)
+                            action_names=ACTION_NAMES, overwrite=True, codec=VIDEO_CODEC)
     failed = [outcome for outcome in outcomes if not outcome.success]
     if failed:
         log.warning("%d of %d MetaWorld episodes never reached success in %d steps (kept): %s", len(failed),
