@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Iterator
 import lance
 import pyarrow as pa
 
-from pyramid.staging import FLOW_SCHEMA, Staging
+from pyramid.schema import FLOW_SCHEMA
+from pyramid.staging import Staging
 
 CLIP_SCHEMA = pa.schema([
     ("key", pa.string()), ("episode_id", pa.string()), ("source", pa.string()), ("embodiment", pa.string()),
