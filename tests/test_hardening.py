@@ -4,6 +4,7 @@ preflight before Ray, stale outputs of another recipe, --retry-failed on a finis
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -42,6 +43,21 @@ def test_ids_of_the_deepest_release_paths_are_bounded_readable_and_distinct():
     assert first != second and len(first) <= 90 and len(second) <= 90
     assert "1014_155232_data_trajectory_hdf5" in first
     assert all(ch.isalnum() or ch in "_-" for ch in first)
+    assert len(make_episode_id("robomind", ROBOMIND_PATH, "a_dataset_folder_named_at_length")) <= 110
+
+
+def test_two_datasets_of_one_kind_give_their_first_episodes_different_ids(tmp_path):
+    from pyramid.sources import open_source
+
+    ids = []
+    for name in ("lab_a", "lab_b"):
+        builder("lerobot")(tmp_path / name)
+        ids.append([ref.episode_id for ref in open_source(tmp_path / name, "lerobot").discover()])
+    assert ids[0][0].startswith("lerobot-lab_a-") and ids[1][0].startswith("lerobot-lab_b-")
+    assert not set(ids[0]) & set(ids[1])
+    moved = tmp_path / "elsewhere" / "lab_a"
+    shutil.copytree(tmp_path / "lab_a", moved)
+    assert [ref.episode_id for ref in open_source(moved, "lerobot").discover()] == ids[0]  # the folder name, not the path
 
 
 def _episode(**changes) -> Episode:
@@ -182,3 +198,13 @@ def test_retry_failed_on_a_finished_build_says_why_it_cannot(tmp_path, videos):
     assert result.returncode == 2
     line = one_error_line(result)
     assert "--retry-failed works on an unfinished build" in line and "quarantined" in line
+
+
+def test_a_pylance_too_old_for_the_lance_format_is_refused_before_writing(monkeypatch):
+    from pyramid import schema
+    from pyramid.errors import BuildError
+
+    schema.check_pylance()  # the installed one is new enough
+    monkeypatch.setattr(schema, "MIN_PYLANCE", "999.0")
+    with pytest.raises(BuildError, match=r"pylance .* is older than 999.0, which a build's Lance datasets need: pip install 'pylance>=999.0'"):
+        schema.check_pylance()
