@@ -28,6 +28,8 @@ CLIP_JSON = {
     "fps": "stored frame rate of the clip (the recipe's, or the source's when lower)",
     "source_fps": "frame rate of the source episode",
     "num_source_frames": "frames of the whole source episode",
+    "cameras": "the cameras in the video, in layout order (list)",
+    "layout": "`single` (one camera) or `t` (head on top, left and right wrist at half size below)",
     "clip_index": "clip number within the episode (a static clip left out leaves a gap)",
     "start_frame": "first source frame of the clip",
     "end_frame": "source frame after the clip (the next clip's first; exclusive)",
