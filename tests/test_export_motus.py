@@ -24,7 +24,7 @@ import flow
 from latent_action.action_space import ActionNormalizer
 from latent_action.presets import build_vae
 from pyramid.sample_data import write_sample_data
-from pyramid.sinks.motus_layout import decode_mp4
+from pyramid.build_reader import decode_mp4
 from pyramid.video_io import read_frames
 from tests.fixtures import umt5
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import io
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import yaml
 from tqdm import tqdm
 
+from pyramid.build_reader import (build_recipe, build_samples, build_shards, consecutive_runs, episodes_of, pair_latents,
+                                  run_frames, run_latents, run_video)
 from pyramid.errors import ExportError
 from pyramid.paths import output_child, safe_name
 from pyramid.staging import atomic_write_bytes, mp4_bytes
@@ -72,12 +72,15 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
     shards = build_shards(build_dir)
     if text_encoder is None:
         raise ExportError(f"export-motus needs the text encoder: {ENCODER_HINT}")
-    recipe = _manifest_recipe(build_dir)
+    recipe = build_recipe(build_dir)
     if int(recipe["flow"]["stride"]) != 1:
         raise ExportError(f"{build_dir}: flow stride is {recipe['flow']['stride']}; Motus wants the latent action of "
                           f"each pair of consecutive frames: build with flow stride 1")
     sampling = Sampling.for_fps(float(recipe["fps"]), downsample_rate, num_video_frames)
     latents = pair_latents(build_dir)
+    if not latents:
+        raise ExportError(f"{build_dir}: the build has no latent actions (its recipe names no `vae`); "
+                          f"Motus's latent_action dataset needs them: build with a trained VAE")
     encoder = InstructionEncoder(Path(text_encoder), device)
     for folder in FOLDERS:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
@@ -88,76 +91,6 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
             _export_run(out_dir, episode_id, run, len(clips) == len(run), latents, encoder, sampling, float(recipe["fps"]), counts)
     write_config(out_dir, sampling, tuple(recipe["video_size"]))
     return counts
-
-
-def build_shards(build_dir: Path) -> list[Path]:
-    shards = sorted(Path(build_dir).glob("webdataset/level*/shard-*.tar"))
-    if not shards:
-        raise ExportError(f"{build_dir}: no WebDataset shards (is this a finished `pyramid build` output?)")
-    return shards
-
-
-def build_samples(shards: list[Path]) -> Iterator[dict]:
-    import webdataset as wds
-
-    for shard in shards:
-        yield from wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
-
-
-def episodes_of(samples: Iterator[dict]) -> Iterator[tuple[str, list[dict]]]:
-    """(episode id, its clip samples with parsed json), for samples that come grouped by episode, as shards hold them."""
-    import json
-
-    current_id, clips = None, []
-    for sample in samples:
-        sample = {**sample, "meta": json.loads(sample["json"])}
-        episode_id = sample["meta"]["episode_id"]
-        if clips and episode_id != current_id:
-            yield current_id, clips
-            clips = []
-        current_id = episode_id
-        clips.append(sample)
-    if clips:
-        yield current_id, clips
-
-
-def consecutive_runs(clips: list[dict]) -> list[list[dict]]:
-    """The episode's clips split where a static clip was left out: within a run, stored frames follow on."""
-    clips = sorted(clips, key=lambda sample: sample["meta"]["clip_index"])
-    runs: list[list[dict]] = []
-    for clip in clips:
-        if runs and clip["meta"]["clip_index"] == runs[-1][-1]["meta"]["clip_index"] + 1:
-            runs[-1].append(clip)
-        else:
-            runs.append([clip])
-    return runs
-
-
-def pair_latents(build_dir: Path) -> dict[str, np.ndarray]:
-    """episode id -> float32 [pairs, 14] latent action per stored-frame pair (NaN where a pair has none), from flow.lance."""
-    import lance
-    import pyarrow.compute as pc
-
-    path = build_dir / "flow.lance"
-    if not path.exists():
-        raise ExportError(f"{path}: missing (is this a finished `pyramid build` output?)")
-    dataset = lance.dataset(str(path))
-    if "latent_action" not in dataset.schema.names:
-        raise ExportError(f"{path}: written before flow rows carried latent actions; build again")
-    table = dataset.to_table(columns=["episode_id", "pair_index", "latent_action"], filter="latent_action IS NOT NULL")
-    if not table.num_rows:
-        raise ExportError(f"{build_dir}: the build has no latent actions (its recipe names no `vae`); "
-                          f"Motus's latent_action dataset needs them: build with a trained VAE")
-    ids = table["episode_id"].to_numpy(zero_copy_only=False)
-    pairs = table["pair_index"].to_numpy()
-    values = pc.list_flatten(table["latent_action"]).to_numpy().astype(np.float32).reshape(table.num_rows, -1)
-    latents = {}
-    for episode_id in np.unique(ids):
-        rows = ids == episode_id
-        array = np.full((pairs[rows].max() + 1, values.shape[1]), np.nan, np.float32)
-        array[pairs[rows]] = values[rows]
-        latents[str(episode_id)] = array
-    return latents
 
 
 class InstructionEncoder:
@@ -189,7 +122,7 @@ def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, la
     except ValueError as exc:
         print(f"warning: {run[0].get('__url__', '')}: episode skipped: {exc}", file=sys.stderr)
         return counts.skip("unsafe_id")
-    num_frames = sum(clip["meta"]["num_frames"] for clip in run)
+    num_frames = run_frames(run)
     texts = instructions(first)
     if float(first["fps"]) != fps:
         return counts.skip("stored_below_recipe_fps")
@@ -197,13 +130,11 @@ def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, la
         return counts.skip("too_short")
     if not texts:
         return counts.skip("no_instruction")
-    start = int(first["flow"]["pair_range"][0])
-    run_latents = latents.get(episode_id, np.zeros((0, 14), np.float32))[start : start + num_frames - 1]
-    if len(run_latents) != num_frames - 1 or not np.isfinite(run_latents).all():
+    values = run_latents(latents, episode_id, run)
+    if values is None:
         return counts.skip("missing_latent_actions")
-    frames = np.concatenate([decode_mp4(clip["mp4"]) for clip in run])
-    atomic_write_bytes(output_child(out_dir, "videos", f"{stem}.mp4"), mp4_bytes(frames, fps))
-    atomic_write_bytes(output_child(out_dir, "latent_action_dim14", f"{stem}.pt"), torch_bytes(run_latents))
+    atomic_write_bytes(output_child(out_dir, "videos", f"{stem}.mp4"), mp4_bytes(run_video(run), fps))
+    atomic_write_bytes(output_child(out_dir, "latent_action_dim14", f"{stem}.pt"), torch_bytes(values))
     embeddings = encoder(texts)
     atomic_write_bytes(output_child(out_dir, "umt5_wan", f"{stem}.pt"), torch_bytes(embeddings[0] if len(texts) == 1 else embeddings))
     atomic_write_bytes(output_child(out_dir, "metas", f"{stem}.txt"), ("\n".join(texts) + "\n").encode())
@@ -215,15 +146,6 @@ def instructions(meta: dict) -> list[str]:
     """The episode's instructions, one line each (Motus reads metas line by line), without repeats."""
     texts = [" ".join(str(text).split()) for text in (meta.get("instructions") or [meta.get("task") or ""])]
     return list(dict.fromkeys(text for text in texts if text))
-
-
-def decode_mp4(data: bytes) -> np.ndarray:
-    from pyramid.video_io import read_frames
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "clip.mp4"
-        path.write_bytes(data)
-        return read_frames(path)
 
 
 def torch_bytes(value) -> bytes:
@@ -248,12 +170,3 @@ def write_config(out_dir: Path, sampling: Sampling, video_size: tuple[int, int])
     path = out_dir / CONFIG_NAME
     atomic_write_bytes(path, (header + yaml.safe_dump(config, sort_keys=False)).encode())
     return path
-
-
-def _manifest_recipe(build_dir: Path) -> dict:
-    import json
-
-    path = build_dir / "manifest.json"
-    if not path.exists():
-        raise ExportError(f"{path}: missing (is this a finished `pyramid build` output?)")
-    return json.loads(path.read_text())["recipe"]
