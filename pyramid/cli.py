@@ -160,6 +160,29 @@ def export_motus(
     typer.echo(f"Motus config values: {out_dir / CONFIG_NAME}")
 
 
+@app.command("export-lerobot")
+def export_lerobot(
+    input_path: Path = typer.Argument(..., metavar="BUILD_OR_SOURCE", help="A finished `pyramid build` output, or a source dataset root."),
+    out_dir: Path = typer.Argument(..., help="The LeRobot v3.0 dataset to write."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind of a dataset root; auto-detected when omitted."),
+    embodiment: Optional[str] = typer.Option(None, "--embodiment", help="Export only this embodiment (a LeRobot dataset holds one robot)."),
+    codec: str = typer.Option("libsvtav1", "--codec", help="libsvtav1 (AV1, LeRobot's default) or libx264."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
+) -> None:
+    """Write a build (with latent actions when labelled) or any source dataset as a LeRobot v3.0 dataset."""
+    from pyramid.errors import ExportError
+    from pyramid.sinks.lerobot_export import export_lerobot as run_export
+
+    try:
+        summary = run_export(input_path, out_dir, source=source, embodiment=embodiment, codec=codec, overwrite=overwrite)
+    except (ExportError, ValueError) as exc:
+        fail(str(exc))
+    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(summary.skipped.items()))
+    typer.echo(f"{out_dir}: {summary.episodes} episodes, {summary.frames} frames" + (f"; left out: {skipped}" if skipped else ""))
+    if "other_features" in summary.skipped and embodiment is None:
+        typer.echo("(a LeRobot dataset holds one robot's features: --embodiment picks which to export)")
+
+
 def _register_other_commands() -> None:
     # The latent-action and trainer packages own their commands; both import heavy libraries lazily.
     from latent_action.commands import register as register_latent_action
