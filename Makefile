@@ -15,7 +15,8 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 install: .venv/.installed
 
 # The main job, end to end on sample data: episodes -> tiny latent-action VAE -> labelled pyramid
-# (WebDataset + Lance + report) -> latent-action evaluation -> Motus layout -> a few trainer steps.
+# (WebDataset + Lance + report) -> latent-action evaluation -> a few trainer steps. (`pyramid export-motus` needs
+# Wan's UMT5 text encoder, which is not downloaded, so the demo leaves it out.)
 demo: install
 	rm -rf out/sample_data out/vae-tiny out/sample_pyramid out/motus_export out/tiny_run
 	.venv/bin/pyramid sample-data out/sample_data
@@ -23,7 +24,6 @@ demo: install
 	.venv/bin/pyramid train-vae latent_action/configs/tiny.yaml
 	.venv/bin/pyramid build recipes/build_sample.yaml
 	.venv/bin/pyramid eval-latents --vae out/vae-tiny --out out/sample_pyramid/latent_eval out/sample_data/lerobot
-	.venv/bin/pyramid export-motus out/sample_pyramid out/motus_export
 	.venv/bin/pyramid train recipes/tiny.yaml
 	@echo "report: out/sample_pyramid/report.html   latent-action evaluation: out/sample_pyramid/latent_eval/report.html"
 

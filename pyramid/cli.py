@@ -139,18 +139,48 @@ def build(
 
 @app.command("export-motus")
 def export_motus(
-    build_dir: Path = typer.Argument(..., help="Output directory of a finished `pyramid build`."),
-    out_dir: Path = typer.Argument(..., help="Where to write videos/, latent_action_dim14/ and metas/."),
+    build_dir: Path = typer.Argument(..., help="Output directory of a finished, labelled `pyramid build`."),
+    out_dir: Path = typer.Argument(..., help="Where to write videos/, latent_action_dim14/, umt5_wan/ and metas/."),
+    text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="Local Wan2.2 directory (text_encoder/ + tokenizer/: UMT5) for umt5_wan/."),
+    downsample_rate: Optional[int] = typer.Option(None, "--downsample-rate", min=1, help="Motus's global_downsample_rate (default: frames 0.2 s apart, as Motus samples 30 fps video)."),
+    num_video_frames: int = typer.Option(8, "--num-video-frames", min=1, help="Motus's num_video_frames."),
+    device: str = typer.Option("cpu", "--device", help="Where the text encoder runs (cpu, cuda)."),
 ) -> None:
-    """Write a build in the layout the original Motus trainer reads."""
-    from pyramid.sinks.motus_layout import export_motus as run_export
+    """Write a build in the layout of the original Motus trainer's latent_action dataset, with a config snippet."""
+    from pyramid.errors import ExportError
+    from pyramid.sinks.motus_layout import CONFIG_NAME, export_motus as run_export
 
     try:
-        counts = run_export(build_dir, out_dir)
-    except FileNotFoundError as exc:
+        counts = run_export(build_dir, out_dir, text_encoder, downsample_rate=downsample_rate,
+                            num_video_frames=num_video_frames, device=device)
+    except ExportError as exc:
         fail(str(exc))
-    refused = f", {counts['refused']} refused (unsafe keys)" if counts["refused"] else ""
-    typer.echo(f"{out_dir}: {counts['clips']} clips, {counts['latent_actions']} with latent actions{refused}")
+    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(counts.skipped.items()))
+    typer.echo(f"{out_dir}: {counts.episodes} episodes from {counts.clips} clips" + (f"; left out: {skipped}" if skipped else ""))
+    typer.echo(f"Motus config values: {out_dir / CONFIG_NAME}")
+
+
+@app.command("export-lerobot")
+def export_lerobot(
+    input_path: Path = typer.Argument(..., metavar="BUILD_OR_SOURCE", help="A finished `pyramid build` output, or a source dataset root."),
+    out_dir: Path = typer.Argument(..., help="The LeRobot v3.0 dataset to write."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind of a dataset root; auto-detected when omitted."),
+    embodiment: Optional[str] = typer.Option(None, "--embodiment", help="Export only this embodiment (a LeRobot dataset holds one robot)."),
+    codec: str = typer.Option("libsvtav1", "--codec", help="libsvtav1 (AV1, LeRobot's default) or libx264."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
+) -> None:
+    """Write a build (with latent actions when labelled) or any source dataset as a LeRobot v3.0 dataset."""
+    from pyramid.errors import ExportError
+    from pyramid.sinks.lerobot_export import export_lerobot as run_export
+
+    try:
+        summary = run_export(input_path, out_dir, source=source, embodiment=embodiment, codec=codec, overwrite=overwrite)
+    except (ExportError, ValueError) as exc:
+        fail(str(exc))
+    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(summary.skipped.items()))
+    typer.echo(f"{out_dir}: {summary.episodes} episodes, {summary.frames} frames" + (f"; left out: {skipped}" if skipped else ""))
+    if "other_features" in summary.skipped and embodiment is None:
+        typer.echo("(a LeRobot dataset holds one robot's features: --embodiment picks which to export)")
 
 
 def _register_other_commands() -> None:

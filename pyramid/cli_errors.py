@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from pyramid.errors import BuildError, EpisodeError, SourceError
+from pyramid.errors import BuildError, EpisodeError, ExportError, SourceError
 
 DEBUG_ENV = "PYRAMID_DEBUG"
 
@@ -43,7 +43,7 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pyramid.recipe import RecipeError
 
-    errors: list[type[BaseException]] = [EpisodeError, SourceError, BuildError, RecipeError, OSError]
+    errors: list[type[BaseException]] = [EpisodeError, SourceError, BuildError, ExportError, RecipeError, OSError]
     for module, name in (("latent_action.config", "ConfigError"), ("recipes.motus.config", "RecipeError"),
                          ("flow.ptlflow_backend", "CheckpointError")):
         if (found := getattr(sys.modules.get(module), name, None)) is not None:

@@ -1,7 +1,8 @@
 """Cutting an episode into clips at the stored frame rate and size.
 
 Frames are resampled by nearest source frame (never upsampled: an episode recorded slower than the
-stored rate keeps its own rate), resized to the stored size, and split into non-overlapping clips.
+stored rate keeps its own rate), fitted to the stored size keeping their aspect ratio (padded or
+centre-cropped), and split into non-overlapping clips.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ def stored_frames_of(num_source_frames: int, source_fps: float, fps: float) -> t
     return rate, stored_frame_indices(num_source_frames, source_fps, rate)
 
 
-def decode_stored(episode, source_indices: np.ndarray, size: tuple[int, int], chunk: int = DECODE_CHUNK) -> np.ndarray:
-    """The episode's frames at `source_indices`, resized to `size`, decoded `chunk` at a time to bound memory."""
+def decode_stored(episode, source_indices: np.ndarray, size: tuple[int, int], chunk: int = DECODE_CHUNK,
+                  view=None, fit: str = "pad") -> np.ndarray:
+    """The episode's frames at `source_indices` (its primary camera, or a `CameraView`), fitted to `size`,
+    decoded `chunk` at a time to bound memory."""
     if len(source_indices) == 0:
         return np.zeros((0, *size, 3), np.uint8)
+    read = view.frames if view is not None else (lambda ep, part: ep.frames(indices=part))
     parts = np.array_split(np.asarray(source_indices), max(1, -(-len(source_indices) // chunk)))
-    return np.concatenate([resize_frames(episode.frames(indices=part.tolist()), size) for part in parts])
+    return np.concatenate([resize_frames(read(episode, part.tolist()), size, fit) for part in parts])
 
 
 def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) -> np.ndarray:
@@ -87,14 +91,26 @@ def clip_spans(source_indices: np.ndarray, clip_frames: int, min_frames: int, nu
     return spans
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 [N, H, W, 3] frames to `size` = (height, width); area filter when shrinking."""
+def resize_frames(frames: np.ndarray, size: tuple[int, int], fit: str = "pad") -> np.ndarray:
+    """uint8 [N, H, W, 3] frames to `size` = (height, width), keeping the aspect ratio.
+
+    `pad`: scaled to fit inside, centred on black (as Motus's loaders do); `crop`: scaled to cover, centre-cropped.
+    Area filter when shrinking.
+    """
     height, width = size
     if frames.shape[1:3] == (height, width):
         return frames
-    shrinking = frames.shape[1] * frames.shape[2] > height * width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    out = np.empty((len(frames), height, width, 3), np.uint8)
+    source_height, source_width = frames.shape[1:3]
+    scale = (min if fit == "pad" else max)(height / source_height, width / source_width)
+    scaled = (max(1, round(source_height * scale)), max(1, round(source_width * scale)))
+    scaled = (min(scaled[0], height), min(scaled[1], width)) if fit == "pad" else (max(scaled[0], height), max(scaled[1], width))
+    top, left = abs(height - scaled[0]) // 2, abs(width - scaled[1]) // 2
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = np.zeros((len(frames), height, width, 3), np.uint8)
     for i, frame in enumerate(frames):
-        out[i] = cv2.resize(frame, (width, height), interpolation=interpolation)
+        resized = cv2.resize(frame, (scaled[1], scaled[0]), interpolation=interpolation)
+        if fit == "pad":
+            out[i, top : top + scaled[0], left : left + scaled[1]] = resized
+        else:
+            out[i] = resized[top : top + height, left : left + width]
     return out

@@ -30,21 +30,28 @@ PYRAMID_LEVELS = {
 }
 
 
-READABLE_ID_CHARS = 48  # the readable part of an id; with the hash, ids stay well below tar's old 100-character names
+READABLE_ID_CHARS = 48  # the readable part of an id: with the dataset name and the hash, ids stay near 100 characters
+DATASET_ID_CHARS = 20
 
 
-def make_episode_id(source: str, relative_path: str) -> str:
-    """A stable id from the source name and the episode's path under its root.
+def make_episode_id(source: str, relative_path: str, dataset: str = "") -> str:
+    """A stable id from the source name, the dataset's name (its root folder) and the episode's path under its root.
 
     Safe as a file name and as a WebDataset key (no dots or slashes), readable, bounded in length
     (the tail of the path, where releases keep what tells episodes apart, up to 48 characters), and
-    unique: the hash of the exact relative path disambiguates paths that sanitise to the same text.
+    unique: the hash of the exact dataset name and relative path disambiguates paths that sanitise to
+    the same text, and two datasets of one kind (whose first episodes share a path) apart. The root's
+    folder name, not its absolute path, so that a moved dataset keeps its ids.
     """
     relative_path = relative_path.replace("\\", "/").strip("/")
-    readable = re.sub(r"[^A-Za-z0-9_-]+", "_", relative_path).strip("_")[-READABLE_ID_CHARS:].lstrip("_-")
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", source)[:24]
-    digest = hashlib.sha1(f"{source}:{relative_path}".encode()).hexdigest()[:8]
-    return f"{name}-{readable}-{digest}"
+    readable = _sanitised(relative_path)[-READABLE_ID_CHARS:].lstrip("_-")
+    parts = [_sanitised(source)[:24], _sanitised(dataset)[:DATASET_ID_CHARS].strip("_-")]
+    digest = hashlib.sha1(f"{source}:{dataset}/{relative_path}".encode()).hexdigest()[:8]
+    return "-".join(part for part in (*parts, readable, digest) if part)
+
+
+def _sanitised(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class EpisodeRef:
 
     @property
     def episode_id(self) -> str:
-        return make_episode_id(self.source, self.relpath)
+        return make_episode_id(self.source, self.relpath, Path(self.root).name)
 
     @property
     def path(self) -> Path:

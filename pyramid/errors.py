@@ -13,6 +13,9 @@ class EpisodeError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so that one raised in a Ray worker reaches the driver as itself
+        return self.__class__, (self.path, self.problem)
+
 
 class SourceError(Exception):
     """A dataset root cannot be used at all (missing, unreadable, or of no known kind)."""
@@ -20,3 +23,7 @@ class SourceError(Exception):
 
 class BuildError(Exception):
     """A build cannot start or finish; the message says what to do."""
+
+
+class ExportError(Exception):
+    """A build cannot be exported as asked; the message says what to pass or do."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -38,12 +38,17 @@ INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_ind
 
 @dataclass
 class RecordedEpisode:
-    """One episode to write: a task, state/actions [T, D] and uint8 RGB frames [T, H, W, 3] per video key."""
+    """One episode to write: a task, state/actions [T, D] and uint8 RGB frames [T, H, W, 3] per video key.
+
+    `extras`: further float features [T, D] (e.g. `latent_action`), named in `write_lerobot_v3(extra_features=)`.
+    A dataset written with no state names has no `observation.state` (then `state` is None).
+    """
 
     task: str
-    state: np.ndarray
+    state: np.ndarray | None
     actions: np.ndarray | None
     videos: dict[str, np.ndarray]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def write_lerobot_v3(
@@ -56,6 +61,7 @@ def write_lerobot_v3(
     action_names: Sequence[str] | None = None,
     codec: str = "libsvtav1",
     overwrite: bool = False,
+    extra_features: dict[str, Sequence[str]] | None = None,
 ) -> Path:
     """Write `episodes` as a LeRobot v3.0 dataset at `root` (built under a temporary name, then renamed)."""
     root = Path(root)
@@ -63,7 +69,8 @@ def write_lerobot_v3(
         raise FileExistsError(f"{root}: already exists")
     tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    writer = _DatasetWriter(tmp, fps, robot_type, list(state_names), list(action_names or []), codec)
+    writer = _DatasetWriter(tmp, fps, robot_type, list(state_names), list(action_names or []), codec,
+                            {key: list(names) for key, names in (extra_features or {}).items()})
     try:
         for episode in episodes:
             writer.add(episode)
@@ -79,11 +86,12 @@ def write_lerobot_v3(
 
 
 class _DatasetWriter:
-    def __init__(self, root: Path, fps: int, robot_type: str, state_names: list[str], action_names: list[str], codec: str):
+    def __init__(self, root: Path, fps: int, robot_type: str, state_names: list[str], action_names: list[str], codec: str,
+                 extra_names: dict[str, list[str]] | None = None):
         if codec not in VIDEO_OPTIONS:
             raise ValueError(f"codec must be one of {sorted(VIDEO_OPTIONS)}, got {codec!r}")
         self.root, self.fps, self.robot_type, self.codec = root, int(fps), robot_type, codec
-        self.state_names, self.action_names = state_names, action_names
+        self.state_names, self.action_names, self.extra_names = state_names, action_names, extra_names or {}
         self.tasks: dict[str, int] = {}
         self.episode_rows: list[dict[str, Any]] = []
         self.episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
@@ -119,14 +127,21 @@ class _DatasetWriter:
                 f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps}
 
     def _check(self, episode: RecordedEpisode, index: int) -> int:
-        length = len(episode.state)
-        arrays = {"state": episode.state, **({"actions": episode.actions} if self.action_names else {}),
-                  **{f"video '{key}'": frames for key, frames in episode.videos.items()}}
+        arrays = {**({"state": episode.state} if self.state_names else {}),
+                  **({"actions": episode.actions} if self.action_names else {}),
+                  **{f"video '{key}'": frames for key, frames in episode.videos.items()},
+                  **{key: episode.extras.get(key) for key in self.extra_names}}
+        length = len(next(iter(arrays.values()))) if arrays else 0
         for what, array in arrays.items():
             if array is None or len(array) != length or length == 0:
-                raise ValueError(f"episode {index}: {what} must have {length} > 0 frames, like the state")
-        if np.shape(episode.state)[1:] != (len(self.state_names),):
+                raise ValueError(f"episode {index}: {what} must have {length} > 0 frames, like the others")
+        if self.state_names and np.shape(episode.state)[1:] != (len(self.state_names),):
             raise ValueError(f"episode {index}: state must be [T, {len(self.state_names)}]")
+        if episode.state is not None and not self.state_names:
+            raise ValueError(f"episode {index}: has a state but no state_names were given")
+        for key, names in self.extra_names.items():
+            if np.shape(episode.extras[key])[1:] != (len(names),):
+                raise ValueError(f"episode {index}: {key} must be [T, {len(names)}]")
         if episode.actions is not None and not self.action_names:
             raise ValueError(f"episode {index}: has actions but no action_names were given")
         if self.action_names and np.shape(episode.actions)[1:] != (len(self.action_names),):
@@ -137,9 +152,10 @@ class _DatasetWriter:
 
     def _data_columns(self, episode: RecordedEpisode, index: int, task_index: int, length: int) -> dict[str, np.ndarray]:
         frame_index = np.arange(length, dtype=np.int64)
-        columns = {"observation.state": np.asarray(episode.state, np.float32)}
+        columns = {"observation.state": np.asarray(episode.state, np.float32)} if self.state_names else {}
         if self.action_names:
             columns["action"] = np.asarray(episode.actions, np.float32)
+        columns.update({key: np.asarray(episode.extras[key], np.float32) for key in self.extra_names})
         columns.update({
             "timestamp": (frame_index / self.fps).astype(np.float32),
             "frame_index": frame_index,
@@ -192,11 +208,13 @@ class _DatasetWriter:
             stream.close()
 
     def _info(self) -> dict[str, Any]:
-        features: dict[str, Any] = {
-            "observation.state": {"dtype": "float32", "shape": [len(self.state_names)], "names": self.state_names},
-        }
+        features: dict[str, Any] = {}
+        if self.state_names:
+            features["observation.state"] = {"dtype": "float32", "shape": [len(self.state_names)], "names": self.state_names}
         if self.action_names:
             features["action"] = {"dtype": "float32", "shape": [len(self.action_names)], "names": self.action_names}
+        for key, names in self.extra_names.items():
+            features[key] = {"dtype": "float32", "shape": [len(names)], "names": names}
         for key, stream in self.videos.items():
             features[key] = stream.feature()
         features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}

@@ -23,14 +23,12 @@ import pickle
 import shutil
 import time
 import warnings
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from pyramid.cluster import check_nodes_see
-from pyramid.episode import make_episode_id
 from pyramid.errors import BuildError, EpisodeError, SourceError
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds
@@ -56,7 +54,6 @@ def discover(recipe: Recipe) -> Iterator[dict]:
     an `error`, so it is quarantined instead of sharing, or overwriting, the first one's staged work.
     """
     order = itertools.count()
-    kinds = Counter(spec.kind for spec in recipe.sources)
     duplicates = DuplicateIds()
     for source_index, spec in enumerate(recipe.sources):
         reader = spec.open_reader()
@@ -64,9 +61,7 @@ def discover(recipe: Recipe) -> Iterator[dict]:
         if recipe.max_episodes:
             refs = itertools.islice(refs, recipe.max_episodes)
         for ref in refs:
-            # Two sources of one kind (two LeRobot datasets, say) can hold the same relative paths:
-            # their ids then also carry the root's folder name.
-            episode_id = ref.episode_id if kinds[spec.kind] == 1 else make_episode_id(ref.source, f"{Path(spec.root).name}/{ref.relpath}")
+            episode_id = ref.episode_id  # carries the root's folder name: two datasets of one kind keep apart
             row = {"order": next(order), "source_index": source_index, "episode_id": episode_id,
                    "source": ref.source, "root": ref.root, "relpath": ref.relpath, "path": str(ref.path),
                    "level": reader.level, "locator": pickle.dumps(ref.locator), "error": ref.error}

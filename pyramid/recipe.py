@@ -30,9 +30,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CameraLayoutSpec(Strict):
+    layout: Literal["t"] = Field(description="t: the head camera on top, the two wrist cameras at half size below (Motus's cam_concatenated).")
+    names: tuple[str, str, str] = Field(description="[head, left wrist, right wrist] camera names of the dataset.")
+
+
 class SourceSpec(Strict):
     kind: str
     root: str
+    cameras: str | CameraLayoutSpec = Field("primary", description="'primary' (the reader's first camera), a camera name, "
+                                            "or {layout: t, names: [head, left_wrist, right_wrist]}.")
     level: int | None = Field(None, description="Pyramid level override (1-6); the reader's default otherwise.")
     embodiment: str | None = None
     weight: float = Field(1.0, gt=0, description="Sampling weight of this source in training mixtures.")
@@ -62,6 +69,11 @@ class SourceSpec(Strict):
         from pyramid.sources import get_source
 
         return get_source(self.kind)(self.root, level=self.level, embodiment=self.embodiment, **self.options)
+
+    def camera_view(self, fit: str):
+        from pyramid.cameras import CameraView
+
+        return CameraView.of_recipe(self.cameras, fit)
 
 
 class FlowSpec(Strict):
@@ -98,6 +110,8 @@ class Recipe(Strict):
     sources: list[SourceSpec] = Field(min_length=1)
     output: str
     video_size: tuple[int, int] = DEFAULT_VIDEO_SIZE
+    resize: Literal["pad", "crop"] = Field("pad", description="Fit frames to video_size keeping their aspect ratio: "
+                                           "pad with black (as Motus does) or centre-crop.")
     fps: float = Field(10.0, gt=0, description="Frame rate the clips are stored at (resampled by nearest frame).")
     clip_frames: int = Field(32, ge=2, description="Frames per clip at the stored rate.")
     flow: FlowSpec = FlowSpec()

@@ -90,7 +90,9 @@ def _flow_preview(staging: Staging, episode_id: str) -> str:
     flow_png = table.column("flow_rgb")[first_pair].as_py()
     flow_rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(flow_png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     small = [cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2)) for img in (frames[0], frames[1], flow_rgb)]
-    return f"<h3>{html.escape(episode_id)} ({html.escape(meta['task'] or 'no instruction')})</h3>" + "".join(_image(img) for img in small)
+    cameras = f"{meta.get('layout', 'single')}: {', '.join(meta.get('cameras', []))}"
+    heading = f"{episode_id} ({meta['task'] or 'no instruction'}; cameras {cameras})"
+    return f"<h3>{html.escape(heading)}</h3>" + "".join(_image(img) for img in small)
 
 
 def _latent_plot(staging: Staging, episode_ids: list[str]) -> str:

@@ -52,13 +52,14 @@ def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
             reason = f"{row['path']}: {len(indices)} frames at {fps:g} fps, fewer than min_frames ({recipe.filters.min_frames})"
             return {**row, "status": "skipped", "reason": reason, "payload": b""}, None
         indices = indices[: spans[-1].stop]
-        frames = decode_stored(episode, indices, recipe.video_size)
+        view = recipe.sources[int(row["source_index"])].camera_view(recipe.resize)
+        frames = decode_stored(episode, indices, recipe.video_size, view=view, fit=recipe.resize)
         fields = {
             # the pipeline's id, which also tells apart two sources of the same kind
             "episode_id": row["episode_id"], "source": episode.source, "embodiment": episode.embodiment,
             "level": episode.level, "instructions": episode.instructions, "task": episode.task,
             "source_fps": float(episode.fps), "fps": fps, "num_source_frames": episode.num_frames,
-            "state_names": episode.state_names, "action_names": episode.action_names,
+            "state_names": episode.state_names, "action_names": episode.action_names, **view.describe(episode),
         }
         payload = {"fields": fields, "frames": frames, "indices": indices, "spans": spans,
                    "state": episode.state, "actions": episode.actions}

@@ -24,12 +24,9 @@ import pyarrow.parquet as pq
 from pyramid.clips import pair_actions
 from pyramid.paths import output_child
 from pyramid.recipe import Recipe
+from pyramid.schema import FLOW_SCHEMA
 from pyramid.video_io import write_video
 
-FLOW_SCHEMA = pa.schema([
-    ("episode_id", pa.string()), ("source", pa.string()), ("embodiment", pa.string()), ("level", pa.int8()),
-    ("pair_index", pa.int32()), ("flow_rgb", pa.binary()), ("action", pa.list_(pa.float32())),
-])
 TAR_MTIME = 0  # fixed so that a rebuilt shard is byte-identical
 
 
@@ -110,11 +107,13 @@ class Staging:
         atomic_write_bytes(self.path(episode_id, "tar"), buffer.getvalue())
 
     def _write_flow(self, episode_id: str, payload: dict, stride: int) -> None:
-        fields, actions = payload["fields"], payload["actions"]
+        fields, actions, latents = payload["fields"], payload["actions"], payload.get("latent_actions")
         actions = None if actions is None else pair_actions(actions, payload["indices"], stride)
+        clip_keys = pair_clip_keys(payload, stride)
         rows = [{"episode_id": episode_id, "source": fields["source"], "embodiment": fields["embodiment"],
-                 "level": fields["level"], "pair_index": t, "flow_rgb": png_bytes(rgb),
-                 "action": None if actions is None else actions[t].tolist()}
+                 "level": fields["level"], "pair_index": t, "clip_key": clip_keys.get(t), "flow_rgb": png_bytes(rgb),
+                 "action": None if actions is None else actions[t].tolist(),
+                 "latent_action": None if latents is None else latents[t].tolist()}
                 for t, rgb in enumerate(payload["flow_rgb"])]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=FLOW_SCHEMA), buffer)
@@ -148,6 +147,17 @@ def flow_scale() -> float:
     return flow.DEFAULT_MAX_MAGNITUDE
 
 
+def clip_key(episode_id: str, clip_index: int) -> str:
+    return f"{episode_id}_c{clip_index:04d}"
+
+
+def pair_clip_keys(payload: dict, stride: int) -> dict[int, str]:
+    """pair index -> key of the kept clip whose pair range holds it (the rows of that clip's latent_actions.npy)."""
+    spans, episode_id = payload["spans"], payload["fields"]["episode_id"]
+    return {t: clip_key(episode_id, spans[clip].index) for clip in payload["kept_clips"]
+            for t in range(spans[clip].first, spans[clip].stop - stride)}
+
+
 def clip_samples(payload: dict, recipe: Recipe) -> Iterator[dict[str, Any]]:
     fields, frames, spans = payload["fields"], payload["frames"], payload["spans"]
     latents = payload.get("latent_actions")
@@ -162,7 +172,7 @@ def clip_samples(payload: dict, recipe: Recipe) -> Iterator[dict[str, Any]]:
                 "flow": {"backend": recipe.flow.backend, "stride": stride, "dataset": "flow.lance",
                          "max_magnitude": flow_scale(),
                          "pair_range": [span.first, span.stop - stride]}}
-        sample: dict[str, Any] = {"__key__": f"{fields['episode_id']}_c{span.index:04d}", "json": meta,
+        sample: dict[str, Any] = {"__key__": clip_key(fields["episode_id"], span.index), "json": meta,
                                   "mp4": mp4_bytes(frames[span.first : span.stop], fields["fps"])}
         for name in ("actions", "state"):
             if payload[name] is not None:

@@ -120,11 +120,45 @@ def test_lance_datasets_match_the_shards(built):
     assert {row["key"] for row in table} == set(samples)
     row = 1
     key = table[row]["key"]
-    blob = clips.take_blobs("video", indices=[row])[0].read()
+    blob = clips.take([row], columns=["video"])["video"][0].as_py()
     assert blob == samples[key]["mp4"]
     flow = lance.dataset(str(output / "flow.lance"))
     pairs = flow.to_table(columns=["episode_id", "pair_index"]).to_pylist()
     assert len(pairs) > 0 and all(p["pair_index"] >= 0 for p in pairs)
+
+
+def test_lance_datasets_open_in_duckdb_and_pandas_with_bytes_and_join_on_one_key(built):
+    import duckdb
+
+    _, output = built
+    samples = read_shards(output)
+    clips = lance.dataset(str(output / "clips.lance"))
+    flow = lance.dataset(str(output / "flow.lance"))
+    rows = duckdb.sql("SELECT * FROM clips").fetchall()
+    names = [column[0] for column in duckdb.sql("SELECT * FROM clips LIMIT 0").description]
+    by_key = {row[names.index("key")]: row for row in rows}
+    assert set(by_key) == set(samples)
+    for key, row in by_key.items():
+        assert bytes(row[names.index("video")]) == samples[key]["mp4"]
+    frame = clips.to_table().to_pandas()
+    assert all(isinstance(video, bytes) and video == samples[key]["mp4"] for key, video in zip(frame["key"], frame["video"]))
+    pairs = flow.to_table().to_pandas()
+    assert all(isinstance(png, bytes) and png.startswith(b"\x89PNG") for png in pairs["flow_rgb"])
+    joined = duckdb.sql("SELECT clips.key, count(*) FROM clips JOIN flow ON flow.clip_key = clips.key GROUP BY clips.key").fetchall()
+    assert {key: n for key, n in joined} == {key: json.loads(s["json"])["num_frames"] - 1 for key, s in samples.items()}
+
+
+def test_shards_md_is_the_schema_the_writers_use(built):
+    from pyramid import schema
+
+    assert schema.documented(schema.SHARDS_MD.read_text()) == schema.markdown(), "run python -m pyramid.schema --write"
+    _, output = built
+    for sample in read_shards(output).values():
+        assert set(json.loads(sample["json"])) == set(schema.CLIP_JSON)
+    for name, expected in (("clips.lance", schema.CLIP_SCHEMA), ("flow.lance", schema.FLOW_SCHEMA)):
+        written = lance.dataset(str(output / name))
+        assert [(f.name, f.type) for f in written.schema] == [(f.name, f.type) for f in expected]
+        assert written.data_storage_version == schema.LANCE_STORAGE_VERSION
 
 
 def test_rerunning_a_finished_build_does_nothing(built):

@@ -3,8 +3,8 @@ preflight before Ray, stale outputs of another recipe, --retry-failed on a finis
 
 from __future__ import annotations
 
-import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -43,6 +43,21 @@ def test_ids_of_the_deepest_release_paths_are_bounded_readable_and_distinct():
     assert first != second and len(first) <= 90 and len(second) <= 90
     assert "1014_155232_data_trajectory_hdf5" in first
     assert all(ch.isalnum() or ch in "_-" for ch in first)
+    assert len(make_episode_id("robomind", ROBOMIND_PATH, "a_dataset_folder_named_at_length")) <= 110
+
+
+def test_two_datasets_of_one_kind_give_their_first_episodes_different_ids(tmp_path):
+    from pyramid.sources import open_source
+
+    ids = []
+    for name in ("lab_a", "lab_b"):
+        builder("lerobot")(tmp_path / name)
+        ids.append([ref.episode_id for ref in open_source(tmp_path / name, "lerobot").discover()])
+    assert ids[0][0].startswith("lerobot-lab_a-") and ids[1][0].startswith("lerobot-lab_b-")
+    assert not set(ids[0]) & set(ids[1])
+    moved = tmp_path / "elsewhere" / "lab_a"
+    shutil.copytree(tmp_path / "lab_a", moved)
+    assert [ref.episode_id for ref in open_source(moved, "lerobot").discover()] == ids[0]  # the folder name, not the path
 
 
 def _episode(**changes) -> Episode:
@@ -185,20 +200,11 @@ def test_retry_failed_on_a_finished_build_says_why_it_cannot(tmp_path, videos):
     assert "--retry-failed works on an unfinished build" in line and "quarantined" in line
 
 
-def test_export_refuses_sample_keys_that_would_leave_the_export(tmp_path):
-    build = tmp_path / "build"
-    shard = build / "webdataset" / "level2" / "shard-000000.tar"
-    shard.parent.mkdir(parents=True)
-    with tarfile.open(shard, "w") as tar:
-        for key in ("../../escaped", "good_c0000"):
-            for field, data in (("json", json.dumps({"task": "pick"}).encode()), ("mp4", b"not really a video")):
-                info = tarfile.TarInfo(f"{key}.{field}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    export = tmp_path / "deep" / "export"
-    result = run("export-motus", str(build), str(export))
-    assert result.returncode == 0, result.stderr
-    assert "1 clips" in result.stdout and "1 refused" in result.stdout
-    assert "sample key '../../escaped' is not a safe file name" in result.stderr
-    assert sorted(p.name for p in tmp_path.rglob("*.mp4")) == ["good_c0000.mp4"]
-    assert not list(tmp_path.glob("escaped*")) and not list((tmp_path / "deep").glob("escaped*"))
+def test_a_pylance_too_old_for_the_lance_format_is_refused_before_writing(monkeypatch):
+    from pyramid import schema
+    from pyramid.errors import BuildError
+
+    schema.check_pylance()  # the installed one is new enough
+    monkeypatch.setattr(schema, "MIN_PYLANCE", "999.0")
+    with pytest.raises(BuildError, match=r"pylance .* is older than 999.0, which a build's Lance datasets need: pip install 'pylance>=999.0'"):
+        schema.check_pylance()

@@ -78,10 +78,10 @@ def test_inspect_lists_every_episode_and_names_what_is_wrong(corpus, folder):
     for row in rows:
         by_id.setdefault(row["episode_id"], []).append(row)
     for relpath in spec.good:
-        listed = by_id[make_episode_id(kind, relpath)]
+        listed = by_id[make_episode_id(kind, relpath, root.name)]
         assert "error" not in listed[0], listed
     for case in spec.bad:
-        listed = by_id.get(make_episode_id(kind, case.relpath))
+        listed = by_id.get(make_episode_id(kind, case.relpath, root.name))
         assert listed, f"{folder}: {case.relpath} ({case.fault}) not listed"
         errors = [row["error"] for row in listed if "error" in row]
         if case.outcome == "failed" and not (case.fault != "duplicate_id" and _found_at_decode(kind, root, case.relpath)):
@@ -109,9 +109,8 @@ def _reject_constant(name: str):
 
 
 def _build_id(corpus, folder: str, relpath: str) -> str:
-    kind = corpus[folder][0]
-    same_kind = sum(1 for k, _, _ in corpus.values() if k == kind)
-    return make_episode_id(kind, relpath if same_kind == 1 else f"{folder}/{relpath}")
+    kind, root, _ = corpus[folder]
+    return make_episode_id(kind, relpath, root.name)
 
 
 def test_build_quarantines_every_bad_episode_with_its_reason(corpus, hostile_build):

@@ -1,4 +1,4 @@
-"""Lance datasets of a build: `clips.lance` (one row per clip, video as a blob) and `flow.lance`.
+"""Lance datasets of a build: `clips.lance` (one row per clip, with its video) and `flow.lance` (one per frame pair).
 
 Both are streamed from the staging directory in discovery order into a temporary dataset that is
 renamed into place when complete, so a reader never sees a half-written dataset.
@@ -14,20 +14,8 @@ from typing import Callable, Iterable, Iterator
 import lance
 import pyarrow as pa
 
-from pyramid.staging import FLOW_SCHEMA, Staging
-
-CLIP_SCHEMA = pa.schema([
-    ("key", pa.string()), ("episode_id", pa.string()), ("source", pa.string()), ("embodiment", pa.string()),
-    ("level", pa.int8()), ("task", pa.string()), ("instructions", pa.list_(pa.string())),
-    ("fps", pa.float64()), ("source_fps", pa.float64()), ("action_fps", pa.float64()),
-    ("clip_index", pa.int32()), ("start_frame", pa.int32()), ("end_frame", pa.int32()), ("num_frames", pa.int32()),
-    ("height", pa.int32()), ("width", pa.int32()),
-    ("state_names", pa.list_(pa.string())), ("action_names", pa.list_(pa.string())),
-    ("has_actions", pa.bool_()), ("has_latent_actions", pa.bool_()), ("json", pa.string()),
-    pa.field("video", pa.large_binary(), metadata={"lance-encoding:blob": "true"}),
-    ("actions_npy", pa.binary()), ("state_npy", pa.binary()), ("latent_actions_npy", pa.binary()),
-])
-NPY_COLUMNS = {"actions.npy": "actions_npy", "state.npy": "state_npy", "latent_actions.npy": "latent_actions_npy"}
+from pyramid.schema import CLIP_SCHEMA, FLOW_SCHEMA, LANCE_STORAGE_VERSION, NPY_COLUMNS, check_pylance
+from pyramid.staging import Staging
 
 
 def clip_row(sample: dict[str, bytes]) -> dict:
@@ -76,10 +64,12 @@ def _write_atomically(path: Path, schema: pa.Schema, batches: Callable[[], Itera
         if written_by(path) == fingerprint:
             return path
         shutil.rmtree(path)
+    check_pylance()
     schema = schema.with_metadata({**(schema.metadata or {}), FINGERPRINT_KEY: fingerprint.encode()})
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     reader = pa.RecordBatchReader.from_batches(schema, batches())
-    lance.write_dataset(reader, str(tmp), schema=schema, mode="create", max_rows_per_file=4096)
+    lance.write_dataset(reader, str(tmp), schema=schema, mode="create", max_rows_per_file=4096,
+                        data_storage_version=LANCE_STORAGE_VERSION)
     tmp.rename(path)
     return path

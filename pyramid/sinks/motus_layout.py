@@ -1,80 +1,172 @@
-"""`pyramid export-motus`: a finished build in the layout the original Motus trainer reads.
+"""`pyramid export-motus`: a labelled build in the layout of the original Motus `latent_action` dataset.
 
-    <out>/videos/<clip key>.mp4
-    <out>/latent_action_dim14/<clip key>.pt     float32 [T - 1, 14] (labelled builds only)
-    <out>/metas/<clip key>.txt                  the instruction
+    <out>/videos/<stem>.mp4                 the episode's stored frames, H.264 at the stored fps
+    <out>/latent_action_dim14/<stem>.pt     float32 [T - 1, 14]: the latent action of each pair of consecutive frames
+    <out>/umt5_wan/<stem>.pt                each instruction through Wan's UMT5 encoder, [tokens, dim] (a list when several)
+    <out>/metas/<stem>.txt                  the instructions, one a line, in the order of the embeddings
+    <out>/motus_latent_action.yaml          the config values Motus must sample these videos with
 
-Each clip becomes one "episode" of that layout. Motus also wants `umt5_wan/<key>.pt` text embeddings,
-which need the Wan UMT5 text encoder; they are not written here (the trainer computes them when
-`enable_t5_fallback` is on).
+Motus (`data/latent_action/latent_action_dataset.py`) takes a stem only when all four folders hold it,
+and samples a condition frame plus `num_video_frames` frames `global_downsample_rate` frames apart,
+clamping past the end. So one item is one episode's run of consecutive kept clips (stem: the episode
+id, or `<id>_c<first clip>` when a static clip splits the episode), and a run shorter than
+1 + num_video_frames * rate frames is left out instead of being sampled with repeated frames.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-import torch
-import webdataset as wds
+import yaml
 from tqdm import tqdm
 
-from pyramid.paths import safe_name
+from pyramid.build_reader import (build_recipe, build_samples, build_shards, consecutive_runs, episodes_of, pair_latents,
+                                  run_frames, run_latents, run_video)
+from pyramid.errors import ExportError
+from pyramid.paths import output_child, safe_name
+from pyramid.staging import atomic_write_bytes, mp4_bytes
+
+FOLDERS = ("videos", "latent_action_dim14", "umt5_wan", "metas")
+CONFIG_NAME = "motus_latent_action.yaml"
+MOTUS_CACHE = "cached_episodes.v2.pkl"  # Motus caches its scan here; a stale one would hide this export
+MOTUS_FRAME_SPACING_S = 0.2  # Motus samples its 30 fps pretraining video every 6th frame
+WAN_TEXT_LEN = 512
+ENCODER_HINT = ("pass --text-encoder PATH: a local Wan2.2 diffusers directory (text_encoder/ and tokenizer/, the UMT5 "
+                "encoder) or a UMT5 directory; Motus's latent_action dataset skips every episode without umt5_wan/<stem>.pt")
 
 
-def build_shards(build_dir: Path) -> list[Path]:
-    shards = sorted(Path(build_dir).glob("webdataset/level*/shard-*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"{build_dir}: no WebDataset shards (is this a finished `pyramid build` output?)")
-    return shards
+@dataclass
+class Sampling:
+    """What Motus must be configured with to read an export: frames per sample and the spacing between them."""
+
+    global_downsample_rate: int
+    num_video_frames: int = 8
+
+    @property
+    def min_frames(self) -> int:
+        return 1 + self.num_video_frames * self.global_downsample_rate
+
+    @classmethod
+    def for_fps(cls, fps: float, rate: int | None = None, num_video_frames: int = 8) -> "Sampling":
+        """The given rate, else the one that spaces frames 0.2 s apart at `fps`, as Motus's own defaults do at 30 fps."""
+        return cls(rate or max(1, round(fps * MOTUS_FRAME_SPACING_S)), num_video_frames)
 
 
-def build_samples(shards: list[Path]) -> Iterator[dict]:
-    for shard in shards:
-        yield from wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
+@dataclass
+class ExportCounts:
+    episodes: int = 0
+    clips: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def export_motus(build_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, int]:
+def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, downsample_rate: int | None = None,
+                 num_video_frames: int = 8, device: str = "cpu", progress: bool = True) -> ExportCounts:
+    build_dir, out_dir = Path(build_dir), Path(out_dir)
     shards = build_shards(build_dir)
-    out_dir = Path(out_dir)
-    for folder in ("videos", "latent_action_dim14", "metas"):
+    if text_encoder is None:
+        raise ExportError(f"export-motus needs the text encoder: {ENCODER_HINT}")
+    recipe = build_recipe(build_dir)
+    if int(recipe["flow"]["stride"]) != 1:
+        raise ExportError(f"{build_dir}: flow stride is {recipe['flow']['stride']}; Motus wants the latent action of "
+                          f"each pair of consecutive frames: build with flow stride 1")
+    sampling = Sampling.for_fps(float(recipe["fps"]), downsample_rate, num_video_frames)
+    latents = pair_latents(build_dir)
+    if not latents:
+        raise ExportError(f"{build_dir}: the build has no latent actions (its recipe names no `vae`); "
+                          f"Motus's latent_action dataset needs them: build with a trained VAE")
+    encoder = InstructionEncoder(Path(text_encoder), device)
+    for folder in FOLDERS:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    counts = {"clips": 0, "latent_actions": 0, "refused": 0}
-    for sample in tqdm(build_samples(shards), desc="export", unit="clip", disable=not progress):
-        try:
-            wrote_latents = _export_sample(out_dir, sample)
-        except ValueError as exc:  # a key that is no file name: it would write outside out_dir
-            warn(f"{sample.get('__url__', build_dir)}: sample skipped: {exc}")
-            counts["refused"] += 1
-            continue
-        counts["latent_actions"] += wrote_latents
-        counts["clips"] += 1
+    (out_dir / MOTUS_CACHE).unlink(missing_ok=True)
+    counts = ExportCounts()
+    for episode_id, clips in tqdm(episodes_of(build_samples(shards)), desc="export", unit="episode", disable=not progress):
+        for run in consecutive_runs(clips):
+            _export_run(out_dir, episode_id, run, len(clips) == len(run), latents, encoder, sampling, float(recipe["fps"]), counts)
+    write_config(out_dir, sampling, tuple(recipe["video_size"]))
     return counts
 
 
-def _export_sample(out_dir: Path, sample: dict) -> bool:
-    key = safe_name(str(sample["__key__"]), "sample key")
-    meta = json.loads(sample["json"])
-    _write(out_dir / "videos" / f"{key}.mp4", sample["mp4"])
-    _write(out_dir / "metas" / f"{key}.txt", (meta.get("task") or "").encode())
-    if "latent_actions.npy" not in sample:
-        return False
-    latents = np.load(io.BytesIO(sample["latent_actions.npy"]), allow_pickle=False)
+class InstructionEncoder:
+    """Wan's UMT5 text encoder, each distinct instruction encoded once."""
+
+    def __init__(self, path: Path, device: str):
+        from recipes.motus.encoders import Umt5TextEmbedder
+
+        if not path.is_dir():
+            raise ExportError(f"{path}: --text-encoder is not a directory; {ENCODER_HINT}")
+        try:
+            self.embedder = Umt5TextEmbedder(path, WAN_TEXT_LEN, device)
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{path}: cannot load a UMT5 text encoder ({' '.join(str(exc).split())[:200]}); {ENCODER_HINT}") from exc
+        self.cache: dict[str, object] = {}
+
+    def __call__(self, texts: list[str]) -> list:
+        missing = [text for text in texts if text not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, self.embedder.sequences(missing)))
+        return [self.cache[text] for text in texts]
+
+
+def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, latents: dict[str, np.ndarray],
+                encoder: InstructionEncoder, sampling: Sampling, fps: float, counts: ExportCounts) -> None:
+    first = run[0]["meta"]
+    try:
+        stem = safe_name(episode_id if whole else f"{episode_id}_c{first['clip_index']:04d}", "episode id")
+    except ValueError as exc:
+        print(f"warning: {run[0].get('__url__', '')}: episode skipped: {exc}", file=sys.stderr)
+        return counts.skip("unsafe_id")
+    num_frames = run_frames(run)
+    texts = instructions(first)
+    if float(first["fps"]) != fps:
+        return counts.skip("stored_below_recipe_fps")
+    if num_frames < sampling.min_frames:
+        return counts.skip("too_short")
+    if not texts:
+        return counts.skip("no_instruction")
+    values = run_latents(latents, episode_id, run)
+    if values is None:
+        return counts.skip("missing_latent_actions")
+    atomic_write_bytes(output_child(out_dir, "videos", f"{stem}.mp4"), mp4_bytes(run_video(run), fps))
+    atomic_write_bytes(output_child(out_dir, "latent_action_dim14", f"{stem}.pt"), torch_bytes(values))
+    embeddings = encoder(texts)
+    atomic_write_bytes(output_child(out_dir, "umt5_wan", f"{stem}.pt"), torch_bytes(embeddings[0] if len(texts) == 1 else embeddings))
+    atomic_write_bytes(output_child(out_dir, "metas", f"{stem}.txt"), ("\n".join(texts) + "\n").encode())
+    counts.episodes += 1
+    counts.clips += len(run)
+
+
+def instructions(meta: dict) -> list[str]:
+    """The episode's instructions, one line each (Motus reads metas line by line), without repeats."""
+    texts = [" ".join(str(text).split()) for text in (meta.get("instructions") or [meta.get("task") or ""])]
+    return list(dict.fromkeys(text for text in texts if text))
+
+
+def torch_bytes(value) -> bytes:
+    """torch.save bytes of a tensor (or list of tensors) that `torch.load(weights_only=True)` reads back."""
+    import torch
+
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.array(value, dtype=np.float32))  # a copy: a view would save its whole base array
     buffer = io.BytesIO()
-    torch.save(torch.from_numpy(latents.astype(np.float32)), buffer)
-    _write(out_dir / "latent_action_dim14" / f"{key}.pt", buffer.getvalue())
-    return True
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def write_config(out_dir: Path, sampling: Sampling, video_size: tuple[int, int]) -> Path:
+    config = {"common": {"num_video_frames": sampling.num_video_frames,
+                         "global_downsample_rate": sampling.global_downsample_rate,
+                         "video_height": int(video_size[0]), "video_width": int(video_size[1])},
+              "dataset": {"type": "latent_action", "dataset_dir": [str(out_dir.resolve())]}}
+    header = ("# Written by `pyramid export-motus`: merge into a Motus config (configs/latent_action.yaml).\n"
+              f"# Every video here has at least 1 + num_video_frames * global_downsample_rate = {sampling.min_frames} "
+              "frames, so this sampling never repeats a frame.\n")
+    path = out_dir / CONFIG_NAME
+    atomic_write_bytes(path, (header + yaml.safe_dump(config, sort_keys=False)).encode())
+    return path

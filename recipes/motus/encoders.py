@@ -89,6 +89,16 @@ class Umt5TextEmbedder:
                 self.cache[text] = row
         return torch.stack([self.cache[t] for t in texts])
 
+    @torch.no_grad()
+    def sequences(self, texts: list[str]) -> list[torch.Tensor]:
+        """One [tokens, dim] tensor per text, cut at its last token, in the model's dtype (what Wan's T5 encoder returns)."""
+        device = next(self.model.parameters()).device
+        tokens = self.tokenizer(texts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                                return_tensors="pt").to(device)
+        hidden = self.model(tokens.input_ids, tokens.attention_mask).last_hidden_state
+        lengths = tokens.attention_mask.sum(dim=1).tolist()
+        return [row[:length].cpu().clone() for row, length in zip(hidden, lengths)]
+
 
 class HashingTokenizer:
     """Not a trained tokenizer: each lower-cased word maps to an id by hash, below the VLM's special ids."""

@@ -2,7 +2,7 @@
 
 `WebDatasetClips` indexes the tar members of `webdataset/level<L>/shard-*.tar` once (headers
 only) and reads a clip's members by offset; `LanceClips` reads rows of `clips.lance`, the video
-through its blob column. Both return the same `ClipRecord`, still encoded.
+with them. Both return the same `ClipRecord`, still encoded.
 """
 
 from __future__ import annotations
@@ -98,11 +98,9 @@ class LanceClips:
     def __getitem__(self, index: int) -> ClipRecord:
         row_id = self.row_ids[index]
         columns = [f"{name}_npy" for name in ARRAY_FIELDS]
-        row = self.dataset.take([row_id], columns=columns).to_pylist()[0]
+        row = self.dataset.take([row_id], columns=[*columns, "video"]).to_pylist()[0]
         arrays = {name: np.load(io.BytesIO(row[f"{name}_npy"])) for name in ARRAY_FIELDS if row[f"{name}_npy"]}
-        blob = self.dataset.take_blobs("video", indices=[row_id])[0]
-        with blob:
-            mp4 = blob.read()
+        mp4 = row["video"]
         meta = self._metadata[index]
         return ClipRecord(meta["key"], meta, mp4, arrays, f"{self.path}#{meta['key']}")
 

@@ -1,0 +1,61 @@
+"""Which cameras of an episode a build stores, and how they are laid out in one frame.
+
+`primary` (the reader's first camera), one named camera, or Motus's T-layout (`cam_concatenated` in
+its loaders): the head camera on top at its own size, the two wrist cameras below at half size, side
+by side. Each wrist picture is fitted into its half-size cell keeping its aspect ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from pyramid.errors import EpisodeError
+
+
+@dataclass(frozen=True)
+class CameraView:
+    names: tuple[str, ...] = ()  # () = the episode's primary camera
+    layout: str = "single"  # "single" | "t" (names = head, left wrist, right wrist)
+    fit: str = "pad"  # how a wrist picture fills its cell: "pad" | "crop"
+
+    @classmethod
+    def of_recipe(cls, cameras, fit: str) -> "CameraView":
+        """From a source's `cameras:` (`primary`, a camera name, or `{layout: t, names: [head, left, right]}`)."""
+        if isinstance(cameras, str):
+            return cls((), "single", fit) if cameras == "primary" else cls((cameras,), "single", fit)
+        return cls(tuple(cameras.names), cameras.layout, fit)
+
+    def cameras_of(self, episode) -> list[str]:
+        """The episode's cameras this view uses, or an EpisodeError naming the missing one and those it has."""
+        names = list(self.names) or [episode.primary_camera]
+        for name in names:
+            if name not in episode.cameras:
+                raise EpisodeError(episode.path, f"no camera '{name}' (the recipe's cameras: {list(self.names)}; "
+                                                 f"the episode has {sorted(episode.cameras)})")
+        return names
+
+    def describe(self, episode) -> dict:
+        """What the clip json records: the cameras used, in layout order, and the layout."""
+        return {"cameras": self.cameras_of(episode), "layout": self.layout}
+
+    def frames(self, episode, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB [N, H', W', 3] at source resolution: one camera's frames, or the T-layout of three."""
+        names = self.cameras_of(episode)
+        if self.layout == "single":
+            return episode.frames(names[0], indices=list(indices))
+        head, left, right = (episode.frames(name, indices=list(indices)) for name in names)
+        return t_layout(head, left, right, self.fit)
+
+
+def t_layout(head: np.ndarray, left: np.ndarray, right: np.ndarray, fit: str = "pad") -> np.ndarray:
+    """[N, H + H//2, W, 3]: head on top, left and right wrist below, each in a (H//2, W//2) cell (W - W//2 on the right)."""
+    from pyramid.clips import resize_frames
+
+    height, width = head.shape[1:3]
+    cell = height // 2
+    bottom = np.concatenate([resize_frames(left, (cell, width // 2), fit),
+                             resize_frames(right, (cell, width - width // 2), fit)], axis=2)
+    return np.concatenate([head, bottom], axis=1)

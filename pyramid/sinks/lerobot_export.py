@@ -1,0 +1,178 @@
+"""`pyramid export-lerobot`: a build or a source dataset as a LeRobot v3.0 dataset (pyramid/lerobot_writer.py).
+
+From a source: every camera (`observation.images.<camera>`) at the source rate, state and actions as
+recorded. From a build: one episode per run of consecutive kept clips, at the stored rate and size, the
+stored view (`observation.images.<camera>`, or `observation.images.cam_concatenated` for a T-layout,
+Motus's name); state at each stored frame, the action as the mean of the source actions a frame pair
+spans; in a labelled build `latent_action` [14] per frame (the pair to the next frame, so each
+episode's last stored frame, which starts no pair, is left out).
+
+LeRobot holds one frame rate, robot and set of features per dataset: episodes that differ from the first
+one written (another embodiment, other dimensions or cameras) are left out and counted; `--embodiment`
+picks which to export.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pyramid.build_reader import (build_recipe, build_samples, build_shards, consecutive_runs, episodes_of, is_build,
+                                  pair_latents, run_frames, run_latents, run_video)
+from pyramid.clips import pair_actions, stored_frame_indices
+from pyramid.errors import EpisodeError, ExportError, SourceError
+from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+
+LATENT_NAMES = [f"latent_{i}" for i in range(14)]
+
+
+@dataclass
+class Candidate:
+    """An episode ready to write, with what must match across a LeRobot dataset."""
+
+    episode: RecordedEpisode
+    fps: int
+    embodiment: str
+    state_names: list[str]
+    action_names: list[str]
+    extras: dict[str, list[str]]
+
+    def signature(self) -> tuple:
+        videos = tuple(sorted((key, frames.shape[1:]) for key, frames in self.episode.videos.items()))
+        extras = tuple(sorted((key, tuple(names)) for key, names in self.extras.items()))
+        return self.fps, self.embodiment, tuple(self.state_names), tuple(self.action_names), videos, extras
+
+
+@dataclass
+class LeRobotExport:
+    episodes: int = 0
+    frames: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None, embodiment: str | None = None,
+                   codec: str = "libsvtav1", overwrite: bool = False) -> LeRobotExport:
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    summary = LeRobotExport()
+    candidates = build_candidates(input_path, summary) if is_build(input_path) else source_candidates(input_path, source, summary)
+    if embodiment is not None:
+        candidates = _of_embodiment(candidates, embodiment, summary)
+    first = next(candidates, None)
+    if first is None:
+        raise ExportError(f"{input_path}: no episode to export" + (f" of embodiment '{embodiment}'" if embodiment else ""))
+    wanted = first.signature()
+
+    def matching() -> Iterator[RecordedEpisode]:
+        for candidate in itertools.chain([first], candidates):
+            if candidate.signature() != wanted:
+                summary.skip("other_features")
+                continue
+            summary.episodes += 1
+            summary.frames += len(next(iter(candidate.episode.videos.values())))
+            yield candidate.episode
+
+    write_lerobot_v3(out_dir, matching(), fps=first.fps, robot_type=first.embodiment, state_names=first.state_names,
+                     action_names=first.action_names, codec=codec, overwrite=overwrite, extra_features=first.extras)
+    return summary
+
+
+def _of_embodiment(candidates: Iterator[Candidate], embodiment: str, summary: LeRobotExport) -> Iterator[Candidate]:
+    for candidate in candidates:
+        if candidate.embodiment == embodiment:
+            yield candidate
+        else:
+            summary.skip("other_embodiment")
+
+
+def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> Iterator[Candidate]:
+    """Every readable episode of a source dataset, every camera, at the source rate."""
+    from pyramid.sources import open_source
+
+    try:
+        reader = open_source(root, kind)
+    except SourceError as exc:
+        raise ExportError(str(exc)) from exc
+    for ref in reader.discover():
+        try:
+            episode = reader.load(ref)
+            videos = {f"observation.images.{name}": even_sized(episode.frames(name)) for name in episode.cameras}
+        except EpisodeError as exc:
+            print(f"warning: episode left out: {exc}", file=sys.stderr)
+            summary.skip("unreadable")
+            continue
+        if abs(episode.fps - round(episode.fps)) > 1e-3:
+            summary.skip("non_integer_fps")
+            continue
+        state = None if episode.state is None else episode.state.astype(np.float32)
+        recorded = RecordedEpisode(episode.task, state, episode.actions, videos)
+        yield Candidate(recorded, int(round(episode.fps)), episode.embodiment, list(episode.state_names) if state is not None else [],
+                        list(episode.action_names) if episode.actions is not None else [], {})
+
+
+def even_sized(frames: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sides: an odd one loses its last row or column."""
+    height, width = frames.shape[1:3]
+    return frames[:, : height - height % 2, : width - width % 2]
+
+
+def build_candidates(build_dir: Path, summary: LeRobotExport) -> Iterator[Candidate]:
+    recipe = build_recipe(build_dir)
+    latents = pair_latents(build_dir)
+    for episode_id, clips in episodes_of(build_samples(build_shards(build_dir))):
+        for run in consecutive_runs(clips):
+            candidate = _run_candidate(episode_id, run, latents, int(recipe["flow"]["stride"]))
+            if candidate is None:
+                summary.skip("missing_latent_actions")
+            elif abs(candidate.fps - float(run[0]["meta"]["fps"])) > 1e-3:
+                summary.skip("non_integer_fps")
+            else:
+                yield candidate
+
+
+def _run_candidate(episode_id: str, run: list[dict], latents: dict[str, np.ndarray], stride: int) -> Candidate | None:
+    meta = run[0]["meta"]
+    num_frames = run_frames(run)
+    first = int(meta["flow"]["pair_range"][0])
+    indices = stored_frame_indices(meta["num_source_frames"], meta["source_fps"], meta["fps"])[first : first + num_frames]
+    local = indices - meta["start_frame"]  # the run's source-rate arrays start at its first clip's start_frame
+    end = run[-1]["meta"]["end_frame"] - meta["start_frame"]
+    state = _joined(run, "state.npy")
+    actions = _joined(run, "actions.npy")
+    frames = run_video(run)
+    extras = {}
+    if latents:
+        values = run_latents(latents, episode_id, run) if stride == 1 else None
+        if values is None:
+            return None
+        extras = {"latent_action": values}
+        num_frames -= 1  # the last frame starts no pair
+    recorded = RecordedEpisode(
+        meta["task"], None if state is None else state[local[:num_frames]],
+        None if actions is None else pair_actions(actions, np.append(local, end))[:num_frames],
+        {_video_key(meta): frames[:num_frames]}, extras)
+    return Candidate(recorded, int(round(meta["fps"])), meta["embodiment"], list(meta["state_names"]) if state is not None else [],
+                     list(meta["action_names"]) if actions is not None else [], {k: LATENT_NAMES for k in extras})
+
+
+def _joined(run: list[dict], field_name: str) -> np.ndarray | None:
+    import io
+
+    if field_name not in run[0]:
+        return None
+    return np.concatenate([np.load(io.BytesIO(clip[field_name]), allow_pickle=False) for clip in run]).astype(np.float32)
+
+
+def _video_key(meta: dict) -> str:
+    if meta.get("layout") == "t":
+        return "observation.images.cam_concatenated"
+    return f"observation.images.{(meta.get('cameras') or ['video'])[0]}"

@@ -1,0 +1,272 @@
+"""The exports of a labelled sample build (tiny VAE, tiny UMT5) and of every source kind.
+
+`pyramid export-motus` is checked file by file against the rules of the original Motus `latent_action` loader
+(all four folders, matching stems, tensor shapes and dtypes, enough frames); `pyramid export-lerobot` against the
+LeRobot v3.0 schema, our own v3.0 reader and, where it is installed, the `lerobot` library itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import decord
+import lance
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+import yaml
+
+import flow
+from latent_action.action_space import ActionNormalizer
+from latent_action.presets import build_vae
+from pyramid.sample_data import write_sample_data
+from pyramid.build_reader import decode_mp4
+from pyramid.video_io import read_frames
+from tests.fixtures import umt5
+
+CLI = [sys.executable, "-m", "pyramid"]
+EPISODES, FRAMES = 3, 60  # robot episodes (and one captioned clip), 6 s at 10 fps: long enough for Motus's default sampling (1 + 8 * 6 frames)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("motus")
+    sample = write_sample_data(tmp / "sample", robot_episodes=EPISODES, video_clips=1, seed=3, num_frames=FRAMES)
+    vae = tmp / "vae"
+    build_vae("tiny", flow_backend="dis", flow_fps=10.0, flow_stride=1, frame_height=384, frame_width=320,
+              flow_options=flow.resolved_options("dis", {"preset": "medium"})).save_pretrained(vae)
+    ActionNormalizer({}).save(vae / "action_normalizer.json")  # an untrained VAE: its latent actions only need a shape here
+    recipe = {"sources": [{"kind": "lerobot", "root": str(sample["lerobot"])}, {"kind": "videos", "root": str(sample["videos"]), "level": 2}],
+              "output": str(tmp / "build"), "video_size": [384, 320], "fps": 10, "clip_frames": 20, "vae": str(vae),
+              "flow": {"backend": "dis", "stride": 1, "options": {"preset": "medium"}},
+              "filters": {"min_frames": 8, "static_motion_threshold": 0.0}}
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = subprocess.run([*CLI, "build", str(tmp / "recipe.yaml"), "--quiet", "--workers", "2"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "build", umt5.build(tmp / "wan")
+
+
+def export(build_dir: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "export-motus", str(build_dir), str(out), *options], capture_output=True, text=True, timeout=600)
+
+
+def motus_episodes(root: Path) -> list[str]:
+    """The stems Motus's scan takes: those that all four folders hold (its leaf test needs the first three folders)."""
+    assert all((root / sub).is_dir() for sub in ("videos", "umt5_wan", "latent_action_dim14"))
+    stems = [{p.stem for p in (root / sub).iterdir() if p.suffix == suffix}
+             for sub, suffix in (("videos", ".mp4"), ("umt5_wan", ".pt"), ("latent_action_dim14", ".pt"), ("metas", ".txt"))]
+    assert all(s == stems[0] for s in stems), "every folder must hold the same stems, or Motus drops the odd ones"
+    return sorted(stems[0])
+
+
+def motus_indices(total_frames: int, rate: int, frames: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """Motus's LatentActionDataset._select_indices, before its clamping: (video frame indices, latent action indices)."""
+    cond = rng.randint(0, max(0, total_frames - 1 - frames * rate))
+    return [cond + i * rate for i in range(frames + 1)], [cond + i * rate for i in range(frames)]
+
+
+def build_clips(build_dir: Path) -> dict[str, list[dict]]:
+    clips: dict[str, list[dict]] = {}
+    for shard in sorted(build_dir.glob("webdataset/level*/shard-*.tar")):
+        for sample in wds.WebDataset(str(shard), shardshuffle=False).decode():
+            clips.setdefault(sample["json"]["episode_id"], []).append(sample)
+    return clips
+
+
+@pytest.mark.parametrize("options, rate", [((), 2), (("--downsample-rate", "6"), 6)])
+def test_export_is_the_layout_motus_reads(build, tmp_path, options, rate):
+    build_dir, encoder = build
+    out = tmp_path / "export"
+    result = export(build_dir, out, "--text-encoder", str(encoder), *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{EPISODES + 1} episodes from {3 * (EPISODES + 1)} clips" in result.stdout and "left out" not in result.stdout
+    config = yaml.safe_load((out / "motus_latent_action.yaml").read_text())
+    common = config["common"]
+    assert (common["global_downsample_rate"], common["num_video_frames"]) == (rate, 8)
+    assert (common["video_height"], common["video_width"]) == (384, 320)
+    assert config["dataset"] == {"type": "latent_action", "dataset_dir": [str(out.resolve())]}
+
+    stems = motus_episodes(out)
+    clips = build_clips(build_dir)
+    flow_rows = lance.dataset(str(build_dir / "flow.lance")).to_table(columns=["episode_id", "pair_index", "latent_action"]).to_pylist()
+    assert len(stems) == EPISODES + 1 and set(stems) == set(clips)
+    rng = random.Random(0)
+    for stem in stems:
+        episode = sorted(clips[stem], key=lambda s: s["json"]["clip_index"])
+        total = len(decord.VideoReader(str(out / "videos" / f"{stem}.mp4")))
+        assert total == sum(c["json"]["num_frames"] for c in episode) == FRAMES >= 1 + 8 * rate
+
+        latents = torch.load(out / "latent_action_dim14" / f"{stem}.pt", weights_only=True)
+        assert latents.dtype == torch.float32 and latents.shape == (total - 1, 14)
+        pairs = {row["pair_index"]: row["latent_action"] for row in flow_rows if row["episode_id"] == stem}
+        assert np.allclose(latents.numpy(), np.array([pairs[t] for t in range(total - 1)]), atol=1e-6)
+        first = episode[0]["json"]["num_frames"]  # within a clip, the clip's own latent actions
+        assert np.allclose(latents[: first - 1].numpy(), episode[0]["latent_actions.npy"], atol=1e-6)
+
+        embedding = torch.load(out / "umt5_wan" / f"{stem}.pt", weights_only=True)
+        assert embedding.dtype == torch.bfloat16 and embedding.ndim == 2 and embedding.shape[1] == umt5.DIM
+        lines = (out / "metas" / f"{stem}.txt").read_text().splitlines()
+        assert lines == [episode[0]["json"]["task"]] and embedding.shape[0] == len(lines[0].split()) + 1  # words + </s>
+
+        frames = read_frames(out / "videos" / f"{stem}.mp4")
+        originals = np.concatenate([decode_mp4(c["mp4"]) for c in episode])
+        assert np.abs(frames.astype(int) - originals).mean() < 3  # the same frames, re-encoded once
+        for _ in range(20):
+            video, actions = motus_indices(total, rate, 8, rng)
+            assert max(video) <= total - 1 and max(actions) <= latents.shape[0] - 1  # Motus never clamps: no repeats
+
+
+def test_export_too_short_for_the_sampling_leaves_episodes_out(build, tmp_path):
+    build_dir, encoder = build
+    result = export(build_dir, tmp_path / "export", "--text-encoder", str(encoder), "--downsample-rate", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "0 episodes" in result.stdout and f"{EPISODES + 1} too short" in result.stdout
+    assert "65 frames" in (tmp_path / "export" / "motus_latent_action.yaml").read_text()
+
+
+def test_export_without_a_text_encoder_says_what_to_pass(build, tmp_path):
+    build_dir, _ = build
+    result = export(build_dir, tmp_path / "export")
+    assert result.returncode == 2
+    assert "--text-encoder PATH" in result.stderr and "umt5_wan" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "export").exists()
+    result = export(build_dir, tmp_path / "export", "--text-encoder", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+def test_export_refuses_episode_ids_that_would_leave_the_export(build, tmp_path):
+    build_dir, encoder = build
+    copy = tmp_path / "build"
+    shutil.copytree(build_dir, copy)
+    shard = sorted(copy.glob("webdataset/level2/shard-*.tar"))[0]
+    members = []
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            data = tar.extractfile(member).read()
+            if member.name.endswith(".json"):
+                data = json.dumps({**json.loads(data), "episode_id": "../../escaped"}).encode()
+            members.append((member.name, data))
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    export_dir = tmp_path / "deep" / "export"
+    result = export(copy, export_dir, "--text-encoder", str(encoder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{EPISODES} episodes" in result.stdout and "1 unsafe id" in result.stdout
+    assert "episode id '../../escaped' is not a safe file name" in result.stderr
+    assert sorted(p.parent.name for p in tmp_path.rglob("*.mp4")) == ["videos"] * EPISODES
+    assert not list(tmp_path.glob("escaped*")) and not list((tmp_path / "deep").glob("escaped*"))
+
+
+def lerobot_rows(root: Path) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.concat([pd.read_parquet(path) for path in sorted(root.glob("data/chunk-*/file-*.parquet"))], ignore_index=True)
+
+
+def check_lerobot_v3(root: Path) -> dict:
+    """The documented v3.0 layout (lerobot/datasets, our formats.md section 5): info features are the parquet columns
+    plus the videos; episode rows index the frames and the video spans; stats cover every feature; then our reader and,
+    when installed, lerobot's own LeRobotDataset open it."""
+    import pandas as pd
+
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0"
+    rows = lerobot_rows(root)
+    videos = {k for k, f in info["features"].items() if f["dtype"] == "video"}
+    assert set(info["features"]) - videos == set(rows.columns)
+    assert info["total_frames"] == len(rows) and info["total_episodes"] == rows["episode_index"].nunique()
+    episodes = pd.read_parquet(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    assert list(episodes["length"]) == list(rows.groupby("episode_index").size())
+    for key in videos:
+        path = root / info["video_path"].format(video_key=key, chunk_index=0, file_index=0)
+        assert len(read_frames(path)) == info["total_frames"]
+        assert np.allclose(episodes[f"videos/{key}/to_timestamp"] - episodes[f"videos/{key}/from_timestamp"], episodes["length"] / info["fps"])
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    assert set(info["features"]) <= set(stats)
+    tasks = pd.read_parquet(root / "meta" / "tasks.parquet")
+    assert set(tasks["task_index"]) == set(rows["task_index"])
+    result = subprocess.run([*CLI, "inspect", str(root), "--source", "lerobot", "--json"], capture_output=True, text=True, timeout=300)
+    listed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 0 and len(listed) == info["total_episodes"] and not [r for r in listed if "error" in r]
+    try:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    except ImportError:  # not one of our dependencies (its torch pin clashes with ours); checked where it is installed
+        return info
+    dataset = LeRobotDataset(repo_id=f"local/{root.name}", root=root)
+    assert dataset.num_frames == info["total_frames"] and dataset.num_episodes == info["total_episodes"]
+    assert set(dataset.hf_dataset[len(dataset) - 1]) == set(rows.columns)
+    return info
+
+
+def test_export_lerobot_of_a_labelled_build(build, tmp_path):
+    build_dir, _ = build
+    out = tmp_path / "lerobot"
+    result = subprocess.run([*CLI, "export-lerobot", str(build_dir), str(out), "--codec", "libx264"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "1 episodes" in result.stdout and "--embodiment" in result.stdout  # the level-2 clip came first
+    result = subprocess.run([*CLI, "export-lerobot", str(build_dir), str(out), "--codec", "libx264", "--embodiment", "sample_arm", "--overwrite"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{EPISODES} episodes" in result.stdout and "1 other embodiment" in result.stdout
+    info = check_lerobot_v3(out)
+    assert info["features"]["latent_action"]["shape"] == [14] and info["fps"] == 10
+    rows = lerobot_rows(out)
+    clips = build_clips(build_dir)
+    flow_rows = lance.dataset(str(build_dir / "flow.lance")).to_table(columns=["episode_id", "pair_index", "latent_action"]).to_pylist()
+    robot_ids = sorted(i for i in clips if i.startswith("lerobot-"))
+    for index, episode_id in enumerate(robot_ids):  # written in build order: the robot episodes, by id
+        episode = rows[rows["episode_index"] == index]
+        assert len(episode) == FRAMES - 1  # the last stored frame starts no pair, so it has no latent action
+        pairs = {r["pair_index"]: r["latent_action"] for r in flow_rows if r["episode_id"] == episode_id}
+        np.testing.assert_allclose(np.stack(episode["latent_action"]), [pairs[t] for t in range(FRAMES - 1)], atol=1e-6)
+        ordered = sorted(clips[episode_id], key=lambda s: s["json"]["clip_index"])
+        state = np.concatenate([c["state.npy"] for c in ordered])
+        actions = np.concatenate([c["actions.npy"] for c in ordered])
+        np.testing.assert_allclose(np.stack(episode["observation.state"]), state[: FRAMES - 1], atol=1e-6)  # stored at the source's 10 fps
+        np.testing.assert_allclose(np.stack(episode["action"]), actions[: FRAMES - 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["agibot", "egodex", "lerobot", "robomind", "robotwin", "videos"])
+def test_export_lerobot_of_each_source_kind(kind, tmp_path):
+    from pyramid.sources import get_source
+
+    root = tmp_path / kind
+    # In its own process: once decord's bundled FFmpeg is loaded here (the Motus checks read with it), PyAV's VP9
+    # encoder, which the videos fixture uses, fails to open.
+    subprocess.run([sys.executable, "-c", f"from pathlib import Path; from tests.fixtures import builder; builder({kind!r})(Path({str(root)!r}))"], check=True, timeout=300)
+    out = tmp_path / "exported"
+    result = subprocess.run([*CLI, "export-lerobot", str(root), str(out), "--codec", "libx264"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = check_lerobot_v3(out)
+    reader = get_source(kind)(root)
+    first = None
+    for ref in reader.discover():  # the first episode the export can take: readable, every camera decodes, whole fps
+        try:
+            episode = reader.load(ref)
+            [episode.frames(camera) for camera in episode.cameras]
+        except Exception:  # noqa: BLE001 - the fixtures hold corrupt episodes too; the export left them out
+            continue
+        if episode.fps == round(episode.fps):
+            first = episode
+            break
+    assert {k for k, f in info["features"].items() if f["dtype"] == "video"} == {f"observation.images.{c}" for c in first.cameras}
+    rows = lerobot_rows(out)
+    first_rows = rows[rows["episode_index"] == 0]
+    assert len(first_rows) == first.num_frames
+    if first.state is not None:
+        np.testing.assert_allclose(np.stack(first_rows["observation.state"]), first.state, atol=1e-5)
+    camera = next(iter(first.cameras))
+    video = read_frames(out / info["video_path"].format(video_key=f"observation.images.{camera}", chunk_index=0, file_index=0))
+    source = first.frames(camera)
+    height, width = video.shape[1:3]
+    assert np.abs(video[: first.num_frames].astype(int) - source[:, :height, :width]).mean() < 10  # H.264 on 32x40 frames
