@@ -95,3 +95,14 @@ def test_a_built_backend_is_reused_and_takes_no_options():
 def test_bad_input_is_refused_with_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call(moving_sequence(3, (32, 32)))
+
+
+@pytest.mark.parametrize("motion", ["translate", "rotate", "zoom"])
+def test_default_dis_preset_is_within_a_tenth_of_a_pixel_of_opencv_medium(image, motion):
+    # The default trades OpenCV medium's extra refinement for speed (bench/flow.py); not its accuracy.
+    matrix = {"translate": translation(4.3, -2.7), "rotate": rotation(2.0, SIZE), "zoom": zoom(1.03, SIZE)}[motion]
+    frames, true_flow, valid = pair_with_motion(image, matrix)
+    default = end_point_error(flow.estimate(frames)[0], true_flow, valid)
+    medium = end_point_error(flow.estimate(frames, "dis:medium")[0], true_flow, valid)
+    assert flow.get_backend("dis").preset == "balanced"
+    assert default <= medium + 0.1

@@ -65,7 +65,7 @@ def test_flow_grid_averages_each_cell():
 
 
 def test_flow_options_are_checked_against_the_backend():
-    assert flow.resolved_options("dis", {"threads": 3}) == {"preset": "medium", "scale": 1.0}
+    assert flow.resolved_options("dis", {"threads": 3}) == {"preset": "balanced", "scale": 1.0}
     assert flow.resolved_options("dis:fast")["preset"] == "fast"
     Recipe(sources=[{"kind": "videos", "root": "x"}], output="o", flow={"backend": "farneback"})  # loads and runs as is
     with pytest.raises(ValueError, match="flow backend 'farneback' has no option preset"):
@@ -100,6 +100,6 @@ def test_a_build_refuses_a_vae_trained_on_other_flow_before_ray_starts(tmp_path,
 def test_a_build_takes_a_vae_trained_on_its_flow(tmp_path):
     vae = saved_vae(tmp_path)
     check_vae_config(Recipe(sources=[{"kind": "videos", "root": str(tmp_path)}], output=str(tmp_path / "out"), vae=str(vae),
-                            flow={"backend": "dis", "options": {"preset": "medium", "threads": 2}}))
+                            flow={"backend": "dis", "options": {"preset": "balanced", "threads": 2}}))
     assert json.loads((vae / "config.json").read_text())["flow_fps"] == 10.0
     assert FlowSettings.of_vae(json.loads((vae / "config.json").read_text())).fps == 10.0
