@@ -58,7 +58,17 @@ def to_rgb(flow: np.ndarray, max_magnitude: float | None = DEFAULT_MAX_MAGNITUDE
         max_magnitude = float(np.hypot(flow[..., 0], flow[..., 1]).max()) or 1.0
     if max_magnitude <= 0:
         raise ValueError(f"max_magnitude must be positive, got {max_magnitude}")
-    u, v = flow[..., 0] / np.float32(max_magnitude), flow[..., 1] / np.float32(max_magnitude)
+    rgb = np.empty(flow.shape[:-1] + (3,), np.uint8)
+    # One image at a time: its float64 temporaries stay in cache (a whole clip at once is ~2x slower).
+    images, out = flow.reshape(-1, *flow.shape[-3:]), rgb.reshape(-1, *rgb.shape[-3:])
+    for image, image_rgb in zip(images, out):
+        _image_to_rgb(image, np.float32(max_magnitude), image_rgb)
+    return rgb
+
+
+def _image_to_rgb(flow: np.ndarray, max_magnitude: np.float32, rgb: np.ndarray) -> None:
+    """One [H, W, 2] flow into its [H, W, 3] uint8 `rgb`."""
+    u, v = flow[..., 0] / max_magnitude, flow[..., 1] / max_magnitude
     radius = np.hypot(u, v)
     # Middlebury's mapping, including its (ncols - 1): angle -pi..pi -> wheel position 0..54.
     position = np.arctan2(-v, -u)
@@ -72,7 +82,6 @@ def to_rgb(flow: np.ndarray, max_magnitude: float | None = DEFAULT_MAX_MAGNITUDE
     inside = radius <= 1
     top = np.where(inside, np.float32(255), np.float32(191.25))
     scale = np.where(inside, radius, np.float32(0.75))
-    rgb = np.empty(flow.shape[:-1] + (3,), np.uint8)
     # In place, into reused buffers: this function runs on every flow pair of a build.
     missing, step = np.empty_like(fraction), np.empty_like(fraction)
     for channel in range(3):
@@ -84,7 +93,6 @@ def to_rgb(flow: np.ndarray, max_magnitude: float | None = DEFAULT_MAX_MAGNITUDE
         missing *= scale
         np.subtract(top, missing, out=missing)
         rgb[..., channel] = missing  # values are >= 0, so the cast truncates, i.e. floors
-    return rgb
 
 
 def from_rgb(rgb: np.ndarray, max_magnitude: float = DEFAULT_MAX_MAGNITUDE) -> np.ndarray:

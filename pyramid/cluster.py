@@ -1,8 +1,11 @@
-"""Before a build starts its workers: does every Ray node see the source roots and the output at the same paths?
+"""Which Ray a build runs on, and whether every node of it sees the source roots and the output.
+
+A build runs on `--address`, else `RAY_ADDRESS`, else a local Ray that `ray start --head` left running
+on this machine (reused: no start-up cost per build), else a local Ray of its own.
 
 Workers read sources and stage episodes under the output directory, so a cluster build needs them
 on a filesystem every node mounts at the same path. A node that lacks one would fail every episode
-it gets; this check names the node and the path before any work starts.
+it gets; `check_nodes_see` names the node and the path before any work starts.
 """
 
 from __future__ import annotations
@@ -12,6 +15,32 @@ import uuid
 from pathlib import Path
 
 from pyramid.errors import BuildError
+
+
+def ray_address(requested: str | None) -> tuple[str, str]:
+    """(the address for `ray.init`, a line for the log saying which Ray the build runs on)."""
+    if requested:
+        return requested, f"Ray at {requested} (--address)"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], f"Ray at {os.environ['RAY_ADDRESS']} (RAY_ADDRESS)"
+    if running := running_local_ray():
+        return running, f"reusing the local Ray at {running} that `ray start` left running (`ray stop` ends it)"
+    return "local", "starting a local Ray for this build (`ray start --head` once lets later builds reuse one)"
+
+
+def running_local_ray() -> str | None:
+    """The address of the Ray that the last `ray start --head` on this machine started, if its GCS still runs.
+
+    Only a Ray a user started on purpose is reused, never one that another program's `ray.init()` runs
+    (it would end with that program).
+    """
+    from ray._private import services
+
+    address = services.find_bootstrap_address(None)
+    if not address:
+        return None
+    services.find_gcs_addresses.cache_clear()
+    return address if address in services.find_gcs_addresses() else None
 
 
 def check_nodes_see(source_roots: list[str], output: Path) -> None:

@@ -1,28 +1,29 @@
-"""After every episode is staged: pack shards, write Lance, compute statistics, write the manifest and report.
+"""After every episode is staged: pack shards, write Lance, merge statistics, write the manifest and report.
 
-Everything here streams over the staging directory in discovery order, one episode at a time.
+Everything here streams over the staging directory in discovery order, one episode at a time, and
+only concatenates or commits what the workers wrote: shards are staged tar members end to end, Lance
+datasets are the staged Arrow rows, statistics and previews come from each episode's status.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import platform
-import zlib
 import shutil
 import time
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from pyramid.errors import BuildError
 from pyramid.recipe import Recipe
-from pyramid.staging import Staging, atomic_write_bytes
+from pyramid.staging import StagedFileDamaged, Staging, atomic_write_bytes
 from pyramid.stats import RunningStats
 
-ARRAYS = {"state": "state.npy", "actions": "actions.npy", "latent_actions": "latent_actions.npy"}
+PREVIEW_EPISODES = 4  # flow previews in the report
+LATENT_PREVIEW_EPISODES = 8
 
 
 class Tally:
@@ -35,6 +36,8 @@ class Tally:
         self.quarantined: list[dict] = []
         self.skipped: list[dict] = []
         self.stats: dict[str, dict[str, RunningStats]] = defaultdict(dict)
+        self.stage_seconds: dict[str, float] = defaultdict(float)  # summed over episodes: worker time per stage
+        self.by_node: dict[str, int] = defaultdict(int)  # built episodes per Ray node id
 
     def add_status(self, status: dict) -> None:
         self.episodes[status["status"]] += 1
@@ -50,13 +53,14 @@ class Tally:
             row["hours"] += status.get("seconds", 0.0) / 3600 if status["status"] == "ok" else 0.0
             row["stored_frames"] += status.get("stored_frames", 0)
 
-    def add_samples(self, embodiment: str, samples: list[dict[str, bytes]]) -> None:
-        for sample in samples:
-            for name, field in ARRAYS.items():
-                if field in sample:
-                    array = np.load(io.BytesIO(sample[field]), allow_pickle=False)
-                    if array.size:
-                        self._stats_for(embodiment, name, array.shape[1]).update(array)
+    def add_stats(self, embodiment: str, stats: dict[str, dict]) -> None:
+        """Merge one episode's `partial_stats` per array (in discovery order, so the result is deterministic)."""
+        for name, partial in stats.items():
+            self._stats_for(embodiment, name, len(partial["sum"])).merge(partial)
+
+    def add_stage_seconds(self, seconds: dict[str, float]) -> None:
+        for stage, value in seconds.items():
+            self.stage_seconds[stage] += value
 
     def _stats_for(self, embodiment: str, name: str, dim: int) -> RunningStats:
         """Per embodiment and array; arrays of another width under the same embodiment name get their own entry."""
@@ -72,44 +76,64 @@ class Tally:
 
 
 def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progress: bool = True) -> dict:
-    from pyramid.pipeline import discover
+    from pyramid.report import write_report
     from pyramid.sinks.webdataset_sink import ShardPacker
 
     output = Path(recipe.output)
     staging = Staging(output)
     packer = ShardPacker(output, int(recipe.shard_size_mb * 2**20), fingerprint)
     tally = Tally()
-    kept_ids: list[str] = []
+    kept: list[dict] = []  # episode id and staged sizes of each built episode, for the Lance pass
+    previews: list[dict] = []
     started = time.perf_counter()
-    for row in tqdm(discover(recipe), desc="pack shards", unit="episode", disable=not progress):
+    for row in tqdm(staging.episodes(), desc="pack shards", unit="episode", disable=not progress):
         status = staging.status(row["episode_id"])
         if status is None:
             raise BuildError(f"{row['path']}: episode was not processed; run the build again")
         tally.add_status(status)
         if status["status"] != "ok":
             continue
-        samples = list(staging.samples(row["episode_id"]))
-        tally.add_samples(status["embodiment"], samples)
-        kept_ids.append(row["episode_id"])
+        tally.add_stats(status["embodiment"], status.get("stats", {}))
+        tally.add_stage_seconds(status.get("stage_seconds", {}))
+        tally.by_node[status.get("node") or "driver"] += 1
+        kept.append({"episode_id": status["episode_id"], "staged_bytes": status["staged_bytes"]})
+        if len(previews) < LATENT_PREVIEW_EPISODES and "preview_png" in status:
+            previews.append({key: status[key] for key in ("episode_id", "preview_png", "preview_heading", "preview_latents") if key in status})
         if "webdataset" in recipe.formats and not packer.already_packed(row["order"], row["episode_id"], status["level"]):
-            packer.add(row["order"], row["episode_id"], status["level"], samples)
+            packer.add(row["order"], row["episode_id"], status["level"], _checked(staging, status, "tar"), status["clips"])
     packer.finish()
     timings["pack"] = time.perf_counter() - started
     started = time.perf_counter()
     from pyramid.sinks.lance_sink import write_clips, write_flow
 
-    if kept_ids:
-        if "lance" in recipe.formats:
-            write_clips(output, staging, kept_ids, fingerprint)
-        write_flow(output, staging, kept_ids, fingerprint)
+    if kept:
+        try:
+            if "lance" in recipe.formats:
+                write_clips(output, staging, lambda: kept, fingerprint)
+            if recipe.flow.store:
+                write_flow(output, staging, lambda: kept, fingerprint)
+        except StagedFileDamaged as exc:
+            raise _redo(staging, exc) from None
     timings["lance"] = time.perf_counter() - started
+    timings.update({f"worker_{stage}": seconds for stage, seconds in sorted(tally.stage_seconds.items())})
     manifest = _manifest(recipe, fingerprint, tally, packer.shards(), timings)
-    from pyramid.report import write_report
-
-    write_report(output, manifest, staging, kept_ids)
+    write_report(output, manifest, previews[:PREVIEW_EPISODES], [p["preview_latents"] for p in previews if "preview_latents" in p])
     atomic_write_bytes(output / "manifest.json", json.dumps(manifest, indent=2, allow_nan=False).encode())
     shutil.rmtree(staging.dir, ignore_errors=True)
     return manifest
+
+
+def _checked(staging: Staging, status: dict, suffix: str) -> Path:
+    try:
+        return staging.checked_path(status, suffix)
+    except StagedFileDamaged as exc:
+        raise _redo(staging, exc) from None
+
+
+def _redo(staging: Staging, exc: StagedFileDamaged) -> BuildError:
+    """Forget the damaged episode (its status is removed), so the next run processes it again."""
+    staging.status_path(exc.episode_id).unlink(missing_ok=True)
+    return BuildError(f"{exc}: its episode will be processed again; run the build again")
 
 
 def _manifest(recipe: Recipe, fingerprint: str, tally: Tally, shards: list[Path], timings: dict) -> dict:
@@ -130,6 +154,7 @@ def _manifest(recipe: Recipe, fingerprint: str, tally: Tally, shards: list[Path]
         "recipe": json.loads(recipe.model_dump_json()),
         "versions": _versions(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "episodes_by_node": dict(sorted(tally.by_node.items())),
     }
 
 

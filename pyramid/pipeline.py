@@ -3,7 +3,8 @@
 1. discover episodes lazily, in windows, skipping those already staged (resume);
 2. Ray Data per window: decode -> flow -> (label) -> stage, as one CPU actor per core, or as
    separate stages with GPU actors for learned flow and the VAE;
-3. pack staged episodes into WebDataset shards per level (resumable), stream them into Lance;
+3. concatenate the staged shard members into WebDataset shards per level (resumable), commit the staged
+   Lance rows (finalize never decodes or re-reads a clip, and does not run discovery again);
 4. write `manifest.json` and `report.html`, then remove the staging directory.
 This module holds no format knowledge: readers, stages and sinks do.
 
@@ -21,6 +22,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pyramid.cluster import check_nodes_see
+from pyramid.cluster import check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, SourceError
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds
@@ -45,6 +47,7 @@ class BuildResult:
     up_to_date: bool = False
     failed_fraction: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    ray: str = ""  # which Ray the build ran on (started, reused, or a cluster's address)
 
 
 def discover(recipe: Recipe) -> Iterator[dict]:
@@ -161,10 +164,12 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
         return BuildResult(output, manifest, up_to_date=True, failed_fraction=manifest["episodes"]["failed_fraction"])
     check_unique_roots(recipe)
     preflight(recipe)
-    with build_lock(output), _ray_session(address, progress):
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with build_lock(output), _ray_session(address, progress) as ray_used:
+        timings["ray_start"] = time.perf_counter() - started
         check_nodes_see([spec.root for spec in recipe.sources], output)
         _claim_staging(output, fingerprint, retry_failed)
-        timings: dict[str, float] = {}
         started = time.perf_counter()
         _process_episodes(recipe, workers)
         timings["process"] = time.perf_counter() - started
@@ -172,7 +177,7 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
 
     with build_lock(output):
         manifest = finalize(recipe, fingerprint, timings, progress)
-    return BuildResult(output, manifest, failed_fraction=manifest["episodes"]["failed_fraction"], timings=timings)
+    return BuildResult(output, manifest, failed_fraction=manifest["episodes"]["failed_fraction"], timings=timings, ray=ray_used)
 
 
 @contextmanager
@@ -205,7 +210,7 @@ def _process_episodes(recipe: Recipe, workers: int | None) -> None:
     from pyramid.staging import Staging
 
     staging = Staging(Path(recipe.output))
-    pending = (row for row in discover(recipe) if not staging.status_path(row["episode_id"]).exists())
+    pending = (row for row in staging.record_episodes(discover(recipe)) if not staging.status_path(row["episode_id"]).exists())
     while window := list(itertools.islice(pending, WINDOW_EPISODES)):
         if _died_in(window, recipe, workers) is not None:  # a worker died (segfault, OOM kill): find the episode
             _isolate_crashes(window, recipe, staging)
@@ -240,10 +245,12 @@ def _isolate_crashes(window: list[dict], recipe: Recipe, staging) -> None:
 
 
 @contextmanager
-def _ray_session(address: str | None, progress: bool) -> Iterator[None]:
+def _ray_session(address: str | None, progress: bool) -> Iterator[str]:
+    """Ray for the build (see `cluster.ray_address`), named on stderr; yields that line."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or "local"  # "local": never attach to a stray cluster
+    address, which = ray_address(address)
+    print(f"pyramid build: {which}", file=sys.stderr, flush=True)
     # Workers must import this project the way the driver does, wherever the build was started from.
     project_root = str(Path(__file__).resolve().parent.parent)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [project_root, os.environ.get("PYTHONPATH")]))}}
@@ -253,9 +260,9 @@ def _ray_session(address: str | None, progress: bool) -> Iterator[None]:
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
     try:
-        yield
+        yield which
     finally:
-        ray.shutdown()  # release the object store before finalize streams the staged data
+        ray.shutdown()  # release the object store before finalize streams the staged data (a reused Ray keeps running)
 
 
 def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iterator[dict]:

@@ -80,6 +80,8 @@ class FlowSpec(Strict):
     backend: str = Field("dis", description="'dis', 'farneback' or 'ptlflow:<model>' (e.g. ptlflow:dpflow, the paper's).")
     stride: int = Field(1, ge=1)
     options: dict = Field(default_factory=dict, description="The backend's constructor options (its defaults when omitted).")
+    store: bool = Field(True, description="Write flow.lance (flow-RGB of every pair, what a VAE trains on); false when "
+                                          "only the clips and their latent actions are wanted.")
 
     @field_validator("backend")
     @classmethod
@@ -147,6 +149,8 @@ class Recipe(Strict):
         import hashlib
 
         content = self.model_dump(mode="json", exclude={"output", "max_failed_fraction"})
+        if self.flow.store:
+            del content["flow"]["store"]  # the default: builds from before the option keep their fingerprint
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolved(self, base: Path) -> "Recipe":

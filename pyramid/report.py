@@ -1,6 +1,7 @@
 """`report.html`: the pyramid's composition, flow previews and latent-action plots, as pictures.
 
-Images are embedded as base64 PNGs so the report is one self-contained file.
+Images are embedded as base64 PNGs so the report is one self-contained file. Flow previews are the ones
+workers made while the frames were in memory (`episode_outputs.previews`): nothing is decoded here.
 """
 
 from __future__ import annotations
@@ -8,28 +9,20 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import tempfile
 from pathlib import Path
 
-import cv2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pyramid.staging import Staging  # noqa: E402
-from pyramid.video_io import read_frames  # noqa: E402
 
-PREVIEW_EPISODES = 4
-
-
-def write_report(output: Path, manifest: dict, staging: Staging, episode_ids: list[str]) -> Path:
+def write_report(output: Path, manifest: dict, previews: list[dict], latents: list[list]) -> Path:
+    """`previews`: statuses with `preview_png` (frame, frame + stride, flow; base64); `latents`: one clip's each."""
     sections = [_summary(manifest), _composition(manifest)]
-    previews = [_flow_preview(staging, eid) for eid in episode_ids[:PREVIEW_EPISODES]]
-    sections.append("<h2>Flow previews</h2>" + "".join(p for p in previews if p))
-    latents = _latent_plot(staging, episode_ids) if manifest["recipe"].get("vae") else ""
+    sections.append("<h2>Flow previews</h2>" + "".join(_flow_preview(p) for p in previews))
+    latents = _latent_plot([np.asarray(series, np.float32) for series in latents]) if manifest["recipe"].get("vae") else ""
     if latents:
         sections.append(latents)
     sections.append(_quarantine(manifest))
@@ -46,11 +39,6 @@ def _png(figure) -> str:
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
     return f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'/>"
-
-
-def _image(rgb: np.ndarray) -> str:
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return f"<img style='margin:2px' src='data:image/png;base64,{base64.b64encode(encoded.tobytes()).decode()}'/>"
 
 
 def _summary(manifest: dict) -> str:
@@ -75,34 +63,13 @@ def _composition(manifest: dict) -> str:
     return "<h2>Composition</h2>" + _png(figure)
 
 
-def _flow_preview(staging: Staging, episode_id: str) -> str:
-    samples = list(staging.samples(episode_id))
-    table = staging.flow_table(episode_id)
-    if not samples or table is None or not table.num_rows:
-        return ""
-    sample = samples[0]
-    meta = json.loads(sample["json"])
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as clip:
-        clip.write(sample["mp4"])
-        clip.flush()
-        frames = read_frames(clip.name, [0, min(meta["flow"]["stride"], meta["num_frames"] - 1)])
-    first_pair = meta["flow"]["pair_range"][0]
-    flow_png = table.column("flow_rgb")[first_pair].as_py()
-    flow_rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(flow_png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    small = [cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2)) for img in (frames[0], frames[1], flow_rgb)]
-    cameras = f"{meta.get('layout', 'single')}: {', '.join(meta.get('cameras', []))}"
-    heading = f"{episode_id} ({meta['task'] or 'no instruction'}; cameras {cameras})"
-    return f"<h3>{html.escape(heading)}</h3>" + "".join(_image(img) for img in small)
+def _flow_preview(preview: dict) -> str:
+    images = "".join(f"<img style='margin:2px' src='data:image/png;base64,{png}'/>" for png in preview["preview_png"])
+    return f"<h3>{html.escape(preview['episode_id'])} ({html.escape(preview.get('preview_heading', ''))})</h3>" + images
 
 
-def _latent_plot(staging: Staging, episode_ids: list[str]) -> str:
-    series = []
-    for episode_id in episode_ids[:64]:
-        for sample in staging.samples(episode_id):
-            if "latent_actions.npy" in sample:
-                series.append(np.load(io.BytesIO(sample["latent_actions.npy"]), allow_pickle=False))
-        if len(series) >= 8:
-            break
+def _latent_plot(series: list[np.ndarray]) -> str:
+    series = [s for s in series if len(s)]
     if not series:
         return ""
     first, stacked = series[0], np.concatenate(series)

@@ -1,6 +1,7 @@
 """The per-episode work of a build: decode -> flow -> (label) -> stage to disk.
 
-Each step works on a `payload` dict (the episode's fields, stored frames, flow-RGB, latents). On a
+Each step works on a `payload` dict (the episode's fields, stored frames, flow-RGB, latents, and the
+seconds each step took). The last step turns it into what finalize commits as is (`episode_outputs`). On a
 CPU-only machine `EpisodeWorker` runs every step in one Ray actor and hands payloads over in memory.
 With GPUs the steps become separate Ray Data stages; between them a row carries its payload pickled
 (our own in-process objects, never read from user files), so Ray moves one opaque blob instead of
@@ -18,6 +19,7 @@ import numpy as np
 
 from pyramid.clips import clip_spans, decode_stored, stored_frames_of
 from pyramid.episode import EpisodeRef
+from pyramid.episode_outputs import episode_outputs, timed
 from pyramid.errors import EpisodeError
 from pyramid.recipe import Recipe
 
@@ -43,17 +45,13 @@ def failure(row: dict, exc: BaseException | str) -> dict:
 
 def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
     """Read the episode, pick the stored frames, decode and resize them (in chunks, to bound memory)."""
+    seconds: dict[str, float] = {}
     try:
-        reader = _reader(recipe, int(row["source_index"]))
-        episode = reader.load(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"]), row.get("error")))
-        fps, indices = stored_frames_of(episode.num_frames, episode.fps, recipe.fps)
-        spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames, episode.num_frames)
+        with timed(seconds, "decode"):
+            episode, fps, indices, spans, frames, view = _decoded(row, recipe)
         if not spans:
             reason = f"{row['path']}: {len(indices)} frames at {fps:g} fps, fewer than min_frames ({recipe.filters.min_frames})"
             return {**row, "status": "skipped", "reason": reason, "payload": b""}, None
-        indices = indices[: spans[-1].stop]
-        view = recipe.sources[int(row["source_index"])].camera_view(recipe.resize)
-        frames = decode_stored(episode, indices, recipe.video_size, view=view, fit=recipe.resize)
         fields = {
             # the pipeline's id, which also tells apart two sources of the same kind
             "episode_id": row["episode_id"], "source": episode.source, "embodiment": episode.embodiment,
@@ -62,10 +60,24 @@ def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
             "state_names": episode.state_names, "action_names": episode.action_names, **view.describe(episode),
         }
         payload = {"fields": fields, "frames": frames, "indices": indices, "spans": spans,
-                   "state": episode.state, "actions": episode.actions}
+                   "state": episode.state, "actions": episode.actions, "seconds": seconds}
         return {**row, "status": "ok"}, payload
     except Exception as exc:  # noqa: BLE001 - any failure quarantines this episode only
         return failure(row, exc), None
+
+
+def _decoded(row: dict, recipe: Recipe):
+    """(episode, stored rate, stored frames' source indices, clip spans, stored frames (none when no clip fits),
+    camera view)."""
+    reader = _reader(recipe, int(row["source_index"]))
+    episode = reader.load(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"]), row.get("error")))
+    fps, indices = stored_frames_of(episode.num_frames, episode.fps, recipe.fps)
+    spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames, episode.num_frames)
+    view = recipe.sources[int(row["source_index"])].camera_view(recipe.resize)
+    if not spans:
+        return episode, fps, indices, spans, None, view
+    indices = indices[: spans[-1].stop]
+    return episode, fps, indices, spans, decode_stored(episode, indices, recipe.video_size, view=view, fit=recipe.resize), view
 
 
 def decode_episode(row: dict, recipe: Recipe) -> dict:
@@ -113,13 +125,21 @@ class FlowStage(RowStage):
         import flow
 
         stride = self.recipe.flow.stride
-        frames = payload["frames"]
-        flows = self.backend.sequence(frames, stride) if len(frames) > stride else np.zeros((0, *frames.shape[1:3], 2), np.float32)
-        payload["flow_rgb"] = flow.to_rgb(flows)
-        payload["clip_motion"] = [flow.motion_stats(flows[span.first : span.stop - stride]).as_dict() if span.stop - stride > span.first else None
-                                  for span in payload["spans"]]
+        frames, seconds = payload["frames"], payload.setdefault("seconds", {})
+        with timed(seconds, "flow"):
+            flows = self.backend.sequence(frames, stride) if len(frames) > stride else np.zeros((0, *frames.shape[1:3], 2), np.float32)
+        with timed(seconds, "flow_stats"):
+            payload["clip_motion"] = [flow.motion_stats(flows[span.first : span.stop - stride]).as_dict() if span.stop - stride > span.first else None
+                                      for span in payload["spans"]]
         threshold = self.recipe.filters.static_motion_threshold
         payload["kept_clips"] = [i for i, stats in enumerate(payload["clip_motion"]) if stats is not None and stats["moving_fraction"] >= threshold]
+        payload["num_pairs"] = len(flows)
+        # Flow-RGB is what flow.lance stores and what the VAE reads; a build that needs neither skips it.
+        if self.recipe.flow.store or self.recipe.vae:
+            with timed(seconds, "flow_rgb"):
+                payload["flow_rgb"] = flow.to_rgb(flows)
+        if payload["kept_clips"]:
+            payload["preview_flow_rgb"] = flow.to_rgb(flows[payload["spans"][payload["kept_clips"][0]].first])
         return payload
 
 
@@ -135,7 +155,8 @@ class LabelStage(RowStage):
     def process(self, payload: dict) -> dict:
         from latent_action.labelling import encode_flow_rgb
 
-        latents = encode_flow_rgb(self.labeller.vae, payload["flow_rgb"], self.labeller.batch_size)
+        with timed(payload.setdefault("seconds", {}), "label"):
+            latents = encode_flow_rgb(self.labeller.vae, payload["flow_rgb"], self.labeller.batch_size)
         if not np.isfinite(latents).all():
             raise ValueError(f"the VAE gave non-finite latent actions (first at pair {int(np.argwhere(~np.isfinite(latents))[0, 0])})")
         payload["latent_actions"] = latents
@@ -183,13 +204,23 @@ class StageWriter:
 
     def write(self, row: dict, payload: dict | None) -> dict:
         try:
-            summary = self.staging.write_episode(row, payload, self.recipe)
+            outputs = None if payload is None else episode_outputs(payload, self.recipe)
+            if outputs is not None:
+                outputs.status["node"] = _node_id()
+            summary = self.staging.write_episode(row, outputs)
         except Exception as exc:  # noqa: BLE001
             summary = self.staging.write_status(failure(row, exc), None)
         return {"order": row["order"], "episode_id": row["episode_id"], "status": summary["status"], "reason": summary.get("reason", "")}
 
     def __call__(self, row: dict) -> dict:
         return self.write(row, _unpack(row))
+
+
+def _node_id() -> str | None:
+    """The Ray node this worker runs on (a build's manifest counts the episodes each node processed)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 class EpisodeWorker:

@@ -24,3 +24,5 @@ def print_summary(result) -> None:
     outputs = manifest["outputs"]
     console.print(f"{len(outputs['webdataset'])} WebDataset shards, Lance: {', '.join(outputs['lance']) or 'none'}")
     console.print(f"report: {result.output / 'report.html'}")
+    if result.ray:
+        console.print(f"ray: {result.ray}")

@@ -5,6 +5,7 @@ Frames are always uint8 RGB arrays shaped [N, H, W, 3].
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -149,9 +150,22 @@ def write_video(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _encode(str(tmp), _container_format(path), frames, fps, codec, crf, gop)
+    os.replace(tmp, path)
+    return path
+
+
+def video_bytes(frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 20, suffix: str = ".mp4") -> bytes:
+    """`write_video`'s file as bytes, encoded in memory (a build encodes every clip: no temporary files)."""
+    buffer = io.BytesIO()
+    _encode(buffer, _container_format(Path(suffix)), frames, fps, codec, crf, None)
+    return buffer.getvalue()
+
+
+def _encode(target, container_format: str, frames: np.ndarray, fps: float, codec: str, crf: int, gop: int | None) -> None:
     rate = Fraction(fps).limit_denominator(1001)
     height, width = frames.shape[1:3]
-    with av.open(str(tmp), mode="w", format=_container_format(path)) as container:
+    with av.open(target, mode="w", format=container_format) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
@@ -164,8 +178,6 @@ def write_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
-    return path
 
 
 def _yuv420p_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:

@@ -1,7 +1,8 @@
 """Lance datasets of a build: `clips.lance` (one row per clip, with its video) and `flow.lance` (one per frame pair).
 
-Both are streamed from the staging directory in discovery order into a temporary dataset that is
-renamed into place when complete, so a reader never sees a half-written dataset.
+Workers stage each episode's rows as Arrow IPC files; these are memory-mapped and streamed, in
+discovery order, into a temporary dataset that is renamed into place when complete, so a reader never
+sees a half-written dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pyramid.staging import Staging
 
 
 def clip_row(sample: dict[str, bytes]) -> dict:
+    """One clips.lance row of a serialised shard sample."""
     meta = json.loads(sample["json"])
     row = {name: meta.get(name) for name in CLIP_SCHEMA.names if name in meta}
     row.update(key=sample["__key__"], json=sample["json"].decode(), video=sample["mp4"])
@@ -30,24 +32,22 @@ def clip_row(sample: dict[str, bytes]) -> dict:
 FINGERPRINT_KEY = b"pyramid.recipe_fingerprint"
 
 
-def write_clips(output: Path, staging: Staging, episode_ids: Iterable[str], fingerprint: str) -> Path:
+def write_clips(output: Path, staging: Staging, statuses: Callable[[], Iterable[dict]], fingerprint: str) -> Path:
+    """clips.lance from the staged rows of the episodes `statuses()` yields, in that order."""
+    return _write_staged(Path(output) / "clips.lance", CLIP_SCHEMA, staging, statuses, "clips.arrow", fingerprint)
+
+
+def write_flow(output: Path, staging: Staging, statuses: Callable[[], Iterable[dict]], fingerprint: str) -> Path:
+    return _write_staged(Path(output) / "flow.lance", FLOW_SCHEMA, staging, statuses, "flow.arrow", fingerprint)
+
+
+def _write_staged(path: Path, schema: pa.Schema, staging: Staging, statuses: Callable[[], Iterable[dict]], suffix: str,
+                  fingerprint: str) -> Path:
     def batches() -> Iterator[pa.RecordBatch]:
-        for episode_id in episode_ids:
-            rows = [clip_row(sample) for sample in staging.samples(episode_id)]
-            if rows:
-                yield pa.RecordBatch.from_pylist(rows, schema=CLIP_SCHEMA)
+        for status in statuses():
+            yield from staging.record_batches(status, suffix)
 
-    return _write_atomically(Path(output) / "clips.lance", CLIP_SCHEMA, batches, fingerprint)
-
-
-def write_flow(output: Path, staging: Staging, episode_ids: Iterable[str], fingerprint: str) -> Path:
-    def batches() -> Iterator[pa.RecordBatch]:
-        for episode_id in episode_ids:
-            table = staging.flow_table(episode_id)
-            if table is not None and table.num_rows:
-                yield from table.cast(FLOW_SCHEMA).to_batches(max_chunksize=256)
-
-    return _write_atomically(Path(output) / "flow.lance", FLOW_SCHEMA, batches, fingerprint)
+    return _write_atomically(path, schema, batches, fingerprint)
 
 
 def written_by(path: Path) -> str | None:

@@ -1,5 +1,7 @@
 """Packs staged episodes into WebDataset tar shards per pyramid level, resumably and deterministically.
 
+A worker stages each episode's samples as finished tar members, so a shard is those bytes end to end
+followed by tar's end-of-archive blocks: nothing is parsed or re-encoded here.
 Episodes are packed in discovery order; a shard closes when it reaches the target size and is
 committed by rename, after which `pack_state.json` records how far each level got. A killed build
 drops its unfinished `.tmp` shards and repacks from the last committed episode, producing the same
@@ -14,9 +16,10 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pyramid.errors import BuildError
-from pyramid.staging import add_member, atomic_write_bytes
+from pyramid.staging import atomic_write_bytes
 
 
 @dataclass
@@ -24,7 +27,7 @@ class OpenShard:
     level: int
     number: int
     tmp: Path
-    tar: tarfile.TarFile
+    file: BinaryIO
     last_order: int = -1
     last_id: str = ""
     samples: int = 0
@@ -52,15 +55,14 @@ class ShardPacker:
                                f"build into a new output directory")
         return order <= state["committed_through"]
 
-    def add(self, order: int, episode_id: str, level: int, samples: list[dict[str, bytes]]) -> None:
+    def add(self, order: int, episode_id: str, level: int, members: Path, samples: int) -> None:
+        """Append one episode's staged tar members (`samples` clips) to its level's open shard."""
         shard = self.open.get(level) or self._open(level)
-        for sample in samples:
-            key = sample["__key__"]
-            for field in sorted(f for f in sample if f != "__key__"):
-                add_member(shard.tar, f"{key}.{field}", sample[field])
-            shard.samples += 1
+        with open(members, "rb") as staged:
+            shutil.copyfileobj(staged, shard.file, 2**20)
+        shard.samples += samples
         shard.last_order, shard.last_id = order, episode_id
-        if shard.tar.fileobj.tell() >= self.target_bytes:
+        if shard.file.tell() >= self.target_bytes:
             self._commit(shard)
 
     def finish(self) -> None:
@@ -78,12 +80,13 @@ class ShardPacker:
         folder = self.dir / f"level{level}"
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".shard-{number:06d}.tar.tmp"
-        shard = OpenShard(level, number, tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT))
+        shard = OpenShard(level, number, tmp, open(tmp, "wb"))
         self.open[level] = shard
         return shard
 
     def _commit(self, shard: OpenShard) -> None:
-        shard.tar.close()
+        _end_archive(shard.file)
+        shard.file.close()
         del self.open[shard.level]
         if shard.samples == 0:
             shard.tmp.unlink()
@@ -92,3 +95,11 @@ class ShardPacker:
         self.state[str(shard.level)] = {"next_shard": shard.number + 1, "committed_through": shard.last_order,
                                         "committed_id": shard.last_id}
         atomic_write_bytes(self.state_path, json.dumps(self.state).encode())
+
+
+def _end_archive(file: BinaryIO) -> None:
+    """What tarfile writes on close: two zero blocks, then zeros up to a whole record."""
+    file.write(tarfile.NUL * 2 * tarfile.BLOCKSIZE)
+    remainder = file.tell() % tarfile.RECORDSIZE
+    if remainder:
+        file.write(tarfile.NUL * (tarfile.RECORDSIZE - remainder))
