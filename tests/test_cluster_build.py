@@ -9,97 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import lance
 import pytest
 
 from tests.fixtures import builder
+from tests.fixtures.ray_cluster import LocalCluster
 from tests.test_build import CLI, make_recipe
-
-RAY = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class TwoNodeCluster:
-    """Head and second node as `ray start --block` processes in sessions of their own, stopped by process group."""
-
-    def __init__(self, tmp: Path):
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-        self.env.pop("RAY_ADDRESS", None)
-        # Short: Ray's socket paths under it must fit AF_UNIX's 107 bytes, which pytest's tmp_path can exceed.
-        self.temp_dir, self.logs, self.processes = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp")), tmp, []
-        self.address = f"127.0.0.1:{free_port()}"
-
-    def start(self) -> None:
-        port = self.address.rpartition(":")[2]
-        self._start("head", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--temp-dir", str(self.temp_dir),
-                    "--include-dashboard", "false", "--dashboard-agent-listen-port", str(free_port()),
-                    "--ray-client-server-port", str(free_port()), "--resources", json.dumps({"node_head": 1}))
-        self._wait_for_nodes(1)
-        self._start("second", "--address", self.address, "--node-ip-address", "127.0.0.1",
-                    "--dashboard-agent-listen-port", str(free_port()), "--resources", json.dumps({"node_second": 1}))
-        self._wait_for_nodes(2)
-
-    def _start(self, name: str, *args: str) -> None:
-        log = open(self.logs / f"{name}.log", "w")
-        self.processes.append(subprocess.Popen([*RAY, "start", "--num-cpus", "1", "--block", "--disable-usage-stats", *args],
-                                               stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
-
-    def nodes(self) -> list[dict]:
-        """Alive nodes as {id, labels}, asked of the cluster in a separate process (this one never joins it)."""
-        script = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); print(json.dumps([{'id': n['NodeID'], "
-                  "'labels': sorted(k for k in n['Resources'] if k.startswith('node_'))} for n in ray.nodes() if n['Alive']]))")
-        try:
-            result = subprocess.run([sys.executable, "-c", script % self.address], capture_output=True, text=True,
-                                    env=self.env, timeout=60)
-        except subprocess.TimeoutExpired:
-            return []
-        return json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else []
-
-    def _wait_for_nodes(self, count: int) -> None:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if any(p.poll() is not None for p in self.processes):
-                raise RuntimeError(f"a ray start process exited: see {self.logs}/*.log")
-            if len(self.nodes()) >= count:
-                return
-            time.sleep(1)
-        raise TimeoutError(f"the cluster did not reach {count} nodes")
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            _stop_group(process)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the node's process group (ray start and the daemons it started), SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                process.wait()
-                return
-            time.sleep(0.2)
 
 
 def shard_bytes(output: Path) -> dict[str, bytes]:
@@ -112,6 +30,7 @@ def lance_rows(output: Path, name: str) -> list[dict]:
 
 @pytest.mark.timeout(900)
 def test_a_two_node_cluster_build_uses_both_nodes_and_writes_what_a_local_build_writes(tmp_path):
+    """Also: a build without --address reuses the cluster `ray start` left running on this machine."""
     root = tmp_path / "videos"
     builder("videos")(root)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -120,9 +39,7 @@ def test_a_two_node_cluster_build_uses_both_nodes_and_writes_what_a_local_build_
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    cluster = TwoNodeCluster(tmp_path)
-    try:
-        cluster.start()
+    with LocalCluster(tmp_path) as cluster:
         nodes = cluster.nodes()
         assert sorted(label for node in nodes for label in node["labels"]) == ["node_head", "node_second"]
         cluster_recipe = make_recipe(tmp_path, {"videos": root}, "cluster")
@@ -130,13 +47,20 @@ def test_a_two_node_cluster_build_uses_both_nodes_and_writes_what_a_local_build_
                                 capture_output=True, text=True, timeout=600, env=cluster.env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"Ray at {cluster.address} (--address)" in result.stderr
-    finally:
-        cluster.stop()
-    assert all(process.poll() is not None for process in cluster.processes)
+        # No --address: the build finds the Ray that `ray start` left running, and says so.
+        reuse_recipe = make_recipe(tmp_path, {"videos": root}, "reused")
+        result = subprocess.run([*CLI, "build", str(reuse_recipe), "--quiet"], capture_output=True, text=True, timeout=600, env=cluster.env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        said = next(line for line in result.stderr.splitlines() if line.startswith("pyramid build: "))
+        assert "reusing the local Ray at" in said and said.split()[7].endswith(f":{cluster.address.rpartition(':')[2]}"), said
+    assert all(process.poll() is not None for process in cluster.processes)  # both nodes stopped
 
-    local, clustered = tmp_path / "local", tmp_path / "cluster"
-    by_node = json.loads((clustered / "manifest.json").read_text())["episodes_by_node"]
-    assert set(by_node) == {node["id"] for node in nodes}, (by_node, nodes)  # both nodes processed episodes
-    assert shard_bytes(clustered) == shard_bytes(local) and shard_bytes(local)
-    for name in ("clips.lance", "flow.lance"):
-        assert lance_rows(clustered, name) == lance_rows(local, name)
+    local = tmp_path / "local"
+    assert shard_bytes(local)
+    for name in ("cluster", "reused"):
+        built = tmp_path / name
+        by_node = json.loads((built / "manifest.json").read_text())["episodes_by_node"]
+        assert set(by_node) == {node["id"] for node in nodes}, (by_node, nodes)  # both nodes processed episodes
+        assert shard_bytes(built) == shard_bytes(local)
+        for dataset in ("clips.lance", "flow.lance"):
+            assert lance_rows(built, dataset) == lance_rows(local, dataset)
