@@ -1,18 +1,23 @@
 """Build throughput and memory, measured in one run on sample data.
 
-Prints episodes/minute and flow pairs/second for
-  (a) a plain serial loop over the same episodes (decode, DIS flow, write clips),
-  (b) `pyramid build` with 1 and 2 workers,
-  and the decode-only and flow-only throughputs (the bound a build cannot beat on this machine),
-then the peak memory (RSS of the build's whole process tree) for 10 and 100 episodes.
+Prints, for the same episodes at 384x320:
+  (a) a plain serial loop (decode, DIS flow, flow-RGB PNGs, H.264 clips, written in turn),
+  (b) `pyramid build` with 1 and 2 workers on a local Ray each build starts (what one build costs),
+  (c) the 2-worker build on a local Ray that `ray start` left running (what each of many builds costs),
+  (d) the same build on a two-node cluster of `ray start` nodes on this machine (1 CPU each, `--address`),
+and the decode-only and flow-only throughputs (the bound a build cannot beat on this machine), the
+seconds per stage of the 2-worker build (summed over its workers, from its manifest), then the peak
+memory (RSS of the build's whole process tree and its Ray daemons) for 10 and 100 episodes.
 Targets on 2 cores: build >= 1.8x serial, >= 0.8x the bound; peak RSS 100/10 episodes <= 1.2.
+Figures are ratios within this run: on a shared machine other jobs slow every row alike.
 
-    .venv/bin/python bench/build.py [--episodes 16] [--frames 60]
+    .venv/bin/python bench/build.py [--episodes 24] [--frames 60] [--skip-memory] [--skip-cluster]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -28,16 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pyramid.clips import resize_frames  # noqa: E402
-from pyramid.recipe import load_recipe  # noqa: E402
 from pyramid.sample_data import write_sample_data  # noqa: E402
 from pyramid.sources import get_source  # noqa: E402
+from tests.fixtures.ray_cluster import LocalCluster  # noqa: E402
+
+CLI = [sys.executable, "-m", "pyramid"]
+STAGES = {"decode": "decode + resize", "flow": "DIS flow", "flow_stats": "motion statistics", "flow_rgb": "flow -> RGB",
+          "flow_encode": "flow PNG + rows", "label": "latent actions", "video_encode": "H.264 clips", "stage_write": "staged writes"}
 
 
 def write_recipe(workdir: Path, data: Path, output: str) -> Path:
     recipe = {"sources": [{"kind": "lerobot", "root": str(data / "lerobot")}], "output": str(workdir / output),
               "video_size": [384, 320], "fps": 10, "clip_frames": 20, "formats": ["webdataset", "lance"],
-              "flow": {"backend": "dis", "options": {"preset": "medium", "threads": 1}},
-              "filters": {"min_frames": 8, "static_motion_threshold": 0.0}}
+              "flow": {"backend": "dis"}, "filters": {"min_frames": 8, "static_motion_threshold": 0.0}}
     path = workdir / f"{output}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -49,7 +57,7 @@ def serial_loop(data: Path, out: Path) -> tuple[float, int, int]:
     from pyramid.staging import mp4_bytes, png_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    backend = flow.get_backend("dis", preset="medium", threads=1)
+    backend = flow.get_backend("dis", threads=1)
     reader = get_source("lerobot")(data / "lerobot")
     started, episodes, pairs = time.perf_counter(), 0, 0
     for ref in reader.discover():
@@ -62,51 +70,57 @@ def serial_loop(data: Path, out: Path) -> tuple[float, int, int]:
     return time.perf_counter() - started, episodes, pairs
 
 
-def bounds(data: Path) -> tuple[float, float, int, int]:
-    """Seconds to only decode, and to only compute flow, for the same episodes (one process)."""
+def bounds(data: Path) -> tuple[float, float]:
+    """Seconds to only decode, and to only compute flow, for the same episodes (one process, one core)."""
     import flow
 
-    backend = flow.get_backend("dis", preset="medium", threads=1)
+    backend = flow.get_backend("dis", threads=1)
     reader = get_source("lerobot")(data / "lerobot")
     decode_s = flow_s = 0.0
-    episodes = pairs = 0
     for ref in reader.discover():
         t0 = time.perf_counter()
         frames = resize_frames(reader.load(ref).frames(), (384, 320))
         t1 = time.perf_counter()
-        pairs += len(backend.sequence(frames))
+        backend.sequence(frames)
         flow_s += time.perf_counter() - t1
         decode_s += t1 - t0
-        episodes += 1
-    return decode_s, flow_s, episodes, pairs
+    return decode_s, flow_s
 
 
-def timed_build(recipe: Path, workers: int) -> tuple[float, int]:
-    """Wall seconds of `pyramid build` (Ray start included) and the peak RSS of its process tree."""
-    command = [str(ROOT / ".venv/bin/pyramid"), "build", str(recipe), "--quiet", "--workers", str(workers)]
+def timed_build(recipe: Path, *args: str, env: dict | None = None) -> tuple[float, int, dict]:
+    """Wall seconds of `pyramid build` (Ray start included), the peak RSS of its process tree, its manifest."""
+    command = [*CLI, "build", str(recipe), "--quiet", *args]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
     peak = PeakRss(process.pid)
     peak.start()
-    if process.wait() != 0:
-        raise SystemExit(f"build of {recipe} failed")
+    _, stderr = process.communicate()
     peak.stop()
-    return time.perf_counter() - started, peak.value
+    if process.returncode != 0:
+        raise SystemExit(f"build of {recipe} failed:\n{stderr[-2000:]}")
+    manifest = json.loads((Path(yaml.safe_load(recipe.read_text())["output"]) / "manifest.json").read_text())
+    return time.perf_counter() - started, peak.value, manifest
 
 
 class PeakRss(threading.Thread):
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.root, self.value, self.running = psutil.Process(pid), 0, True
+        self.since = time.time() - 1
 
     def run(self) -> None:
         while self.running:
             try:
                 tree = [self.root, *self.root.children(recursive=True)]
-                self.value = max(self.value, sum(_rss(p) for p in tree) + _ray_rss())
+                self.value = max(self.value, sum(_rss(p) for p in tree) + self._ray_rss())
             except psutil.NoSuchProcess:
                 pass
             time.sleep(0.05)
+
+    def _ray_rss(self) -> int:
+        # Ray's raylet and GCS are daemonised, so they are not children of the build; only those it started count.
+        return sum(_rss(p) for p in psutil.process_iter(["name", "create_time"])
+                   if (p.info["name"] or "").startswith(("raylet", "gcs_server")) and (p.info["create_time"] or 0) >= self.since)
 
     def stop(self) -> None:
         self.running = False
@@ -120,43 +134,77 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
-def _ray_rss() -> int:
-    # Ray's raylet and GCS are daemonised, so they are not children of the build process.
-    return sum(_rss(p) for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith(("raylet", "gcs_server")))
+def print_breakdown(manifest: dict) -> None:
+    timings = manifest["timings_s"]
+    workers = {stage: timings.get(f"worker_{stage}", 0.0) for stage in STAGES}
+    total = sum(workers.values())
+    print("\nwhere the 2-worker build's time goes (worker seconds summed over workers, then the driver's):")
+    for stage, seconds in workers.items():
+        if seconds:
+            print(f"  worker {STAGES[stage]:<22}{seconds:8.2f} s  {seconds / total:6.1%}")
+    for stage in ("ray_start", "process", "pack", "lance"):
+        print(f"  driver {stage:<22}{timings.get(stage, 0.0):8.2f} s")
+    storage = workers["flow_rgb"] + workers["flow_encode"]
+    print(f"  flow storage (RGB + PNG) / flow: {storage / workers['flow']:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--episodes", type=int, default=24)
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-build-"))
     try:
         data = workdir / "data"
         write_sample_data(data, robot_episodes=args.episodes, video_clips=1, seed=0, num_frames=args.frames)
         serial_s, episodes, pairs = serial_loop(data, workdir / "serial")
-        decode_s, flow_s, _, _ = bounds(data)
-        builds = {w: timed_build(write_recipe(workdir, data, f"build{w}"), w)[0] for w in (1, 2)}
-        bound_s = max(decode_s, flow_s) / 2 + min(decode_s, flow_s) / 2  # both stages spread over 2 cores
+        decode_s, flow_s = bounds(data)
+        bound_s = (decode_s + flow_s) / 2  # both stages spread evenly over 2 cores
         rows = [("serial loop", serial_s), ("decode only (1 core)", decode_s), ("flow only (1 core)", flow_s),
-                ("bound on 2 cores", bound_s), ("build, 1 worker", builds[1]), ("build, 2 workers", builds[2])]
-        print(f"{episodes} episodes, {pairs} flow pairs at 384x320, {args.frames} source frames each")
-        print(f"{'run':<24}{'seconds':>9}{'episodes/min':>14}{'pairs/s':>10}{'vs serial':>11}")
+                ("bound on 2 cores", bound_s)]
+        for workers in (1, 2):
+            seconds, _, manifest = timed_build(write_recipe(workdir, data, f"build{workers}"), "--workers", str(workers))
+            rows.append((f"build, {workers} worker{'s' * (workers > 1)}", seconds))
+        breakdown = manifest
+        print_ray_start = manifest["timings_s"].get("ray_start", 0.0)
+        with LocalCluster(workdir, labels=("node_local",), cpus=2) as running:
+            seconds, _, _ = timed_build(write_recipe(workdir, data, "reused"), "--workers", "2", env=running.env)
+            rows.append(("build, 2 workers, Ray reused", seconds))
+        if not args.skip_cluster:
+            with LocalCluster(workdir) as cluster:
+                seconds, _, manifest = timed_build(write_recipe(workdir, data, "cluster"), "--address", cluster.address, env=cluster.env)
+                rows.append(("build on 2 nodes x 1 CPU", seconds))
+                nodes = manifest["episodes_by_node"]
+        print(f"{episodes} episodes, {pairs} flow pairs at 384x320, {args.frames} source frames each; DIS preset {_preset()}")
+        print(f"{'run':<30}{'seconds':>9}{'episodes/min':>14}{'pairs/s':>10}{'vs serial':>11}{'vs bound':>10}")
         for name, seconds in rows:
-            print(f"{name:<24}{seconds:>9.2f}{episodes / seconds * 60:>14.1f}{pairs / seconds:>10.1f}{serial_s / seconds:>10.2f}x")
-        print(f"build (2 workers) / bound throughput: {bound_s / builds[2]:.2f}  (target >= 0.8)")
-        print(f"build (2 workers) / serial throughput: {serial_s / builds[2]:.2f}  (target >= 1.8)")
+            print(f"{name:<30}{seconds:>9.2f}{episodes / seconds * 60:>14.1f}{pairs / seconds:>10.1f}"
+                  f"{serial_s / seconds:>10.2f}x{bound_s / seconds:>9.2f}x")
+        built = dict(rows)
+        for name in ("build, 2 workers", "build, 2 workers, Ray reused"):
+            print(f"{name}: {serial_s / built[name]:.2f}x serial (target >= 1.8), {bound_s / built[name]:.2f}x the bound (target >= 0.8)")
+        print(f"Ray start-up inside the fresh 2-worker build: {print_ray_start:.2f} s")
+        if not args.skip_cluster:
+            print(f"cluster build: episodes per node {sorted(nodes.values())}")
+        print_breakdown(breakdown)
         if not args.skip_memory:
             peaks = {}
             for count in (10, 100):
                 mem_data = workdir / f"mem{count}"
                 write_sample_data(mem_data, robot_episodes=count, video_clips=1, seed=1, num_frames=args.frames)
-                peaks[count] = timed_build(write_recipe(workdir, mem_data, f"mem{count}build"), 2)[1]
-            print(f"peak RSS: 10 episodes {peaks[10] / 2**20:.0f} MiB, 100 episodes {peaks[100] / 2**20:.0f} MiB, "
+                peaks[count] = timed_build(write_recipe(workdir, mem_data, f"mem{count}build"), "--workers", "2")[1]
+            print(f"\npeak RSS: 10 episodes {peaks[10] / 2**20:.0f} MiB, 100 episodes {peaks[100] / 2**20:.0f} MiB, "
                   f"ratio {peaks[100] / peaks[10]:.2f}  (target <= 1.2)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _preset() -> str:
+    from flow.dis import DEFAULT_PRESET
+
+    return DEFAULT_PRESET
 
 
 if __name__ == "__main__":

@@ -96,6 +96,8 @@ def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progre
         tally.add_stats(status["embodiment"], status.get("stats", {}))
         tally.add_stage_seconds(status.get("stage_seconds", {}))
         tally.by_node[status.get("node") or "driver"] += 1
+        for suffix in status["staged_bytes"]:  # sizes only; Lance would bury an error raised while it reads
+            _checked(staging, status, suffix)
         kept.append({"episode_id": status["episode_id"], "staged_bytes": status["staged_bytes"]})
         if len(previews) < LATENT_PREVIEW_EPISODES and "preview_png" in status:
             previews.append({key: status[key] for key in ("episode_id", "preview_png", "preview_heading", "preview_latents") if key in status})
@@ -107,13 +109,10 @@ def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progre
     from pyramid.sinks.lance_sink import write_clips, write_flow
 
     if kept:
-        try:
-            if "lance" in recipe.formats:
-                write_clips(output, staging, lambda: kept, fingerprint)
-            if recipe.flow.store:
-                write_flow(output, staging, lambda: kept, fingerprint)
-        except StagedFileDamaged as exc:
-            raise _redo(staging, exc) from None
+        if "lance" in recipe.formats:
+            write_clips(output, staging, lambda: kept, fingerprint)
+        if recipe.flow.store:
+            write_flow(output, staging, lambda: kept, fingerprint)
     timings["lance"] = time.perf_counter() - started
     timings.update({f"worker_{stage}": seconds for stage, seconds in sorted(tally.stage_seconds.items())})
     manifest = _manifest(recipe, fingerprint, tally, packer.shards(), timings)
