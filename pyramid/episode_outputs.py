@@ -90,7 +90,7 @@ def clip_samples(payload: dict, recipe: Recipe) -> Iterator[dict[str, Any]]:
                 "action_fps": fields["source_fps"], "has_actions": payload["actions"] is not None,
                 "has_latent_actions": latents is not None,
                 "motion": payload["clip_motion"][clip],
-                "flow": {"backend": recipe.flow.backend, "stride": stride, "dataset": "flow.lance",
+                "flow": {"backend": recipe.flow.backend, "stride": stride, "dataset": "flow.lance" if recipe.flow.store else None,
                          "max_magnitude": flow_scale(),
                          "pair_range": [span.first, span.stop - stride]}}
         sample: dict[str, Any] = {"__key__": clip_key(fields["episode_id"], span.index), "json": meta,

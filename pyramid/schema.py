@@ -42,8 +42,9 @@ CLIP_JSON = {
     "has_actions": "whether `actions.npy` is present",
     "has_latent_actions": "whether `latent_actions.npy` is present",
     "motion": "flow magnitude over the clip's pairs, px: `{mean, median, p95, moving_fraction}` (static clips are left out by it)",
-    "flow": "`{backend, stride, max_magnitude, dataset: \"flow.lance\", pair_range: [first, stop)}`: the flow.lance "
-            "`pair_index` range of this clip's pairs (the rows of its `latent_actions.npy`)",
+    "flow": "`{backend, stride, max_magnitude, dataset: \"flow.lance\" (null when the recipe's `flow.store` is false), "
+            "pair_range: [first, stop)}`: the flow.lance `pair_index` range of this clip's pairs (the rows of its "
+            "`latent_actions.npy`)",
 }
 
 _CLIP_COLUMNS = [
