@@ -7,7 +7,10 @@ the local cache, else random weights (then it reports speed only). Targets: the 
 >= 100 pairs/s per core with a mean EPE within 0.1 px of OpenCV's medium preset; a learned backend on
 GPU in batches of >= 8 pairs. "/cpu-s" is pairs per CPU second this process used: the per-core rate,
 which other jobs on a shared machine do not lower. The "dis medium, ..." rows are the OpenCV
-parameters the default preset was chosen among (`flow/dis.py` PRESETS).
+parameters the default preset was chosen among (`flow/dis.py` PRESETS). Last, what storing each pair
+costs in the formats a build could use: builds store flow-RGB PNGs with run-length deflate (what the
+VAE reads; under the flow's own cost, and half the default PNG's size); an int16 array encodes faster
+but is ~5x larger, and WebP lossless is smaller but costs more than the flow.
 """
 
 from __future__ import annotations
@@ -166,6 +169,45 @@ def print_targets(rows: list[Row]) -> None:
         print(f"target learned backend on GPU in batches >= {GPU_BATCH}: not measured (no GPU here)")
 
 
+def storage_rows(frames: np.ndarray) -> list[tuple[str, float, float]]:
+    """How a build could store flow, per pair: (name, CPU ms to encode, KiB). The build stores the PNG run-length row."""
+    import zlib
+
+    import cv2
+
+    from pyramid.staging import png_bytes
+
+    flows = flow.get_backend("dis", threads=1).sequence(frames)
+
+    def png_default(rgb):
+        return cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+
+    def webp_lossless(rgb):
+        return cv2.imencode(".webp", rgb, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+
+    def quantised(pair):  # 1/64 px steps, int16: what a float flow array needs to stay below the RGB's error
+        return zlib.compress(np.round(np.clip(pair, -500, 500) * 64).astype(np.int16).tobytes(), 1)
+
+    encoders = {"flow-RGB + PNG, run-length (stored)": (True, png_bytes), "flow-RGB + PNG, default": (True, png_default),
+                "flow-RGB + WebP lossless": (True, webp_lossless), "int16 array (1/64 px) + zlib": (False, quantised)}
+    rows = []
+    for name, (as_rgb, encode) in encoders.items():
+        start = time.process_time()
+        sizes = [len(encode(item)) for item in (flow.to_rgb(flows) if as_rgb else flows)]
+        rows.append((name, (time.process_time() - start) * 1000 / len(flows), np.mean(sizes) / 1024))
+    start = time.process_time()
+    flow.get_backend("dis", threads=1).sequence(frames)
+    rows.append((f"(the flow itself: dis {DEFAULT_PRESET}, 1 thread)", (time.process_time() - start) * 1000 / len(flows), 0.0))
+    return rows
+
+
+def print_storage(rows: list[tuple[str, float, float]]) -> None:
+    print(f"\nflow storage per pair at {SIZE[0]}x{SIZE[1]} (encoding includes flow -> RGB where used)")
+    print(f"{'format':<44}{'CPU ms':>8}{'KiB':>8}")
+    for name, milliseconds, kib in rows:
+        print(f"{name:<44}{milliseconds:>8.2f}{kib:>8.1f}" if kib else f"{name:<44}{milliseconds:>8.2f}{'':>8}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dpflow")
@@ -186,6 +228,7 @@ def main() -> None:
             row.errors = end_point_errors(row.backend)
     print_table(rows)
     print_targets(rows)
+    print_storage(storage_rows(frames[:17]))
 
 
 if __name__ == "__main__":
