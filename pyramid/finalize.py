@@ -96,9 +96,7 @@ def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progre
         tally.add_stats(status["embodiment"], status.get("stats", {}))
         tally.add_stage_seconds(status.get("stage_seconds", {}))
         tally.by_node[status.get("node") or "driver"] += 1
-        for suffix in status["staged_bytes"]:  # sizes only; Lance would bury an error raised while it reads
-            _checked(staging, status, suffix)
-        kept.append({"episode_id": status["episode_id"], "staged_bytes": status["staged_bytes"]})
+        kept.append({"episode_id": status["episode_id"], "staged_bytes": _staged_sizes(staging, status)})
         if len(previews) < LATENT_PREVIEW_EPISODES and "preview_png" in status:
             previews.append({key: status[key] for key in ("episode_id", "preview_png", "preview_heading", "preview_latents") if key in status})
         if "webdataset" in recipe.formats and not packer.already_packed(row["order"], row["episode_id"], status["level"]):
@@ -120,6 +118,16 @@ def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progre
     atomic_write_bytes(output / "manifest.json", json.dumps(manifest, indent=2, allow_nan=False).encode())
     shutil.rmtree(staging.dir, ignore_errors=True)
     return manifest
+
+
+def _staged_sizes(staging: Staging, status: dict) -> dict[str, int]:
+    """The episode's staged files and sizes, each checked now (Lance would bury an error raised while it reads)."""
+    if "staged_bytes" not in status:
+        raise BuildError(f"{staging.status_path(status['episode_id'])}: staged by an older version of pyramid; "
+                         f"delete {staging.dir} and build again")
+    for suffix in status["staged_bytes"]:
+        _checked(staging, status, suffix)
+    return status["staged_bytes"]
 
 
 def _checked(staging: Staging, status: dict, suffix: str) -> Path:
