@@ -46,6 +46,9 @@ class FlowConfig(Strict):
     options: dict = Field(default_factory=dict)  # the backend's constructor options, as a recipe's flow.options
     fps: float = Field(10.0, gt=0)  # the build recipe's `fps` (its default is 10)
     stride: int = Field(1, ge=1)  # the build recipe's flow.stride, in stored frames
+    # Zero the flow where neither frame changed (a fixed camera's flat background), as a recipe's flow.still_*.
+    still_threshold: float = Field(0.0, ge=0, le=255)
+    still_radius: int = Field(6, ge=0)
     # None: flow.to_rgb's default, which the pipeline's flow.lance dataset also uses.
     max_magnitude: Optional[float] = Field(None, gt=0)
     # The stored video size the flow is computed at: Motus stores H x W = 384 x 320.

@@ -80,7 +80,8 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
     the flow settings (`flow_*`, `frame_*`) record how the training flow images were made, so
     labelling makes its inputs the same way and a build with other settings refuses the VAE:
     `flow_fps` is the stored frame rate (None: every source frame, VAEs from before it was recorded),
-    `flow_stride` the pair distance in stored frames, `flow_options` the backend's resolved options.
+    `flow_stride` the pair distance in stored frames, `flow_options` the backend's resolved options,
+    `flow_still_*` where flow was zeroed for lack of change (`flow/still.py`; threshold 0 = never).
     """
 
     @register_to_config
@@ -99,6 +100,8 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
         flow_fps: float | None = None,
         flow_stride: int = 1,
         flow_options: dict[str, Any] | None = None,
+        flow_still_threshold: float = 0.0,
+        flow_still_radius: int = 6,
     ):
         super().__init__()
         self.dcae = AutoencoderDC(**dcae_config)

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from flow.still import zero_unchanged
 from latent_action.action_space import UNLABELLED_EMBODIMENTS
 from latent_action.images import resize_images
 from pyramid.clips import decode_stored, pair_actions, stored_frames_of
@@ -98,19 +99,23 @@ class FlowSettings:
     frame_height: int = 384
     frame_width: int = 320
     max_magnitude: float | None = None  # flow-RGB scale; None = flow.to_rgb's default
+    still_threshold: float = 0.0  # flow zeroed where neither frame changed (flow/still.py); 0 = off
+    still_radius: int = 6
 
     @classmethod
     def from_config(cls, flow_config) -> "FlowSettings":
         """From a training config's `data.flow`."""
         return cls(flow_config.backend, tuple(sorted(flow_config.options.items())), flow_config.fps, flow_config.stride,
-                   flow_config.frame_height, flow_config.frame_width, flow_config.max_magnitude)
+                   flow_config.frame_height, flow_config.frame_width, flow_config.max_magnitude,
+                   flow_config.still_threshold, flow_config.still_radius)
 
     @classmethod
     def of_vae(cls, vae_config) -> "FlowSettings":
         """The settings a trained VAE recorded (`vae.config`, a dict)."""
         get = vae_config.get
         return cls(get("flow_backend", "dis"), tuple(sorted((get("flow_options") or {}).items())), get("flow_fps"),
-                   int(get("flow_stride") or 1), get("frame_height", 384), get("frame_width", 320), get("flow_max_magnitude"))
+                   int(get("flow_stride") or 1), get("frame_height", 384), get("frame_width", 320), get("flow_max_magnitude"),
+                   float(get("flow_still_threshold") or 0.0), int(get("flow_still_radius", 6)))
 
     def estimator(self):
         import flow
@@ -134,7 +139,7 @@ def episode_flows(episode: Episode, settings: FlowSettings, estimator=None) -> I
     size = (settings.frame_height, settings.frame_width)
     for start in range(0, len(indices) - stride, FRAMES_PER_CHUNK):
         frames = decode_stored(episode, indices[start : start + FRAMES_PER_CHUNK + stride], size)
-        yield estimator.sequence(frames, stride)
+        yield zero_unchanged(estimator.sequence(frames, stride), frames, stride, settings.still_threshold, settings.still_radius)
 
 
 def episode_pair_actions(episode: Episode, settings: FlowSettings) -> np.ndarray | None:
@@ -250,7 +255,8 @@ def build_flow_settings(manifest: Path) -> FlowSettings:
         flow = recipe["flow"]
         height, width = recipe["video_size"]
         return FlowSettings(flow["backend"], tuple(sorted(flow.get("options", {}).items())), float(recipe["fps"]),
-                            int(flow.get("stride", 1)), int(height), int(width))
+                            int(flow.get("stride", 1)), int(height), int(width), None,
+                            float(flow.get("still_threshold", 0.0)), int(flow.get("still_radius", 6)))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EpisodeError(manifest, f"cannot tell how the build beside it made its flow ({exc.__class__.__name__}: {exc}); "
                                      "train from a finished build's flow.lance") from exc

@@ -148,6 +148,7 @@ def build_model(config: TrainConfig, settings: FlowSettings) -> LatentActionVAE:
         "flow_backend": settings.backend, "flow_max_magnitude": settings.max_magnitude,
         "frame_height": settings.frame_height, "frame_width": settings.frame_width,
         "flow_fps": settings.fps, "flow_stride": settings.stride,
+        "flow_still_threshold": settings.still_threshold, "flow_still_radius": settings.still_radius,
         "flow_options": flow.resolved_options(settings.backend, dict(settings.options)),
     }
     if config.model.head_hidden_dim:

@@ -76,12 +76,20 @@ class SourceSpec(Strict):
         return CameraView.of_recipe(self.cameras, fit)
 
 
+# Flow options added after builds existed, at their defaults: left out of the fingerprint.
+LATER_FLOW_DEFAULTS = {"store": True, "still_threshold": 0.0, "still_radius": 6}
+
+
 class FlowSpec(Strict):
     backend: str = Field("dis", description="'dis', 'farneback' or 'ptlflow:<model>' (e.g. ptlflow:dpflow, the paper's).")
     stride: int = Field(1, ge=1)
     options: dict = Field(default_factory=dict, description="The backend's constructor options (its defaults when omitted).")
     store: bool = Field(True, description="Write flow.lance (flow-RGB of every pair, what a VAE trains on); false when "
                                           "only the clips and their latent actions are wanted.")
+    still_threshold: float = Field(0.0, ge=0, le=255, description="Zero the flow where neither frame changed by more than "
+                                   "this (0-255, any channel) within still_radius px: a fixed camera's flat walls and tables "
+                                   "(flow/still.py). 0 = off.")
+    still_radius: int = Field(6, ge=0, description="With still_threshold: px around a changed pixel whose flow is kept.")
 
     @field_validator("backend")
     @classmethod
@@ -149,8 +157,9 @@ class Recipe(Strict):
         import hashlib
 
         content = self.model_dump(mode="json", exclude={"output", "max_failed_fraction"})
-        if self.flow.store:
-            del content["flow"]["store"]  # the default: builds from before the option keep their fingerprint
+        for key, default in LATER_FLOW_DEFAULTS.items():
+            if content["flow"][key] == default:
+                del content["flow"][key]  # builds from before the option keep their fingerprint
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolved(self, base: Path) -> "Recipe":

@@ -123,11 +123,13 @@ class FlowStage(RowStage):
 
     def process(self, payload: dict) -> dict:
         import flow
+        from flow.still import zero_unchanged
 
         stride = self.recipe.flow.stride
         frames, seconds = payload["frames"], payload.setdefault("seconds", {})
         with timed(seconds, "flow"):
             flows = self.backend.sequence(frames, stride) if len(frames) > stride else np.zeros((0, *frames.shape[1:3], 2), np.float32)
+            zero_unchanged(flows, frames, stride, self.recipe.flow.still_threshold, self.recipe.flow.still_radius)
         with timed(seconds, "flow_stats"):
             payload["clip_motion"] = [flow.motion_stats(flows[span.first : span.stop - stride]).as_dict() if span.stop - stride > span.first else None
                                       for span in payload["spans"]]
@@ -183,6 +185,11 @@ def check_vae_matches(config: Any, recipe: Recipe) -> None:
         wanted = flow.resolved_options(recipe.flow.backend, recipe.flow.options)
         if dict(trained_options) != wanted:
             problems.append(f"trained with flow options {dict(trained_options)}, the recipe's resolve to {wanted}")
+    trained_still = (float(config.get("flow_still_threshold") or 0.0), int(_recorded(config, "flow_still_radius", 6)))
+    wanted_still = (recipe.flow.still_threshold, recipe.flow.still_radius)
+    if trained_still != wanted_still and (trained_still[0] or wanted_still[0]):
+        problems.append(f"trained with flow.still_threshold/still_radius {trained_still[0]:g}/{trained_still[1]}, "
+                        f"the recipe's are {wanted_still[0]:g}/{wanted_still[1]}")
     trained_stride = int(config.get("flow_stride") or 1)
     if trained_stride != recipe.flow.stride:
         problems.append(f"trained on pairs {trained_stride} stored frame(s) apart, the recipe's flow stride is {recipe.flow.stride}")
@@ -191,6 +198,12 @@ def check_vae_matches(config: Any, recipe: Recipe) -> None:
         problems.append(f"flow-RGB scale is {scale} px, builds use {flow.DEFAULT_MAX_MAGNITUDE} px")
     if problems:
         raise ValueError(f"{recipe.vae}: VAE does not match the recipe: {'; '.join(problems)}")
+
+
+def _recorded(config: Any, key: str, default: Any) -> Any:
+    """A VAE config value, or `default` for VAEs saved before it was recorded."""
+    value = config.get(key)
+    return default if value is None else value
 
 
 class StageWriter:

@@ -88,6 +88,8 @@ def saved_vae(tmp_path, **flow_settings):
     ({"flow_stride": 2}, {}, "trained on pairs 2 stored frame(s) apart, the recipe's flow stride is 1"),
     ({}, {"flow": {"backend": "dis", "options": {"preset": "fast"}}}, "the recipe's resolve to {'preset': 'fast'"),
     ({"frame_height": 192}, {}, "trained on flow at 192x320, the recipe stores 384x320"),
+    ({"flow_still_threshold": 6.0}, {}, "trained with flow.still_threshold/still_radius 6/6, the recipe's are 0/6"),
+    ({}, {"flow": {"backend": "dis", "still_threshold": 4}}, "trained with flow.still_threshold/still_radius 0/6, the recipe's are 4/6"),
 ])
 def test_a_build_refuses_a_vae_trained_on_other_flow_before_ray_starts(tmp_path, settings, recipe_changes, words):
     vae = saved_vae(tmp_path, **settings)
@@ -103,3 +105,22 @@ def test_a_build_takes_a_vae_trained_on_its_flow(tmp_path):
                             flow={"backend": "dis", "options": {"preset": "balanced", "threads": 2}}))
     assert json.loads((vae / "config.json").read_text())["flow_fps"] == 10.0
     assert FlowSettings.of_vae(json.loads((vae / "config.json").read_text())).fps == 10.0
+
+
+def test_a_build_takes_a_vae_trained_with_its_still_mask_and_old_vaes_mean_no_mask(tmp_path):
+    vae = saved_vae(tmp_path, flow_still_threshold=6.0, flow_still_radius=4)
+    recipe = Recipe(sources=[{"kind": "videos", "root": str(tmp_path)}], output=str(tmp_path / "out"), vae=str(vae),
+                    flow={"backend": "dis", "still_threshold": 6, "still_radius": 4})
+    check_vae_config(recipe)
+    settings = FlowSettings.of_vae(json.loads((vae / "config.json").read_text()))
+    assert (settings.still_threshold, settings.still_radius) == (6.0, 4)
+    config = json.loads((vae / "config.json").read_text())
+    del config["flow_still_threshold"], config["flow_still_radius"]  # a VAE saved before the mask existed
+    assert FlowSettings.of_vae(config).still_threshold == 0.0
+
+
+def test_still_mask_keeps_no_recipe_fingerprint_change_at_its_default(tmp_path):
+    base = {"sources": [{"kind": "videos", "root": str(tmp_path)}], "output": str(tmp_path / "out")}
+    plain = Recipe(**base).content_fingerprint()
+    assert Recipe(**base, flow={"still_threshold": 0, "still_radius": 6}).content_fingerprint() == plain
+    assert Recipe(**base, flow={"still_threshold": 6}).content_fingerprint() != plain
