@@ -20,12 +20,12 @@ def train_command(
 
     For several GPUs: torchrun --nproc-per-node N -m recipes.train RECIPE.yaml
     """
-    from recipes.motus.config import RecipeError, load_recipe
+    from recipes.motus.config import TrainRecipeError, load_recipe
     from recipes.train import train
 
     try:
         loaded = load_recipe(recipe)
-    except RecipeError as exc:
+    except TrainRecipeError as exc:
         fail(str(exc))
     result = train(loaded, resume=not fresh, log=typer.echo)
     typer.echo(f"done at step {result['step']}: {result['checkpoint']}")

@@ -136,10 +136,10 @@ def test_stage_1_trains_the_video_expert_only(build, tmp_path):
 
 
 def test_stage_recipes_check_their_targets(build, tmp_path):
-    from recipes.motus.config import RecipeError
+    from recipes.motus.config import TrainRecipeError
 
     path = write_recipe(tmp_path / "bad.yaml", build.root, tmp_path / "bad", data={"targets": "none"})
-    with pytest.raises(RecipeError, match="stage 3 needs data.targets latent_actions or actions"):
+    with pytest.raises(TrainRecipeError, match="stage 3 needs data.targets latent_actions or actions"):
         load_recipe(path)
 
 
