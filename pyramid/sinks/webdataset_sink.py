@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pyramid.errors import BuildError
-from pyramid.staging import atomic_write_bytes
+from pyramid.atomic import atomic_write_bytes
 
 
 @dataclass
