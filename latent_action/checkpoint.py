@@ -1,5 +1,5 @@
 """Training checkpoints: a diffusers model directory plus what it takes to resume exactly, in the
-convention `pyramid train` shares (pyramid/checkpoints.py: naming, atomic write, state file, RNG, --resume).
+convention `pyramid train` shares (pyramid/training/checkpoints.py: naming, atomic write, state file, RNG, --resume).
 
     step_0000500/
       config.json, diffusion_pytorch_model.safetensors   the VAE (`LatentActionVAE.from_pretrained(dir)`)
@@ -23,9 +23,9 @@ from safetensors.torch import load_file, save_file
 from latent_action.action_space import ActionNormalizer
 from latent_action.model import LatentActionVAE
 from pyramid.atomic import atomic_directory
-from pyramid.checkpoints import (RNG_FILE, STATE_FILE, latest_checkpoint, load_rng, prune_checkpoints, save_rng,
-                                 state_file, step_directory)
 from pyramid.errors import EpisodeError
+from pyramid.training.checkpoints import (RNG_FILE, STATE_FILE, latest_checkpoint, load_rng, prune_checkpoints,
+                                          save_rng, state_file, step_directory)
 
 __all__ = ["checkpoint_dir", "latest_checkpoint", "prune_checkpoints", "save_checkpoint", "restore_checkpoint",
            "resolve_checkpoint", "load_trained"]

@@ -24,8 +24,8 @@ from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
-from pyramid.checkpoints import checkpoint_to_resume
-from pyramid.lr_schedule import warmup_cosine
+from pyramid.training.checkpoints import checkpoint_to_resume
+from pyramid.training.lr_schedule import warmup_cosine
 
 PREVIEW_PAIRS = 8
 EVAL_PAIRS = 64

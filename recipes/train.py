@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pyramid.checkpoints import checkpoint_to_resume
-from pyramid.lr_schedule import warmup_cosine
+from pyramid.training.checkpoints import checkpoint_to_resume
+from pyramid.training.lr_schedule import warmup_cosine
 from recipes.motus.build import build_encoders, build_motus
 from recipes.motus.checkpoint import (latest_checkpoint, load_checkpoint, load_weights, save_checkpoint,
                                       step_directory)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pyramid.atomic import atomic_directory, atomic_write, atomic_write_bytes
-from pyramid.checkpoints import (checkpoint_to_resume, latest_checkpoint, prune_checkpoints, state_file,
+from pyramid.training.checkpoints import (checkpoint_to_resume, latest_checkpoint, prune_checkpoints, state_file,
                                  step_directory)
 
 

@@ -1,5 +1,5 @@
 """Training checkpoints: one directory per step, safetensors + JSON only, enough to resume a run exactly,
-in the convention `pyramid train-vae` shares (pyramid/checkpoints.py: naming, atomic write, state file, RNG, --resume).
+in the convention `pyramid train-vae` shares (pyramid/training/checkpoints.py: naming, atomic write, state file, RNG, --resume).
 
     step_0000100/
       video/ action/ understanding/   config.json + safetensors per expert (diffusers `from_pretrained` reads them)
@@ -22,9 +22,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from pyramid.atomic import atomic_directory
-from pyramid.checkpoints import STATE_FILE, load_rng, save_rng
-from pyramid.checkpoints import latest_checkpoint as latest_in
-from pyramid.checkpoints import step_directory as step_in
+from pyramid.training.checkpoints import STATE_FILE, load_rng, save_rng
+from pyramid.training.checkpoints import latest_checkpoint as latest_in
+from pyramid.training.checkpoints import step_directory as step_in
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
