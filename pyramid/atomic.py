@@ -37,11 +37,16 @@ def atomic_write(path: Path, write: Callable[[Path], None], sync: bool = True) -
     tmp = temporary_name(path)
     try:
         write(tmp)
-        if sync:
-            _fsync(tmp)
-        os.replace(tmp, path)
+        commit(tmp, path, sync)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def commit(tmp: Path, path: Path, sync: bool = True) -> None:
+    """Flush a file that was streamed to its temporary name (a shard, a listing) to disk and rename it into place."""
+    if sync:
+        _fsync(tmp)
+    os.replace(tmp, path)
 
 
 @contextmanager

@@ -11,7 +11,6 @@ is completely done: a killed build resumes by skipping episodes that have one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pyramid.atomic import atomic_write_bytes, temporary_name
+from pyramid.atomic import atomic_write_bytes, commit, temporary_name
 from pyramid.paths import output_child
 from pyramid.video_io import video_bytes
 
@@ -70,9 +69,7 @@ class Staging:
             for row in rows:
                 listing.write(json.dumps({key: row[key] for key in ("order", "episode_id", "path", "level")}) + "\n")
                 yield row
-            listing.flush()
-            os.fsync(listing.fileno())
-        os.replace(tmp, self.episode_list)
+        commit(tmp, self.episode_list)
 
     def episodes(self) -> Iterator[dict]:
         """The rows `record_episodes` listed, in discovery order."""
