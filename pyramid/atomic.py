@@ -55,7 +55,8 @@ def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iter
     on success it replaces `path`, whatever was there."""
     path = Path(path)
     tmp = temporary_name(path)
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in path.parent.glob(f".{path.stem}.tmp*{path.suffix}"):  # left by a killed writer (a checkpoint: GBs)
+        shutil.rmtree(stale, ignore_errors=True)
     if create:
         tmp.mkdir(parents=True)
     try:

@@ -30,6 +30,7 @@ def test_a_directory_appears_whole_or_not_at_all(tmp_path):
         (tmp / "weights").write_bytes(b"1")
         raise RuntimeError("killed")
     assert os.listdir(tmp_path) == []
+    (tmp_path / ".step_0000001.tmp12345").mkdir()  # left by a killed writer
     with atomic_directory(target) as tmp:
         (tmp / "weights").write_bytes(b"2")
         assert not target.exists()
