@@ -1,20 +1,19 @@
-"""Training checkpoints: a diffusers model directory plus what it takes to resume exactly.
+"""Training checkpoints: a diffusers model directory plus what it takes to resume exactly, in the
+convention `pyramid train` shares (pyramid/training/checkpoints.py: naming, atomic write, state file, RNG, --resume).
 
     step_0000500/
       config.json, diffusion_pytorch_model.safetensors   the VAE (`LatentActionVAE.from_pretrained(dir)`)
       action_normalizer.json                             per-embodiment q01/q99 of the real actions
       heldout_episodes.json                              labelled episodes kept out of training
       optimizer.safetensors                              AdamW moments and step counts
-      trainer_state.json                                 step, optimizer param groups, LR scheduler, RNG states
+      rng.safetensors                                    the noise generator's, torch's (and CUDA's) RNG states
+      training_state.json                                step, optimizer param groups, LR scheduler
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,17 @@ from safetensors.torch import load_file, save_file
 
 from latent_action.action_space import ActionNormalizer
 from latent_action.model import LatentActionVAE
+from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
+from pyramid.training.checkpoints import (RNG_FILE, STATE_FILE, latest_checkpoint, load_rng, prune_checkpoints,
+                                          save_rng, state_file, step_directory)
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
+__all__ = ["checkpoint_dir", "latest_checkpoint", "prune_checkpoints", "save_checkpoint", "restore_checkpoint",
+           "resolve_checkpoint", "load_trained"]
 
 
 def checkpoint_dir(checkpoints: Path, step: int) -> Path:
-    return checkpoints / f"step_{step:07d}"
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    steps = sorted((int(m.group(1)), p) for p in checkpoints.glob("step_*") if (m := STEP_DIR.match(p.name)) and p.is_dir())
-    return steps[-1][1] if steps else None
+    return step_directory(checkpoints, step)
 
 
 def save_checkpoint(
@@ -49,23 +47,15 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint under a temporary name and rename it when complete."""
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    vae.save_pretrained(partial)
-    normalizer.save(partial / "action_normalizer.json")
-    (partial / "heldout_episodes.json").write_text(json.dumps(sorted(heldout), indent=1))
-    tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
-    save_file(tensors, str(partial / "optimizer.safetensors"))
-    state = {
-        "step": step,
-        "optimizer": optimizer_json,
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_states(generator),
-        **(extra or {}),
-    }
-    (partial / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(partial, directory)
+    with atomic_directory(directory) as partial:
+        vae.save_pretrained(partial)
+        normalizer.save(partial / "action_normalizer.json")
+        (partial / "heldout_episodes.json").write_text(json.dumps(sorted(heldout), indent=1))
+        tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
+        save_file(tensors, str(partial / "optimizer.safetensors"))
+        save_rng(partial, _rng_states(generator))
+        state = {"step": step, "optimizer": optimizer_json, "scheduler": scheduler.state_dict(), **(extra or {})}
+        (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
     return directory
 
 
@@ -80,21 +70,16 @@ def restore_checkpoint(
     from safetensors.torch import load_model
 
     try:
-        state = json.loads((directory / "trainer_state.json").read_text())
+        state = json.loads(state_file(directory).read_text())
         load_model(vae, str(directory / "diffusion_pytorch_model.safetensors"), device=str(next(vae.parameters()).device))
         tensors = load_file(str(directory / "optimizer.safetensors"), device=str(next(vae.parameters()).device))
     except (OSError, ValueError, KeyError) as exc:
         raise EpisodeError(directory, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {exc})") from exc
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
-    _restore_rng(generator, state["rng"])
+    # Checkpoints from before the shared convention keep their RNG states in the state file, base64-encoded.
+    _restore_rng(generator, load_rng(directory) if (directory / RNG_FILE).is_file() else _decode_all(state["rng"]))
     return int(state["step"])
-
-
-def prune_checkpoints(checkpoints: Path, keep: int) -> None:
-    steps = sorted((int(m.group(1)), p) for p in checkpoints.glob("step_*") if (m := STEP_DIR.match(p.name)))
-    for _, path in steps[:-keep]:
-        shutil.rmtree(path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -143,23 +128,27 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict) -> dict
     return {"state": state, "param_groups": saved["param_groups"]}
 
 
-def _encode(tensor: torch.Tensor) -> str:
-    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode()
+def _rng_states(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    states = {"noise": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda{index}": state for index, state in enumerate(torch.cuda.get_rng_state_all())})
+    return {name: state.cpu() for name, state in states.items()}
+
+
+def _restore_rng(generator: torch.Generator, states: dict[str, torch.Tensor]) -> None:
+    generator.set_state(states["noise"])
+    torch.set_rng_state(states["torch"])
+    cuda = [states[name] for name in sorted((n for n in states if n.startswith("cuda")), key=lambda n: int(n[4:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _decode_all(states: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """RNG states as the older state file held them: base64 strings (a list of them for CUDA)."""
+    decoded = {name: _decode(states[name]) for name in ("noise", "torch")}
+    decoded.update({f"cuda{index}": _decode(text) for index, text in enumerate(states.get("cuda", []))})
+    return decoded
 
 
 def _decode(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-
-def _rng_states(generator: torch.Generator) -> dict[str, Any]:
-    states = {"noise": _encode(generator.get_state()), "torch": _encode(torch.get_rng_state())}
-    if torch.cuda.is_available():
-        states["cuda"] = [_encode(s) for s in torch.cuda.get_rng_state_all()]
-    return states
-
-
-def _restore_rng(generator: torch.Generator, states: dict[str, Any]) -> None:
-    generator.set_state(_decode(states["noise"]))
-    torch.set_rng_state(_decode(states["torch"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_decode(s) for s in states["cuda"]])

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from latent_action.losses import DEFAULT_BETA, DEFAULT_LAMBDA_A, DEFAULT_MOTION_WEIGHT
 from latent_action.sampler import DEFAULT_LABELLED_FRACTION
-from pyramid.config_errors import validation_problems
+from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path, validate
 
 
-class ConfigError(ValueError):
-    """A training config that cannot be used; the message lists every problem, one per line, by key."""
+class VaeConfigError(ConfigError, ValueError):
+    """A `train-vae` config that cannot be used; the message lists every problem by key.
+    (Also a ValueError, as it was before the configs shared one loader.)"""
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind = "VAE config"
 
 
 class ModelConfig(Strict):
@@ -135,30 +132,18 @@ class TrainConfig(Strict):
 
 
 def parse_config(raw: object, origin: str = "config") -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = validation_problems(exc)
-        raise ConfigError(f"{origin}: {len(problems)} problem(s)\n  " + "\n  ".join(problems)) from None
+    return validate(raw, TrainConfig, VaeConfigError, origin)
 
 
 def load_config(path: str | Path) -> TrainConfig:
     """Relative paths in the file (source roots, flow.lance, DC-AE weights, out_dir) are relative to the file,
-    as in build and trainer recipes; environment variables and ~ are expanded."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
-    return relative_to(parse_config(raw, str(path)), path.resolve().parent)
+    as in build and trainer recipes; ${VAR} and ~ are expanded (pyramid/yaml_config.py)."""
+    return relative_to(load_yaml(path, TrainConfig, VaeConfigError), Path(path).resolve().parent)
 
 
 def relative_to(config: TrainConfig, base: Path) -> TrainConfig:
     def fix(value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        expanded = Path(os.path.expandvars(os.path.expanduser(str(value))))
-        return expanded if expanded.is_absolute() else Path(os.path.normpath(base / expanded))
+        return None if value is None else Path(resolve_path(value, base))
 
     data = config.data.model_copy(update={
         "sources": [source.model_copy(update={"root": fix(source.root)}) for source in config.data.sources],

@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from pyramid.staging import atomic_write_bytes
+from pyramid.atomic import atomic_write_bytes
 
 FLOW_ROWS = [
     ("flow EPE over all pixels", "epe_px", "epe_blank_px"),

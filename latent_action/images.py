@@ -13,22 +13,19 @@ Two encodings of the same image:
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pyramid.resize import resize_frames
 
 ENCODINGS = ("signed", "ink")
 INK_GAIN = 10.0
 
 
 def resize_images(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize uint8 [N, H, W, 3] images; area averaging when shrinking, so thin motion is not aliased away."""
-    if images.shape[1:3] == (height, width):
-        return images
-    shrinking = height * width < images.shape[1] * images.shape[2]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(image, (width, height), interpolation=interpolation) for image in images])
+    """Resize uint8 [N, H, W, 3] images, each axis on its own (the project's one resize, pyramid/resize.py)."""
+    return resize_frames(images, (height, width), fit="stretch")
 
 
 def to_model_input(flow_rgb: np.ndarray, image_size: int, encoding: str = "signed") -> torch.Tensor:

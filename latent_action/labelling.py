@@ -12,7 +12,6 @@ layout: a float32 tensor [P, 14]) and `latent_stats.json`, which records the rat
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ import torch
 from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
 from latent_action.pairs import FlowSettings, episode_flows, flow_to_rgb, read_episodes
+from pyramid.atomic import atomic_write
 from pyramid.episode import Episode
 from pyramid.paths import output_child
 from pyramid.stats import RunningStats
@@ -120,6 +120,4 @@ def _pair_rate(checkpoint: str | Path) -> dict:
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    write(partial)
-    os.replace(partial, path)
+    atomic_write(path, write)

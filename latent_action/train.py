@@ -24,7 +24,8 @@ from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
-from pyramid.lr_schedule import warmup_cosine
+from pyramid.training.checkpoints import checkpoint_to_resume
+from pyramid.training.lr_schedule import warmup_cosine
 
 PREVIEW_PAIRS = 8
 EVAL_PAIRS = 64
@@ -52,8 +53,7 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     from tqdm import tqdm
 
     out_dir, checkpoints = config.run.out_dir, config.run.out_dir / "checkpoints"
-    if not resume and latest_checkpoint(checkpoints) is not None:
-        raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue, or choose another run.out_dir")
+    last = checkpoint_to_resume(checkpoints, resume)  # refuses an out_dir with checkpoints unless resuming
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.run.device)
     torch.manual_seed(config.run.seed)
@@ -69,7 +69,7 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
                                config.data.labelled_fraction, sampling_weights(config), config.run.seed)
     generator = torch.Generator(device=device).manual_seed(config.run.seed)  # the reparameterisation noise
     step = 0
-    if resume and (last := latest_checkpoint(checkpoints)) is not None:
+    if last is not None:
         step = restore_checkpoint(last, vae, optimizer, scheduler, generator)
         echo(f"resumed from {last} at step {step}")
 

@@ -123,13 +123,13 @@ def build(
     """Build the pyramid: sources -> clips, flow, latent actions -> WebDataset shards, Lance, manifest, report."""
     from pyramid.errors import BuildError
     from pyramid.pipeline import build as run_build
-    from pyramid.recipe import RecipeError, load_recipe
+    from pyramid.recipe import BuildRecipeError, load_recipe
     from pyramid.summary import print_summary
 
     try:
         recipe = load_recipe(recipe_path, output=str(output.resolve()) if output else None)
         result = run_build(recipe, address=address, workers=workers, progress=not quiet, retry_failed=retry_failed)
-    except (RecipeError, SourceError, BuildError) as exc:
+    except (BuildRecipeError, SourceError, BuildError) as exc:
         fail(str(exc))
     print_summary(result)
     if result.failed_fraction > recipe.max_failed_fraction:

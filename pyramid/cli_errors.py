@@ -41,11 +41,10 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from pyramid.recipe import RecipeError
+    from pyramid.yaml_config import ConfigError
 
-    errors: list[type[BaseException]] = [EpisodeError, SourceError, BuildError, ExportError, RecipeError, OSError]
-    for module, name in (("latent_action.config", "ConfigError"), ("recipes.motus.config", "RecipeError"),
-                         ("flow.ptlflow_backend", "CheckpointError")):
+    errors: list[type[BaseException]] = [EpisodeError, SourceError, BuildError, ExportError, ConfigError, OSError]
+    for module, name in (("flow.ptlflow_backend", "CheckpointError"),):
         if (found := getattr(sys.modules.get(module), name, None)) is not None:
             errors.append(found)
     return tuple(errors)

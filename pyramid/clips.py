@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from pyramid.resize import resize_frames
 
 DECODE_CHUNK = 64  # frames decoded at source resolution at a time, before resizing
 
@@ -89,28 +90,3 @@ def clip_spans(source_indices: np.ndarray, clip_frames: int, min_frames: int, nu
         end = int(source_indices[stop]) if stop < len(source_indices) else num_source_frames
         spans.append(ClipSpan(index, first, stop, int(source_indices[first]), end))
     return spans
-
-
-def resize_frames(frames: np.ndarray, size: tuple[int, int], fit: str = "pad") -> np.ndarray:
-    """uint8 [N, H, W, 3] frames to `size` = (height, width), keeping the aspect ratio.
-
-    `pad`: scaled to fit inside, centred on black (as Motus's loaders do); `crop`: scaled to cover, centre-cropped.
-    Area filter when shrinking.
-    """
-    height, width = size
-    if frames.shape[1:3] == (height, width):
-        return frames
-    source_height, source_width = frames.shape[1:3]
-    scale = (min if fit == "pad" else max)(height / source_height, width / source_width)
-    scaled = (max(1, round(source_height * scale)), max(1, round(source_width * scale)))
-    scaled = (min(scaled[0], height), min(scaled[1], width)) if fit == "pad" else (max(scaled[0], height), max(scaled[1], width))
-    top, left = abs(height - scaled[0]) // 2, abs(width - scaled[1]) // 2
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    out = np.zeros((len(frames), height, width, 3), np.uint8)
-    for i, frame in enumerate(frames):
-        resized = cv2.resize(frame, (scaled[1], scaled[0]), interpolation=interpolation)
-        if fit == "pad":
-            out[i, top : top + scaled[0], left : left + scaled[1]] = resized
-        else:
-            out[i] = resized[top : top + height, left : left + width]
-    return out

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from pyramid.errors import BuildError
 from pyramid.recipe import Recipe
-from pyramid.staging import StagedFileDamaged, Staging, atomic_write_bytes
+from pyramid.atomic import atomic_write_bytes
+from pyramid.staging import StagedFileDamaged, Staging
 from pyramid.stats import RunningStats
 
 PREVIEW_EPISODES = 4  # flow previews in the report

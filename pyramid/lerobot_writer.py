@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pyramid.atomic import atomic_directory
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -67,21 +68,16 @@ def write_lerobot_v3(
     root = Path(root)
     if root.exists() and not overwrite:
         raise FileExistsError(f"{root}: already exists")
-    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    writer = _DatasetWriter(tmp, fps, robot_type, list(state_names), list(action_names or []), codec,
-                            {key: list(names) for key, names in (extra_features or {}).items()})
-    try:
-        for episode in episodes:
-            writer.add(episode)
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if root.exists():
-        shutil.rmtree(root)
-    os.replace(tmp, root)
+    with atomic_directory(root, create=False) as tmp:
+        writer = _DatasetWriter(tmp, fps, robot_type, list(state_names), list(action_names or []), codec,
+                                {key: list(names) for key, names in (extra_features or {}).items()})
+        try:
+            for episode in episodes:
+                writer.add(episode)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
     return root
 
 

@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pyramid.config_errors import validation_problems
 from pyramid.episode import PYRAMID_LEVELS
+from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path
 
 # Motus trains at 384x320 (height x width); flow and latent actions are defined at this size.
 DEFAULT_VIDEO_SIZE = (384, 320)
 
 
-class RecipeError(Exception):
-    """A recipe that cannot be used; the message lists every bad key."""
+class BuildRecipeError(ConfigError):
+    """A build recipe that cannot be used; the message lists every bad key."""
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind = "recipe"
 
 
 class CameraLayoutSpec(Strict):
@@ -42,7 +38,6 @@ class SourceSpec(Strict):
                                             "or {layout: t, names: [head, left_wrist, right_wrist]}.")
     level: int | None = Field(None, description="Pyramid level override (1-6); the reader's default otherwise.")
     embodiment: str | None = None
-    weight: float = Field(1.0, gt=0, description="Sampling weight of this source in training mixtures.")
     options: dict = Field(default_factory=dict, description="Reader options, e.g. {fps: 30} for RoboMIND.")
 
     @field_validator("kind")
@@ -56,6 +51,15 @@ class SourceSpec(Strict):
         except SourceError as exc:
             raise ValueError(str(exc)) from None
         return kind
+
+    @model_validator(mode="after")
+    def _options_fit_reader(self) -> "SourceSpec":
+        from pyramid.sources import get_source
+        from pyramid.sources.options import option_problems
+
+        if problems := option_problems(get_source(self.kind), self.options):
+            raise ValueError("options: " + "; ".join(problems))
+        return self
 
     @field_validator("level")
     @classmethod
@@ -160,38 +164,18 @@ class Recipe(Strict):
         for key, default in LATER_FLOW_DEFAULTS.items():
             if content["flow"][key] == default:
                 del content["flow"][key]  # builds from before the option keep their fingerprint
+        for source in content["sources"]:
+            source["weight"] = 1.0  # removed (no build nor trainer read it); earlier builds keep their fingerprint
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolved(self, base: Path) -> "Recipe":
-        """Paths in a recipe are relative to the recipe file; environment variables are expanded."""
-        def fix(path: str) -> str:
-            expanded = Path(os.path.expanduser(path))
-            return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
-
-        sources = [s.model_copy(update={"root": fix(s.root)}) for s in self.sources]
-        vae = fix(self.vae) if self.vae else None
-        return self.model_copy(update={"sources": sources, "output": fix(self.output), "vae": vae})
+        """Paths in a recipe are relative to the recipe file."""
+        sources = [s.model_copy(update={"root": resolve_path(s.root, base)}) for s in self.sources]
+        return self.model_copy(update={"sources": sources, "output": resolve_path(self.output, base),
+                                       "vae": resolve_path(self.vae, base)})
 
 
 def load_recipe(path: str | os.PathLike, **overrides) -> Recipe:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(_expand_environment(path, path.read_text()))
-    except (OSError, yaml.YAMLError) as exc:
-        raise RecipeError(f"{path}: cannot read recipe ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise RecipeError(f"{path}: " + "; ".join(validation_problems(exc))) from None
-    return recipe.resolved(path.parent.resolve())
-
-
-def _expand_environment(path: Path, text: str) -> str:
-    """Substitute ${VAR} everywhere in the recipe; an unset variable is an error, not a literal path."""
-    missing = sorted({name for name in re.findall(r"\$\{(\w+)\}", text) if name not in os.environ})
-    if missing:
-        raise RecipeError(f"{path}: environment variable(s) not set: {', '.join(missing)}")
-    return os.path.expandvars(text)
+    """The build recipe at `path`; `overrides` (None values ignored) replace its top-level keys."""
+    recipe = load_yaml(path, Recipe, BuildRecipeError, overrides=overrides)
+    return recipe.resolved(Path(path).parent.resolve())

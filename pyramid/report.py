@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pyramid.atomic import atomic_write_bytes  # noqa: E402
+
 
 def write_report(output: Path, manifest: dict, previews: list[dict], latents: list[list]) -> Path:
     """`previews`: statuses with `preview_png` (frame, frame + stride, flow; base64); `latents`: one clip's each."""
@@ -28,9 +30,7 @@ def write_report(output: Path, manifest: dict, previews: list[dict], latents: li
     sections.append(_quarantine(manifest))
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>pyramid build report</title></head><body style='font-family:sans-serif;max-width:1100px'>{''.join(sections)}</body></html>"
     path = Path(output) / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    atomic_write_bytes(path, page.encode())
     return path
 
 

@@ -9,12 +9,12 @@ flow and latent actions learned from these frames can be checked against them.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from pyramid.atomic import atomic_directory
 from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
 from pyramid.video_io import write_video
 
@@ -59,17 +59,12 @@ def _episodes(seed: np.random.SeedSequence, count: int, num_frames: int) -> Iter
 
 
 def _write_clips(folder: Path, seed: np.random.SeedSequence, count: int, num_frames: int) -> Path:
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for index, child in enumerate(seed.spawn(count)):
-        rng = np.random.default_rng(child)
-        states = simulate_states(rng, num_frames)
-        write_video(tmp / f"clip_{index:03d}.mp4", render_episode(rng, states), fps=FPS, codec="libx264")
-        (tmp / f"clip_{index:03d}.txt").write_text(describe(states) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_directory(folder) as tmp:
+        for index, child in enumerate(seed.spawn(count)):
+            rng = np.random.default_rng(child)
+            states = simulate_states(rng, num_frames)
+            write_video(tmp / f"clip_{index:03d}.mp4", render_episode(rng, states), fps=FPS, codec="libx264")
+            (tmp / f"clip_{index:03d}.txt").write_text(describe(states) + "\n")
     return folder
 
 

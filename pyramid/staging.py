@@ -11,7 +11,6 @@ is completely done: a killed build resumes by skipping episodes that have one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -19,26 +18,12 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from pyramid.atomic import atomic_write_bytes, commit, temporary_name
 from pyramid.paths import output_child
 from pyramid.video_io import video_bytes
 
 # Staged data files of an episode, by suffix; the status JSON records the size of each one written.
 DATA_SUFFIXES = ("tar", "clips.arrow", "flow.arrow")
-
-
-def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
-    """Write to a temporary name, flush to disk, rename: readers see the old file or the whole new one.
-
-    `sync=False` skips the flush to disk (kill -9 cannot tear the file, a power cut can): for staged files
-    whose sizes a synced file records, so a torn one is found and redone.
-    """
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as file:
-        file.write(data)
-        if sync:
-            file.flush()
-            os.fsync(file.fileno())
-    os.replace(tmp, path)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -79,14 +64,12 @@ class Staging:
     def record_episodes(self, rows: Iterator[dict]) -> Iterator[dict]:
         """Pass discovery's rows through, listing each (order, id, path, level) for finalize; the list is
         committed once discovery is complete, so finalize never runs discovery again."""
-        tmp = self.episode_list.with_name(f".{self.episode_list.name}.tmp{os.getpid()}")
+        tmp = temporary_name(self.episode_list)
         with open(tmp, "w") as listing:
             for row in rows:
                 listing.write(json.dumps({key: row[key] for key in ("order", "episode_id", "path", "level")}) + "\n")
                 yield row
-            listing.flush()
-            os.fsync(listing.fileno())
-        os.replace(tmp, self.episode_list)
+        commit(tmp, self.episode_list)
 
     def episodes(self) -> Iterator[dict]:
         """The rows `record_episodes` listed, in discovery order."""

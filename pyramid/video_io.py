@@ -15,6 +15,7 @@ from typing import Sequence
 import av
 import numpy as np
 
+from pyramid.atomic import atomic_write
 from pyramid.errors import EpisodeError
 
 # decord bundles an FFmpeg without an AV1 decoder; asking it anyway fails or yields garbage.
@@ -149,9 +150,7 @@ def write_video(
     """Encode uint8 RGB [N, H, W, 3] frames to `path` (yuv420p), writing to a temp name first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    _encode(str(tmp), _container_format(path), frames, fps, codec, crf, gop)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: _encode(str(tmp), _container_format(path), frames, fps, codec, crf, gop))
     return path
 
 

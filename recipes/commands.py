@@ -14,25 +14,26 @@ MODES = "vla, vgm, world_model, idm or joint"
 
 def train_command(
     recipe: Path = typer.Argument(..., help="A training recipe, e.g. recipes/stage1.yaml."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints already in the output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir "
+                                                         "(an output with checkpoints is refused without it)."),
 ) -> None:
-    """Train Motus for one stage. Resumes from the output directory's latest checkpoint unless --fresh.
+    """Train Motus for one stage.
 
-    For several GPUs: torchrun --nproc-per-node N -m recipes.train RECIPE.yaml
+    For several GPUs: torchrun --nproc-per-node N -m recipes.train RECIPE.yaml [--resume]
     """
-    from recipes.motus.config import RecipeError, load_recipe
+    from recipes.motus.config import TrainRecipeError, load_recipe
     from recipes.train import train
 
     try:
         loaded = load_recipe(recipe)
-    except RecipeError as exc:
+    except TrainRecipeError as exc:
         fail(str(exc))
-    result = train(loaded, resume=not fresh, log=typer.echo)
+    result = train(loaded, resume=resume, log=typer.echo)
     typer.echo(f"done at step {result['step']}: {result['checkpoint']}")
 
 
 def predict_command(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (…/checkpoints/step_NNNNNN)."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (…/checkpoints/step_NNNNNNN)."),
     mode: str = typer.Option("joint", "--mode", "-m", help=f"One of {MODES}."),
     out: Path = typer.Option(Path("prediction"), "--out", "-o", help="Directory for prediction.mp4/actions.npy."),
     data_root: Optional[Path] = typer.Option(None, "--data", help="A build to take the clip from (default: the "

@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pyramid.lr_schedule import warmup_cosine
+from pyramid.training.checkpoints import checkpoint_to_resume
+from pyramid.training.lr_schedule import warmup_cosine
 from recipes.motus.build import build_encoders, build_motus
 from recipes.motus.checkpoint import (latest_checkpoint, load_checkpoint, load_weights, save_checkpoint,
                                       step_directory)
@@ -27,7 +28,7 @@ from recipes.motus.data import ClipExamples, make_loader
 from recipes.motus.schedule import training_loss
 
 
-def train(recipe: Recipe, resume: bool = True, log=print) -> dict:
+def train(recipe: Recipe, resume: bool = False, log=print) -> dict:
     cfg = recipe.train
     rank, world_size, device = setup_distributed()
     is_main = rank == 0
@@ -54,7 +55,7 @@ def train(recipe: Recipe, resume: bool = True, log=print) -> dict:
     noise = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # timesteps and noise; saved for exact resume
 
     step, consumed = 0, 0
-    checkpoint = latest_checkpoint(output) if resume else None
+    checkpoint = checkpoint_to_resume(output / "checkpoints", resume)  # refuses checkpoints unless resuming
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, noise)
         step, consumed = state["step"], state["samples_consumed"]
@@ -157,9 +158,11 @@ def tensorboard_writer(output: Path):
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    resume = "--resume" in args
+    args = [arg for arg in args if arg != "--resume"]
     if len(args) != 1:
-        raise SystemExit("usage: python -m recipes.train RECIPE.yaml")
-    train(load_recipe(args[0]))
+        raise SystemExit("usage: python -m recipes.train RECIPE.yaml [--resume]")
+    train(load_recipe(args[0]), resume=resume)
     if dist.is_initialized():
         dist.destroy_process_group()
 

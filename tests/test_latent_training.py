@@ -66,10 +66,10 @@ def straight_run(sample, tmp_path_factory):
 def test_training_writes_checkpoints_previews_and_a_log(straight_run):
     out_dir, checkpoint = straight_run
     assert checkpoint == out_dir / "checkpoints" / "step_0000006"
-    for name in ("config.json", "diffusion_pytorch_model.safetensors", "optimizer.safetensors", "trainer_state.json",
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "optimizer.safetensors", "training_state.json", "rng.safetensors",
                  "action_normalizer.json", "heldout_episodes.json"):
         assert (checkpoint / name).is_file(), name
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = json.loads((checkpoint / "training_state.json").read_text())
     assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
     assert len(json.loads((checkpoint / "heldout_episodes.json").read_text())) == 1
     assert sorted(p.name for p in (out_dir / "previews").iterdir()) == ["step_0000003.png", "step_0000006.png"]
@@ -108,9 +108,30 @@ def test_resumed_run_reaches_the_same_state_as_an_uninterrupted_one(sample, stra
     resumed_moments = load_file(str(resumed_final / "optimizer.safetensors"))
     for name, tensor in straight_moments.items():
         assert torch.allclose(tensor, resumed_moments[name], atol=1e-6, rtol=0), name
-    straight_state = json.loads((straight_final / "trainer_state.json").read_text())
-    resumed_state = json.loads((resumed_final / "trainer_state.json").read_text())
-    assert straight_state["scheduler"] == resumed_state["scheduler"] and straight_state["rng"] == resumed_state["rng"]
+    straight_state = json.loads((straight_final / "training_state.json").read_text())
+    resumed_state = json.loads((resumed_final / "training_state.json").read_text())
+    straight_rng, resumed_rng = (load_file(str(final / "rng.safetensors")) for final in (straight_final, resumed_final))
+    assert straight_state["scheduler"] == resumed_state["scheduler"] and straight_rng.keys() == resumed_rng.keys()
+    assert all(torch.equal(straight_rng[name], resumed_rng[name]) for name in straight_rng)
+
+
+def test_a_checkpoint_in_the_older_layout_resumes_exactly(sample, straight_run, tmp_path):
+    """Before the trainers shared a convention, train-vae wrote trainer_state.json with the RNG states in it."""
+    import base64
+
+    straight_dir, straight_final = straight_run
+    old = tmp_path / "checkpoints" / "step_0000003"
+    shutil.copytree(straight_dir / "checkpoints" / "step_0000003", old)
+    rng = load_file(str(old / "rng.safetensors"))
+    state = json.loads((old / "training_state.json").read_text())
+    state["rng"] = {name: base64.b64encode(rng[name].numpy().tobytes()).decode() for name in ("noise", "torch")}
+    (old / "trainer_state.json").write_text(json.dumps(state))
+    (old / "training_state.json").unlink()
+    (old / "rng.safetensors").unlink()
+    resumed_final = train(parse_config(config_dict(sample, tmp_path)), resume=True, show_progress=False, echo=lambda _: None)
+    straight_weights = load_file(str(straight_final / "diffusion_pytorch_model.safetensors"))
+    resumed_weights = load_file(str(resumed_final / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.allclose(tensor, resumed_weights[name], atol=1e-6, rtol=0) for name, tensor in straight_weights.items())
 
 
 def test_labelling_writes_one_latent_per_frame_pair(sample, straight_run, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyramid.recipe import DEFAULT_VIDEO_SIZE, RecipeError, load_recipe
+from pyramid.recipe import DEFAULT_VIDEO_SIZE, BuildRecipeError, load_recipe
 
 
 def write(tmp_path: Path, recipe: dict) -> Path:
@@ -34,7 +34,7 @@ def test_a_source_kind_can_be_your_own_reader_by_import_path(tmp_path):
              "tests.fixtures.crashing_source:Missing": "cannot import it (AttributeError",
              "tests.fixtures.crashing_source:KIND": "KIND is not a pyramid.sources.Source subclass"}
     for kind, problem in cases.items():
-        with pytest.raises(RecipeError, match=problem.replace("(", r"\(")):
+        with pytest.raises(BuildRecipeError, match=problem.replace("(", r"\(")):
             load_recipe(write(tmp_path, {"sources": [{"kind": kind, "root": "clips"}], "output": "out"}))
 
 
@@ -43,7 +43,7 @@ def test_every_bad_key_is_reported_at_once(tmp_path):
         "sources": [{"kind": "egodx", "root": "x", "level": 9}],
         "output": "out", "video_size": [385, 320], "shard_size": 3, "formats": ["tfrecord"], "flow": {"backend": "raft"},
     })
-    with pytest.raises(RecipeError) as caught:
+    with pytest.raises(BuildRecipeError) as caught:
         load_recipe(path)
     message = str(caught.value)
     assert message.startswith(str(path))
@@ -54,21 +54,21 @@ def test_every_bad_key_is_reported_at_once(tmp_path):
 
 
 def test_missing_required_keys_are_named(tmp_path):
-    with pytest.raises(RecipeError, match="sources: Field required.*output: Field required"):
+    with pytest.raises(BuildRecipeError, match="sources: Field required.*output: Field required"):
         load_recipe(write(tmp_path, {}))
 
 
 def test_unreadable_recipe_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("sources: [unclosed")
-    with pytest.raises(RecipeError, match="bad.yaml: cannot read recipe"):
+    with pytest.raises(BuildRecipeError, match="bad.yaml: cannot read recipe"):
         load_recipe(path)
 
 
 def test_unset_environment_variables_are_named(tmp_path, monkeypatch):
     monkeypatch.delenv("PYRAMID_TEST_ROOT", raising=False)
     path = write(tmp_path, {"sources": [{"kind": "videos", "root": "${PYRAMID_TEST_ROOT}"}], "output": "out"})
-    with pytest.raises(RecipeError, match="not set: PYRAMID_TEST_ROOT"):
+    with pytest.raises(BuildRecipeError, match="not set: PYRAMID_TEST_ROOT"):
         load_recipe(path)
     monkeypatch.setenv("PYRAMID_TEST_ROOT", str(tmp_path / "clips"))
     assert load_recipe(path).sources[0].root == str(tmp_path / "clips")
@@ -87,7 +87,7 @@ def test_every_bundled_build_recipe_loads(path, tmp_path, monkeypatch):
 def test_settings_that_would_drop_every_clip_are_refused(tmp_path):
     path = write(tmp_path, {"sources": [{"kind": "videos", "root": "clips"}], "output": "out",
                             "clip_frames": 4, "flow": {"stride": 8}})
-    with pytest.raises(RecipeError) as caught:
+    with pytest.raises(BuildRecipeError) as caught:
         load_recipe(path)
     assert "filters.min_frames (8) exceeds clip_frames (4)" in str(caught.value)
     assert "flow.stride (8) must be below filters.min_frames (8)" in str(caught.value)

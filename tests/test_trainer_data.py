@@ -165,3 +165,12 @@ def test_loader_batches_and_workers_agree(build):
     threaded = next(iter(make_loader(data, 2, seed=1, num_workers=1)))
     assert inline["key"] == threaded["key"]
     assert torch.equal(inline["frames"], threaded["frames"]) and torch.equal(inline["actions"], threaded["actions"])
+
+
+def test_the_trainer_reads_only_what_the_build_schema_defines():
+    from pyramid.schema import CLIP_JSON, CLIP_SCHEMA
+    from recipes.motus.shards import ARRAY_FIELDS, METADATA_FIELDS
+
+    assert set(METADATA_FIELDS) <= set(CLIP_JSON)
+    assert ARRAY_FIELDS == ("actions", "state", "latent_actions")
+    assert {f"{name}_npy" for name in ARRAY_FIELDS} | {"key", "video"} <= set(CLIP_SCHEMA.names)

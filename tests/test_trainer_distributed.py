@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from tests.fixtures import shards
 
 
-def torchrun(recipe: Path) -> None:
+def torchrun(recipe: Path, *flags: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "-m", "recipes.train", str(recipe)], capture_output=True, text=True, env=env, timeout=300)
+                             "-m", "recipes.train", str(recipe), *flags], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
 
@@ -37,17 +37,17 @@ def test_fsdp_resumes_a_ddp_checkpoint_and_reaches_the_same_weights(tmp_path):
     build = shards.build(tmp_path / "build")
     torchrun(recipe(tmp_path, build.root, "ddp"))
     ddp = tmp_path / "ddp" / "checkpoints"
-    shutil.copytree(ddp / "step_000002", tmp_path / "fsdp" / "checkpoints" / "step_000002")
-    torchrun(recipe(tmp_path, build.root, "fsdp"))
+    shutil.copytree(ddp / "step_0000002", tmp_path / "fsdp" / "checkpoints" / "step_0000002")
+    torchrun(recipe(tmp_path, build.root, "fsdp"), "--resume")
     fsdp = tmp_path / "fsdp" / "checkpoints"
     for name in ("video", "action", "understanding"):
-        a = load_file(ddp / "step_000003" / name / "diffusion_pytorch_model.safetensors")
-        b = load_file(fsdp / "step_000003" / name / "diffusion_pytorch_model.safetensors")
+        a = load_file(ddp / "step_0000003" / name / "diffusion_pytorch_model.safetensors")
+        b = load_file(fsdp / "step_0000003" / name / "diffusion_pytorch_model.safetensors")
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    a = load_file(ddp / "step_000003" / "optimizer.safetensors")
-    b = load_file(fsdp / "step_000003" / "optimizer.safetensors")
+    a = load_file(ddp / "step_0000003" / "optimizer.safetensors")
+    b = load_file(fsdp / "step_0000003" / "optimizer.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)

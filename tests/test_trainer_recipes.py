@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipes.motus.config import RecipeError, load_recipe, model_config
+from recipes.motus.config import TrainRecipeError, load_recipe, model_config
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 # build_*.yaml are data-build recipes, loaded by pyramid.recipe (tests/test_recipe.py); every other YAML trains.
@@ -43,7 +43,7 @@ def test_unknown_keys_and_bad_values_are_all_reported(tmp_path):
         "train": {"stage": 3, "trainable": ["video"], "output_dir": "o", "steps": 1, "batch_size": 1, "lr": 1e-3,
                   "learning_rate": 1e-3},
     }))
-    with pytest.raises(RecipeError) as error:
+    with pytest.raises(TrainRecipeError) as error:
         load_recipe(path)
     message = str(error.value)
     assert message.startswith(f"{path}: ")

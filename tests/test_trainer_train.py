@@ -43,9 +43,10 @@ def write_recipe(path: Path, root: Path, output: Path, data: dict | None = None,
     return path
 
 
-def run(tmp_path: Path, root: Path, name: str = "run", data: dict | None = None, **train_settings) -> dict:
+def run(tmp_path: Path, root: Path, name: str = "run", data: dict | None = None, resume: bool = False,
+        **train_settings) -> dict:
     recipe = write_recipe(tmp_path / f"{name}.yaml", root, tmp_path / name, data, **train_settings)
-    return train(load_recipe(recipe), log=lambda line: None)
+    return train(load_recipe(recipe), resume=resume, log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def pipeline_build(tmp_path_factory):
 def test_one_training_step_on_a_real_build(pipeline_build, tmp_path, format):
     result = run(tmp_path, pipeline_build, data={"format": format}, steps=1)
     assert result["step"] == 1 and np.isfinite(result["losses"][0])
-    assert Path(result["checkpoint"]).name == "step_000001"
+    assert Path(result["checkpoint"]).name == "step_0000001"
 
 
 def test_loss_falls_over_50_steps(build, tmp_path):
@@ -84,8 +85,8 @@ def test_resume_is_exact(build, tmp_path):
     settings = dict(steps=4, save_every=2, grad_accum_steps=2, batch_size=1)
     straight = run(tmp_path, build.root, "straight", **settings)
     resumed_dir = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step_000002", resumed_dir / "checkpoints" / "step_000002")
-    resumed = run(tmp_path, build.root, "resumed", **settings)
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step_0000002", resumed_dir / "checkpoints" / "step_0000002")
+    resumed = run(tmp_path, build.root, "resumed", resume=True, **settings)
     assert resumed["losses"] == straight["losses"][2:]
     a, b = Path(straight["checkpoint"]), Path(resumed["checkpoint"])
     for name in ("video", "action", "understanding"):
@@ -136,10 +137,10 @@ def test_stage_1_trains_the_video_expert_only(build, tmp_path):
 
 
 def test_stage_recipes_check_their_targets(build, tmp_path):
-    from recipes.motus.config import RecipeError
+    from recipes.motus.config import TrainRecipeError
 
     path = write_recipe(tmp_path / "bad.yaml", build.root, tmp_path / "bad", data={"targets": "none"})
-    with pytest.raises(RecipeError, match="stage 3 needs data.targets latent_actions or actions"):
+    with pytest.raises(TrainRecipeError, match="stage 3 needs data.targets latent_actions or actions"):
         load_recipe(path)
 
 
@@ -147,6 +148,19 @@ def cli() -> typer.Typer:
     app = typer.Typer()
     register(app)
     return app
+
+
+def test_cli_refuses_an_output_with_checkpoints_unless_resuming(build, tmp_path):
+    runner = CliRunner()
+    recipe = write_recipe(tmp_path / "again.yaml", build.root, tmp_path / "again", steps=1)
+    assert runner.invoke(cli(), ["train", str(recipe)]).exit_code == 0
+    again = subprocess.run([sys.executable, "-m", "pyramid", "train", str(recipe)], capture_output=True, text=True,
+                           timeout=300)
+    # (the last line: a library may print an import notice first)
+    assert again.returncode == 2 and "Traceback" not in again.stderr and again.stderr.strip().splitlines()[-1] == \
+        f"error: {tmp_path / 'again'} already holds checkpoints: pass --resume to continue, or choose another output directory"
+    resumed = runner.invoke(cli(), ["train", str(recipe), "--resume"])
+    assert resumed.exit_code == 0 and "resumed from" in resumed.output and "done at step 1" in resumed.output, resumed.output
 
 
 def test_cli_trains_then_predicts_in_every_mode(build, tmp_path):

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 import lance
 import pyarrow as pa
 
+from pyramid.atomic import atomic_directory
 from pyramid.schema import CLIP_SCHEMA, FLOW_SCHEMA, LANCE_STORAGE_VERSION, NPY_COLUMNS, check_pylance
 from pyramid.staging import Staging
 
@@ -66,10 +67,8 @@ def _write_atomically(path: Path, schema: pa.Schema, batches: Callable[[], Itera
         shutil.rmtree(path)
     check_pylance()
     schema = schema.with_metadata({**(schema.metadata or {}), FINGERPRINT_KEY: fingerprint.encode()})
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    reader = pa.RecordBatchReader.from_batches(schema, batches())
-    lance.write_dataset(reader, str(tmp), schema=schema, mode="create", max_rows_per_file=4096,
-                        data_storage_version=LANCE_STORAGE_VERSION)
-    tmp.rename(path)
+    with atomic_directory(path, create=False) as tmp:
+        reader = pa.RecordBatchReader.from_batches(schema, batches())
+        lance.write_dataset(reader, str(tmp), schema=schema, mode="create", max_rows_per_file=4096,
+                            data_storage_version=LANCE_STORAGE_VERSION)
     return path

@@ -28,7 +28,8 @@ from pyramid.build_reader import (build_recipe, build_samples, build_shards, con
                                   run_frames, run_latents, run_video)
 from pyramid.errors import ExportError
 from pyramid.paths import output_child, safe_name
-from pyramid.staging import atomic_write_bytes, mp4_bytes
+from pyramid.atomic import atomic_write_bytes
+from pyramid.staging import mp4_bytes
 
 FOLDERS = ("videos", "latent_action_dim14", "umt5_wan", "metas")
 CONFIG_NAME = "motus_latent_action.yaml"

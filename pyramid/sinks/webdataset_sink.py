@@ -11,7 +11,6 @@ shards an uninterrupted build would.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pyramid.errors import BuildError
-from pyramid.staging import atomic_write_bytes
+from pyramid.atomic import atomic_write_bytes, commit
 
 
 @dataclass
@@ -91,7 +90,7 @@ class ShardPacker:
         if shard.samples == 0:
             shard.tmp.unlink()
             return
-        os.replace(shard.tmp, shard.tmp.with_name(f"shard-{shard.number:06d}.tar"))
+        commit(shard.tmp, shard.tmp.with_name(f"shard-{shard.number:06d}.tar"))
         self.state[str(shard.level)] = {"next_shard": shard.number + 1, "committed_through": shard.last_order,
                                         "committed_id": shard.last_id}
         atomic_write_bytes(self.state_path, json.dumps(self.state).encode())

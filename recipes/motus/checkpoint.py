@@ -1,6 +1,7 @@
-"""Training checkpoints: one directory per step, safetensors + JSON only, enough to resume a run exactly.
+"""Training checkpoints: one directory per step, safetensors + JSON only, enough to resume a run exactly,
+in the convention `pyramid train-vae` shares (pyramid/training/checkpoints.py: naming, atomic write, state file, RNG, --resume).
 
-    step_000100/
+    step_0000100/
       video/ action/ understanding/   config.json + safetensors per expert (diffusers `from_pretrained` reads them)
       optimizer.safetensors           AdamW moments and step counts, keyed by parameter name
       rng.safetensors                 each rank's training-noise generator state
@@ -13,14 +14,17 @@ state-dict API), so DDP and FSDP runs write the same files as a single process d
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+from pyramid.atomic import atomic_directory
+from pyramid.training.checkpoints import STATE_FILE, load_rng, save_rng
+from pyramid.training.checkpoints import latest_checkpoint as latest_in
+from pyramid.training.checkpoints import step_directory as step_in
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
@@ -31,12 +35,11 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def step_directory(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / "checkpoints" / f"step_{step:06d}"
+    return step_in(Path(output_dir) / "checkpoints", step)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    complete = [p for p in (Path(output_dir) / "checkpoints").glob("step_*") if (p / "training_state.json").exists()]
-    return max(complete, key=lambda p: int(p.name.removeprefix("step_")), default=None)
+    return latest_in(Path(output_dir) / "checkpoints")
 
 
 def save_checkpoint(directory: Path, model, optimizer, scheduler, generator: torch.Generator,
@@ -47,26 +50,26 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, generator: tor
     generators = _gather(generator.get_state())  # each rank draws its own noise
     if not is_writer:
         return directory
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    unwrapped = _unwrap(model)
+    with atomic_directory(directory) as tmp:
+        _write_experts(tmp, _unwrap(model), weights)
+        moments = {f"{param}/{key}": value.contiguous() for param, entry in optim["state"].items()
+                   for key, value in entry.items() if isinstance(value, torch.Tensor)}
+        save_file(moments, tmp / "optimizer.safetensors")
+        save_rng(tmp, {f"noise_generator_rank{rank}": state for rank, state in enumerate(generators)})
+        training_state = {**state, "scheduler": scheduler.state_dict(),
+                          "param_groups": [_jsonable(g) for g in optim["param_groups"]]}
+        (tmp / STATE_FILE).write_text(json.dumps(training_state, indent=1))
+    return directory
+
+
+def _write_experts(folder: Path, unwrapped, weights: dict[str, torch.Tensor]) -> None:
     for name in EXPERTS:
         expert = getattr(unwrapped, name)
-        (tmp / name).mkdir(parents=True)
-        expert.save_config(tmp / name)
+        (folder / name).mkdir(parents=True)
+        expert.save_config(folder / name)
         prefix = f"{name}."
         tensors = {k[len(prefix):]: v.contiguous() for k, v in weights.items() if k.startswith(prefix)}
-        save_file(tensors, tmp / name / WEIGHTS, metadata={"format": "pt"})
-    moments = {f"{param}/{key}": value.contiguous() for param, entry in optim["state"].items()
-               for key, value in entry.items() if isinstance(value, torch.Tensor)}
-    save_file(moments, tmp / "optimizer.safetensors")
-    save_file({f"noise_generator_rank{rank}": state for rank, state in enumerate(generators)}, tmp / "rng.safetensors")
-    training_state = {**state, "scheduler": scheduler.state_dict(),
-                      "param_groups": [_jsonable(g) for g in optim["param_groups"]]}
-    (tmp / "training_state.json").write_text(json.dumps(training_state, indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
-    return directory
+        save_file(tensors, folder / name / WEIGHTS, metadata={"format": "pt"})
 
 
 def load_weights(directory: str | Path, model, experts: tuple[str, ...] = EXPERTS) -> None:
@@ -85,7 +88,7 @@ def load_weights(directory: str | Path, model, experts: tuple[str, ...] = EXPERT
 def load_checkpoint(directory: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote; returns the training state (step, samples consumed, ...)."""
     load_weights(directory, model)
-    state = json.loads((directory / "training_state.json").read_text())
+    state = json.loads((directory / STATE_FILE).read_text())
     moments: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in load_file(directory / "optimizer.safetensors").items():
         param, _, name = key.rpartition("/")
@@ -96,7 +99,7 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, generator: tor
     set_optimizer_state_dict(model, optimizer, {"state": moments, "param_groups": groups},
                              options=StateDictOptions(full_state_dict=True, strict=False))
     scheduler.load_state_dict(state["scheduler"])
-    generators = load_file(directory / "rng.safetensors")
+    generators = load_rng(directory)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if f"noise_generator_rank{rank}" in generators:
         generator.set_state(generators[f"noise_generator_rank{rank}"])

@@ -8,22 +8,18 @@ the optimisation settings of one stage.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from pyramid.config_errors import validation_problems
-
-
-class RecipeError(Exception):
-    """A recipe that cannot be used; the message names the file and lists every bad key."""
+from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrainRecipeError(ConfigError):
+    """A training recipe that cannot be used; the message names the file and lists every bad key."""
+
+    kind = "recipe"
 
 
 class VideoConfig(Strict):
@@ -217,32 +213,22 @@ def model_config(spec: str | dict[str, Any]) -> ModelConfig:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Relative paths in the recipe (data root, output, checkpoints, weights) are relative to the recipe file."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RecipeError(f"{path}: cannot read recipe ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping with model, data and train")
-    try:
-        if "model" in raw:
-            raw = {**raw, "model": _resolve_preset(raw["model"])}
-        recipe = Recipe.model_validate(raw)
-    except (ValidationError, ValueError) as exc:
-        raise RecipeError(f"{path}: {_describe(exc)}") from exc
-    return _resolve_paths(recipe, path.resolve().parent)
+    recipe = load_yaml(path, Recipe, TrainRecipeError, prepare=_with_preset)
+    return _resolve_paths(recipe, Path(path).resolve().parent)
+
+
+def _with_preset(raw: dict) -> dict:
+    return {**raw, "model": _resolve_preset(raw["model"])} if "model" in raw else raw
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
-    def resolve(value: str | None) -> str | None:
-        return None if value is None else os.path.normpath(base / Path(value).expanduser())  # absolute stays
+    def resolved(part: Strict, key: str) -> Strict:
+        return part.model_copy(update={key: resolve_path(getattr(part, key), base)})
 
-    recipe.data.root = resolve(recipe.data.root)
-    recipe.train.output_dir = resolve(recipe.train.output_dir)
-    recipe.train.init_from = resolve(recipe.train.init_from)
-    for part in (recipe.model.video, recipe.model.text, recipe.model.vlm):
-        part.pretrained_path = resolve(part.pretrained_path)
-    return recipe
+    model = recipe.model.model_copy(update={name: resolved(getattr(recipe.model, name), "pretrained_path")
+                                            for name in ("video", "text", "vlm")})
+    train = resolved(resolved(recipe.train, "output_dir"), "init_from")
+    return recipe.model_copy(update={"model": model, "data": resolved(recipe.data, "root"), "train": train})
 
 
 def _resolve_preset(spec: Any) -> Any:
@@ -264,8 +250,3 @@ def _merge(base: dict, overrides: dict) -> dict:
             base[key] = value
     return base
 
-
-def _describe(exc: Exception) -> str:
-    if not isinstance(exc, ValidationError):
-        return str(exc)
-    return "; ".join(validation_problems(exc))

@@ -18,10 +18,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from pyramid.errors import EpisodeError
+from pyramid.resize import resize_frames
 from recipes.motus.config import DataConfig, FramesConfig, ModelConfig
 from recipes.motus.shards import ClipRecord, open_clips
 
@@ -117,13 +117,9 @@ def decode_frames(mp4: bytes, indices: list[int], origin: str) -> np.ndarray:
     return np.stack([frames[i] for i in indices])
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
-    tensor = torch.from_numpy(frames)
-    if frames.shape[1:3] == (height, width):
-        return tensor
-    resized = F.interpolate(tensor.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear",
-                            antialias=True, align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+def model_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """A build's frames at the model's size, aspect ratio kept (padded, as a build and Motus's loaders fit frames)."""
+    return torch.from_numpy(np.ascontiguousarray(resize_frames(frames, (height, width), fit="pad")))
 
 
 class ClipExamples(torch.utils.data.Dataset):
@@ -167,7 +163,7 @@ class ClipExamples(torch.utils.data.Dataset):
             "key": record.key,
             "embodiment": meta["embodiment"],
             "instruction": rng.choice(meta.get("instructions") or [meta.get("task") or ""]),
-            "frames": resize_frames(frames, self.frames.height, self.frames.width),
+            "frames": model_frames(frames, self.frames.height, self.frames.width),
         }
         if self.targets != "none":
             example.update(self._targets(record, window))

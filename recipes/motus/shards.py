@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from pyramid.errors import EpisodeError
+from pyramid.schema import NPY_COLUMNS
 
-ARRAY_FIELDS = ("actions", "state", "latent_actions")
+# A clip's arrays as a build writes them (pyramid/schema.py): `<name>.npy` members, `<name>_npy` Lance columns.
+ARRAY_FIELDS = tuple(member.removesuffix(".npy") for member in NPY_COLUMNS)
+# The fields of a clip's json the trainer reads; each is one of pyramid/schema.py's CLIP_JSON (tests check).
 METADATA_FIELDS = ("episode_id", "source", "embodiment", "level", "instructions", "task", "fps", "num_frames",
                    "action_fps", "has_actions", "has_latent_actions", "height", "width")
 

@@ -1,0 +1,78 @@
+"""Atomic writes, the one way the project writes a file or a directory: under a temporary name beside the
+target, flushed to disk, then renamed over it, so a reader sees the old version or the whole new one.
+
+The temporary name is `.<stem>.tmp<pid><suffix>`: hidden from globs such as `step_*`, two processes never
+share one, and it keeps the suffix that writers such as `np.save` go by.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
+    """Write `data` to `path` atomically.
+
+    `sync=False` skips the flush to disk (kill -9 cannot tear the file, a power cut can): for staged files
+    whose sizes a synced file records, so a torn one is found and redone.
+    """
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as file:
+            file.write(data)
+
+    atomic_write(path, write, sync)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], sync: bool = True) -> None:
+    """`write(tmp)` fills a temporary file (for writers that take a path: np.save, torch.save, an encoder)."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        commit(tmp, path, sync)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def commit(tmp: Path, path: Path, sync: bool = True) -> None:
+    """Flush a file that was streamed to its temporary name (a shard, a listing) to disk and rename it into place."""
+    if sync:
+        _fsync(tmp)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory to fill (`create=False`: not made, for writers that make it themselves);
+    on success it replaces `path`, whatever was there."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    for stale in path.parent.glob(f".{path.stem}.tmp*{path.suffix}"):  # left by a killed writer (a checkpoint: GBs)
+        shutil.rmtree(stale, ignore_errors=True)
+    if create:
+        tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if sync:
+            for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                _fsync(file)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(file: Path) -> None:
+    descriptor = os.open(file, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

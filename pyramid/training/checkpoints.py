@@ -1,0 +1,76 @@
+"""The checkpoint convention both trainers follow (`pyramid train` and `pyramid train-vae`).
+
+    <output>/checkpoints/step_0000500/     one directory per saved step, written atomically (pyramid/atomic.py)
+      training_state.json                  step, LR scheduler, optimizer hyper-parameters, what else the trainer keeps
+      rng.safetensors                      generator states, as uint8 tensors by name
+      ...                                  the trainer's weights and optimizer state (safetensors + JSON)
+
+A directory counts as a checkpoint once its state file exists, so a half-written one is never resumed from.
+`--resume` means the same in both commands: continue from the latest checkpoint (start when there is none);
+without it, an output that already holds checkpoints is refused rather than mixed with a new run.
+Checkpoints written before the convention was shared stay loadable: train-vae's with `trainer_state.json`
+(RNG states inside it) and `pyramid train`'s `step_000500/` (found by step number, whatever its width).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+STATE_FILE = "training_state.json"
+RNG_FILE = "rng.safetensors"
+OLD_STATE_FILES = ("trainer_state.json",)  # train-vae's name before the convention was shared
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_directory(checkpoints: Path, step: int) -> Path:
+    return Path(checkpoints) / f"step_{step:07d}"
+
+
+def state_file(directory: Path) -> Path:
+    """The checkpoint's state file (its older name in a checkpoint that has one)."""
+    for name in (STATE_FILE, *OLD_STATE_FILES):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return Path(directory) / STATE_FILE
+
+
+def checkpoints_by_step(checkpoints: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `checkpoints`, by step, oldest first."""
+    found = [(int(match.group(1)), path) for path in Path(checkpoints).glob("step_*")
+             if (match := STEP_DIR.match(path.name)) and state_file(path).is_file()]
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    steps = checkpoints_by_step(checkpoints)
+    return steps[-1][1] if steps else None
+
+
+def prune_checkpoints(checkpoints: Path, keep: int) -> None:
+    import shutil
+
+    for _, path in checkpoints_by_step(checkpoints)[:-keep]:
+        shutil.rmtree(path)
+
+
+def checkpoint_to_resume(checkpoints: Path, resume: bool) -> Path | None:
+    """The checkpoint a run continues from (None: start afresh); an output with checkpoints needs `resume`."""
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None and not resume:
+        raise FileExistsError(f"{Path(checkpoints).parent} already holds checkpoints: pass --resume to continue, "
+                              "or choose another output directory")
+    return latest
+
+
+def save_rng(directory: Path, states: dict) -> None:
+    """Generator states (uint8 tensors, as `torch.Generator.get_state()` returns them) by name."""
+    from safetensors.torch import save_file
+
+    save_file({name: state.contiguous() for name, state in states.items()}, str(Path(directory) / RNG_FILE))
+
+
+def load_rng(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / RNG_FILE))
