@@ -8,7 +8,6 @@ from a generator seeded by the sample's global position, so a resumed run sees t
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections import Counter
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pyramid.errors import EpisodeError
 from pyramid.resize import resize_frames
+from pyramid.video_io import read_clip
 from recipes.motus.config import DataConfig, FramesConfig, ModelConfig
 from recipes.motus.shards import ClipRecord, open_clips
 
@@ -94,29 +94,6 @@ class Normalizer:
         return ((values[..., :dims] + 1) / 2 * span + low).astype(np.float32)
 
 
-def decode_frames(mp4: bytes, indices: list[int], origin: str) -> np.ndarray:
-    """uint8 RGB [N, H, W, 3] at the given stored-frame indices of an in-memory clip mp4.
-
-    PyAV, decoding from the start and converting only the wanted frames: for a short clip this is
-    faster than decord, whose reader spends longer indexing the stream than decoding the window.
-    """
-    import av
-
-    wanted, frames, last = set(indices), {}, max(indices)
-    try:
-        with av.open(io.BytesIO(mp4)) as container:
-            for number, frame in enumerate(container.decode(container.streams.video[0])):
-                if number in wanted:  # same size, so no scaling: POINT only skips the slow default set-up (4x)
-                    frames[number] = frame.to_ndarray(format="rgb24", interpolation="POINT")
-                if number >= last:
-                    break
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise EpisodeError(origin, f"cannot decode the clip video ({exc.__class__.__name__}: {exc})") from exc
-    if len(frames) != len(wanted):
-        raise EpisodeError(origin, f"frame {last} past the end of the clip ({len(frames)} frames decoded)")
-    return np.stack([frames[i] for i in indices])
-
-
 def model_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
     """A build's frames at the model's size, aspect ratio kept (padded, as a build and Motus's loaders fit frames)."""
     return torch.from_numpy(np.ascontiguousarray(resize_frames(frames, (height, width), fit="pad")))
@@ -158,7 +135,7 @@ class ClipExamples(torch.utils.data.Dataset):
         record = self.clips[self.usable[index]]
         meta = record.meta
         window = choose_window(meta["num_frames"], meta["fps"], self.frames, rng)
-        frames = decode_frames(record.mp4, window.frame_indices, record.origin)
+        frames = read_clip(record.mp4, window.frame_indices, record.origin)
         example = {
             "key": record.key,
             "embodiment": meta["embodiment"],

@@ -1,0 +1,64 @@
+"""Decoding chosen frames: every shortcut (no probe decode, skipped non-reference frames, a kept
+converter, seeking) gives exactly the frames of a plain decode of the whole video."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import pytest
+
+from pyramid.errors import EpisodeError
+from pyramid.video_io import read_clip, read_frames, video_bytes, write_video
+
+
+def moving_frames(count: int = 32, height: int = 96, width: int = 128) -> np.ndarray:
+    """Texture that moves, so x264 uses P- and B-frames (and reference and non-reference B-frames)."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (height, width * 2, 3), dtype=np.uint8)
+    return np.stack([np.roll(texture, 3 * t, axis=1)[:, :width] for t in range(count)])
+
+
+def plain_decode(source) -> np.ndarray:
+    with av.open(source) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(container.streams.video[0])])
+
+
+def test_the_clip_has_non_reference_frames_to_skip():
+    with av.open(io.BytesIO(video_bytes(moving_frames(), fps=10))) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        assert 0 < sum(1 for _ in container.decode(stream)) < 32
+
+
+@pytest.mark.parametrize("start", range(0, 16, 3))
+def test_a_clip_window_is_the_plain_decode_at_those_frames(start):
+    clip = video_bytes(moving_frames(), fps=10)
+    window = [start + 2 * k for k in range(9)]
+    assert np.array_equal(read_clip(clip, window, "clip"), plain_decode(io.BytesIO(clip))[window])
+
+
+def test_clip_frames_in_any_order_and_repeated():
+    clip = video_bytes(moving_frames(), fps=10)
+    assert np.array_equal(read_clip(clip, [7, 3, 3, 31], "clip"), plain_decode(io.BytesIO(clip))[[7, 3, 3, 31]])
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_truncated_clip_is_an_episode_error_naming_it(cut):
+    clip = video_bytes(moving_frames(), fps=10)
+    with pytest.raises(EpisodeError, match="shard-000000.tar:ep_c0000"):
+        read_clip(clip[: int(len(clip) * cut)], [30, 31], "shard-000000.tar:ep_c0000")
+
+
+def test_a_frame_past_the_end_of_a_clip_is_an_episode_error():
+    with pytest.raises(EpisodeError, match="frame 40 is past the end"):
+        read_clip(video_bytes(moving_frames(), fps=10), [2, 40], "clip")
+
+
+@pytest.mark.parametrize("codec, suffix", [("libsvtav1", ".mp4"), ("libvpx-vp9", ".webm")])  # read by PyAV
+@pytest.mark.parametrize("indices", [None, [0, 2, 4, 6], [5, 9, 13, 31], [17], [3, 3, 1]])
+def test_file_frames_are_the_plain_decode_at_those_frames(tmp_path, codec, suffix, indices):
+    path = write_video(tmp_path / f"video{suffix}", moving_frames(), fps=10, codec=codec)
+    expected = plain_decode(str(path))
+    assert np.array_equal(read_frames(path, indices), expected if indices is None else expected[indices])
