@@ -155,7 +155,7 @@ def export_motus(
                             num_video_frames=num_video_frames, device=device)
     except ExportError as exc:
         fail(str(exc))
-    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(counts.skipped.items()))
+    skipped = counts.skipped.describe()
     typer.echo(f"{out_dir}: {counts.episodes} episodes from {counts.clips} clips" + (f"; left out: {skipped}" if skipped else ""))
     typer.echo(f"Motus config values: {out_dir / CONFIG_NAME}")
 
@@ -177,7 +177,7 @@ def export_lerobot(
         summary = run_export(input_path, out_dir, source=source, embodiment=embodiment, codec=codec, overwrite=overwrite)
     except (ExportError, ValueError) as exc:
         fail(str(exc))
-    skipped = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(summary.skipped.items()))
+    skipped = summary.skipped.describe()
     typer.echo(f"{out_dir}: {summary.episodes} episodes, {summary.frames} frames" + (f"; left out: {skipped}" if skipped else ""))
     if "other_features" in summary.skipped and embodiment is None:
         typer.echo("(a LeRobot dataset holds one robot's features: --embodiment picks which to export)")

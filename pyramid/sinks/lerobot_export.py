@@ -27,6 +27,7 @@ from pyramid.build_reader import (build_recipe, build_samples, build_shards, con
 from pyramid.clips import pair_actions, stored_frame_indices
 from pyramid.errors import EpisodeError, ExportError, SourceError
 from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+from pyramid.sinks.left_out import LeftOut
 
 LATENT_NAMES = [f"latent_{i}" for i in range(14)]
 
@@ -52,10 +53,7 @@ class Candidate:
 class LeRobotExport:
     episodes: int = 0
     frames: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    skipped: LeftOut = field(default_factory=LeftOut)
 
 
 def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None, embodiment: str | None = None,
@@ -75,7 +73,7 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
     def matching() -> Iterator[RecordedEpisode]:
         for candidate in itertools.chain([first], candidates):
             if candidate.signature() != wanted:
-                summary.skip("other_features")
+                summary.skipped.add("other_features")
                 continue
             summary.episodes += 1
             summary.frames += len(next(iter(candidate.episode.videos.values())))
@@ -91,7 +89,7 @@ def _of_embodiment(candidates: Iterator[Candidate], embodiment: str, summary: Le
         if candidate.embodiment == embodiment:
             yield candidate
         else:
-            summary.skip("other_embodiment")
+            summary.skipped.add("other_embodiment")
 
 
 def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> Iterator[Candidate]:
@@ -108,10 +106,10 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> I
             videos = {f"observation.images.{name}": even_sized(episode.frames(name)) for name in episode.cameras}
         except EpisodeError as exc:
             print(f"warning: episode left out: {exc}", file=sys.stderr)
-            summary.skip("unreadable")
+            summary.skipped.add("unreadable")
             continue
         if abs(episode.fps - round(episode.fps)) > 1e-3:
-            summary.skip("non_integer_fps")
+            summary.skipped.add("non_integer_fps")
             continue
         state = None if episode.state is None else episode.state.astype(np.float32)
         recorded = RecordedEpisode(episode.task, state, episode.actions, videos)
@@ -132,9 +130,9 @@ def build_candidates(build_dir: Path, summary: LeRobotExport) -> Iterator[Candid
         for run in consecutive_runs(clips):
             candidate = _run_candidate(episode_id, run, latents, int(recipe["flow"]["stride"]))
             if candidate is None:
-                summary.skip("missing_latent_actions")
+                summary.skipped.add("missing_latent_actions")
             elif abs(candidate.fps - float(run[0]["meta"]["fps"])) > 1e-3:
-                summary.skip("non_integer_fps")
+                summary.skipped.add("non_integer_fps")
             else:
                 yield candidate
 

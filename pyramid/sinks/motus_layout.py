@@ -30,6 +30,7 @@ from pyramid.errors import ExportError
 from pyramid.paths import output_child, safe_name
 from pyramid.atomic import atomic_write_bytes
 from pyramid.staging import mp4_bytes
+from pyramid.sinks.left_out import LeftOut
 
 FOLDERS = ("videos", "latent_action_dim14", "umt5_wan", "metas")
 CONFIG_NAME = "motus_latent_action.yaml"
@@ -61,10 +62,7 @@ class Sampling:
 class ExportCounts:
     episodes: int = 0
     clips: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    skipped: LeftOut = field(default_factory=LeftOut)
 
 
 def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, downsample_rate: int | None = None,
@@ -122,18 +120,18 @@ def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, la
         stem = safe_name(episode_id if whole else f"{episode_id}_c{first['clip_index']:04d}", "episode id")
     except ValueError as exc:
         print(f"warning: {run[0].get('__url__', '')}: episode skipped: {exc}", file=sys.stderr)
-        return counts.skip("unsafe_id")
+        return counts.skipped.add("unsafe_id")
     num_frames = run_frames(run)
     texts = instructions(first)
     if float(first["fps"]) != fps:
-        return counts.skip("stored_below_recipe_fps")
+        return counts.skipped.add("stored_below_recipe_fps")
     if num_frames < sampling.min_frames:
-        return counts.skip("too_short")
+        return counts.skipped.add("too_short")
     if not texts:
-        return counts.skip("no_instruction")
+        return counts.skipped.add("no_instruction")
     values = run_latents(latents, episode_id, run)
     if values is None:
-        return counts.skip("missing_latent_actions")
+        return counts.skipped.add("missing_latent_actions")
     atomic_write_bytes(output_child(out_dir, "videos", f"{stem}.mp4"), mp4_bytes(run_video(run), fps))
     atomic_write_bytes(output_child(out_dir, "latent_action_dim14", f"{stem}.pt"), torch_bytes(values))
     embeddings = encoder(texts)
