@@ -21,10 +21,10 @@ demo: install
 	rm -rf out/sample_data out/vae-tiny out/sample_pyramid out/motus_export out/tiny_run
 	.venv/bin/pyramid sample-data out/sample_data
 	.venv/bin/pyramid inspect out/sample_data/lerobot
-	.venv/bin/pyramid train-vae latent_action/configs/tiny.yaml
-	.venv/bin/pyramid build recipes/build_sample.yaml
+	.venv/bin/pyramid train-vae recipes/configs/vae/tiny.yaml
+	.venv/bin/pyramid build recipes/configs/build/sample.yaml
 	.venv/bin/pyramid eval-latents --vae out/vae-tiny --out out/sample_pyramid/latent_eval out/sample_data/lerobot
-	.venv/bin/pyramid train recipes/tiny.yaml
+	.venv/bin/pyramid train recipes/configs/train/tiny.yaml
 	@echo "report: out/sample_pyramid/report.html   latent-action evaluation: out/sample_pyramid/latent_eval/report.html"
 
 test: install

@@ -17,7 +17,7 @@ def _echo_err(message: str) -> None:
 
 
 def train_vae(
-    config: Path = typer.Argument(..., help="Training config YAML (see latent_action/configs/)."),
+    config: Path = typer.Argument(..., help="Training config YAML (see recipes/configs/vae/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in run.out_dir."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with the losses."),
 ) -> None:

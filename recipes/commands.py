@@ -13,7 +13,7 @@ MODES = "vla, vgm, world_model, idm or joint"
 
 
 def train_command(
-    recipe: Path = typer.Argument(..., help="A training recipe, e.g. recipes/stage1.yaml."),
+    recipe: Path = typer.Argument(..., help="A training recipe, e.g. recipes/configs/train/stage1.yaml."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir "
                                                          "(an output with checkpoints is refused without it)."),
 ) -> None:

@@ -1,4 +1,4 @@
-"""Train Motus on a build's shards, one stage per recipe: `pyramid train recipes/stage1.yaml`.
+"""Train Motus on a build's shards, one stage per recipe: `pyramid train recipes/configs/train/stage1.yaml`.
 
 Reads top to bottom: set up (distributed, model, encoders, optimizer, data, resume), then the loop
 (gradient accumulation, clipping, AdamW with warmup + cosine, logging, checkpoints). Launch with

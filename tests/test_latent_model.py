@@ -226,7 +226,7 @@ def test_shipped_configs_are_valid(name):
     from latent_action.config import load_config
 
     repo = Path(__file__).resolve().parent.parent
-    config = load_config(repo / "latent_action" / "configs" / f"{name}.yaml")
+    config = load_config(repo / "recipes" / "configs" / "vae" / f"{name}.yaml")
     assert config.model.preset == name
     assert config.run.out_dir == repo / "out" / f"vae-{name}"  # relative to the file, not the working directory
 
