@@ -28,10 +28,22 @@ def motion_stats(flow: np.ndarray, moving_threshold: float = DEFAULT_MOVING_THRE
     if flow.ndim < 3 or flow.shape[-1] != 2 or flow.size == 0:
         raise ValueError(f"flow must be a non-empty [..., H, W, 2] array, got {flow.shape}")
     magnitude = np.hypot(flow[..., 0], flow[..., 1]).ravel()
-    median, p95 = np.percentile(magnitude, [50, 95])
+    median, p95 = percentiles(magnitude, [50, 95])
     return MotionStats(
         mean=float(magnitude.mean()),
         median=float(median),
         p95=float(p95),
         moving_fraction=float((magnitude > moving_threshold).mean()),
     )
+
+
+def percentiles(values: np.ndarray, percents: list[float]) -> np.ndarray:
+    """Exactly `np.percentile(values, percents)` (linear), from a sort: numpy sorts floats with SIMD, which on a
+    clip's few million magnitudes is ~3x faster than the partition np.percentile runs."""
+    ordered = np.sort(np.ravel(values))
+    position = np.asarray(percents, np.float64) / 100 * (len(ordered) - 1)
+    low = np.floor(position).astype(np.intp)
+    below, above = ordered[low], ordered[np.minimum(low + 1, len(ordered) - 1)]
+    weight, step = position - low, above - below
+    # numpy's lerp: from the nearer end, so that the result is exact at weight 0 and 1
+    return np.where(weight >= 0.5, above - step * (1 - weight), below + step * weight)

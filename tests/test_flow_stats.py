@@ -28,3 +28,17 @@ def test_a_static_clip_has_no_moving_pixels():
 def test_stats_refuse_what_is_not_flow():
     with pytest.raises(ValueError, match=r"\[..., H, W, 2\]"):
         flow.motion_stats(np.zeros((4, 4, 3)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_percentiles_are_numpys_to_the_last_bit(seed):
+    from flow.stats import percentiles
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 5000))
+    values = np.abs(rng.standard_normal(size).astype(np.float32)) ** 3
+    values[: int(rng.integers(0, size + 1))] = 0  # still pixels: long runs of equal values
+    percents = [50, 95, float(rng.uniform(0, 100))]
+    expected = np.percentile(values, percents)
+    got = percentiles(values, percents)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
