@@ -7,6 +7,7 @@ exit code 2; a build over its failure limit exits 1. `--debug` (or PYRAMID_DEBUG
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -197,6 +198,9 @@ _register_other_commands()
 
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: every error a user can cause becomes one line and an exit code."""
+    # bitsandbytes (installed beside transformers) warns at import that it cannot fetch a CPU kernel from
+    # the hub; nothing here quantises, so the line is noise on every command that loads a model.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         app(args=argv, prog_name="pyramid")
     except SystemExit:
