@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from flow.dis import DEFAULT_PRESET  # noqa: E402
 from pyramid.clips import resize_frames  # noqa: E402
 from pyramid.sample_data import write_sample_data  # noqa: E402
 from pyramid.sources import get_source  # noqa: E402
@@ -168,11 +169,10 @@ def main() -> None:
         bound_s = (decode_s + flow_s) / 2  # both stages spread evenly over 2 cores
         rows = [("serial loop", serial_s), ("decode only (1 core)", decode_s), ("flow only (1 core)", flow_s),
                 ("bound on 2 cores", bound_s)]
+        manifests = {}
         for workers in (1, 2):
-            seconds, _, manifest = timed_build(write_recipe(workdir, data, f"build{workers}"), "--workers", str(workers))
+            seconds, _, manifests[workers] = timed_build(write_recipe(workdir, data, f"build{workers}"), "--workers", str(workers))
             rows.append((f"build, {workers} worker{'s' * (workers > 1)}", seconds))
-        breakdown = manifest
-        print_ray_start = manifest["timings_s"].get("ray_start", 0.0)
         with LocalCluster(workdir, labels=("node_local",), cpus=2) as running:
             seconds, _, _ = timed_build(write_recipe(workdir, data, "reused"), "--workers", "2", env=running.env)
             rows.append(("build, 2 workers, Ray reused", seconds))
@@ -181,7 +181,7 @@ def main() -> None:
                 seconds, _, manifest = timed_build(write_recipe(workdir, data, "cluster"), "--address", cluster.address, env=cluster.env)
                 rows.append(("build on 2 nodes x 1 CPU", seconds))
                 nodes = manifest["episodes_by_node"]
-        print(f"{episodes} episodes, {pairs} flow pairs at 384x320, {args.frames} source frames each; DIS preset {_preset()}")
+        print(f"{episodes} episodes, {pairs} flow pairs at 384x320, {args.frames} source frames each; DIS preset {DEFAULT_PRESET}")
         print(f"{'run':<30}{'seconds':>9}{'episodes/min':>14}{'pairs/s':>10}{'vs serial':>11}{'vs bound':>10}")
         for name, seconds in rows:
             print(f"{name:<30}{seconds:>9.2f}{episodes / seconds * 60:>14.1f}{pairs / seconds:>10.1f}"
@@ -189,10 +189,10 @@ def main() -> None:
         built = dict(rows)
         for name in ("build, 2 workers", "build, 2 workers, Ray reused"):
             print(f"{name}: {serial_s / built[name]:.2f}x serial (target >= 1.8), {bound_s / built[name]:.2f}x the bound (target >= 0.8)")
-        print(f"Ray start-up inside the fresh 2-worker build: {print_ray_start:.2f} s")
+        print(f"Ray start-up inside the fresh 2-worker build: {manifests[2]['timings_s'].get('ray_start', 0.0):.2f} s")
         if not args.skip_cluster:
             print(f"cluster build: episodes per node {sorted(nodes.values())}")
-        print_breakdown(breakdown)
+        print_breakdown(manifests[2])
         if not args.skip_memory:
             peaks = {}
             for count in (10, 100):
@@ -203,12 +203,6 @@ def main() -> None:
                   f"ratio {peaks[100] / peaks[10]:.2f}  (target <= 1.2)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _preset() -> str:
-    from flow.dis import DEFAULT_PRESET
-
-    return DEFAULT_PRESET
 
 
 if __name__ == "__main__":

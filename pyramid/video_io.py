@@ -143,7 +143,7 @@ def _decode(container, stream, wanted: list[int] | None) -> dict[int, np.ndarray
     """
     fps = float(stream.average_rate or stream.guessed_rate)
     lookup = None if wanted is None else set(wanted)
-    first, last = (0, None) if wanted is None else (min(wanted), max(wanted))
+    last = None if wanted is None else max(wanted)
     codec, frames = stream.codec_context, {}
     skip_unwanted = lookup is not None and codec.name == "h264"
     for packet in container.demux(stream):
@@ -151,7 +151,7 @@ def _decode(container, stream, wanted: list[int] | None) -> dict[int, np.ndarray
             codec.skip_frame = "DEFAULT" if _index_at(packet.pts, stream, fps) in lookup else "NONREF"
         for frame in packet.decode():
             index = _frame_index(frame, stream, fps)
-            if index >= first and (lookup is None or index in lookup):
+            if lookup is None or index in lookup:
                 frames[index] = _to_rgb(frame)
             if last is not None and index >= last:
                 return frames
