@@ -8,10 +8,9 @@ the local cache, else random weights (then it reports speed only). Targets: the 
 GPU in batches of >= 8 pairs. "/cpu-s" is pairs per CPU second this process used: the per-core rate,
 which other jobs on a shared machine do not lower. The "dis medium, ..." rows are the OpenCV
 parameters the default preset was chosen among (`flow/dis.py` PRESETS). Last, what storing each pair
-costs in the formats a build could use: builds store flow-RGB PNGs, each row as its difference from
-the row above, with run-length deflate (what the VAE reads; a small part of the flow's own cost, and
-about half the default PNG's size); an int16 array is ~5x larger, and WebP lossless is smaller but
-costs more than the flow.
+costs in the formats a build could use: builds store the flow itself, rounded to 1/16 px as int16 and
+zstd-compressed (flow/storage.py); the VAE renders its flow-RGB from it. Rendering flow-RGB and writing
+it as a PNG (what builds stored before) costs about half the flow's own time.
 """
 
 from __future__ import annotations
@@ -171,31 +170,36 @@ def print_targets(rows: list[Row]) -> None:
 
 
 def storage_rows(frames: np.ndarray) -> list[tuple[str, float, float]]:
-    """How a build could store flow, per pair: (name, CPU ms to encode, KiB). The build stores the PNG run-length row."""
+    """How a build could store flow, per pair: (name, CPU ms to encode, KiB). Builds store the first row."""
     import zlib
 
     import cv2
+    import zstandard
 
+    from flow import storage
     from pyramid.staging import png_bytes
 
     flows = flow.get_backend("dis", threads=1).sequence(frames)
 
+    def stored(pair):
+        return storage.pack(storage.quantise(pair))
+
+    def zstd_level_3(pair):
+        return zstandard.ZstdCompressor(level=3).compress(storage.quantise(pair).tobytes())
+
+    def zlib_level_1(pair):
+        return zlib.compress(storage.quantise(pair).tobytes(), 1)
+
     def png_default(rgb):
         return cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
-
-    def png_all_filters(rgb):  # what builds stored before: libpng picks a filter per row
-        return cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-                                          cv2.IMWRITE_PNG_STRATEGY_RLE])[1].tobytes()
 
     def webp_lossless(rgb):
         return cv2.imencode(".webp", rgb, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
 
-    def quantised(pair):  # 1/64 px steps, int16: what a float flow array needs to stay below the RGB's error
-        return zlib.compress(np.round(np.clip(pair, -500, 500) * 64).astype(np.int16).tobytes(), 1)
-
-    encoders = {"flow-RGB + PNG, up filter, run-length (stored)": (True, png_bytes),
-                "flow-RGB + PNG, run-length": (True, png_all_filters), "flow-RGB + PNG, default": (True, png_default),
-                "flow-RGB + WebP lossless": (True, webp_lossless), "int16 array (1/64 px) + zlib": (False, quantised)}
+    encoders = {"int16 (1/16 px) .npy + zstd 1 (stored)": (False, stored), "int16 (1/16 px) + zstd 3": (False, zstd_level_3),
+                "int16 (1/16 px) + zlib 1": (False, zlib_level_1),
+                "flow-RGB + PNG, up filter, run-length": (True, png_bytes), "flow-RGB + PNG, default": (True, png_default),
+                "flow-RGB + WebP lossless": (True, webp_lossless)}
     rows = []
     for name, (as_rgb, encode) in encoders.items():
         start = time.process_time()
@@ -208,7 +212,7 @@ def storage_rows(frames: np.ndarray) -> list[tuple[str, float, float]]:
 
 
 def print_storage(rows: list[tuple[str, float, float]]) -> None:
-    print(f"\nflow storage per pair at {SIZE[0]}x{SIZE[1]} (encoding includes flow -> RGB where used)")
+    print(f"\nflow storage per pair at {SIZE[0]}x{SIZE[1]} (encoding includes rounding, or flow -> RGB, where used)")
     print(f"{'format':<50}{'CPU ms':>8}{'KiB':>8}")
     for name, milliseconds, kib in rows:
         print(f"{name:<50}{milliseconds:>8.2f}{kib:>8.1f}" if kib else f"{name:<50}{milliseconds:>8.2f}{'':>8}")

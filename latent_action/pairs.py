@@ -10,7 +10,6 @@ Two providers with one interface (`PairSet`): `EpisodePairs` computes flow strai
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
 
 FRAMES_PER_CHUNK = 128  # stored frames whose flow is computed at once
+FLOW_COLUMN = "flow_npy_zst"  # flow.lance's stored flow (pyramid/schema.py)
 
 
 @dataclass
@@ -153,8 +153,12 @@ def episode_pair_actions(episode: Episode, settings: FlowSettings) -> np.ndarray
 
 
 def flow_to_rgb(flows: np.ndarray, max_magnitude: float | None) -> np.ndarray:
+    """The VAE's input: flow-RGB of the flow as a build stores it (1/16 px), so that pairs computed from
+    episodes, read from flow.lance and labelled in a build give the VAE the same images."""
     import flow
+    from flow.storage import as_stored
 
+    flows = as_stored(flows)
     return flow.to_rgb(flows) if max_magnitude is None else flow.to_rgb(flows, max_magnitude=max_magnitude)
 
 
@@ -217,10 +221,11 @@ def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | N
 
 
 class LancePairs(PairSet):
-    """The pipeline's `flow.lance` dataset: metadata read once, PNG flow images fetched with `take` on demand.
+    """The pipeline's `flow.lance` dataset: metadata read once, stored flow fetched with `take` on demand and
+    rendered as flow-RGB.
 
-    Columns: episode_id, source, embodiment (string), level (int8), pair_index (int32), flow_rgb
-    (PNG bytes, standard RGB channel order), action (list<float32>, null when the pair has none).
+    Columns: episode_id, source, embodiment (string), level (int8), pair_index (int32), flow_npy_zst
+    (`flow.storage.pack` bytes), action (list<float32>, null when the pair has none).
     """
 
     COLUMNS = ("episode_id", "source", "embodiment", "pair_index", "action")
@@ -232,7 +237,10 @@ class LancePairs(PairSet):
         if not self.path.exists():
             raise EpisodeError(self.path, "no such Lance dataset")
         self.dataset = lance.dataset(str(self.path))
-        missing = [c for c in (*self.COLUMNS, "flow_rgb") if c not in self.dataset.schema.names]
+        missing = [c for c in (*self.COLUMNS, FLOW_COLUMN) if c not in self.dataset.schema.names]
+        if missing == [FLOW_COLUMN] and "flow_rgb" in self.dataset.schema.names:
+            raise EpisodeError(self.path, "holds flow-RGB PNGs, written before builds stored the flow itself; "
+                                          "build it again with this version")
         if missing:
             raise EpisodeError(self.path, f"Lance flow dataset lacks column(s) {', '.join(missing)}")
         self.image_size = image_size
@@ -241,9 +249,10 @@ class LancePairs(PairSet):
 
     def images(self, indices: Sequence[int]) -> np.ndarray:
         indices = [int(i) for i in indices]
-        blobs = self.dataset.take(indices, columns=["flow_rgb"]).column("flow_rgb").to_pylist()
-        decoded = [_decode_png(blob, self.path, i) for blob, i in zip(blobs, indices)]
-        return np.stack([resize_images(image[None], self.image_size, self.image_size)[0] for image in decoded])
+        blobs = self.dataset.take(indices, columns=[FLOW_COLUMN]).column(FLOW_COLUMN).to_pylist()
+        flows = [_unpack_flow(blob, self.path, i) for blob, i in zip(blobs, indices)]
+        return np.stack([resize_images(flow_to_rgb(flow[None], self.settings.max_magnitude), self.image_size, self.image_size)[0]
+                         for flow in flows])
 
 
 def build_flow_settings(manifest: Path) -> FlowSettings:
@@ -270,15 +279,15 @@ def _table_from_columns(columns: dict[str, list]) -> PairTable:
     return table
 
 
-def _decode_png(blob: bytes | None, path: Path, index: int) -> np.ndarray:
-    from PIL import Image
+def _unpack_flow(blob: bytes | None, path: Path, index: int) -> np.ndarray:
+    from flow.storage import unpack
 
     if blob is None:
-        raise EpisodeError(path, f"row {index}: flow_rgb is null")
+        raise EpisodeError(path, f"row {index}: {FLOW_COLUMN} is null")
     try:
-        return np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
-    except OSError as exc:
-        raise EpisodeError(path, f"row {index}: flow_rgb is not a readable PNG ({exc})") from exc
+        return unpack(blob)
+    except ValueError as exc:
+        raise EpisodeError(path, f"row {index}: {FLOW_COLUMN}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ splits

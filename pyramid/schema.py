@@ -71,7 +71,8 @@ _FLOW_COLUMNS = [
     ("pair_index", pa.int32(), "the pair (stored frame t, t + stride) of the episode"),
     ("clip_key", pa.string(), "`key` of the clip whose `latent_actions.npy` holds this pair; null for a pair across "
                               "a clip boundary or in a static clip left out"),
-    ("flow_rgb", pa.binary(), "PNG of `flow.to_rgb` at the stored size"),
+    ("flow_npy_zst", pa.binary(), "the pair's flow (u, v) at the stored size: zstd-compressed `.npy` of int16 [H, W, 2] in "
+     "1/16 px (`flow.storage.unpack`); the VAE renders its flow-RGB from it"),
     ("action", pa.list_(pa.float32()), "the mean raw action over the pair's span, null without actions"),
     ("latent_action", pa.list_(pa.float32()), "the pair's latent action (14), null in an unlabelled build"),
 ]

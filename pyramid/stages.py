@@ -123,6 +123,7 @@ class FlowStage(RowStage):
 
     def process(self, payload: dict) -> dict:
         import flow
+        import flow.storage
         from flow.still import zero_unchanged
 
         stride = self.recipe.flow.stride
@@ -136,10 +137,10 @@ class FlowStage(RowStage):
         threshold = self.recipe.filters.static_motion_threshold
         payload["kept_clips"] = [i for i, stats in enumerate(payload["clip_motion"]) if stats is not None and stats["moving_fraction"] >= threshold]
         payload["num_pairs"] = len(flows)
-        # Flow-RGB is what flow.lance stores and what the VAE reads; a build that needs neither skips it.
+        # The stored flow (int16, 1/16 px) is what flow.lance holds and what the VAE renders its input from.
         if self.recipe.flow.store or self.recipe.vae:
-            with timed(seconds, "flow_rgb"):
-                payload["flow_rgb"] = flow.to_rgb(flows)
+            with timed(seconds, "flow_quantise"):
+                payload["flow"] = flow.storage.quantise(flows)
         if payload["kept_clips"]:
             payload["preview_flow_rgb"] = flow.to_rgb(flows[payload["spans"][payload["kept_clips"][0]].first])
         return payload
@@ -155,10 +156,16 @@ class LabelStage(RowStage):
         check_vae_matches(self.labeller.vae.config, recipe)
 
     def process(self, payload: dict) -> dict:
+        from flow.storage import dequantise
         from latent_action.labelling import encode_flow_rgb
+        from latent_action.pairs import flow_to_rgb
 
-        with timed(payload.setdefault("seconds", {}), "label"):
-            latents = encode_flow_rgb(self.labeller.vae, payload["flow_rgb"], self.labeller.batch_size)
+        seconds = payload.setdefault("seconds", {})
+        with timed(seconds, "flow_rgb"):
+            # rendered from the stored flow, as training from flow.lance renders it
+            flow_rgb = flow_to_rgb(dequantise(payload["flow"]), None)
+        with timed(seconds, "label"):
+            latents = encode_flow_rgb(self.labeller.vae, flow_rgb, self.labeller.batch_size)
         if not np.isfinite(latents).all():
             raise ValueError(f"the VAE gave non-finite latent actions (first at pair {int(np.argwhere(~np.isfinite(latents))[0, 0])})")
         payload["latent_actions"] = latents

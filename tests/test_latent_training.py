@@ -23,7 +23,8 @@ from latent_action.commands import register
 from latent_action.config import parse_config
 from latent_action.evaluation import evaluate_latents
 from latent_action.labelling import label_episode, label_source
-from latent_action.pairs import LancePairs
+from flow.storage import pack, quantise
+from latent_action.pairs import LancePairs, flow_to_rgb
 from latent_action.train import train
 from pyramid.errors import EpisodeError
 from pyramid.sample_data import write_sample_data
@@ -179,17 +180,16 @@ def test_lance_flow_dataset_feeds_training(tmp_path):
     import pyarrow as pa
 
     rng = np.random.default_rng(0)
-    images = [np.full((64, 64, 3), 255, np.uint8) for _ in range(4)]
-    for i, image in enumerate(images):
-        image[10:20, 5 + 5 * i : 15 + 5 * i] = (200, 40 * i, 90)
-    pngs = [cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes() for image in images]
+    flows = np.zeros((4, 64, 64, 2), np.float32)
+    for i, flow in enumerate(flows):  # a block moving a different way in each pair
+        flow[10:20, 5 + 5 * i : 15 + 5 * i] = (3.0 - 2 * i, 1.5 * i)
     table = pa.table({
         "episode_id": ["robot-a", "robot-a", "robot-b", "clip-c"],
         "source": ["lerobot", "lerobot", "lerobot", "videos"],
         "embodiment": ["sample_arm", "sample_arm", "sample_arm", "video"],
         "level": pa.array([5, 5, 5, 2], pa.int8()),
         "pair_index": pa.array([0, 1, 0, 0], pa.int32()),
-        "flow_rgb": pa.array(pngs, pa.binary()),
+        "flow_npy_zst": pa.array([pack(quantise(flow)) for flow in flows], pa.binary()),
         "action": pa.array([rng.normal(size=3).tolist(), rng.normal(size=3).tolist(), rng.normal(size=3).tolist(), None],
                            pa.list_(pa.float32())),
     })
@@ -201,7 +201,7 @@ def test_lance_flow_dataset_feeds_training(tmp_path):
     pairs = LancePairs(tmp_path / "flow.lance", image_size=64)
     assert (pairs.settings.fps, pairs.settings.stride, pairs.settings.frame_height) == (10.0, 1, 384)
     assert pairs.table.labelled.tolist() == [True, True, True, False]
-    assert np.array_equal(pairs.images([3, 1]), np.stack([images[3], images[1]]))  # RGB order kept
+    assert np.array_equal(pairs.images([3, 1]), flow_to_rgb(flows[[3, 1]], None))  # rendered from the stored flow
     assert pairs.pair(2).episode_id == "robot-b" and pairs.pair(3).action is None
     config = {
         "data": {"lance": str(tmp_path / "flow.lance"), "holdout_fraction": 0.0},
@@ -210,6 +210,24 @@ def test_lance_flow_dataset_feeds_training(tmp_path):
     }
     checkpoint = train(parse_config(config), show_progress=False, echo=lambda _: None)
     assert (checkpoint / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_lance_flow_dataset_from_an_older_build_or_with_a_damaged_row_is_named(tmp_path):
+    import lance
+    import pyarrow as pa
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"recipe": {"fps": 10.0, "video_size": [64, 64], "flow": {"backend": "dis"}}}))
+    columns = {"episode_id": ["robot-a", "robot-a"], "source": ["lerobot"] * 2, "embodiment": ["sample_arm"] * 2,
+               "pair_index": pa.array([0, 1], pa.int32()), "action": pa.array([None, None], pa.list_(pa.float32()))}
+    lance.write_dataset(pa.table({**columns, "flow_rgb": pa.array([b"\x89PNG", b"\x89PNG"], pa.binary())}), str(tmp_path / "old.lance"))
+    with pytest.raises(EpisodeError, match="old.lance: holds flow-RGB PNGs, written before builds stored the flow itself"):
+        LancePairs(tmp_path / "old.lance", image_size=32)
+    good = pack(quantise(np.ones((64, 64, 2), np.float32)))
+    lance.write_dataset(pa.table({**columns, "flow_npy_zst": pa.array([good, good[:40]], pa.binary())}), str(tmp_path / "flow.lance"))
+    pairs = LancePairs(tmp_path / "flow.lance", image_size=32)
+    assert pairs.images([0]).shape == (1, 32, 32, 3)
+    with pytest.raises(EpisodeError, match=r"flow.lance: row 1: flow_npy_zst: not a stored flow pair"):
+        pairs.images([1])
 
 
 def test_cli_train_label_and_eval(sample, tmp_path):

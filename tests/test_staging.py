@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import tarfile
 
-import cv2
 import lance
 import numpy as np
 import pytest
 
-from latent_action.pairs import LancePairs
+from flow.storage import as_stored, unpack
+from latent_action.images import resize_images
+from latent_action.pairs import LancePairs, flow_to_rgb
 
 from pyramid.errors import BuildError
 from pyramid.finalize import finalize
@@ -56,9 +57,9 @@ def test_staged_members_become_the_shards_and_staged_rows_the_lance_datasets(vid
     assert manifest["timings_s"]["worker_flow"] > 0 and manifest["episodes_by_node"] == {"driver": len(built)}
     pairs = LancePairs(tmp_path / "out" / "flow.lance", image_size=32)  # what the VAE trains on
     assert len(pairs.table.episode_id) == sum(s["flow_pairs"] for s in built)
-    stored = lance.dataset(str(tmp_path / "out" / "flow.lance")).take([0], columns=["flow_rgb"]).column(0)[0].as_py()
-    assert _decoded_png(stored).shape == (64, 96, 3)
-    assert pairs.images([0]).shape == (1, 32, 32, 3)
+    stored = unpack(lance.dataset(str(tmp_path / "out" / "flow.lance")).take([0], columns=["flow_npy_zst"]).column(0)[0].as_py())
+    assert stored.shape == (64, 96, 2) and np.array_equal(stored, as_stored(stored))
+    assert np.array_equal(pairs.images([0]), resize_images(flow_to_rgb(stored[None], None), 32, 32))
 
 
 def test_without_stored_flow_there_is_no_flow_lance(videos, tmp_path):
@@ -86,6 +87,3 @@ def test_a_staged_file_cut_short_is_named_and_its_episode_redone(videos, tmp_pat
     finalize(recipe, recipe.content_fingerprint(), {}, progress=False)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["episodes"]["ok"] == 3
 
-
-def _decoded_png(data: bytes) -> np.ndarray:
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
