@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,8 +45,8 @@ from tests.fixtures.ray_cluster import LocalCluster  # noqa: E402
 
 CLI = [sys.executable, "-m", "pyramid"]
 CLIP_FRAMES = 20
-STAGES = {"decode": "decode + resize", "flow": "DIS flow", "flow_stats": "motion statistics", "flow_quantise": "flow rounding",
-          "flow_encode": "flow zstd + rows", "flow_rgb": "flow -> RGB (VAE)", "label": "latent actions",
+STAGES = {"decode": "decode + resize", "flow": "DIS flow", "flow_stats": "motion statistics", "flow_pack": "flow rounding + zstd",
+          "flow_encode": "flow rows", "flow_rgb": "flow -> RGB (VAE)", "label": "latent actions",
           "video_encode": "H.264 clips", "stage_write": "staged writes"}
 
 
@@ -106,6 +107,7 @@ def bounds(data: Path) -> tuple[float, float]:
 def timed_build(recipe: Path, *args: str, env: dict | None = None) -> tuple[float, int, dict]:
     """Wall seconds of `pyramid build` (Ray start included), the peak RSS of its process tree, its manifest."""
     command = [*CLI, "build", str(recipe), "--quiet", *args]
+    env = {**(env or os.environ), "PYTHONFAULTHANDLER": "1"}  # a crash prints where it happened
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     peak = PeakRss(process.pid)
@@ -160,7 +162,7 @@ def print_breakdown(manifest: dict) -> None:
             print(f"  worker {STAGES[stage]:<22}{seconds:8.2f} s  {seconds / total:6.1%}")
     for stage in ("ray_start", "process", "pack", "lance"):
         print(f"  driver {stage:<22}{timings.get(stage, 0.0):8.2f} s")
-    storage = workers["flow_quantise"] + workers["flow_encode"]
+    storage = workers["flow_pack"] + workers["flow_encode"]
     print(f"  flow storage (rounding + zstd + rows) / flow: {storage / workers['flow']:.2f}")
 
 

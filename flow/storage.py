@@ -50,6 +50,12 @@ def as_stored(flow: np.ndarray) -> np.ndarray:
     return dequantise(quantise(flow))
 
 
+def pack_pairs(flows: np.ndarray) -> list[bytes]:
+    """float [N, H, W, 2] px -> `pack(quantise(pair))` for each pair. One pair at a time: an episode-sized int16
+    copy would cost more in fresh pages than the rounding itself."""
+    return [pack(quantise(pair)) for pair in flows]
+
+
 def pack(stored: np.ndarray) -> bytes:
     """One pair's int16 [H, W, 2] (from `quantise`) -> the zstd-compressed `.npy` bytes flow.lance holds."""
     if stored.dtype != np.int16 or stored.ndim != 3 or stored.shape[-1] != 2:

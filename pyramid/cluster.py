@@ -62,10 +62,13 @@ def paths_missing_on_nodes(source_roots: list[str], output: Path) -> dict[str, l
     try:
         probe = ray.remote(num_cpus=0)(_missing_here)
         nodes = [node for node in ray.nodes() if node.get("Alive")]
+        # The driver's own node is checked in this process: a task would first wait for a worker process.
+        driver_node = ray.get_runtime_context().get_node_id()
         pending = {node["NodeManagerAddress"]: probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(source_roots, str(token))
-            for node in nodes}
+            for node in nodes if node["NodeID"] != driver_node}
         results = {address: ray.get(ref) for address, ref in pending.items()}
+        results.update({node["NodeManagerAddress"]: _missing_here(source_roots, str(token)) for node in nodes if node["NodeID"] == driver_node})
     finally:
         token.unlink(missing_ok=True)
     return {address: paths for address, paths in results.items() if paths}

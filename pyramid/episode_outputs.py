@@ -155,16 +155,14 @@ def pair_clip_keys(payload: dict, stride: int) -> dict[int, str]:
 
 
 def flow_rows(payload: dict, stride: int) -> list[dict]:
-    from flow.storage import pack
-
     fields, actions, latents = payload["fields"], payload["actions"], payload.get("latent_actions")
     actions = None if actions is None else pair_actions(actions, payload["indices"], stride)
     clip_keys = pair_clip_keys(payload, stride)
     return [{"episode_id": fields["episode_id"], "source": fields["source"], "embodiment": fields["embodiment"],
-             "level": fields["level"], "pair_index": t, "clip_key": clip_keys.get(t), "flow_npy_zst": pack(stored),
+             "level": fields["level"], "pair_index": t, "clip_key": clip_keys.get(t), "flow_npy_zst": blob,
              "action": None if actions is None else actions[t].tolist(),
              "latent_action": None if latents is None else latents[t].tolist()}
-            for t, stored in enumerate(payload["flow"])]
+            for t, blob in enumerate(payload["flow_blobs"])]
 
 
 def episode_stats(samples: list[dict[str, Any]]) -> dict:

@@ -137,10 +137,10 @@ class FlowStage(RowStage):
         threshold = self.recipe.filters.static_motion_threshold
         payload["kept_clips"] = [i for i, stats in enumerate(payload["clip_motion"]) if stats is not None and stats["moving_fraction"] >= threshold]
         payload["num_pairs"] = len(flows)
-        # The stored flow (int16, 1/16 px) is what flow.lance holds and what the VAE renders its input from.
+        # The stored flow (int16 in 1/16 px, zstd) is what flow.lance holds and what the VAE renders its input from.
         if self.recipe.flow.store or self.recipe.vae:
-            with timed(seconds, "flow_quantise"):
-                payload["flow"] = flow.storage.quantise(flows)
+            with timed(seconds, "flow_pack"):
+                payload["flow_blobs"] = flow.storage.pack_pairs(flows)
         if payload["kept_clips"]:
             payload["preview_flow_rgb"] = flow.to_rgb(flows[payload["spans"][payload["kept_clips"][0]].first])
         return payload
@@ -156,16 +156,19 @@ class LabelStage(RowStage):
         check_vae_matches(self.labeller.vae.config, recipe)
 
     def process(self, payload: dict) -> dict:
-        from flow.storage import dequantise
+        from flow.storage import unpack
         from latent_action.labelling import encode_flow_rgb
         from latent_action.pairs import flow_to_rgb
 
-        seconds = payload.setdefault("seconds", {})
-        with timed(seconds, "flow_rgb"):
-            # rendered from the stored flow, as training from flow.lance renders it
-            flow_rgb = flow_to_rgb(dequantise(payload["flow"]), None)
-        with timed(seconds, "label"):
-            latents = encode_flow_rgb(self.labeller.vae, flow_rgb, self.labeller.batch_size)
+        seconds, blobs, batch = payload.setdefault("seconds", {}), payload["flow_blobs"], self.labeller.batch_size
+        chunks = []
+        for start in range(0, len(blobs), batch):
+            with timed(seconds, "flow_rgb"):
+                # rendered from the stored flow, as training from flow.lance renders it
+                flow_rgb = flow_to_rgb(np.stack([unpack(blob) for blob in blobs[start : start + batch]]), None)
+            with timed(seconds, "label"):
+                chunks.append(encode_flow_rgb(self.labeller.vae, flow_rgb, batch))
+        latents = np.concatenate(chunks) if chunks else np.zeros((0, self.labeller.vae.config.action_dim), np.float32)
         if not np.isfinite(latents).all():
             raise ValueError(f"the VAE gave non-finite latent actions (first at pair {int(np.argwhere(~np.isfinite(latents))[0, 0])})")
         payload["latent_actions"] = latents

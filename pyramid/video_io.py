@@ -13,6 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
+# av before decord (imported lazily below): decord loads its own FFmpeg and libvpx 6 with RTLD_GLOBAL, and
+# PyAV's libraries loaded after it would bind those instead of theirs (its VP9 encoder then fails to open).
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter

@@ -16,7 +16,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import decord
 import lance
 import numpy as np
 import pytest
@@ -29,8 +28,8 @@ from latent_action.action_space import ActionNormalizer
 from latent_action.presets import build_vae
 from pyramid.sample_data import write_sample_data
 from pyramid.build_reader import decode_mp4
-from pyramid.video_io import read_frames
-from tests.fixtures import umt5
+from pyramid.video_io import probe, read_frames
+from tests.fixtures import builder, umt5
 
 CLI = [sys.executable, "-m", "pyramid"]
 EPISODES, FRAMES = 3, 60  # robot episodes (and one captioned clip), 6 s at 10 fps: long enough for Motus's default sampling (1 + 8 * 6 frames)
@@ -101,7 +100,7 @@ def test_export_is_the_layout_motus_reads(build, tmp_path, options, rate):
     rng = random.Random(0)
     for stem in stems:
         episode = sorted(clips[stem], key=lambda s: s["json"]["clip_index"])
-        total = len(decord.VideoReader(str(out / "videos" / f"{stem}.mp4")))
+        total = probe(out / "videos" / f"{stem}.mp4").num_frames
         assert total == sum(c["json"]["num_frames"] for c in episode) == FRAMES >= 1 + 8 * rate
 
         latents = torch.load(out / "latent_action_dim14" / f"{stem}.pt", weights_only=True)
@@ -241,9 +240,7 @@ def test_export_lerobot_of_each_source_kind(kind, tmp_path):
     from pyramid.sources import get_source
 
     root = tmp_path / kind
-    # In its own process: once decord's bundled FFmpeg is loaded here (the Motus checks read with it), PyAV's VP9
-    # encoder, which the videos fixture uses, fails to open.
-    subprocess.run([sys.executable, "-c", f"from pathlib import Path; from tests.fixtures import builder; builder({kind!r})(Path({str(root)!r}))"], check=True, timeout=300)
+    builder(kind)(root)
     out = tmp_path / "exported"
     result = subprocess.run([*CLI, "export-lerobot", str(root), str(out), "--codec", "libx264"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -62,3 +62,25 @@ def test_file_frames_are_the_plain_decode_at_those_frames(tmp_path, codec, suffi
     path = write_video(tmp_path / f"video{suffix}", moving_frames(), fps=10, codec=codec)
     expected = plain_decode(str(path))
     assert np.array_equal(read_frames(path, indices), expected if indices is None else expected[indices])
+
+
+def test_decord_leaves_pyav_its_own_libvpx(tmp_path):
+    """decord loads its bundled FFmpeg and libvpx 6 with RTLD_GLOBAL: had it loaded before PyAV, PyAV's libavcodec
+    would bind libvpx 6 and its VP9 encoder would not open ("Invalid argument"). video_io imports av first, so
+    reading H.264 through decord and then writing VP9 works, in a fresh interpreter as in a worker."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import numpy as np
+from pyramid.video_io import read_frames, video_bytes, write_video
+frames = np.random.default_rng(0).integers(0, 255, (6, 32, 48, 3), dtype=np.uint8)
+write_video({str(tmp_path / 'a.mp4')!r}, frames, fps=10.0)
+assert read_frames({str(tmp_path / 'a.mp4')!r}).shape == (6, 32, 48, 3)
+import sys; assert "decord" in sys.modules  # H.264 went through decord
+assert video_bytes(frames, 10.0, codec="libvpx-vp9", suffix=".webm")
+"""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
