@@ -46,18 +46,33 @@ class FlowBackend:
         flow = self.compute_pairs(downscale_frames(frames_a, self.scale), downscale_frames(frames_b, self.scale))
         return upscale_flow(flow, size)
 
-    def sequence(self, frames: np.ndarray, stride: int = 1) -> np.ndarray:
-        """Flow from frame t to t + stride for every t: [N, H, W, 3] -> [N - stride, H, W, 2]."""
+    def sequence(self, frames: np.ndarray, stride: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+        """Flow from frame t to t + stride for every t: [N, H, W, 3] -> [N - stride, H, W, 2].
+
+        `out`: a float32 [>= N - stride, H, W, 2] array to write into, reused by a caller that computes
+        many episodes (the fresh pages of an episode-sized result cost about a tenth of DIS itself); the
+        result is then its first N - stride pairs.
+        """
         check_frames(frames, "frames")
         if stride < 1 or len(frames) <= stride:
             raise ValueError(f"need stride >= 1 and more than {stride} frames, got stride {stride}, {len(frames)} frames")
-        flow = self.compute_sequence(downscale_frames(frames, self.scale), stride)
-        return upscale_flow(flow, frames.shape[1:3])
+        size, pairs = frames.shape[1:3], len(frames) - stride
+        if out is not None:
+            if out.dtype != np.float32 or out.shape[1:] != (*size, 2) or len(out) < pairs or not out.flags.c_contiguous:
+                raise ValueError(f"out must be C-contiguous float32 [>= {pairs}, {size[0]}, {size[1]}, 2], got {out.dtype} {out.shape}")
+            out = out[:pairs]
+        flow = self.compute_sequence(downscale_frames(frames, self.scale), stride, out if self.scale == 1 else None)
+        flow = upscale_flow(flow, size)
+        if out is None or np.shares_memory(flow, out):
+            return flow
+        out[...] = flow
+        return out
 
     def compute_pairs(self, frames_a: np.ndarray, frames_b: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def compute_sequence(self, frames: np.ndarray, stride: int) -> np.ndarray:
+    def compute_sequence(self, frames: np.ndarray, stride: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The sequence's flow at the frames' size; may write into `out` (exactly that many pairs) and return it."""
         return self.compute_pairs(frames[:-stride], frames[stride:])
 
 

@@ -45,5 +45,5 @@ class DisBackend(GrayscaleBackend):
     def make_engine(self) -> cv2.DISOpticalFlow:
         return dis_engine(*PRESETS[self.preset])
 
-    def flow_between(self, engine: cv2.DISOpticalFlow, gray_a: np.ndarray, gray_b: np.ndarray) -> np.ndarray:
-        return engine.calc(gray_a, gray_b, None)
+    def flow_between(self, engine: cv2.DISOpticalFlow, gray_a: np.ndarray, gray_b: np.ndarray, out: np.ndarray) -> None:
+        out[...] = engine.calc(gray_a, gray_b, None)  # (OpenCV 4.13's DIS crashed when given `out` to write into, from threads)

@@ -22,8 +22,8 @@ class FarnebackBackend(GrayscaleBackend):
         self.iterations = iterations
         super().__init__(threads, scale)
 
-    def flow_between(self, engine: Any, gray_a: np.ndarray, gray_b: np.ndarray) -> np.ndarray:
-        return cv2.calcOpticalFlowFarneback(
+    def flow_between(self, engine: Any, gray_a: np.ndarray, gray_b: np.ndarray, out: np.ndarray) -> None:
+        out[...] = cv2.calcOpticalFlowFarneback(
             gray_a, gray_b, None, pyr_scale=0.5, levels=self.levels, winsize=self.window,
             iterations=self.iterations, poly_n=5, poly_sigma=1.1, flags=0,
         )

@@ -46,30 +46,37 @@ class GrayscaleBackend(FlowBackend):
         """A per-thread flow object (None for a stateless OpenCV function)."""
         return None
 
-    def flow_between(self, engine: Any, gray_a: np.ndarray, gray_b: np.ndarray) -> np.ndarray:
+    def flow_between(self, engine: Any, gray_a: np.ndarray, gray_b: np.ndarray, out: np.ndarray) -> None:
+        """Flow from `gray_a` to `gray_b` into `out` (float32 [H, W, 2], a slice of the batch's result)."""
         raise NotImplementedError
 
     def compute_pairs(self, frames_a: np.ndarray, frames_b: np.ndarray) -> np.ndarray:
         return self._flows(to_gray(frames_a), to_gray(frames_b))
 
-    def compute_sequence(self, frames: np.ndarray, stride: int) -> np.ndarray:
+    def compute_sequence(self, frames: np.ndarray, stride: int, out: np.ndarray | None = None) -> np.ndarray:
         gray = to_gray(frames)  # each frame is converted once, though it belongs to two pairs
-        return self._flows(gray[:-stride], gray[stride:])
+        return self._flows(gray[:-stride], gray[stride:], out)
 
-    def _flows(self, gray_a: np.ndarray, gray_b: np.ndarray) -> np.ndarray:
+    def _flows(self, gray_a: np.ndarray, gray_b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        # Each pair goes into the result as it is made: a list of pairs, then a stack, held the episode's flow twice.
+        flows = np.empty((*gray_a.shape, 2), np.float32) if out is None else out
         chunks = np.array_split(np.arange(len(gray_a)), self.threads)
 
-        def run(engine: Any, indices: np.ndarray) -> list[np.ndarray]:
-            return [self.flow_between(engine, gray_a[i], gray_b[i]) for i in indices]
+        def run(engine: Any, indices: np.ndarray) -> None:
+            for i in indices:
+                self.flow_between(engine, gray_a[i], gray_b[i], flows[i])
 
         with single_threaded_opencv():
             if self._pool is None:
-                results = [run(self._engines[0], chunks[0])]
+                run(self._engines[0], chunks[0])
             else:
-                results = list(self._pool.map(run, self._engines, chunks))
-        return np.stack([flow for chunk in results for flow in chunk])
+                list(self._pool.map(run, self._engines, chunks))
+        return flows
 
 
 def to_gray(frames: np.ndarray) -> np.ndarray:
     """[N, H, W, 3] RGB -> [N, H, W] uint8 luma."""
-    return np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames])
+    gray = np.empty(frames.shape[:-1], np.uint8)
+    for frame, out in zip(frames, gray):
+        cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY, dst=out)
+    return gray

@@ -24,6 +24,7 @@ from pyramid.errors import EpisodeError
 from pyramid.recipe import Recipe
 
 _readers: dict[int, Any] = {}
+REUSED_FLOW_BYTES = 1 << 30  # a worker keeps its flow array between episodes up to this size (~1000 pairs at 384x320)
 
 
 def _reader(recipe: Recipe, source_index: int):
@@ -120,6 +121,17 @@ class FlowStage(RowStage):
         if threads and recipe.flow.backend.partition(":")[0] in ("dis", "farneback"):
             options.setdefault("threads", threads)  # share the cores with the other workers, don't oversubscribe
         self.backend = flow.get_backend(recipe.flow.backend, **options)
+        self._flow_buffer: np.ndarray | None = None
+
+    def flow_buffer(self, pairs: int, size: tuple[int, int]) -> np.ndarray | None:
+        """An array for the episode's flow, kept for the next episode (fresh pages for each episode's flow cost
+        ~1 ms a pair at 384x320 here); None past REUSED_FLOW_BYTES, so that one long episode is not held on to."""
+        if pairs * size[0] * size[1] * 8 > REUSED_FLOW_BYTES:
+            return None
+        buffer = self._flow_buffer
+        if buffer is None or len(buffer) < pairs or buffer.shape[1:3] != tuple(size):
+            buffer = self._flow_buffer = np.empty((pairs, *size, 2), np.float32)
+        return buffer
 
     def process(self, payload: dict) -> dict:
         import flow
@@ -129,7 +141,8 @@ class FlowStage(RowStage):
         stride = self.recipe.flow.stride
         frames, seconds = payload["frames"], payload.setdefault("seconds", {})
         with timed(seconds, "flow"):
-            flows = self.backend.sequence(frames, stride) if len(frames) > stride else np.zeros((0, *frames.shape[1:3], 2), np.float32)
+            flows = (self.backend.sequence(frames, stride, out=self.flow_buffer(len(frames) - stride, frames.shape[1:3]))
+                     if len(frames) > stride else np.zeros((0, *frames.shape[1:3], 2), np.float32))
             zero_unchanged(flows, frames, stride, self.recipe.flow.still_threshold, self.recipe.flow.still_radius)
         with timed(seconds, "flow_stats"):
             payload["clip_motion"] = [flow.motion_stats(flows[span.first : span.stop - stride]).as_dict() if span.stop - stride > span.first else None

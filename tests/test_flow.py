@@ -106,3 +106,15 @@ def test_default_dis_preset_is_within_a_tenth_of_a_pixel_of_opencv_medium(image,
     medium = end_point_error(flow.estimate(frames, "dis:medium")[0], true_flow, valid)
     assert flow.get_backend("dis").preset == "balanced"
     assert default <= medium + 0.1
+
+
+@pytest.mark.parametrize("backend, scale", [("dis", 1.0), ("dis", 0.5), ("farneback", 1.0)])
+def test_sequence_into_a_reused_array_is_the_same_flow(backend, scale):
+    frames = np.random.default_rng(3).integers(0, 255, (5, 48, 64, 3), dtype=np.uint8)
+    engine = flow.get_backend(backend, threads=2, scale=scale)
+    expected = engine.sequence(frames, 2)
+    out = np.full((6, 48, 64, 2), np.nan, np.float32)
+    got = engine.sequence(frames, 2, out=out)
+    assert np.shares_memory(got, out) and got.shape == (3, 48, 64, 2) and np.array_equal(got, expected)
+    with pytest.raises(ValueError, match=r"out must be C-contiguous float32 \[>= 3, 48, 64, 2\]"):
+        engine.sequence(frames, 2, out=np.zeros((2, 48, 64, 2), np.float32))
