@@ -125,7 +125,9 @@ class FlowStage(RowStage):
 
     def flow_buffer(self, pairs: int, size: tuple[int, int]) -> np.ndarray | None:
         """An array for the episode's flow, kept for the next episode (fresh pages for each episode's flow cost
-        ~1 ms a pair at 384x320 here); None past REUSED_FLOW_BYTES, so that one long episode is not held on to."""
+        ~1 ms a pair at 384x320 here); None past REUSED_FLOW_BYTES, so that one long episode is not held on to.
+        Safe because a stage processes one episode at a time (Ray Data runs one call per actor at a time) and no
+        payload keeps the flow itself."""
         if pairs * size[0] * size[1] * 8 > REUSED_FLOW_BYTES:
             return None
         buffer = self._flow_buffer
