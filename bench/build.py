@@ -78,8 +78,8 @@ def serial_loop(data: Path, out: Path, builds_formats: bool = False) -> tuple[fl
         if builds_formats:
             for start in range(0, len(frames), CLIP_FRAMES):
                 (out / f"{ref.episode_id}_c{start}.mp4").write_bytes(mp4_bytes(frames[start : start + CLIP_FRAMES], 10.0))
-            for i, pair in enumerate(storage.quantise(flows)):
-                (out / f"{ref.episode_id}_{i}.npy.zst").write_bytes(storage.pack(pair))
+            for i, blob in enumerate(storage.pack_pairs(flows)):
+                (out / f"{ref.episode_id}_{i}.npy.zst").write_bytes(blob)
         else:
             (out / f"{ref.episode_id}.mp4").write_bytes(mp4_bytes(frames, 10.0))
             for i, rgb in enumerate(flow.to_rgb(flows)):

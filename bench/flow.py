@@ -184,8 +184,10 @@ def storage_rows(frames: np.ndarray) -> list[tuple[str, float, float]]:
     def stored(pair):
         return storage.pack(storage.quantise(pair))
 
+    level_3 = zstandard.ZstdCompressor(level=3)
+
     def zstd_level_3(pair):
-        return zstandard.ZstdCompressor(level=3).compress(storage.quantise(pair).tobytes())
+        return level_3.compress(storage.quantise(pair).tobytes())
 
     def zlib_level_1(pair):
         return zlib.compress(storage.quantise(pair).tobytes(), 1)
