@@ -8,7 +8,7 @@ by side. Each wrist picture is fitted into its half-size cell keeping its aspect
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -48,6 +48,15 @@ class CameraView:
             return episode.frames(names[0], indices=list(indices))
         head, left, right = (episode.frames(name, indices=list(indices)) for name in names)
         return t_layout(head, left, right, self.fit)
+
+    def frame_chunks(self, episode, indices: Sequence[int], chunk: int) -> Iterator[np.ndarray]:
+        """`frames(episode, indices)` as consecutive arrays of at most `chunk` frames (see `Episode.frame_chunks`)."""
+        names, indices = self.cameras_of(episode), list(indices)
+        if self.layout == "single":
+            yield from episode.frame_chunks(names[0], indices, chunk)
+            return
+        for head, left, right in zip(*(episode.frame_chunks(name, indices, chunk) for name in names), strict=True):
+            yield t_layout(head, left, right, self.fit)
 
 
 def t_layout(head: np.ndarray, left: np.ndarray, right: np.ndarray, fit: str = "pad") -> np.ndarray:

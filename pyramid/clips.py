@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pyramid.cameras import CameraView
 from pyramid.resize import resize_frames
 
 DECODE_CHUNK = 64  # frames decoded at source resolution at a time, before resizing
@@ -41,13 +42,15 @@ def stored_frames_of(num_source_frames: int, source_fps: float, fps: float) -> t
 
 def decode_stored(episode, source_indices: np.ndarray, size: tuple[int, int], chunk: int = DECODE_CHUNK,
                   view=None, fit: str = "pad") -> np.ndarray:
-    """The episode's frames at `source_indices` (its primary camera, or a `CameraView`), fitted to `size`,
-    decoded `chunk` at a time to bound memory."""
-    if len(source_indices) == 0:
-        return np.zeros((0, *size, 3), np.uint8)
-    read = view.frames if view is not None else (lambda ep, part: ep.frames(indices=part))
-    parts = np.array_split(np.asarray(source_indices), max(1, -(-len(source_indices) // chunk)))
-    return np.concatenate([resize_frames(read(episode, part.tolist()), size, fit) for part in parts])
+    """The episode's frames at `source_indices` (its primary camera, or a `CameraView`), fitted to `size`: one
+    decoding pass, resized `chunk` frames at a time into the result, so that memory holds at most `chunk` frames
+    at source resolution."""
+    stored = np.empty((len(source_indices), *size, 3), np.uint8)
+    done = 0
+    for part in (view or CameraView()).frame_chunks(episode, [int(i) for i in source_indices], chunk):
+        stored[done : done + len(part)] = resize_frames(part, size, fit)
+        done += len(part)
+    return stored
 
 
 def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) -> np.ndarray:

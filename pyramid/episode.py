@@ -12,12 +12,12 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from pyramid.errors import EpisodeError
-from pyramid.video_io import probe, read_frames
+from pyramid.video_io import probe, read_frame_chunks, read_frames
 
 # The six levels of the Motus data pyramid, bottom (most plentiful) to top (most specific).
 PYRAMID_LEVELS = {
@@ -102,6 +102,10 @@ class VideoCamera:
         local = range(self.num_frames) if indices is None else indices
         _check_range(self.path, local, self.num_frames)
         return read_frames(self.path, [self.frame_offset + int(i) for i in local], codec=self.codec)
+
+    def frame_chunks(self, indices: Sequence[int], chunk: int) -> Iterator[np.ndarray]:
+        _check_range(self.path, indices, self.num_frames)
+        return read_frame_chunks(self.path, [self.frame_offset + int(i) for i in indices], chunk, codec=self.codec)
 
 
 @dataclass
@@ -223,6 +227,17 @@ class Episode:
         if name not in self.cameras:
             raise KeyError(f"{self.episode_id}: no camera '{name}' (has {sorted(self.cameras)})")
         return self.cameras[name].frames(indices)
+
+    def frame_chunks(self, camera: str | None, indices: Sequence[int], chunk: int) -> Iterator[np.ndarray]:
+        """`frames(camera, indices)` as consecutive arrays of at most `chunk` frames, to bound memory: a video is
+        opened and decoded once for all of them, other cameras read chunk by chunk."""
+        name = camera or self.primary_camera
+        if name not in self.cameras:
+            raise KeyError(f"{self.episode_id}: no camera '{name}' (has {sorted(self.cameras)})")
+        source = self.cameras[name]
+        if hasattr(source, "frame_chunks"):
+            return source.frame_chunks(indices, chunk)
+        return (source.frames(indices[start : start + chunk]) for start in range(0, len(indices), chunk))
 
     def summary(self) -> dict[str, Any]:
         """The fields `pyramid inspect --json` prints, in that order."""

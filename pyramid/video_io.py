@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 # av before decord (imported lazily below): decord loads its own FFmpeg and libvpx 6 with RTLD_GLOBAL, and
 # PyAV's libraries loaded after it would bind those instead of theirs (its VP9 encoder then fails to open).
@@ -95,16 +95,84 @@ def _read_with_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             height, width = stream.height, stream.width
-            first = 0 if wanted is None else min(wanted)
-            if first > 0:  # jump near the first wanted frame instead of decoding from the start
-                fps = float(stream.average_rate or stream.guessed_rate)
-                container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
+            _seek_near(container, stream, 0 if wanted is None else min(wanted))
             frames = _decode(container, stream, wanted)
     except av.error.FFmpegError as exc:
         raise EpisodeError(path, f"cannot decode video ({_reason(exc)})") from exc
     if wanted is None:
         return _stack([frames[i] for i in sorted(frames)], height, width)
     return _pick(frames, wanted, path)
+
+
+def read_frame_chunks(path: str | os.PathLike, indices: Sequence[int], chunk: int, codec: str | None = None) -> Iterator[np.ndarray]:
+    """`read_frames(path, indices)` as consecutive arrays of at most `chunk` frames, from one opening of the file
+    and, where `indices` ascend (as stored frames do), one forward pass of the decoder: memory stays bounded by
+    `chunk` without reopening the video and decoding again from a keyframe for every chunk."""
+    path = Path(path)
+    wanted = [int(i) for i in indices]
+    parts = [wanted[start : start + chunk] for start in range(0, len(wanted), chunk)]
+    codec = codec or probe(path).codec
+    if codec not in CODECS_DECORD_CANNOT_DECODE and (reader := _decord_reader(path)) is not None:
+        _check_indices(path, wanted, len(reader))
+        for part in parts:
+            yield _decord_batch(reader, path, part)
+    elif any(later < earlier for earlier, later in zip(wanted, wanted[1:])):
+        for part in parts:
+            yield _read_with_pyav(path, part)
+    elif wanted:
+        yield from _pyav_chunks(path, wanted, chunk)
+
+
+def _decord_reader(path: Path):
+    """A decord reader of the file, or None where decord cannot open it (PyAV decodes those)."""
+    import decord
+
+    try:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except Exception:  # noqa: BLE001 - decord raises its own error types for streams it does not handle
+        return None
+
+
+def _decord_batch(reader, path: Path, part: list[int]) -> np.ndarray:
+    try:
+        return reader.get_batch(part).asnumpy()
+    except Exception:  # noqa: BLE001 - a stream decord opens but fails on: PyAV decodes it
+        return _read_with_pyav(path, part)
+
+
+def _pyav_chunks(path: Path, wanted: list[int], chunk: int) -> Iterator[np.ndarray]:
+    """Frames at the ascending `wanted` indices in arrays of `chunk`, decoded in one pass."""
+    batch: list[np.ndarray] = []
+    position = 0  # next entry of `wanted` to fill
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            _seek_near(container, stream, wanted[0])
+            for index, rgb in _decoded_frames(container, stream, set(wanted), wanted[-1]):
+                if index > wanted[position]:
+                    break  # the wanted frame was not in the stream
+                while position < len(wanted) and wanted[position] == index:
+                    batch.append(rgb)
+                    position += 1
+                    if len(batch) == chunk:
+                        yield np.stack(batch)
+                        batch = []
+                if position == len(wanted):
+                    break
+    except av.error.FFmpegError as exc:
+        raise EpisodeError(path, f"cannot decode video ({_reason(exc)})") from exc
+    if position < len(wanted):
+        raise EpisodeError(path, f"frame {wanted[position]} is past the end of the video ({position} decoded)")
+    if batch:
+        yield np.stack(batch)
+
+
+def _seek_near(container, stream, first: int) -> None:
+    """Jump to the keyframe at or before frame `first` instead of decoding from the start."""
+    if first > 0:
+        fps = float(stream.average_rate or stream.guessed_rate)
+        container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
 
 
 def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) -> np.ndarray:
@@ -138,15 +206,20 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 
 def _decode(container, stream, wanted: list[int] | None) -> dict[int, np.ndarray]:
-    """RGB frames by index, from the container's position up to the last wanted frame.
+    """RGB frames by index, from the container's position up to the last wanted frame."""
+    lookup, last = (None, None) if wanted is None else (set(wanted), max(wanted))
+    return dict(_decoded_frames(container, stream, lookup, last))
+
+
+def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, RGB frame) in display order, from the container's position up to frame `last`, of the frames in
+    `lookup` (all when None).
 
     In H.264 a frame nobody wants and nothing refers to (x264's non-reference B-frames) is not
     decoded. Not in AV1, whose packets can carry a hidden reference frame shown by a later one.
     """
     fps = float(stream.average_rate or stream.guessed_rate)
-    lookup = None if wanted is None else set(wanted)
-    last = None if wanted is None else max(wanted)
-    codec, frames = stream.codec_context, {}
+    codec = stream.codec_context
     skip_unwanted = lookup is not None and codec.name == "h264"
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
@@ -154,10 +227,9 @@ def _decode(container, stream, wanted: list[int] | None) -> dict[int, np.ndarray
         for frame in packet.decode():
             index = _frame_index(frame, stream, fps)
             if lookup is None or index in lookup:
-                frames[index] = _to_rgb(frame)
+                yield index, _to_rgb(frame)
             if last is not None and index >= last:
-                return frames
-    return frames
+                return
 
 
 def _pick(frames: dict[int, np.ndarray], wanted: list[int], origin) -> np.ndarray:

@@ -119,3 +119,21 @@ def test_a_named_camera_is_the_one_stored(built, tmp_path):
     head = resize_frames(episode.frames("head", [meta["start_frame"]]), (96, 64))
     error = np.abs(frames[0].astype(int) - expected[0]).mean()
     assert error < 4 and error < np.abs(frames[0].astype(int) - head[0]).mean()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_stored_frames_decoded_in_chunks_are_those_decoded_at_once(built, chunk):
+    """decode_stored reads a video once and resizes chunk by chunk: the same frames as decoding all, then resizing."""
+    from pyramid.cameras import CameraView
+    from pyramid.clips import decode_stored
+
+    recipe = built[0]
+    spec = recipe.sources[0]
+    reader = get_source(spec.kind)(spec.root)
+    episode = next(reader.load(ref) for ref in reader.discover() if set(T_CAMERAS) <= set(reader.load(ref).cameras))
+    view = CameraView.of_recipe(spec.cameras, "pad")
+    indices = list(range(0, episode.num_frames, 2))
+    at_once = resize_frames(view.frames(episode, indices), (96, 64))
+    np.testing.assert_array_equal(decode_stored(episode, indices, (96, 64), chunk=chunk, view=view), at_once)
+    primary = resize_frames(episode.frames(indices=indices), (96, 64))
+    np.testing.assert_array_equal(decode_stored(episode, indices, (96, 64), chunk=chunk), primary)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pyramid.errors import EpisodeError
-from pyramid.video_io import read_clip, read_frames, video_bytes, write_video
+from pyramid.video_io import read_clip, read_frame_chunks, read_frames, video_bytes, write_video
 
 
 def moving_frames(count: int = 32, height: int = 96, width: int = 128) -> np.ndarray:
@@ -62,6 +62,23 @@ def test_file_frames_are_the_plain_decode_at_those_frames(tmp_path, codec, suffi
     path = write_video(tmp_path / f"video{suffix}", moving_frames(), fps=10, codec=codec)
     expected = plain_decode(str(path))
     assert np.array_equal(read_frames(path, indices), expected if indices is None else expected[indices])
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libsvtav1"])  # H.264 through decord, AV1 through PyAV's one pass
+@pytest.mark.parametrize("indices, chunk", [(list(range(32)), 5), ([1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31], 4),
+                                            ([6, 6, 9, 12], 3), ([20, 21, 22], 64), ([9, 2, 5], 2)])
+def test_frame_chunks_are_the_frames_read_at_once_split(tmp_path, codec, indices, chunk):
+    path = write_video(tmp_path / "video.mp4", moving_frames(), fps=10, codec=codec)
+    chunks = list(read_frame_chunks(path, indices, chunk))
+    assert [len(part) for part in chunks] == [len(indices[start : start + chunk]) for start in range(0, len(indices), chunk)]
+    assert np.array_equal(np.concatenate(chunks), read_frames(path, indices))
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libsvtav1"])
+def test_a_frame_chunk_past_the_end_is_an_episode_error_naming_the_file(tmp_path, codec):
+    path = write_video(tmp_path / "video.mp4", moving_frames(), fps=10, codec=codec)
+    with pytest.raises(EpisodeError, match=r"video\.mp4.*frame 40"):
+        list(read_frame_chunks(path, [28, 30, 40], 2))
 
 
 def test_decord_leaves_pyav_its_own_libvpx(tmp_path):
