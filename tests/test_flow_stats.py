@@ -42,19 +42,3 @@ def test_percentiles_are_numpys_to_the_last_bit(seed):
     expected = np.percentile(values, percents)
     got = percentiles(values, percents)
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_percentiles_of_many_nonnegative_values_are_numpys_to_the_last_bit(seed):
-    """The bucketed selection (float32 >= 0, from BUCKETED_FROM values) gives the same bits as np.percentile."""
-    from flow.stats import BUCKETED_FROM, percentiles
-
-    rng = np.random.default_rng(seed)
-    size = int(rng.integers(BUCKETED_FROM, 4 * BUCKETED_FROM))
-    values = (np.abs(rng.standard_normal(size)) ** float(rng.uniform(0.5, 4))).astype(np.float32)
-    values[rng.random(size) < rng.uniform(0, 0.9)] = 0  # still pixels
-    values[: int(rng.integers(0, 100))] = 1.0  # a run of exactly equal moving pixels
-    percents = [50, 95, float(rng.uniform(0, 100)), 0, 100]
-    expected = np.percentile(values, percents)
-    got = percentiles(values, percents, nonnegative=True)
-    assert got.dtype == expected.dtype and np.array_equal(got, expected)
