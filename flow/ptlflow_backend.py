@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from flow.backend import FlowBackend
 
 DEFAULT_MODEL = "dpflow"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class CheckpointError(Exception):
@@ -29,9 +30,11 @@ class CheckpointError(Exception):
 
 
 class PtlflowBackend(FlowBackend):
-    """`get_backend("ptlflow:dpflow", checkpoint="things" or "/path/x.ckpt", device=None, batch_size=8)`.
+    """`get_backend("ptlflow:dpflow", checkpoint="things" or "/path/x.ckpt", device=None, batch_size=8, precision="fp32")`.
 
-    Runs on the GPU when there is one. `batch_size` pairs go through the model at once.
+    Runs on the GPU when there is one. `batch_size` pairs go through the model at once. `precision` "bf16" or
+    "fp16" runs the model under autocast (fp16 on a GPU only); the flow it gives differs slightly from fp32's, so
+    it is part of what a VAE trained on that flow expects.
     """
 
     name = "ptlflow"
@@ -45,8 +48,11 @@ class PtlflowBackend(FlowBackend):
         device: str | None = None,
         batch_size: int = 8,
         scale: float = 1.0,
+        precision: str = "fp32",
     ):
         super().__init__(scale)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if random_weights and checkpoint is not None:
             raise ValueError("pass either checkpoint or random_weights=True, not both")
         if batch_size < 1:
@@ -56,6 +62,9 @@ class PtlflowBackend(FlowBackend):
         self.model_name = model
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision fp16 needs a GPU (device is {self.device}); use bf16 or fp32")
+        self.precision = precision
         self.model = ptlflow.get_model(model)
         if weights is not None:
             load_weights(self.model, weights)
@@ -70,7 +79,9 @@ class PtlflowBackend(FlowBackend):
         pairs = torch.from_numpy(np.stack([frames_a, frames_b], axis=1)).to(self.device)  # uint8 crosses the bus, not float
         # ptlflow models take [B, 2, 3, H, W] BGR in [0, 1], the channel order cv2.imread gives.
         images = pairs.flip(-1).permute(0, 1, 4, 2, 3).float().div(255).contiguous()
-        flows = self.model({"images": images})["flows"][:, 0]
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            flows = self.model({"images": images})["flows"][:, 0]
         if flows.shape[-2:] != images.shape[-2:]:
             raise RuntimeError(f"ptlflow:{self.model_name} returned flow of size {tuple(flows.shape[-2:])} for input {tuple(images.shape[-2:])}")
         return flows.permute(0, 2, 3, 1).float().cpu().numpy()

@@ -48,6 +48,23 @@ def test_random_weights_give_flow_of_the_right_shape_on_cpu(frames):
     assert result.shape == (2, 64, 64, 2) and result.dtype == np.float32
 
 
+def test_bf16_runs_under_autocast_and_gives_float32_flow(frames):
+    torch.manual_seed(0)
+    backend = flow.get_backend("ptlflow:dpflow", random_weights=True, precision="bf16", **CPU)
+    result = flow.estimate_pairs(np.stack([frames[:2], frames[1:]], axis=1), backend)
+    assert result.shape == (2, 64, 64, 2) and result.dtype == np.float32 and np.isfinite(result).all()
+    fp32 = flow.estimate_pairs(np.stack([frames[:2], frames[1:]], axis=1), random_backend(0))
+    assert not np.array_equal(result, fp32)  # the model really ran in bf16
+
+
+def test_precision_is_checked_and_decides_the_flow():
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        flow.get_backend("ptlflow:dpflow", random_weights=True, precision="fp16", device="cpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        flow.get_backend("ptlflow:dpflow", random_weights=True, precision="int8", device="cpu")
+    assert flow.resolved_options("ptlflow:dpflow", {"precision": "bf16"})["precision"] == "bf16"
+
+
 def test_without_a_checkpoint_the_error_says_what_to_pass():
     with pytest.raises(CheckpointError) as error:
         flow.get_backend("ptlflow:dpflow")
