@@ -126,7 +126,7 @@ def get_backend(spec: str, **options) -> FlowBackend:
         option = backend_class.spec_option
         if option is None:
             raise ValueError(f"flow backend {name!r} takes no ':{value}' suffix")
-        if option in options:
+        if option in options and options[option] != value:  # the same value twice: recorded options carry it too
             raise ValueError(f"flow backend {spec!r} sets {option} twice (also {option}={options[option]!r})")
         options[option] = value
     return backend_class(**options)

@@ -62,9 +62,11 @@ class LatentActionLabeller:
 
         self.vae, _, _ = load_trained(checkpoint, resolve_device(device))
         self.batch_size = batch_size
-        self.estimator = FlowSettings.of_vae(self.vae.config).estimator()
+        self.estimator = None  # made on first use: a build labels the flow it made, and needs no second flow model
 
     def __call__(self, episode: Episode) -> np.ndarray:
+        if self.estimator is None:
+            self.estimator = FlowSettings.of_vae(self.vae.config).estimator()
         return label_episode(self.vae, episode, self.batch_size, self.estimator)
 
 

@@ -78,6 +78,14 @@ def test_a_built_backend_is_reused_and_takes_no_options():
         flow.estimate(frames, backend, preset="medium")
 
 
+def test_a_recorded_spec_option_equal_to_the_suffix_is_one_setting():
+    """A VAE records its flow's resolved options, the suffix's option among them: rebuilding its backend from the
+    spec and those options must work (a second, different value is still refused, below)."""
+    recorded = flow.resolved_options("dis:fast")
+    assert recorded["preset"] == "fast"
+    assert flow.get_backend("dis:fast", **recorded).preset == "fast"
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

@@ -57,6 +57,17 @@ def test_bf16_runs_under_autocast_and_gives_float32_flow(frames):
     assert not np.array_equal(result, fp32)  # the model really ran in bf16
 
 
+def test_a_vae_trained_on_dpflow_flow_rebuilds_its_flow_backend():
+    """Labelling makes flow from what the VAE recorded: the spec 'ptlflow:dpflow' and the resolved options, which
+    name the model again."""
+    from latent_action.pairs import FlowSettings
+
+    options = flow.resolved_options("ptlflow:dpflow", {"random_weights": True, "precision": "bf16"})
+    config = {"flow_backend": "ptlflow:dpflow", "flow_options": options}
+    backend = FlowSettings.of_vae(config).estimator()
+    assert backend.model_name == "dpflow" and backend.precision == "bf16"
+
+
 def test_precision_is_checked_and_decides_the_flow():
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         flow.get_backend("ptlflow:dpflow", random_weights=True, precision="fp16", device="cpu")
