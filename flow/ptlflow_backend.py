@@ -28,6 +28,9 @@ class CheckpointError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so that one raised in a Ray worker reaches the driver as itself
+        return self.__class__, (self.path, self.problem)
+
 
 class PtlflowBackend(FlowBackend):
     """`get_backend("ptlflow:dpflow", checkpoint="things" or "/path/x.ckpt", device=None, batch_size=8, precision="fp32")`.

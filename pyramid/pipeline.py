@@ -19,8 +19,10 @@ import fcntl
 import gc
 import itertools
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
 import sys
 import threading
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from pyramid.cli_errors import debugging
 from pyramid.cluster import check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, SourceError
 from pyramid.recipe import Recipe
@@ -226,15 +229,27 @@ def _died_in(window: list[dict], recipe: Recipe, workers: int | None) -> str | N
     The error is not kept: its traceback would hold the failed dataset, whose surviving actors
     would then keep their CPUs and the next run would wait for them forever.
     """
+    cannot_start = None
     try:
         for _ in _run_window(window, recipe, workers):
             pass
     except Exception as exc:  # noqa: BLE001 - whatever ended the run, the caller isolates episodes
         died = exc.__class__.__name__
+        if getattr(exc, "actor_init_failed", False):  # no episode's fault: every worker would fail the same way
+            cannot_start = _last_line(str(exc))
     else:
         return None
     gc.collect()  # release the failed dataset's actors now
+    if cannot_start is not None:
+        raise BuildError(f"a build worker could not start: {cannot_start}")
     return died
+
+
+def _last_line(message: str) -> str:
+    """The last line of a worker's error (its exception, below Ray's copy of the remote traceback), without the
+    exception's module path."""
+    line = next((line.strip() for line in reversed(message.splitlines()) if line.strip()), message)
+    return re.sub(r"^(?:\w+\.)*WorkerSetupError: |^(?:\w+\.)+(?=\w+: )", "", line)
 
 
 def _isolate_crashes(window: list[dict], recipe: Recipe, staging) -> None:
@@ -286,6 +301,8 @@ def _ray_session(address: str | None, progress: bool) -> Iterator[RaySession]:
     # the first-ready worker a small window's every episode). Each worker holds its next episode while it
     # works on one: with one at a time, it idled ~0.2 s between episodes waiting for the executor (a sixth
     # of a short episode on 2 cores); two cost at most one episode's time at a window's tail.
+    if not debugging():  # the build reports a worker's death itself (isolating the episode, or in one line)
+        logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
     context.wait_for_min_actors_s = 600
     context.max_tasks_in_flight_per_actor = 2
     session = RaySession(which)

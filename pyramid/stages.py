@@ -12,6 +12,7 @@ reason; later steps pass it through, and the staging writer records the reason.
 from __future__ import annotations
 
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,22 @@ from pyramid.recipe import Recipe
 
 _readers: dict[int, Any] = {}
 REUSED_FLOW_BYTES = 1 << 30  # a worker keeps its flow array between episodes up to this size (~1000 pairs at 384x320)
+
+
+class WorkerSetupError(RuntimeError):
+    """A stage that could not be constructed (weights missing, a VAE that does not load): one line, picklable."""
+
+
+@contextmanager
+def worker_setup():
+    """Whatever a stage's constructor raises reaches the driver as a WorkerSetupError: Ray cannot carry every
+    exception type across processes, and the driver stops the build with its line (no episode is to blame)."""
+    try:
+        yield
+    except WorkerSetupError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise WorkerSetupError(f"{exc.__class__.__name__}: {' '.join(str(exc).split())}") from exc
 
 
 def _reader(recipe: Recipe, source_index: int):
@@ -120,7 +137,8 @@ class FlowStage(RowStage):
         options = dict(recipe.flow.options)
         if threads and recipe.flow.backend.partition(":")[0] in ("dis", "farneback"):
             options.setdefault("threads", threads)  # share the cores with the other workers, don't oversubscribe
-        self.backend = flow.get_backend(recipe.flow.backend, **options)
+        with worker_setup():
+            self.backend = flow.get_backend(recipe.flow.backend, **options)
         self._flow_buffer: np.ndarray | None = None
 
     def flow_buffer(self, pairs: int, size: tuple[int, int]) -> np.ndarray | None:
@@ -167,8 +185,9 @@ class LabelStage(RowStage):
     def __init__(self, recipe: Recipe):
         from latent_action.labelling import LatentActionLabeller
 
-        self.labeller = LatentActionLabeller(recipe.vae)
-        check_vae_matches(self.labeller.vae.config, recipe)
+        with worker_setup():
+            self.labeller = LatentActionLabeller(recipe.vae)
+            check_vae_matches(self.labeller.vae.config, recipe)
 
     def process(self, payload: dict) -> dict:
         from flow.storage import unpack
@@ -238,7 +257,8 @@ class StageWriter:
         from pyramid.staging import Staging
 
         self.recipe = recipe
-        self.staging = Staging(Path(recipe.output))
+        with worker_setup():
+            self.staging = Staging(Path(recipe.output))
 
     def write(self, row: dict, payload: dict | None) -> dict:
         try:

@@ -132,6 +132,17 @@ def test_a_missing_source_root_fails_before_ray_starts_and_creates_nothing(tmp_p
     assert result.returncode == 2 and "a_file: not a directory" in one_error_line(result)
 
 
+def test_workers_that_cannot_start_stop_the_build_in_one_line_naming_why(tmp_path, videos):
+    """A stage that fails in its constructor (here learned flow without weights) is no episode's fault: the build
+    stops and says why, instead of quarantining every episode as 'worker died'."""
+    recipe = write_recipe(tmp_path / "r.yaml", [videos], tmp_path / "out", flow={"backend": "ptlflow:dpflow"})
+    result = run("build", str(recipe), "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a build worker could not start: CheckpointError: ptlflow:dpflow: no checkpoint given"), last
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_an_output_under_a_regular_file_is_one_line(tmp_path, videos):
     (tmp_path / "blocker").write_text("")
     result = run("build", str(write_recipe(tmp_path / "r.yaml", [videos], tmp_path / "blocker" / "out")), "--quiet")
