@@ -6,6 +6,7 @@ Run it with `pyramid train-vae CONFIG.yaml [--resume]`; `train(config)` is the s
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -77,6 +78,7 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     shift = round(config.augment.max_shift * vae.config.image_size)
     bar = tqdm(total=config.optim.max_steps, initial=step, disable=not show_progress, desc="train-vae", dynamic_ncols=True)
     last_saved = None
+    started = time.perf_counter()
     with (out_dir / "train_log.jsonl").open("a") as log:
         while step < config.optim.max_steps:
             # Batches and their shifts are functions of (seed, step): a resumed run draws the same ones.
@@ -95,7 +97,8 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
             bar.update(1)
             final = step == config.optim.max_steps
             if step % config.run.log_every == 0 or final:
-                record = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **terms.as_floats()}
+                record = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **terms.as_floats(),
+                          "elapsed_s": round(time.perf_counter() - started, 3)}  # steps/s between records, this run
                 _write(log, record)
                 bar.set_postfix(loss=f"{record['total']:.4f}", rec=f"{record['reconstruction']:.4f}",
                                 align=f"{record['alignment']:.3f}", kl=f"{record['kl']:.2f}")

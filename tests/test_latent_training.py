@@ -80,6 +80,8 @@ def test_training_writes_checkpoints_previews_and_a_log(straight_run):
     losses = [r for r in records if "total" in r]
     assert [r["step"] for r in losses] == [1, 2, 3, 4, 5, 6]
     assert all(r["total"] > 0 and r["reconstruction"] > 0 for r in losses)
+    elapsed = [r["elapsed_s"] for r in losses]  # wall time of the run so far: steps/s between any two records
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
     normalizer = json.loads((checkpoint / "action_normalizer.json").read_text())
     assert normalizer["embodiments"]["sample_arm"]["dims"] == [0, 1, 2]
 
