@@ -15,8 +15,8 @@ from typing import Optional
 
 import typer
 
-from pyramid.cli_errors import DEBUG_ENV, debugging, describe_error, fail
-from pyramid.errors import EpisodeError, SourceError
+from pyramid.cli_errors import describe_error, fail
+from pyramid.errors import DEBUG_ENV, EpisodeError, SourceError, debugging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn manipulation video into Motus training data.")

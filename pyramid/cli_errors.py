@@ -6,18 +6,11 @@ Exit codes: 2 for a user error (a bad recipe or config, a missing or corrupt fil
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
-from pyramid.errors import BuildError, EpisodeError, ExportError, SourceError
-
-DEBUG_ENV = "PYRAMID_DEBUG"
-
-
-def debugging() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+from pyramid.errors import BuildError, EpisodeError, ExportError, SourceError, debugging
 
 
 def fail(message: str) -> None:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 
+DEBUG_ENV = "PYRAMID_DEBUG"  # set by `pyramid --debug`: tracebacks are shown, not one-line errors
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
 
 class EpisodeError(Exception):
     """An input file is missing, corrupt or not what its format promises."""

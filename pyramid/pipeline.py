@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pyramid.cli_errors import debugging
 from pyramid.cluster import check_nodes_see, ray_address
-from pyramid.errors import BuildError, EpisodeError, SourceError
+from pyramid.errors import BuildError, EpisodeError, SourceError, debugging
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds
 
