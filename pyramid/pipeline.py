@@ -218,8 +218,25 @@ def _process_episodes(recipe: Recipe, workers: int | None) -> None:
     staging = Staging(Path(recipe.output))
     pending = (row for row in staging.record_episodes(discover(recipe)) if not staging.status_path(row["episode_id"]).exists())
     while window := list(itertools.islice(pending, WINDOW_EPISODES)):
-        if _died_in(window, recipe, workers) is not None:  # a worker died (segfault, OOM kill): find the episode
-            _isolate_crashes(window, recipe, staging)
+        _process_window(window, recipe, workers, staging)
+
+
+def _process_window(window: list[dict], recipe: Recipe, workers: int | None, staging) -> None:
+    """Run a window of episodes; when a worker dies (a segfault, an OOM kill), find the episode that killed it
+    and run the rest together again.
+
+    The culprit is among the episodes a worker had begun (`Staging.mark_started`) and not finished: each of those
+    runs alone. Running every unfinished episode alone instead would cost each one a worker start, on one core: a
+    crash early in a window of thousands would take hours.
+    """
+    while todo := [row for row in window if not staging.status_path(row["episode_id"]).exists()]:
+        if _died_in(todo, recipe, workers) is None:
+            return
+        unfinished = [row for row in todo if not staging.status_path(row["episode_id"]).exists()]
+        suspects = [row for row in unfinished if staging.started(row["episode_id"])] or unfinished
+        print(f"pyramid build: a worker died; running alone each of the {len(suspects)} episode(s) it may have "
+              f"died on, then the window's other {len(unfinished) - len(suspects)}", file=sys.stderr, flush=True)
+        _isolate_crashes(suspects, recipe, staging)
 
 
 def _died_in(window: list[dict], recipe: Recipe, workers: int | None) -> str | None:
@@ -251,11 +268,11 @@ def _last_line(message: str) -> str:
     return re.sub(r"^(?:\w+\.)*WorkerSetupError: |^(?:\w+\.)+(?=\w+: )", "", line)
 
 
-def _isolate_crashes(window: list[dict], recipe: Recipe, staging) -> None:
-    """Rerun the window's unfinished episodes one by one; one that kills its worker again is quarantined."""
+def _isolate_crashes(suspects: list[dict], recipe: Recipe, staging) -> None:
+    """Rerun the unfinished suspects one by one; one that kills its worker again is quarantined."""
     from pyramid.stages import failure
 
-    for row in window:
+    for row in suspects:
         if staging.status_path(row["episode_id"]).exists():
             continue
         if (error := _died_in([row], recipe, 1)) is not None:

@@ -25,6 +25,7 @@ from pyramid.errors import EpisodeError
 from pyramid.recipe import Recipe
 
 _readers: dict[int, Any] = {}
+_stagings: dict[str, Any] = {}
 REUSED_FLOW_BYTES = 1 << 30  # a worker keeps its flow array between episodes up to this size (~1000 pairs at 384x320)
 
 
@@ -51,6 +52,14 @@ def _reader(recipe: Recipe, source_index: int):
     return _readers[source_index]
 
 
+def _staging(recipe: Recipe):
+    from pyramid.staging import Staging
+
+    if recipe.output not in _stagings:
+        _stagings[recipe.output] = Staging(Path(recipe.output))
+    return _stagings[recipe.output]
+
+
 def failure(row: dict, exc: BaseException | str) -> dict:
     if isinstance(exc, str):
         reason = exc
@@ -65,6 +74,7 @@ def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
     """Read the episode, pick the stored frames, decode and resize them (in chunks, to bound memory)."""
     seconds: dict[str, float] = {}
     try:
+        _staging(recipe).mark_started(row["episode_id"])
         with timed(seconds, "decode"):
             episode, fps, indices, spans, frames, view = _decoded(row, recipe)
         if not spans:

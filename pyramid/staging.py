@@ -81,6 +81,14 @@ class Staging:
             for line in listing:
                 yield json.loads(line)
 
+    def mark_started(self, episode_id: str) -> None:
+        """Note that a worker has begun the episode. When a worker dies, the episodes begun and without a status
+        are the ones that may have killed it: only those are rerun alone to find it."""
+        self.path(episode_id, "started").touch()
+
+    def started(self, episode_id: str) -> bool:
+        return self.path(episode_id, "started").exists()
+
     def status_path(self, episode_id: str) -> Path:
         return self.path(episode_id, "json")
 
