@@ -38,9 +38,11 @@ from pyramid.errors import BuildError, EpisodeError, SourceError, debugging
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds
 
-# Episodes handed to Ray at a time: bounds driver memory on huge trees; actor pools (and the
-# models they load) are rebuilt once per window.
+# Episodes handed to Ray at a time: bounds driver memory on huge trees. Actor pools (and the models they load) are
+# rebuilt once per window and its tail waits for the slowest worker, so a window holds enough episodes per worker
+# that both are a few percent of it, however large the cluster.
 WINDOW_EPISODES = 2048
+WINDOW_EPISODES_PER_WORKER = 64
 
 
 @dataclass
@@ -217,8 +219,17 @@ def _process_episodes(recipe: Recipe, workers: int | None) -> None:
 
     staging = Staging(Path(recipe.output))
     pending = (row for row in staging.record_episodes(discover(recipe)) if not staging.status_path(row["episode_id"]).exists())
-    while window := list(itertools.islice(pending, WINDOW_EPISODES)):
+    while window := list(itertools.islice(pending, window_episodes(workers))):
         _process_window(window, recipe, workers, staging)
+
+
+def window_episodes(workers: int | None) -> int:
+    """How many episodes a window holds: at least `WINDOW_EPISODES_PER_WORKER` for each worker (one per CPU of the
+    cluster unless `--workers` says otherwise)."""
+    import ray
+
+    workers = workers or int(ray.cluster_resources().get("CPU", 1))
+    return max(WINDOW_EPISODES, WINDOW_EPISODES_PER_WORKER * workers)
 
 
 def _process_window(window: list[dict], recipe: Recipe, workers: int | None, staging) -> None:

@@ -265,3 +265,12 @@ def test_an_episode_that_kills_its_worker_is_quarantined_and_the_build_goes_on(f
     # Only the episodes the workers had begun ran alone (one per worker at most), not every unfinished one.
     alone = [int(n) for n in re.findall(r"a worker died; running alone each of the (\d+) episode", result.stderr)]
     assert alone and max(alone) <= 2, result.stderr[-2000:]
+
+
+def test_a_window_gives_each_worker_of_a_large_cluster_many_episodes():
+    """An actor pool starts once per window and its tail waits for the slowest worker: on 1000 workers a window of
+    2048 episodes would be two per worker, mostly start-up and tail."""
+    from pyramid.pipeline import WINDOW_EPISODES, WINDOW_EPISODES_PER_WORKER, window_episodes
+
+    assert window_episodes(2) == WINDOW_EPISODES
+    assert window_episodes(1000) == WINDOW_EPISODES_PER_WORKER * 1000 >= 32 * 1000
