@@ -8,7 +8,8 @@ Prints, for the same episodes at 384x320:
   (d) the same build on a two-node cluster of `ray start` nodes on this machine (1 CPU each, `--address`),
 and the decode-only and flow-only throughputs (the bound: their sum over 2 cores; also measured as decode + flow alone
 in 2 processes at once, which shows what running two at once costs on this machine), the
-seconds per stage of the 2-worker build (summed over its workers, from its manifest), then the peak
+seconds per stage of the 2-worker build (summed over its workers, from its manifest) and the fixed costs they leave
+over (Ray's start, the workers' start and tail, the CLI around them), then the peak
 memory (RSS of the build's whole process tree and its Ray daemons) for 10 and 100 episodes.
 Targets on 2 cores: build >= 1.8x serial, >= 0.8x the bound; peak RSS 100/10 episodes <= 1.2.
 Figures are ratios within this run: on a shared machine other jobs slow every row alike.
@@ -181,7 +182,7 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
-def print_breakdown(manifest: dict) -> None:
+def print_breakdown(manifest: dict, wall_s: float, workers_used: int = 2) -> None:
     timings = manifest["timings_s"]
     workers = {stage: timings.get(f"worker_{stage}", 0.0) for stage in STAGES}
     total = sum(workers.values())
@@ -193,6 +194,11 @@ def print_breakdown(manifest: dict) -> None:
         print(f"  driver {stage:<22}{timings.get(stage, 0.0):8.2f} s")
     storage = workers["flow_pack"] + workers["flow_encode"]
     print(f"  flow storage (rounding + zstd + rows) / flow: {storage / workers['flow']:.2f}")
+    # The fixed costs, as what the measured times leave over (the workers' stage times do not cover their start)
+    idle = timings.get("process", 0.0) - total / workers_used
+    outside = wall_s - timings.get("ray_start", 0.0) - timings.get("process", 0.0)
+    print(f"  processing beyond each worker's stage time: {idle:.2f} s (workers starting, waiting for one another, the window's tail)")
+    print(f"  outside Ray's start and the processing: {outside:.2f} s (the CLI's start, finalize, report, Ray's shutdown, exit)")
 
 
 def main() -> None:
@@ -214,10 +220,10 @@ def main() -> None:
         measured_bound_s = parallel_bound(data)
         rows = [("serial loop", serial_s), ("serial, the build's formats", same_formats_s), ("decode only (1 core)", decode_s),
                 ("flow only (1 core)", flow_s), ("bound on 2 cores", bound_s), ("decode+flow, 2 processes", measured_bound_s)]
-        manifests = {}
+        manifests, walls = {}, {}
         for workers in (1, 2):
-            seconds, _, manifests[workers] = timed_build(write_recipe(workdir, data, f"build{workers}"), "--workers", str(workers))
-            rows.append((f"build, {workers} worker{'s' * (workers > 1)}", seconds))
+            walls[workers], _, manifests[workers] = timed_build(write_recipe(workdir, data, f"build{workers}"), "--workers", str(workers))
+            rows.append((f"build, {workers} worker{'s' * (workers > 1)}", walls[workers]))
         with LocalCluster(workdir, labels=("node_local",), cpus=2) as running:
             seconds, _, _ = timed_build(write_recipe(workdir, data, "reused"), "--workers", "2", env=running.env)
             rows.append(("build, 2 workers, Ray reused", seconds))
@@ -240,7 +246,7 @@ def main() -> None:
         print(f"Ray start-up inside the fresh 2-worker build: {manifests[2]['timings_s'].get('ray_start', 0.0):.2f} s")
         if not args.skip_cluster:
             print(f"cluster build: episodes per node {sorted(nodes.values())}")
-        print_breakdown(manifests[2])
+        print_breakdown(manifests[2], walls[2])
         if not args.skip_memory:
             peaks = {}
             for count in (10, 100):
