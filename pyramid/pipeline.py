@@ -280,12 +280,10 @@ def _last_line(message: str) -> str:
 
 
 def _isolate_crashes(suspects: list[dict], recipe: Recipe, staging) -> None:
-    """Rerun the unfinished suspects one by one; one that kills its worker again is quarantined."""
+    """Rerun the suspects (unfinished episodes) one by one; one that kills its worker again is quarantined."""
     from pyramid.stages import failure
 
     for row in suspects:
-        if staging.status_path(row["episode_id"]).exists():
-            continue
         if (error := _died_in([row], recipe, 1)) is not None:
             staging.write_status(failure(row, f"{row['path']}: worker died while processing ({error})"), None)
 
