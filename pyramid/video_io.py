@@ -72,10 +72,14 @@ def read_frames(
     return _read_with_pyav(path, indices)
 
 
-def _read_with_decord(path: Path, indices: Sequence[int] | None) -> np.ndarray:
+def _open_decord(path: Path):
     import decord
 
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+
+
+def _read_with_decord(path: Path, indices: Sequence[int] | None) -> np.ndarray:
+    reader = _open_decord(path)
     total = len(reader)
     wanted = list(range(total)) if indices is None else [int(i) for i in indices]
     _check_indices(path, wanted, total)
@@ -125,10 +129,8 @@ def read_frame_chunks(path: str | os.PathLike, indices: Sequence[int], chunk: in
 
 def _decord_reader(path: Path):
     """A decord reader of the file, or None where decord cannot open it (PyAV decodes those)."""
-    import decord
-
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        return _open_decord(path)
     except Exception:  # noqa: BLE001 - decord raises its own error types for streams it does not handle
         return None
 
