@@ -62,10 +62,12 @@ def test_short_actions_are_scattered_into_the_state(dataset):
     # joint commands only on frames 0, 3, 5, 7; elsewhere the action holds the current joint state
     assert actions[[0, 3, 5, 7], JOINT][:, 0].tolist() == [100.0, 101.0, 102.0, 103.0]
     np.testing.assert_array_equal(actions[[1, 2, 4, 6], JOINT], state[[1, 2, 4, 6], JOINT])
-    np.testing.assert_array_equal(actions[2, EFFECTOR], [1.0, 0.0])
-    np.testing.assert_array_equal(actions[6, EFFECTOR], [0.0, 1.0])
-    np.testing.assert_array_equal(actions[0, EFFECTOR], state[0, EFFECTOR])
+    # gripper commands (0 open .. 1 closed) sent on frames 2 and 6, each held until the next; never the state,
+    # an opening in mm
+    np.testing.assert_array_equal(actions[:6, EFFECTOR], [[1.0, 0.0]] * 6)
+    np.testing.assert_array_equal(actions[6:, EFFECTOR], [[0.0, 1.0]] * 2)
     assert state[5, EFFECTOR].tolist() == [50.0, 51.0]  # gripper opening in mm, 10 * t + side
+    assert episode.metadata["actions_filled"]["effector"] == "held 2 commands over 8 rows at action/effector/index"
     # the base velocity has no state to fall back on: frames without a command move nothing
     np.testing.assert_allclose(actions[:, ROBOT], [[0, 0], [0.3, 0.1], [0.3, 0.2], [0.3, 0.3], [0, 0], [0, 0], [0, 0], [0, 0]], atol=1e-6)
     np.testing.assert_allclose(actions[:, HEAD], state[:, HEAD] + 0.01, atol=1e-6)  # full length, kept as is
@@ -112,6 +114,14 @@ def test_missing_action_is_filled_from_state(tmp_path):
     assert episode.metadata["actions_filled"] == {"head": "missing: filled from state"}
 
 
+def test_missing_gripper_command_is_not_its_state_in_mm(tmp_path):
+    arrays = fixture.proprio_arrays(8)
+    del arrays["action/effector/position"]
+    episode = one_episode(tmp_path, arrays)
+    np.testing.assert_array_equal(episode.actions[:, EFFECTOR], np.zeros((8, 2)))
+    assert episode.metadata["actions_filled"] == {"effector": "missing: no gripper command, zeros (open)"}
+
+
 def test_short_action_without_any_index_is_an_error(tmp_path):
     arrays = fixture.proprio_arrays(8)
     arrays["action/waist/position"] = arrays["action/waist/position"][:3]
@@ -127,6 +137,13 @@ def test_english_fields_are_preferred(tmp_path):
                  {"start_frame": 0, "end_frame": 8, "action_text": "拿黄瓜", "english_action_text": "Take the cucumber"}]}}
     episode = one_episode(tmp_path, fixture.proprio_arrays(8), task_info=[entry])
     assert episode.instructions == ["Pick up items", "Take the cucumber"]
+
+
+@pytest.mark.parametrize("label_info", [[{"action_config": []}], "segments", {"action_config": {"start_frame": 0}}])
+def test_malformed_label_info_is_an_episode_error_naming_task_info(tmp_path, label_info):
+    entry = {"episode_id": 5, "task_name": "Pick up items", "init_scene_text": "", "label_info": label_info}
+    with pytest.raises(EpisodeError, match=r"task_1\.json: episode 5: label_info must be an object holding an action_config list"):
+        one_episode(tmp_path, fixture.proprio_arrays(8), task_info=[entry])
 
 
 def test_wrong_state_width_is_an_error(tmp_path):

@@ -145,7 +145,7 @@ class AgiBotSource(Source):
         name = _english_or(entry, "task_name")
         scene = _english_or(entry, "init_scene_text")
         task_info = self.root / _task_info_relpath(task)
-        segments = [_segment(item, task_info) for item in (entry.get("label_info") or {}).get("action_config") or []]
+        segments = [_segment(item, task_info) for item in _action_config(entry, task_info)]
         task_text = f"{name}.{scene}" if scene else name
         instructions = [text for text in [task_text, *(segment["text"] for segment in segments)] if text]
         return instructions, {"task_name": name, "init_scene_text": scene, "segments": segments}
@@ -197,6 +197,16 @@ def _load_task_info(path: Path) -> dict[str, dict[str, Any]]:
     """task_info entries keyed by episode id as text; {} when the file is absent."""
     entries = _task_info_list(path)
     return {str(entry["episode_id"]): entry for entry in entries if _has_id(entry)}
+
+
+def _action_config(entry: dict[str, Any], path: Path) -> list:
+    """The entry's `label_info.action_config` list ([] when absent); anything else in their place is an error."""
+    label_info = entry.get("label_info") or {}
+    config = (label_info.get("action_config") or []) if isinstance(label_info, dict) else None
+    if not isinstance(config, list):
+        raise EpisodeError(path, f"episode {entry.get('episode_id')}: label_info must be an object holding an "
+                                 f"action_config list, got {json.dumps(entry.get('label_info'))[:80]}")
+    return config
 
 
 def _segment(item: Any, path: Path) -> dict[str, Any]:
@@ -271,11 +281,16 @@ def _full_action(file: Any, part: str, base: np.ndarray, path: Path, key: str = 
     A short action (M < N rows) holds only the frames where that control source sent commands:
     it is scattered into a copy of `base` (the matching state; zeros for the base velocity) at
     `action/<part>/index`, falling back to `action/joint/index` when that is empty (as any4lerobot does).
-    An absent or empty action is `base` itself.
+    An absent or empty action is `base` itself. The two-finger gripper is the exception: its command (0 open,
+    1 closed) and its state (opening in mm) differ in unit, so each command is held until the next, and an
+    absent command is zeros.
     """
     name = f"action/{part}/{key}"
     values = read_numeric(file, path, name) if name in file else None
+    gripper = part == "effector" and base.shape[1] == 2
     if values is None or values.size == 0:
+        if gripper:  # the state is an opening in mm, the command 0 (open) .. 1 (closed): no unit to copy across
+            return np.zeros_like(base), "missing: no gripper command, zeros (open)"
         return base.copy(), "missing: filled from state" if part != "robot" else "missing: zeros"
     if values.ndim != 2 or values.shape[1] != base.shape[1]:
         raise EpisodeError(path, f"'{name}' has shape {values.shape}, expected (N, {base.shape[1]}) like the state")
@@ -286,9 +301,20 @@ def _full_action(file: Any, part: str, base: np.ndarray, path: Path, key: str = 
         raise EpisodeError(path, f"'{name}' has {len(values)} rows but '{index_name}' has {len(index)} entries")
     if index.size and (index.min() < 0 or index.max() >= len(base)):
         raise EpisodeError(path, f"'{index_name}' points outside the {len(base)} frames")
+    if gripper:
+        return _held_commands(values, index, len(base)), f"held {len(values)} commands over {len(base)} rows at {index_name}"
     full = base.copy()
     full[index] = values
     return full, f"scattered {len(values)} of {len(base)} rows at {index_name}"
+
+
+def _held_commands(values: np.ndarray, index: np.ndarray, num_frames: int) -> np.ndarray:
+    """Gripper commands at the frames they were sent, held until the next one (the first also covers the frames
+    before it): a gripper keeps its last command, and its state (mm) is in another unit than the command (0..1)."""
+    order = np.argsort(index, kind="stable")
+    index, values = index[order], values[order]
+    latest = np.searchsorted(index, np.arange(num_frames), side="right") - 1
+    return values[np.maximum(latest, 0)]
 
 
 def _action_index(file: Any, part: str, path: Path) -> tuple[np.ndarray, str]:
