@@ -183,3 +183,17 @@ def test_unusable_info_json_is_a_source_error_naming_it(tmp_path, content, words
     with pytest.raises(SourceError) as caught:
         next(get_source("lerobot")(tmp_path).discover())
     assert words in str(caught.value) and "info.json" in str(caught.value)
+
+
+@pytest.mark.parametrize("version, linked", [("v2.0", "meta/info.json"), ("v2.0", "meta/episodes.jsonl"),
+                                             ("v3.0", "meta/episodes")])
+def test_metadata_linked_from_outside_the_root_is_refused_unless_allowed(tmp_path, version, linked):
+    root = tmp_path / "dataset"
+    fixtures.build_v2(root, "v2.0") if version == "v2.0" else fixtures.build(root)
+    outside = tmp_path / "elsewhere" / linked
+    outside.parent.mkdir(parents=True)
+    (root / linked).rename(outside)
+    (root / linked).symlink_to(outside)
+    with pytest.raises(SourceError, match=rf"{linked}: resolves to .*outside the dataset root"):
+        next(get_source("lerobot")(root).discover())
+    assert next(get_source("lerobot")(root, follow_symlinks=True).discover()).episode_id

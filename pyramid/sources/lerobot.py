@@ -55,7 +55,7 @@ class LeRobotSource(Source):
     @cached_property
     def info(self) -> dict[str, Any]:
         """meta/info.json, checked once: whatever is wrong here is wrong for every episode (a SourceError)."""
-        path = self.root / INFO
+        path = self._dataset_file(INFO)
         info = _read_json(path)
         version = str(info.get("codebase_version", ""))
         if not version.startswith(("v2.", "v3.")):
@@ -75,6 +75,13 @@ class LeRobotSource(Source):
         _check_template(path, "video_path", info.get("video_path"), {**fields, "video_key": "key"})
         return info
 
+    def _dataset_file(self, relative: str) -> Path:
+        """A dataset-wide metadata path, under the source's symlink policy like every other path it reads."""
+        try:
+            return self.resolve(relative)
+        except EpisodeError as exc:
+            raise SourceError(str(exc)) from exc
+
     @property
     def is_v3(self) -> bool:
         return self.info["codebase_version"].startswith("v3.")
@@ -88,7 +95,7 @@ class LeRobotSource(Source):
     # -- v2: one JSON line per episode -------------------------------------------------------------
 
     def _discover_v2(self) -> Iterator[EpisodeRef]:
-        path = self.root / EPISODES_JSONL
+        path = self._dataset_file(EPISODES_JSONL)
         if not path.is_file():
             raise SourceError(f"{path}: missing (LeRobot v2 lists its episodes there)")
         with path.open(encoding="utf-8", errors="replace") as lines:  # streamed: 10^5 episodes are listed here
@@ -123,7 +130,7 @@ class LeRobotSource(Source):
 
     def _discover_v3(self) -> Iterator[EpisodeRef]:
         found = False
-        for item in self.walk(self.root / EPISODES_DIR, lambda name: name.endswith(".parquet")):
+        for item in self.walk(self._dataset_file(EPISODES_DIR), lambda name: name.endswith(".parquet")):
             found = True
             if isinstance(item, EpisodeRef):  # a refused symlink
                 yield item
