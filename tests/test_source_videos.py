@@ -7,7 +7,7 @@ import pytest
 
 from pyramid.errors import EpisodeError
 from pyramid.sources import get_source
-from pyramid.video_io import probe
+from pyramid.video_io import probe, write_video
 from tests.fixtures import videos as fixture
 from tests.fixtures.media import moving_square_frames
 from tests.hostile import check_hostile_corpus
@@ -38,3 +38,11 @@ def test_links_out_of_the_root_are_read_when_allowed(tmp_path):
     refs = {ref.relpath: ref for ref in reader.discover()}
     assert reader.load(refs["kitchen/2024-05-03/cam0/clip_0001.mp4"]).num_frames == 8
     assert refs["kitchen/2024-05-01/cam2"].error and "symlink loop" in refs["kitchen/2024-05-01/cam2"].error
+
+
+def test_a_name_with_a_superscript_digit_sorts_without_stopping_discovery(tmp_path):
+    frames = moving_square_frames(6, 48, 64)
+    for name in ["clip_10.mp4", "clip_2.mp4", "clip²_1.mp4"]:  # '²'.isdigit() is True, int('²') raises
+        write_video(tmp_path / name, frames, fps=30.0)
+    relpaths = [ref.relpath for ref in get_source("videos")(tmp_path).discover()]
+    assert relpaths == ["clip_2.mp4", "clip_10.mp4", "clip²_1.mp4"]

@@ -194,7 +194,8 @@ def _natural_key(name: str) -> tuple:
     """Sort 'episode2' before 'episode10'."""
     import re
 
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+    # isdecimal, not isdigit: '²' is a digit that int() refuses, and one such name would stop discovery
+    return tuple(int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name))
 
 
 def _load_builtin_sources() -> None:
