@@ -110,6 +110,15 @@ def test_a_single_split_or_task_folder_is_a_root_too(dataset):
     assert detect_source(task).name == "egodex"
 
 
+def test_parts_unzipped_each_into_its_own_folder_are_detected(tmp_path):
+    # `unzip part1.zip -d part1`: the zip's own top folder puts episodes three levels down
+    for part in ("part1", "test"):
+        fixture.write_episode(tmp_path / part / part / "add_remove_lid/0", 6, {"llm_description": "Put the lid on."})
+    assert detect_source(tmp_path).name == "egodex"
+    assert [ref.relpath for ref in get_source("egodex")(tmp_path).discover()] == [
+        "part1/part1/add_remove_lid/0.hdf5", "test/test/add_remove_lid/0.hdf5"]
+
+
 def test_frame_count_mismatch_names_the_video(dataset):
     with pytest.raises(EpisodeError, match=r"4\.mp4: video has 9 frames but 4\.hdf5 has 6"):
         read(dataset, "part1/wipe_screen/4.hdf5")

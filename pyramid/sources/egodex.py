@@ -45,8 +45,9 @@ class EgoDexSource(Source):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        """A `<i>.hdf5` with a `transforms` group one or two folders below root (a split, or the dataset root)."""
-        for folder in _folders_below(root, depth=2):
+        """A `<i>.hdf5` with a `transforms` group one to three folders below root: root is a split, the dataset
+        root, or a folder of unzipped parts (`unzip part1.zip -d part1` puts episodes at `part1/part1/<task>/`)."""
+        for folder in _folders_below(root, depth=3):
             hdf5 = _first_episode_hdf5(folder, root)
             if hdf5 is not None and _has_transforms(hdf5):
                 return True
