@@ -95,12 +95,13 @@ def _read_with_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
         info = probe(path)
         return np.zeros((0, info.height, info.width, 3), np.uint8)
     try:
+        timeline = FileTimeline(path)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             height, width = stream.height, stream.width
-            _seek_near(container, stream, 0 if wanted is None else min(wanted))
-            frames = _decode(container, stream, wanted)
+            timeline.seek_near(container, stream, 0 if wanted is None else min(wanted))
+            frames = _decode(container, stream, wanted, timeline)
     except av.error.FFmpegError as exc:
         raise EpisodeError(path, f"cannot decode video ({_reason(exc)})") from exc
     if wanted is None:
@@ -147,11 +148,12 @@ def _pyav_chunks(path: Path, wanted: list[int], chunk: int) -> Iterator[np.ndarr
     batch: list[np.ndarray] = []
     position = 0  # next entry of `wanted` to fill
     try:
+        timeline = FileTimeline(path)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            _seek_near(container, stream, wanted[0])
-            for index, rgb in _decoded_frames(container, stream, set(wanted), wanted[-1]):
+            timeline.seek_near(container, stream, wanted[0])
+            for index, rgb in _decoded_frames(container, stream, set(wanted), wanted[-1], timeline):
                 if index > wanted[position]:
                     break  # the wanted frame was not in the stream
                 while position < len(wanted) and wanted[position] == index:
@@ -170,11 +172,44 @@ def _pyav_chunks(path: Path, wanted: list[int], chunk: int) -> Iterator[np.ndarr
         yield np.stack(batch)
 
 
-def _seek_near(container, stream, first: int) -> None:
-    """Jump to the keyframe at or before frame `first` instead of decoding from the start."""
-    if first > 0:
+class ConstantRateTimeline:
+    """Frame numbers from timestamps at the stream's constant rate: what a build's own clips have."""
+
+    @staticmethod
+    def index(pts: int, stream) -> int:
         fps = float(stream.average_rate or stream.guessed_rate)
-        container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
+        return int(round(float((pts - (stream.start_time or 0)) * stream.time_base) * fps))
+
+
+class FileTimeline:
+    """Frame i of a video file is the i-th frame in display order, as decord numbers frames and `probe` counts
+    them, whatever their spacing: the timestamps of a variable-frame-rate file (a phone recording, a webm with
+    dropped frames) are not multiples of 1/fps, and a frame number computed from one would miss or repeat frames.
+
+    One pass over the packets (no decoding) lists every frame's timestamp.
+    """
+
+    def __init__(self, path: Path):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            self.pts = np.unique([packet.pts for packet in container.demux(stream)
+                                  if packet.size > 0 and packet.pts is not None]).astype(np.int64)
+
+    def index(self, pts: int, stream) -> int:
+        """The frame number of a timestamp (a timestamp between two frames counts as the later one)."""
+        if not len(self.pts):  # packets without timestamps (some raw streams): only the rate can number frames
+            return ConstantRateTimeline.index(pts, stream)
+        return int(np.searchsorted(self.pts, pts))
+
+    def seek_near(self, container, stream, first: int) -> None:
+        """Jump to the keyframe at or before frame `first` instead of decoding from the start."""
+        if first <= 0:
+            return
+        if first < len(self.pts):
+            container.seek(int(self.pts[first]), stream=stream, backward=True)
+        elif not len(self.pts):
+            fps = float(stream.average_rate or stream.guessed_rate)
+            container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
 
 
 def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) -> np.ndarray:
@@ -189,7 +224,7 @@ def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) ->
         with av.open(io.BytesIO(data), stream_options=[{"skip_frame": "all"}]) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
-            frames = _decode(container, stream, wanted)
+            frames = _decode(container, stream, wanted, ConstantRateTimeline)
     except (av.error.FFmpegError, IndexError) as exc:
         raise EpisodeError(origin, f"cannot decode the clip video ({exc.__class__.__name__}: {exc})") from exc
     return _pick(frames, wanted, origin)
@@ -207,27 +242,29 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return _converters.rgb.reformat(frame, format="rgb24", interpolation="POINT").to_ndarray()
 
 
-def _decode(container, stream, wanted: list[int] | None) -> dict[int, np.ndarray]:
+def _decode(container, stream, wanted: list[int] | None, timeline) -> dict[int, np.ndarray]:
     """RGB frames by index, from the container's position up to the last wanted frame."""
     lookup, last = (None, None) if wanted is None else (set(wanted), max(wanted))
-    return dict(_decoded_frames(container, stream, lookup, last))
+    return dict(_decoded_frames(container, stream, lookup, last, timeline))
 
 
-def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None) -> Iterator[tuple[int, np.ndarray]]:
+def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None,
+                    timeline) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB frame) in display order, from the container's position up to frame `last`, of the frames in
     `lookup` (all when None).
 
     In H.264 a frame nobody wants and nothing refers to (x264's non-reference B-frames) is not
     decoded. Not in AV1, whose packets can carry a hidden reference frame shown by a later one.
     """
-    fps = float(stream.average_rate or stream.guessed_rate)
     codec = stream.codec_context
     skip_unwanted = lookup is not None and codec.name == "h264"
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
-            codec.skip_frame = "DEFAULT" if _index_at(packet.pts, stream, fps) in lookup else "NONREF"
+            codec.skip_frame = "DEFAULT" if timeline.index(packet.pts, stream) in lookup else "NONREF"
         for frame in packet.decode():
-            index = _frame_index(frame, stream, fps)
+            if frame.pts is None:
+                raise av.error.InvalidDataError(0, "frame without timestamp")
+            index = timeline.index(frame.pts, stream)
             if lookup is None or index in lookup:
                 yield index, _to_rgb(frame)
             if last is not None and index >= last:
@@ -246,14 +283,6 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or exc.__class__.__name__
 
 
-def _frame_index(frame: av.VideoFrame, stream, fps: float) -> int:
-    if frame.pts is None:
-        raise av.error.InvalidDataError(0, "frame without timestamp")
-    return _index_at(frame.pts, stream, fps)
-
-
-def _index_at(pts: int, stream, fps: float) -> int:
-    return int(round(float((pts - (stream.start_time or 0)) * stream.time_base) * fps))
 
 
 def _stack(frames: list[np.ndarray], height: int, width: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pyramid.errors import EpisodeError
-from pyramid.video_io import read_clip, read_frame_chunks, read_frames, video_bytes, write_video
+from pyramid.video_io import probe, read_clip, read_frame_chunks, read_frames, video_bytes, write_video
 
 
 def moving_frames(count: int = 32, height: int = 96, width: int = 128) -> np.ndarray:
@@ -79,6 +79,38 @@ def test_a_frame_chunk_past_the_end_is_an_episode_error_naming_the_file(tmp_path
     path = write_video(tmp_path / "video.mp4", moving_frames(), fps=10, codec=codec)
     with pytest.raises(EpisodeError, match=r"video\.mp4.*frame 40"):
         list(read_frame_chunks(path, [28, 30, 40], 2))
+
+
+def write_variable_rate(path, frames: np.ndarray, codec: str) -> list[int]:
+    """A file whose frames are not evenly spaced (frames dropped, as in phone or screen recordings), with a
+    keyframe every 4 frames so that reads seek; returns the timestamps, in 1/25 s."""
+    from fractions import Fraction
+
+    pts = [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 15, 16, 17, 18, 20, 21, 22, 24, 25][: len(frames)]
+    options = {"deadline": "realtime", "cpu-used": "8", "g": "4"} if codec == "libvpx-vp9" else {"preset": "12", "g": "4"}
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25, options=options)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for stamp, rgb in zip(pts, frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = stamp, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return pts
+
+
+@pytest.mark.parametrize("codec, suffix", [("libvpx-vp9", ".webm"), ("libsvtav1", ".mp4")])  # read by PyAV
+def test_a_variable_frame_rate_file_numbers_frames_in_display_order(tmp_path, codec, suffix):
+    path = tmp_path / f"phone{suffix}"
+    write_variable_rate(path, moving_frames(20, 48, 64), codec)
+    expected = plain_decode(str(path))
+    assert len(expected) == 20 and probe(path).num_frames == 20
+    assert np.array_equal(read_frames(path), expected)
+    for indices in ([13, 14, 19], [4, 9, 11, 12], [0, 19]):  # the later ones seek to a keyframe past a gap
+        assert np.array_equal(read_frames(path, indices), expected[indices])
+        assert np.array_equal(np.concatenate(list(read_frame_chunks(path, indices, 2))), expected[indices])
 
 
 def test_decord_leaves_pyav_its_own_libvpx(tmp_path):
