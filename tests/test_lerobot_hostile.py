@@ -197,3 +197,20 @@ def test_metadata_linked_from_outside_the_root_is_refused_unless_allowed(tmp_pat
     with pytest.raises(SourceError, match=rf"{linked}: resolves to .*outside the dataset root"):
         next(get_source("lerobot")(root).discover())
     assert next(get_source("lerobot")(root, follow_symlinks=True).discover()).episode_id
+
+
+@pytest.mark.parametrize("version", ["v2.0", "v3.0"])
+@pytest.mark.parametrize("depth_feature", [
+    {"dtype": "video", "shape": [48, 64, 3], "info": {"video.is_depth_map": True, "video.codec": "hevc"}},
+    {"dtype": "image", "shape": [48, 64, 1]},  # depth in metres as a one-channel image, as AgiBot's converter writes
+])
+def test_a_depth_feature_is_not_a_camera(tmp_path, version, depth_feature):
+    root = tmp_path / "dataset"
+    fixtures.build_v2(root, "v2.0") if version == "v2.0" else fixtures.build(root)
+    cameras = list(get_source("lerobot")(root).load(next(get_source("lerobot")(root).discover())).cameras)
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"]["observation.images.depth"] = depth_feature  # its files are absent: reading it would fail
+    (root / "meta/info.json").write_text(json.dumps(info))
+    reader = get_source("lerobot")(root)
+    episode = reader.load(next(reader.discover()))
+    assert list(episode.cameras) == cameras and "observation.images.depth" not in cameras

@@ -89,6 +89,11 @@ class LeRobotSource(Source):
     def features_of(self, dtype: str) -> list[str]:
         return [key for key, feature in self.info["features"].items() if feature.get("dtype") == dtype]
 
+    def camera_features(self, dtype: str) -> list[str]:
+        """The colour cameras among the `video` or `image` features: a depth map (newer v3 writers flag it
+        `is_depth_map`; converters store depth as a one-channel image) is not a view to compute flow on."""
+        return [key for key in self.features_of(dtype) if not _is_depth(self.info["features"][key])]
+
     def discover(self) -> Iterator[EpisodeRef]:
         yield from self._discover_v3() if self.is_v3 else self._discover_v2()
 
@@ -122,7 +127,7 @@ class LeRobotSource(Source):
         data = (self.info.get("data_path") or V2_DATA_PATH).format(**place)
         video_path = self.info.get("video_path") or V2_VIDEO_PATH
         videos = {key: {"file": video_path.format(video_key=key, **place), "from_timestamp": 0.0}
-                  for key in self.features_of("video")}
+                  for key in self.camera_features("video")}
         return self.ref(data, episode_index=index, length=entry.get("length"), tasks=_task_list(entry.get("tasks")),
                         data_file=data, shared_file=False, videos=videos)
 
@@ -169,7 +174,7 @@ class LeRobotSource(Source):
         videos = {key: {"file": video_path.format(video_key=key, chunk_index=_required_int(row, f"videos/{key}/chunk_index"),
                                                   file_index=_required_int(row, f"videos/{key}/file_index")),
                         "from_timestamp": _required_seconds(row, f"videos/{key}/from_timestamp")}
-                  for key in self.features_of("video")}
+                  for key in self.camera_features("video")}
         return self.ref(relpath, episode_index=index, length=_required_int(row, "length"),
                         tasks=_task_list(row.get("tasks")), data_file=data, shared_file=True, videos=videos)
 
@@ -223,7 +228,7 @@ class LeRobotSource(Source):
 
     def _check_declared_columns(self, data_path: Path, where: dict[str, Any], names: list[str]) -> None:
         """What the reader loads and meta/info.json declares must be in the file: no silently action-less episode."""
-        declared = [key for key in (STATE, ACTION, *self.features_of("image")) if key in self.info["features"]]
+        declared = [key for key in (STATE, ACTION, *self.camera_features("image")) if key in self.info["features"]]
         for key in declared + (["episode_index"] if where["shared_file"] else []):
             if key not in names:
                 raise EpisodeError(data_path, f"declared feature '{key}' is missing from {where['data_file']}")
@@ -281,7 +286,7 @@ class LeRobotSource(Source):
     def _image_cameras(self, data_path: Path, where: dict[str, Any], length: int) -> dict[str, "ParquetImageCamera"]:
         return {camera_name(key): ParquetImageCamera(camera_name(key), str(data_path), key, where["episode_index"],
                                                      where["shared_file"], length)
-                for key in self.features_of("image")}
+                for key in self.camera_features("image")}
 
     def _tasks_of(self, rows: pa.Table) -> list[str]:
         if "task_index" not in rows.column_names:
@@ -465,6 +470,14 @@ def _check_template(info_path: Path, key: str, template: Any, fields: dict[str, 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
+def _is_depth(feature: dict[str, Any]) -> bool:
+    info = feature.get("info") if isinstance(feature.get("info"), dict) else {}
+    if feature.get("is_depth_map") or info.get("video.is_depth_map") or info.get("is_depth_map"):
+        return True
+    shape = feature.get("shape")
+    return isinstance(shape, list) and len(shape) == 3 and 1 in (shape[0], shape[-1])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
