@@ -90,11 +90,13 @@ def clip_samples(episode_id: str, frames: np.ndarray, actions: np.ndarray, state
             mp4 = Path(tmp.name).read_bytes()
         meta = {"episode_id": episode_id, "source": "bench", "embodiment": "bench_arm", "level": 6,
                 "instructions": ["move the red block"], "task": "move the red block", "fps": STORED_FPS,
-                "source_fps": SOURCE_FPS, "clip_index": clip, "start_frame": start, "end_frame": start + span,
+                "source_fps": SOURCE_FPS, "num_source_frames": len(frames), "clip_index": clip, "start_frame": start,
+                "end_frame": start + span,
                 "num_frames": CLIP_FRAMES, "height": STORED_SIZE[0], "width": STORED_SIZE[1],
                 "state_names": [f"q{i}" for i in range(DIMS)], "action_names": [f"a{i}" for i in range(DIMS)],
                 "action_fps": SOURCE_FPS, "has_actions": True, "has_latent_actions": False,
-                "flow": {"backend": "none", "stride": 1, "max_magnitude": 0.0, "dataset": "flow.lance"}}
+                "flow": {"backend": "none", "stride": 1, "max_magnitude": 0.0, "dataset": "flow.lance",
+                         "pair_range": [clip * CLIP_FRAMES, (clip + 1) * CLIP_FRAMES - 1]}}
         samples.append({"__key__": f"{episode_id}_c{clip:04d}", "mp4": mp4, "json": meta,
                         "actions.npy": actions[start : start + span], "state.npy": state[start : start + span]})
     return samples

@@ -63,6 +63,17 @@ def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) 
     return np.minimum(indices, num_source_frames - 1)
 
 
+def clip_source_frames(meta: dict, count: int | None = None) -> np.ndarray:
+    """Source frame of each stored frame of a clip (the first `count` from the clip's first; all of the clip's by
+    default), counted from its `start_frame` as the rows of its `actions.npy` and `state.npy` are, from the clip's
+    json alone. At a stored rate that does not divide the source rate, stored frame k is not at k / fps seconds:
+    it is the nearest source frame, up to half a source frame away."""
+    first = int(meta["flow"]["pair_range"][0])  # the clip's first stored frame in its episode
+    count = int(meta["num_frames"]) if count is None else count
+    indices = stored_frame_indices(int(meta["num_source_frames"]), float(meta["source_fps"]), float(meta["fps"]))
+    return indices[first : first + count] - int(meta["start_frame"])
+
+
 def pair_actions(actions: np.ndarray, source_indices: np.ndarray, stride: int = 1) -> np.ndarray:
     """The action of each stored-frame pair (t, t + stride): the mean of the source-rate actions it spans.
 

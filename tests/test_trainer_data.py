@@ -87,6 +87,28 @@ def test_actions_are_resampled_to_30_hz_over_the_frames_span_and_normalised(buil
     np.testing.assert_allclose(example["state"][:8].numpy(), 2 * (state - low) / (high - low) - 1, atol=1e-5)
 
 
+def test_actions_start_at_the_condition_frames_own_source_frame(tmp_path):
+    # 15 Hz source stored at 10 fps: stored frame k is source frame rint(1.5 k), not k / 10 s (half the
+    # windows would start half a source frame off)
+    build = shards.build(tmp_path, episodes=1, clips_per_episode=2, num_frames=24, source_fps=15.0)
+    data = ClipExamples(DataConfig(format="webdataset", root=str(build.root), targets="actions"), TINY)
+    odd_starts = 0
+    for position in range(12):
+        example = data[(1, position)]
+        meta, raw = build.metas[example["key"]], build.arrays[example["key"]]
+        window = choose_window(meta["num_frames"], meta["fps"], TINY.frames, example_rng(data.seed, position))
+        stored = meta["flow"]["pair_range"][0] + window.frame_indices[0]
+        condition = int(np.rint(stored * 1.5)) - meta["start_frame"]  # row of the condition frame in actions.npy
+        odd_starts += stored % 2
+        source_rows = condition + np.arange(48) * 15 / 30
+        expected = np.stack([np.interp(source_rows, np.arange(len(raw["actions"])), column) for column in raw["actions"].T], 1)
+        low, high = data.normalizer.bounds(meta["embodiment"], "actions")
+        np.testing.assert_allclose(example["actions"][:, :7].numpy(), 2 * (expected - low) / (high - low) - 1, atol=1e-5)
+        low, high = data.normalizer.bounds(meta["embodiment"], "state")
+        np.testing.assert_allclose(example["state"][:8].numpy(), 2 * (raw["state"][condition] - low) / (high - low) - 1, atol=1e-5)
+    assert odd_starts  # the windows where k / fps and the source frame differ were checked
+
+
 def test_resampling_interpolates_actions_and_holds_latent_actions():
     values = np.arange(10, dtype=np.float32)[:, None] * [1.0, -2.0]
     np.testing.assert_allclose(resample_linear(values, 10.0, np.array([0.05, 0.25, 5.0])),

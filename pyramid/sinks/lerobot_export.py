@@ -24,7 +24,7 @@ import numpy as np
 
 from pyramid.build_reader import (build_recipe, build_samples, build_shards, consecutive_runs, episodes_of, is_build,
                                   pair_latents, run_frames, run_latents, run_video)
-from pyramid.clips import pair_actions, stored_frame_indices
+from pyramid.clips import clip_source_frames, pair_actions
 from pyramid.errors import EpisodeError, ExportError, SourceError
 from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
 from pyramid.sinks.left_out import LeftOut
@@ -140,9 +140,7 @@ def build_candidates(build_dir: Path, summary: LeRobotExport) -> Iterator[Candid
 def _run_candidate(episode_id: str, run: list[dict], latents: dict[str, np.ndarray], stride: int) -> Candidate | None:
     meta = run[0]["meta"]
     num_frames = run_frames(run)
-    first = int(meta["flow"]["pair_range"][0])
-    indices = stored_frame_indices(meta["num_source_frames"], meta["source_fps"], meta["fps"])[first : first + num_frames]
-    local = indices - meta["start_frame"]  # the run's source-rate arrays start at its first clip's start_frame
+    local = clip_source_frames(meta, num_frames)  # the run's source-rate arrays start at its first clip's start_frame
     end = run[-1]["meta"]["end_frame"] - meta["start_frame"]
     state = _joined(run, "state.npy")
     actions = _joined(run, "actions.npy")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from pyramid.clips import clip_source_frames
 from pyramid.errors import EpisodeError
 from pyramid.resize import resize_frames
 from pyramid.video_io import read_clip
@@ -29,7 +30,7 @@ from recipes.motus.shards import ClipRecord, open_clips
 @dataclass(frozen=True)
 class Window:
     frame_indices: list[int]  # stored-frame indices: the condition frame, then the future frames
-    start_time: float  # seconds from the clip's start to the condition frame
+    start_time: float  # the condition frame in stored-frame time (its index / fps): where its latent actions start
 
 
 def example_rng(seed: int, position: int) -> random.Random:
@@ -148,19 +149,22 @@ class ClipExamples(torch.utils.data.Dataset):
 
     def _targets(self, record: ClipRecord, window: Window) -> dict:
         meta, chunk = record.meta, self.frames.action_chunk
-        times = window.start_time + np.arange(chunk) / self.frames.action_fps
         name = self.targets
         if name not in record.arrays:
             raise EpisodeError(record.origin, f"json says has_{name} but {name}.npy is missing")
+        # actions run at the source rate from the condition frame's own source frame; latent actions run per
+        # stored-frame pair from the condition frame
+        source_start = clip_source_frames(meta)[window.frame_indices[0]] / meta["action_fps"]
+        steps = np.arange(chunk) / self.frames.action_fps
         if name == "actions":
-            values = resample_linear(record.arrays["actions"], meta["action_fps"], times)
+            values = resample_linear(record.arrays["actions"], meta["action_fps"], source_start + steps)
         else:
-            values = resample_hold(record.arrays["latent_actions"], meta["fps"], times)
+            values = resample_hold(record.arrays["latent_actions"], meta["fps"], window.start_time + steps)
         values = self.normalizer.normalize(values, meta["embodiment"], name)
         actions, action_mask = _pad(values, self.action_dim, record.origin, name)
         out = {"actions": torch.from_numpy(actions), "action_mask": torch.from_numpy(action_mask)}
         if name == "actions" and "state" in record.arrays:
-            state = resample_linear(record.arrays["state"], meta["action_fps"], np.array([window.start_time]))[0]
+            state = resample_linear(record.arrays["state"], meta["action_fps"], np.array([source_start]))[0]
             state = self.normalizer.normalize(state, meta["embodiment"], "state")
             out["state"] = torch.from_numpy(_pad(state[None], self.state_dim, record.origin, "state")[0][0])
         return out

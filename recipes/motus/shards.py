@@ -81,7 +81,7 @@ class LanceClips:
             raise EpisodeError(self.path, "no such Lance dataset")
         self.dataset = lance.dataset(str(self.path))
         names = set(self.dataset.schema.names)
-        missing = {"key", "video", *METADATA_FIELDS} - names - {"task"}
+        missing = {"key", "json", "video", *METADATA_FIELDS} - names - {"task"}
         if missing:
             raise EpisodeError(self.path, f"missing columns {sorted(missing)}")
         self.meta_columns = [c for c in ("key", *METADATA_FIELDS) if c in names]
@@ -101,11 +101,11 @@ class LanceClips:
     def __getitem__(self, index: int) -> ClipRecord:
         row_id = self.row_ids[index]
         columns = [f"{name}_npy" for name in ARRAY_FIELDS]
-        row = self.dataset.take([row_id], columns=[*columns, "video"]).to_pylist()[0]
+        row = self.dataset.take([row_id], columns=[*columns, "json", "video"]).to_pylist()[0]
         arrays = {name: np.load(io.BytesIO(row[f"{name}_npy"])) for name in ARRAY_FIELDS if row[f"{name}_npy"]}
-        mp4 = row["video"]
-        meta = self._metadata[index]
-        return ClipRecord(meta["key"], meta, mp4, arrays, f"{self.path}#{meta['key']}")
+        key = self._metadata[index]["key"]
+        # the whole json, as WebDataset gives it: where the clip sits in its episode is only there
+        return ClipRecord(key, json.loads(row["json"]), row["video"], arrays, f"{self.path}#{key}")
 
     def __getstate__(self):  # a Lance handle does not pickle; DataLoader workers reopen it
         state = dict(self.__dict__)
