@@ -1,5 +1,5 @@
 """Reading a finished build for export: its recipe, its clip samples grouped by episode, runs of consecutive clips,
-and the latent action of every stored-frame pair (from flow.lance)."""
+and the latent action of every stored-frame pair (from flow.lance, or each clip's own when no flow was stored)."""
 
 from __future__ import annotations
 
@@ -65,14 +65,19 @@ def consecutive_runs(clips: list[dict]) -> list[list[dict]]:
     return runs
 
 
-def pair_latents(build_dir: Path) -> dict[str, np.ndarray]:
-    """episode id -> float32 [pairs, 14] latent action per stored-frame pair (NaN where a pair has none); {} unlabelled."""
+def pair_latents(build_dir: Path) -> dict[str, np.ndarray] | None:
+    """episode id -> float32 [pairs, 14] latent action per stored-frame pair (NaN where a pair has none), from
+    flow.lance; {} when the build is unlabelled; None when it is labelled but stored no flow (`flow.store: false`):
+    then only each clip's own latent_actions.npy holds them, and the pair across two clips is known to no file."""
     import lance
     import pyarrow.compute as pc
 
     path = Path(build_dir) / "flow.lance"
     if not path.exists():
-        raise ExportError(f"{path}: missing (is this a finished `pyramid build` output?)")
+        recipe = build_recipe(build_dir)
+        if recipe["flow"].get("store", True):
+            raise ExportError(f"{path}: missing (is this a finished `pyramid build` output?)")
+        return None if recipe.get("vae") else {}
     dataset = lance.dataset(str(path))
     if "latent_action" not in dataset.schema.names:
         raise ExportError(f"{path}: written before flow rows carried latent actions; build again")
@@ -89,6 +94,28 @@ def pair_latents(build_dir: Path) -> dict[str, np.ndarray]:
         array[pairs[rows]] = values[rows]
         latents[str(episode_id)] = array
     return latents
+
+
+def runs_with_latents(episode_id: str, clips: list[dict],
+                      latents: dict[str, np.ndarray] | None) -> Iterator[tuple[list[dict], np.ndarray | None]]:
+    """(run of consecutive clips, float32 [T - 1, 14] latent action of each of its frame pairs, or None when the build
+    is unlabelled or a pair lacks one). Without flow.lance (`latents` None) each clip is its own run, labelled by
+    its own latent_actions.npy: the pair from one clip's last frame to the next clip's first is in no clip."""
+    if latents is None:
+        for clip in sorted(clips, key=lambda sample: sample["meta"]["clip_index"]):
+            yield [clip], _clip_latents(clip)
+        return
+    for run in consecutive_runs(clips):
+        yield run, run_latents(latents, episode_id, run) if latents else None
+
+
+def _clip_latents(clip: dict) -> np.ndarray | None:
+    import io
+
+    if "latent_actions.npy" not in clip:
+        return None
+    values = np.load(io.BytesIO(clip["latent_actions.npy"]), allow_pickle=False).astype(np.float32)
+    return values if len(values) == clip["meta"]["num_frames"] - 1 and np.isfinite(values).all() else None
 
 
 def run_latents(latents: dict[str, np.ndarray], episode_id: str, run: list[dict]) -> np.ndarray | None:

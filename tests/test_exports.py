@@ -235,6 +235,58 @@ def test_export_lerobot_of_a_labelled_build(build, tmp_path):
         np.testing.assert_allclose(np.stack(episode["action"]), actions[: FRAMES - 1], atol=1e-6)
 
 
+def rebuild(build_dir: Path, name: str, flow_changes: dict, vae: Path | None = None) -> Path:
+    """The fixture's robot episodes built again with other flow settings (and another VAE when given)."""
+    recipe = yaml.safe_load((build_dir.parent / "recipe.yaml").read_text())
+    recipe.update(sources=recipe["sources"][:1], output=str(build_dir.parent / name), vae=str(vae or recipe["vae"]))
+    recipe["flow"].update(flow_changes)
+    path = build_dir.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = subprocess.run([*CLI, "build", str(path), "--quiet", "--workers", "2"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return build_dir.parent / name
+
+
+def test_a_labelled_build_without_stored_flow_exports_each_clip_with_its_own_latent_actions(build, tmp_path):
+    # the latent action from one clip's last frame to the next clip's first is only in flow.lance
+    build_dir, encoder = build
+    no_flow = rebuild(build_dir, "no_flow", {"store": False})
+    assert not (no_flow / "flow.lance").exists()
+    clips = build_clips(no_flow)
+    result = export(no_flow, tmp_path / "motus", "--text-encoder", str(encoder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    stems = motus_episodes(tmp_path / "motus")
+    assert stems == sorted(f"{episode_id}_c{c['json']['clip_index']:04d}" for episode_id in clips for c in clips[episode_id])
+    for episode_id, episode in clips.items():
+        for clip in episode:
+            latents = torch.load(tmp_path / "motus/latent_action_dim14" / f"{episode_id}_c{clip['json']['clip_index']:04d}.pt", weights_only=True)
+            np.testing.assert_array_equal(latents.numpy(), clip["latent_actions.npy"])
+
+    result = subprocess.run([*CLI, "export-lerobot", str(no_flow), str(tmp_path / "lerobot"), "--codec", "libx264"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{len(stems)} episodes" in result.stdout and "left out" not in result.stdout
+    rows = lerobot_rows(tmp_path / "lerobot")
+    ordered = [c for episode_id in sorted(clips) for c in sorted(clips[episode_id], key=lambda c: c["json"]["clip_index"])]
+    for index, clip in enumerate(ordered):
+        np.testing.assert_allclose(np.stack(rows[rows["episode_index"] == index]["latent_action"]), clip["latent_actions.npy"], atol=1e-6)
+
+
+def test_export_lerobot_of_a_labelled_stride_2_build_leaves_latent_actions_out_and_says_so(build, tmp_path):
+    build_dir, _ = build
+    vae = tmp_path / "vae_stride2"
+    build_vae("tiny", flow_backend="dis", flow_fps=10.0, flow_stride=2, frame_height=384, frame_width=320,
+              flow_options=flow.resolved_options("dis", {"preset": "medium"})).save_pretrained(vae)
+    ActionNormalizer({}).save(vae / "action_normalizer.json")
+    stride_2 = rebuild(build_dir, "stride_2", {"stride": 2, "store": False}, vae)
+    out = tmp_path / "lerobot"
+    result = subprocess.run([*CLI, "export-lerobot", str(stride_2), str(out), "--codec", "libx264"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{EPISODES} episodes, {EPISODES * FRAMES} frames" in result.stdout
+    assert "latent actions left out: the build's flow stride is 2" in result.stdout
+    assert "latent_action" not in check_lerobot_v3(out)["features"]
+
+
 @pytest.mark.parametrize("kind", ["agibot", "egodex", "lerobot", "robomind", "robotwin", "videos"])
 def test_export_lerobot_of_each_source_kind(kind, tmp_path):
     from pyramid.sources import get_source

@@ -1,11 +1,12 @@
 """`pyramid export-lerobot`: a build or a source dataset as a LeRobot v3.0 dataset (pyramid/lerobot_writer.py).
 
 From a source: every camera (`observation.images.<camera>`) at the source rate, state and actions as
-recorded. From a build: one episode per run of consecutive kept clips, at the stored rate and size, the
+recorded. From a build: one episode per run of consecutive kept clips (per clip, in a labelled build that stored
+no flow: the latent action across two clips is only in flow.lance), at the stored rate and size, the
 stored view (`observation.images.<camera>`, or `observation.images.cam_concatenated` for a T-layout,
 Motus's name); state at each stored frame, the action as the mean of the source actions a frame pair
 spans; in a labelled build `latent_action` [14] per frame (the pair to the next frame, so each
-episode's last stored frame, which starts no pair, is left out).
+episode's last stored frame, which starts no pair, is left out; a build with flow stride > 1 is exported without).
 
 LeRobot holds one frame rate, robot and set of features per dataset: episodes that differ from the first
 one written (another embodiment, other dimensions or cameras) are left out and counted; `--embodiment`
@@ -22,8 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from pyramid.build_reader import (build_recipe, build_samples, build_shards, consecutive_runs, episodes_of, is_build,
-                                  pair_latents, run_frames, run_latents, run_video)
+from pyramid.build_reader import (build_recipe, build_samples, build_shards, episodes_of, is_build, pair_latents,
+                                  run_frames, run_video, runs_with_latents)
 from pyramid.clips import clip_source_frames, pair_actions
 from pyramid.errors import EpisodeError, ExportError, SourceError
 from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
@@ -54,6 +55,7 @@ class LeRobotExport:
     episodes: int = 0
     frames: int = 0
     skipped: LeftOut = field(default_factory=LeftOut)
+    notes: list[str] = field(default_factory=list)  # what the whole export left out, and why
 
 
 def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None, embodiment: str | None = None,
@@ -126,18 +128,24 @@ def even_sized(frames: np.ndarray) -> np.ndarray:
 def build_candidates(build_dir: Path, summary: LeRobotExport) -> Iterator[Candidate]:
     recipe = build_recipe(build_dir)
     latents = pair_latents(build_dir)
+    labelled = latents != {}
+    if labelled and int(recipe["flow"]["stride"]) != 1:
+        summary.notes.append(f"latent actions left out: the build's flow stride is {recipe['flow']['stride']}, and "
+                             f"LeRobot's latent_action is one per pair of consecutive frames")
+        labelled, latents = False, {}
     for episode_id, clips in episodes_of(build_samples(build_shards(build_dir))):
-        for run in consecutive_runs(clips):
-            candidate = _run_candidate(episode_id, run, latents, int(recipe["flow"]["stride"]))
-            if candidate is None:
+        for run, values in runs_with_latents(episode_id, clips, latents):
+            if labelled and values is None:
                 summary.skipped.add("missing_latent_actions")
-            elif abs(candidate.fps - float(run[0]["meta"]["fps"])) > 1e-3:
+                continue
+            candidate = _run_candidate(run, values)
+            if abs(candidate.fps - float(run[0]["meta"]["fps"])) > 1e-3:
                 summary.skipped.add("non_integer_fps")
             else:
                 yield candidate
 
 
-def _run_candidate(episode_id: str, run: list[dict], latents: dict[str, np.ndarray], stride: int) -> Candidate | None:
+def _run_candidate(run: list[dict], latents: np.ndarray | None) -> Candidate:
     meta = run[0]["meta"]
     num_frames = run_frames(run)
     local = clip_source_frames(meta, num_frames)  # the run's source-rate arrays start at its first clip's start_frame
@@ -146,11 +154,8 @@ def _run_candidate(episode_id: str, run: list[dict], latents: dict[str, np.ndarr
     actions = _joined(run, "actions.npy")
     frames = run_video(run)
     extras = {}
-    if latents:
-        values = run_latents(latents, episode_id, run) if stride == 1 else None
-        if values is None:
-            return None
-        extras = {"latent_action": values}
+    if latents is not None:
+        extras = {"latent_action": latents}
         num_frames -= 1  # the last frame starts no pair
     recorded = RecordedEpisode(
         meta["task"], None if state is None else state[local[:num_frames]],

@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from pyramid.build_reader import (build_recipe, build_samples, build_shards, consecutive_runs, episodes_of, pair_latents,
-                                  run_frames, run_latents, run_video)
+from pyramid.build_reader import (build_recipe, build_samples, build_shards, episodes_of, pair_latents, run_frames,
+                                  run_video, runs_with_latents)
 from pyramid.errors import ExportError
 from pyramid.paths import output_child, safe_name
 from pyramid.atomic import atomic_write_bytes
@@ -77,7 +77,7 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
                           f"each pair of consecutive frames: build with flow stride 1")
     sampling = Sampling.for_fps(float(recipe["fps"]), downsample_rate, num_video_frames)
     latents = pair_latents(build_dir)
-    if not latents:
+    if latents == {}:
         raise ExportError(f"{build_dir}: the build has no latent actions (its recipe names no `vae`); "
                           f"Motus's latent_action dataset needs them: build with a trained VAE")
     encoder = InstructionEncoder(Path(text_encoder), device)
@@ -86,8 +86,8 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
     (out_dir / MOTUS_CACHE).unlink(missing_ok=True)
     counts = ExportCounts()
     for episode_id, clips in tqdm(episodes_of(build_samples(shards)), desc="export", unit="episode", disable=not progress):
-        for run in consecutive_runs(clips):
-            _export_run(out_dir, episode_id, run, len(clips) == len(run), latents, encoder, sampling, float(recipe["fps"]), counts)
+        for run, values in runs_with_latents(episode_id, clips, latents):
+            _export_run(out_dir, episode_id, run, len(clips) == len(run), values, encoder, sampling, float(recipe["fps"]), counts)
     write_config(out_dir, sampling, tuple(recipe["video_size"]))
     return counts
 
@@ -113,7 +113,7 @@ class InstructionEncoder:
         return [self.cache[text] for text in texts]
 
 
-def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, latents: dict[str, np.ndarray],
+def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, values: np.ndarray | None,
                 encoder: InstructionEncoder, sampling: Sampling, fps: float, counts: ExportCounts) -> None:
     first = run[0]["meta"]
     try:
@@ -129,7 +129,6 @@ def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, la
         return counts.skipped.add("too_short")
     if not texts:
         return counts.skipped.add("no_instruction")
-    values = run_latents(latents, episode_id, run)
     if values is None:
         return counts.skipped.add("missing_latent_actions")
     atomic_write_bytes(output_child(out_dir, "videos", f"{stem}.mp4"), mp4_bytes(run_video(run), fps))
