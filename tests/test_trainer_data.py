@@ -80,10 +80,10 @@ def test_actions_are_resampled_to_30_hz_over_the_frames_span_and_normalised(buil
     times = window.start_time + np.arange(48) / 30.0
     raw = build.arrays[example["key"]]["actions"]  # at 30 Hz from the clip start: row i is time i / 30
     expected = raw[np.round(times * 30).astype(int)]
-    low, high = data.normalizer.bounds(meta["embodiment"], "actions")
+    low, high = data.normalizer.bounds(meta["embodiment"], "actions", 7)
     np.testing.assert_allclose(example["actions"][:, :7].numpy(), 2 * (expected - low) / (high - low) - 1, atol=1e-5)
     state = build.arrays[example["key"]]["state"][round(window.start_time * 30)]
-    low, high = data.normalizer.bounds(meta["embodiment"], "state")
+    low, high = data.normalizer.bounds(meta["embodiment"], "state", 8)
     np.testing.assert_allclose(example["state"][:8].numpy(), 2 * (state - low) / (high - low) - 1, atol=1e-5)
 
 
@@ -102,9 +102,9 @@ def test_actions_start_at_the_condition_frames_own_source_frame(tmp_path):
         odd_starts += stored % 2
         source_rows = condition + np.arange(48) * 15 / 30
         expected = np.stack([np.interp(source_rows, np.arange(len(raw["actions"])), column) for column in raw["actions"].T], 1)
-        low, high = data.normalizer.bounds(meta["embodiment"], "actions")
+        low, high = data.normalizer.bounds(meta["embodiment"], "actions", 7)
         np.testing.assert_allclose(example["actions"][:, :7].numpy(), 2 * (expected - low) / (high - low) - 1, atol=1e-5)
-        low, high = data.normalizer.bounds(meta["embodiment"], "state")
+        low, high = data.normalizer.bounds(meta["embodiment"], "state", 8)
         np.testing.assert_allclose(example["state"][:8].numpy(), 2 * (raw["state"][condition] - low) / (high - low) - 1, atol=1e-5)
     assert odd_starts  # the windows where k / fps and the source frame differ were checked
 
@@ -124,7 +124,7 @@ def test_latent_action_targets_come_from_latent_actions_npy(build):
     assert example["actions"].shape == (48, 14) and example["action_mask"].all()
     assert "state" not in example  # human video has no robot state; the stage-2 expert runs without a state token
     latent = build.arrays[example["key"]]["latent_actions"]
-    low, high = data.normalizer.bounds("tiny_arm", "latent_actions")
+    low, high = data.normalizer.bounds("tiny_arm", "latent_actions", 14)
     allowed = 2 * (latent - low) / (high - low) - 1
     for row in example["actions"].numpy():  # every step is one of the clip's latent actions, held
         assert np.isclose(allowed, row, atol=1e-5).all(axis=1).any()
@@ -156,6 +156,20 @@ def test_missing_normalisation_statistics_name_the_manifest(build, tmp_path):
     path.write_text(json.dumps(manifest))
     with pytest.raises(EpisodeError, match="manifest.json: no q01/q99 normalisation statistics for tiny_arm actions"):
         Normalizer(path).normalize(np.zeros((2, 7), np.float32), "tiny_arm", "actions")
+
+
+def test_a_second_action_width_of_one_embodiment_is_normalised_by_its_own_statistics(tmp_path):
+    # what finalize writes when two datasets name one robot alike but record 3-D and 2-D actions
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"normalization": {"arm": {
+        "actions": {"q01": [0.0, 0.0, 0.0], "q99": [1.0, 1.0, 1.0]},
+        "actions@2d": {"q01": [10.0, -10.0], "q99": [20.0, 10.0]}}}}))
+    normalizer = Normalizer(path)
+    np.testing.assert_allclose(normalizer.normalize(np.array([[15.0, 0.0]]), "arm", "actions"), [[0.0, 0.0]])
+    np.testing.assert_allclose(normalizer.normalize(np.array([[0.5, 1.0, 0.0]]), "arm", "actions"), [[0.0, 1.0, -1.0]])
+    np.testing.assert_allclose(normalizer.denormalize(np.array([[0.0, 1.0]]), "arm", "actions"), [[15.0, 10.0]])
+    with pytest.raises(EpisodeError, match="no q01/q99 normalisation statistics for arm actions with 1 dims"):
+        normalizer.normalize(np.zeros((4, 1)), "arm", "actions")
 
 
 def test_frames_are_resized_to_the_model_size(tmp_path):

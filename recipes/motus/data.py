@@ -77,22 +77,25 @@ class Normalizer:
         except (OSError, json.JSONDecodeError) as exc:
             raise EpisodeError(self.path, f"cannot read the build manifest ({exc})") from exc
 
-    def bounds(self, embodiment: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-        entry = self.stats.get(embodiment, {}).get(name)
-        if entry is None or "q01" not in entry or "q99" not in entry:
-            raise EpisodeError(self.path, f"no q01/q99 normalisation statistics for {embodiment} {name}")
+    def bounds(self, embodiment: str, name: str, dims: int) -> tuple[np.ndarray, np.ndarray]:
+        """q01, q99 of the `dims`-wide `name` arrays of `embodiment`: a build keeps a second width of the same array
+        under one embodiment (two datasets naming one robot differently) as `<name>@<dims>d`."""
+        arrays = self.stats.get(embodiment, {})
+        entry = next((e for e in (arrays.get(name), arrays.get(f"{name}@{dims}d")) if e and len(e.get("q01", [])) == dims), None)
+        if entry is None or "q99" not in entry:
+            raise EpisodeError(self.path, f"no q01/q99 normalisation statistics for {embodiment} {name} with {dims} dims")
         return np.asarray(entry["q01"], np.float32), np.asarray(entry["q99"], np.float32)
 
     def normalize(self, values: np.ndarray, embodiment: str, name: str) -> np.ndarray:
-        low, high = self.bounds(embodiment, name)
+        low, high = self.bounds(embodiment, name, values.shape[-1])
         span = np.where(high - low > 1e-8, high - low, 1.0)  # a constant dimension maps to -1, not to inf
         return (2 * (values - low) / span - 1).astype(np.float32)
 
     def denormalize(self, values: np.ndarray, embodiment: str, name: str) -> np.ndarray:
-        low, high = self.bounds(embodiment, name)
-        dims = len(low)
+        """`values` holds the real dimensions only (the model's padding cut off)."""
+        low, high = self.bounds(embodiment, name, values.shape[-1])
         span = np.where(high - low > 1e-8, high - low, 1.0)
-        return ((values[..., :dims] + 1) / 2 * span + low).astype(np.float32)
+        return ((values + 1) / 2 * span + low).astype(np.float32)
 
 
 def model_frames(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
