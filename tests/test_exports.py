@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
 import shutil
 import subprocess
@@ -94,6 +95,12 @@ def test_export_is_the_layout_motus_reads(build, tmp_path, options, rate):
     assert config["dataset"] == {"type": "latent_action", "dataset_dir": [str(out.resolve())]}
 
     stems = motus_episodes(out)
+    scan = pickle.loads((out / "cached_episodes.v2.pkl").read_bytes())  # our own file: what Motus's scan caches
+    assert [entry["episode_name"] for entry in scan] == stems
+    assert scan[0] == {"video_path": str(out.resolve() / "videos" / f"{stems[0]}.mp4"), "root": str(out.resolve()),
+                       "lang_path": str(out.resolve() / "umt5_wan" / f"{stems[0]}.pt"), "episode_name": stems[0],
+                       "latent_action_path": str(out.resolve() / "latent_action_dim14" / f"{stems[0]}.pt"),
+                       "text_path": str(out.resolve() / "metas" / f"{stems[0]}.txt")}
     clips = build_clips(build_dir)
     flow_rows = lance.dataset(str(build_dir / "flow.lance")).to_table(columns=["episode_id", "pair_index", "latent_action"]).to_pylist()
     assert len(stems) == EPISODES + 1 and set(stems) == set(clips)

@@ -5,6 +5,7 @@
     <out>/umt5_wan/<stem>.pt                each instruction through Wan's UMT5 encoder, [tokens, dim] (a list when several)
     <out>/metas/<stem>.txt                  the instructions, one a line, in the order of the embeddings
     <out>/motus_latent_action.yaml          the config values Motus must sample these videos with
+    <out>/cached_episodes.v2.pkl            Motus's scan of this folder (its first run would otherwise see no episode)
 
 Motus (`data/latent_action/latent_action_dataset.py`) takes a stem only when all four folders hold it,
 and samples a condition frame plus `num_video_frames` frames `global_downsample_rate` frames apart,
@@ -34,7 +35,7 @@ from pyramid.sinks.left_out import LeftOut
 
 FOLDERS = ("videos", "latent_action_dim14", "umt5_wan", "metas")
 CONFIG_NAME = "motus_latent_action.yaml"
-MOTUS_CACHE = "cached_episodes.v2.pkl"  # Motus caches its scan here; a stale one would hide this export
+MOTUS_CACHE = "cached_episodes.v2.pkl"  # Motus caches its scan here, and reads only the cache once there is one
 MOTUS_FRAME_SPACING_S = 0.2  # Motus samples its 30 fps pretraining video every 6th frame
 WAN_TEXT_LEN = 512
 ENCODER_HINT = ("pass --text-encoder PATH: a local Wan2.2 diffusers directory (text_encoder/ and tokenizer/, the UMT5 "
@@ -88,8 +89,27 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
     for episode_id, clips in tqdm(episodes_of(build_samples(shards)), desc="export", unit="episode", disable=not progress):
         for run, values in runs_with_latents(episode_id, clips, latents):
             _export_run(out_dir, episode_id, run, len(clips) == len(run), values, encoder, sampling, float(recipe["fps"]), counts)
+    write_motus_scan(out_dir)
     write_config(out_dir, sampling, tuple(recipe["video_size"]))
     return counts
+
+
+def write_motus_scan(out_dir: Path) -> Path:
+    """Motus's episode cache, as its scan of this folder writes it: its loader (QuanyiLi/Motus) caches a fresh
+    scan without adding it to the episodes it returns, so without this file its first run after an export would
+    train on nothing from it. Written last, over a cache of an earlier export."""
+    import pickle
+
+    root = out_dir.resolve()
+    stems = set.intersection(*({path.stem for path in (root / folder).iterdir() if path.suffix == suffix}
+                               for folder, suffix in zip(FOLDERS, (".mp4", ".pt", ".pt", ".txt"))))
+    episodes = [{"video_path": str(root / "videos" / f"{stem}.mp4"), "lang_path": str(root / "umt5_wan" / f"{stem}.pt"),
+                 "latent_action_path": str(root / "latent_action_dim14" / f"{stem}.pt"),
+                 "text_path": str(root / "metas" / f"{stem}.txt"), "root": str(root), "episode_name": stem}
+                for stem in sorted(stems)]
+    path = out_dir / MOTUS_CACHE
+    atomic_write_bytes(path, pickle.dumps(episodes))
+    return path
 
 
 class InstructionEncoder:
