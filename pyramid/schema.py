@@ -21,7 +21,7 @@ MIN_PYLANCE = "0.20"
 CLIP_JSON = {
     "episode_id": "`<source>-<dataset>-<readable>-<hash>` (see above)",
     "source": "the source kind (`lerobot`, `agibot`, ...)",
-    "embodiment": "robot or `human`; the key of `manifest.json` normalisation statistics",
+    "embodiment": "the robot, `human` (EgoDex) or `video` (plain videos) unless the recipe names it; the key of `manifest.json` normalisation statistics",
     "level": "pyramid level, 1-6",
     "instructions": "list of instructions (may be empty)",
     "task": "the first instruction, or empty",
