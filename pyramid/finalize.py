@@ -21,7 +21,7 @@ from pyramid.errors import BuildError
 from pyramid.recipe import Recipe
 from pyramid.atomic import atomic_write_bytes
 from pyramid.staging import StagedFileDamaged, Staging
-from pyramid.stats import RunningStats
+from pyramid.stats import SHARED_ARRAYS, RunningStats
 
 PREVIEW_EPISODES = 4  # flow previews in the report
 LATENT_PREVIEW_EPISODES = 8
@@ -37,6 +37,7 @@ class Tally:
         self.quarantined: list[dict] = []
         self.skipped: list[dict] = []
         self.stats: dict[str, dict[str, RunningStats]] = defaultdict(dict)
+        self.shared: dict[str, RunningStats] = {}  # over every embodiment: the arrays of one space shared by all
         self.stage_seconds: dict[str, float] = defaultdict(float)  # summed over episodes: worker time per stage
         self.by_node: dict[str, int] = defaultdict(int)  # built episodes per Ray node id
 
@@ -58,6 +59,10 @@ class Tally:
         """Merge one episode's `partial_stats` per array (in discovery order, so the result is deterministic)."""
         for name, partial in stats.items():
             self._stats_for(embodiment, name, len(partial["sum"])).merge(partial)
+            if name in SHARED_ARRAYS:
+                if name not in self.shared:
+                    self.shared[name] = RunningStats(len(partial["sum"]), seed=zlib.crc32(name.encode()))
+                self.shared[name].merge(partial)
 
     def add_stage_seconds(self, seconds: dict[str, float]) -> None:
         for stage, value in seconds.items():
@@ -74,6 +79,9 @@ class Tally:
 
     def normalization(self) -> dict:
         return {emb: {name: s.summary() for name, s in sorted(arrays.items())} for emb, arrays in sorted(self.stats.items())}
+
+    def shared_normalization(self) -> dict:
+        return {name: stats.summary() for name, stats in sorted(self.shared.items())}
 
 
 def finalize(recipe: Recipe, fingerprint: str, timings: dict[str, float], progress: bool = True) -> dict:
@@ -157,6 +165,7 @@ def _manifest(recipe: Recipe, fingerprint: str, tally: Tally, shards: list[Path]
         "quarantined": tally.quarantined,
         "skipped": tally.skipped,
         "normalization": tally.normalization(),
+        "shared_normalization": tally.shared_normalization(),
         "outputs": {"webdataset": [str(p.relative_to(output)) for p in shards],
                     "lance": [name for name in ("clips.lance", "flow.lance") if (output / name).exists()]},
         "recipe": json.loads(recipe.model_dump_json()),

@@ -94,6 +94,9 @@ def test_export_is_the_layout_motus_reads(build, tmp_path, options, rate):
     assert (common["video_height"], common["video_width"]) == (384, 320)
     assert config["dataset"] == {"type": "latent_action", "dataset_dir": [str(out.resolve())]}
 
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    shared = manifest["shared_normalization"]["latent_actions"]  # robot episodes and the captioned clip, in one space
+    assert shared["count"] == sum(arrays["latent_actions"]["count"] for arrays in manifest["normalization"].values()) > 0
     stems = motus_episodes(out)
     scan = pickle.loads((out / "cached_episodes.v2.pkl").read_bytes())  # our own file: what Motus's scan caches
     assert [entry["episode_name"] for entry in scan] == stems

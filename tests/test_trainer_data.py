@@ -172,6 +172,20 @@ def test_a_second_action_width_of_one_embodiment_is_normalised_by_its_own_statis
         normalizer.normalize(np.zeros((4, 1)), "arm", "actions")
 
 
+def test_latent_actions_of_every_embodiment_share_one_normalisation(tmp_path):
+    path = tmp_path / "manifest.json"
+    per_robot = {"latent_actions": {"q01": [5.0] * 14, "q99": [6.0] * 14}}
+    manifest = {"normalization": {"arm": per_robot, "human": per_robot},
+                "shared_normalization": {"latent_actions": {"q01": [0.0] * 14, "q99": [2.0] * 14}}}
+    path.write_text(json.dumps(manifest))
+    for embodiment in ("arm", "human", "video"):  # one latent space: the same motion, the same target
+        np.testing.assert_allclose(Normalizer(path).normalize(np.ones((3, 14)), embodiment, "latent_actions"), np.zeros((3, 14)))
+    del manifest["shared_normalization"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(EpisodeError, match="manifest.json: no shared_normalization .* run the build again"):
+        Normalizer(path).normalize(np.ones((3, 14)), "arm", "latent_actions")
+
+
 def test_frames_are_resized_to_the_model_size(tmp_path):
     wide = shards.build(tmp_path, episodes=1, clips_per_episode=1, height=48, width=64)
     example = examples(wide, targets="none")[(0, 0)]

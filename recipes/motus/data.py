@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from pyramid.clips import clip_source_frames
 from pyramid.errors import EpisodeError
 from pyramid.resize import resize_frames
+from pyramid.stats import SHARED_ARRAYS
 from pyramid.video_io import read_clip
 from recipes.motus.config import DataConfig, FramesConfig, ModelConfig
 from recipes.motus.shards import ClipRecord, open_clips
@@ -68,21 +69,29 @@ def resample_hold(values: np.ndarray, rate: float, times: np.ndarray) -> np.ndar
 
 
 class Normalizer:
-    """Maps each dimension's [q01, q99] of the build's manifest to [-1, 1], per embodiment and array."""
+    """Maps each dimension's [q01, q99] of the build's manifest to [-1, 1]: actions and state per embodiment, latent
+    actions (one space for every embodiment) over the whole build."""
 
     def __init__(self, manifest_path: str | Path):
         self.path = Path(manifest_path)
         try:
-            self.stats = json.loads(self.path.read_text()).get("normalization", {})
+            manifest = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise EpisodeError(self.path, f"cannot read the build manifest ({exc})") from exc
+        self.stats, self.shared = manifest.get("normalization", {}), manifest.get("shared_normalization")
 
     def bounds(self, embodiment: str, name: str, dims: int) -> tuple[np.ndarray, np.ndarray]:
         """q01, q99 of the `dims`-wide `name` arrays of `embodiment`: a build keeps a second width of the same array
         under one embodiment (two datasets naming one robot differently) as `<name>@<dims>d`."""
-        arrays = self.stats.get(embodiment, {})
-        entry = next((e for e in (arrays.get(name), arrays.get(f"{name}@{dims}d")) if e and len(e.get("q01", [])) == dims), None)
-        if entry is None or "q99" not in entry:
+        if name in SHARED_ARRAYS:
+            entry = (self.shared or {}).get(name)
+            if self.shared is None:
+                raise EpisodeError(self.path, f"no shared_normalization (a build older than {name} normalised over "
+                                              f"every embodiment): run the build again to rewrite its manifest")
+        else:
+            arrays = self.stats.get(embodiment, {})
+            entry = next((e for e in (arrays.get(name), arrays.get(f"{name}@{dims}d")) if e and len(e.get("q01", [])) == dims), None)
+        if entry is None or "q99" not in entry or len(entry.get("q01", [])) != dims:
             raise EpisodeError(self.path, f"no q01/q99 normalisation statistics for {embodiment} {name} with {dims} dims")
         return np.asarray(entry["q01"], np.float32), np.asarray(entry["q99"], np.float32)
 
