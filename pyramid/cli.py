@@ -146,6 +146,7 @@ def export_motus(
     downsample_rate: Optional[int] = typer.Option(None, "--downsample-rate", min=1, help="Motus's global_downsample_rate (default: frames 0.2 s apart, as Motus samples 30 fps video)."),
     num_video_frames: int = typer.Option(8, "--num-video-frames", min=1, help="Motus's num_video_frames."),
     device: str = typer.Option("cpu", "--device", help="Where the text encoder runs (cpu, cuda)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it holds an earlier export."),
 ) -> None:
     """Write a build in the layout of the original Motus trainer's latent_action dataset, with a config snippet."""
     from pyramid.errors import ExportError
@@ -153,7 +154,7 @@ def export_motus(
 
     try:
         counts = run_export(build_dir, out_dir, text_encoder, downsample_rate=downsample_rate,
-                            num_video_frames=num_video_frames, device=device)
+                            num_video_frames=num_video_frames, device=device, overwrite=overwrite)
     except ExportError as exc:
         fail(str(exc))
     skipped = counts.skipped.describe()
@@ -168,7 +169,7 @@ def export_lerobot(
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind of a dataset root; auto-detected when omitted."),
     embodiment: Optional[str] = typer.Option(None, "--embodiment", help="Export only this embodiment (a LeRobot dataset holds one robot)."),
     codec: str = typer.Option("libsvtav1", "--codec", help="libsvtav1 (AV1, LeRobot's default) or libx264."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it holds an earlier LeRobot export."),
 ) -> None:
     """Write a build (with latent actions when labelled) or any source dataset as a LeRobot v3.0 dataset."""
     from pyramid.errors import ExportError

@@ -1,4 +1,5 @@
-"""Confinement: every path a reader opens stays inside its dataset root, every path a writer makes inside its output.
+"""Confinement: every path a reader opens stays inside its dataset root, every path a writer makes inside its output,
+and an output never overlaps what it is made from.
 
 Readers refuse `..` and absolute paths from metadata, and symlinks that leave the root or loop back on
 themselves (a source option, `follow_symlinks: true`, lets links out of the root; loops are never
@@ -11,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, ExportError
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
@@ -65,3 +66,22 @@ def safe_name(name: str, what: str = "name") -> str:
 def output_child(out_dir: Path, *names: str) -> Path:
     """A path under `out_dir` built from safe names only."""
     return Path(out_dir).joinpath(*(safe_name(name) for name in names))
+
+
+def overlapping(first: Path, second: Path) -> bool:
+    """Whether one path is the other or lies inside it (links resolved)."""
+    first, second = os.path.realpath(first), os.path.realpath(second)
+    return _within(first, second) or _within(second, first)
+
+
+def check_export_target(input_path: Path, out_dir: Path, overwrite: bool, marker: str) -> None:
+    """An export may write `out_dir` when it is apart from its input (neither inside the other) and absent, empty, or,
+    with `overwrite`, an earlier export of its kind (it holds `marker`): never another directory a user keeps."""
+    if overlapping(input_path, out_dir):
+        raise ExportError(f"{out_dir}: overlaps the input {input_path} (one lies inside the other); write the export elsewhere")
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not overwrite:
+        raise ExportError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    if not (out_dir / marker).exists():
+        raise ExportError(f"{out_dir}: --overwrite replaces only an earlier export, and this holds no {marker}")

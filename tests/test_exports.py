@@ -329,3 +329,40 @@ def test_export_lerobot_of_each_source_kind(kind, tmp_path):
     source = first.frames(camera)
     height, width = video.shape[1:3]
     assert np.abs(video[: first.num_frames].astype(int) - source[:, :height, :width]).mean() < 10  # H.264 on 32x40 frames
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_lerobot_never_writes_over_its_input_or_a_directory_it_did_not_write(tmp_path):
+    sample = write_sample_data(tmp_path / "sample", robot_episodes=2, video_clips=1, seed=1, num_frames=20)
+    before = tree_digest(tmp_path / "sample")
+    kept = tmp_path / "notes"
+    kept.mkdir()
+    (kept / "precious.txt").write_text("keep me")
+    for out, words in [(sample["lerobot"], "overlaps the input"), (tmp_path / "sample", "overlaps the input"),
+                       (sample["lerobot"] / "export", "overlaps the input"), (kept, "holds no meta/info.json")]:
+        result = subprocess.run([*CLI, "export-lerobot", str(sample["lerobot"]), str(out), "--overwrite"],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert tree_digest(tmp_path / "sample") == before and (kept / "precious.txt").read_text() == "keep me"
+
+
+def test_export_motus_replaces_only_an_earlier_export_and_never_its_build(build, tmp_path):
+    build_dir, encoder = build
+    out = tmp_path / "export"
+    assert export(build_dir, out, "--text-encoder", str(encoder)).returncode == 0
+    stale = out / "videos" / "from-an-earlier-export.mp4"
+    stale.write_bytes(b"")
+    result = export(build_dir, out, "--text-encoder", str(encoder))
+    assert result.returncode == 2 and "already exists (pass --overwrite" in result.stderr
+    result = export(build_dir, out, "--text-encoder", str(encoder), "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not stale.exists() and len(motus_episodes(out)) == EPISODES + 1
+    for inside in (build_dir, build_dir / "motus"):
+        result = export(build_dir, inside, "--text-encoder", str(encoder), "--overwrite")
+        assert result.returncode == 2 and "overlaps the input" in result.stderr
+    assert not (build_dir / "videos").exists() and not (build_dir / "motus").exists()
+    result = export(build_dir, tmp_path / "other", "--text-encoder", str(encoder), "--device", "banana")
+    assert result.returncode == 2 and "--device: device 'banana' is not one of" in result.stderr

@@ -28,6 +28,7 @@ from pyramid.build_reader import (build_recipe, build_samples, build_shards, epi
 from pyramid.clips import clip_source_frames, pair_actions
 from pyramid.errors import EpisodeError, ExportError, SourceError
 from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+from pyramid.paths import check_export_target
 from pyramid.sinks.left_out import LeftOut
 
 LATENT_NAMES = [f"latent_{i}" for i in range(14)]
@@ -61,8 +62,7 @@ class LeRobotExport:
 def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None, embodiment: str | None = None,
                    codec: str = "libsvtav1", overwrite: bool = False) -> LeRobotExport:
     input_path, out_dir = Path(input_path), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    check_export_target(input_path, out_dir, overwrite, "meta/info.json")
     summary = LeRobotExport()
     candidates = build_candidates(input_path, summary) if is_build(input_path) else source_candidates(input_path, source, summary)
     if embodiment is not None:

@@ -17,6 +17,7 @@ id, or `<id>_c<first clip>` when a static clip splits the episode), and a run sh
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from pyramid.build_reader import (build_recipe, build_samples, build_shards, episodes_of, pair_latents, run_frames,
                                   run_video, runs_with_latents)
 from pyramid.errors import ExportError
-from pyramid.paths import output_child, safe_name
+from pyramid.paths import check_export_target, output_child, safe_name
 from pyramid.atomic import atomic_write_bytes
 from pyramid.staging import mp4_bytes
 from pyramid.sinks.left_out import LeftOut
@@ -67,9 +68,11 @@ class ExportCounts:
 
 
 def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, downsample_rate: int | None = None,
-                 num_video_frames: int = 8, device: str = "cpu", progress: bool = True) -> ExportCounts:
+                 num_video_frames: int = 8, device: str = "cpu", overwrite: bool = False, progress: bool = True) -> ExportCounts:
     build_dir, out_dir = Path(build_dir), Path(out_dir)
     shards = build_shards(build_dir)
+    check_export_target(build_dir, out_dir, overwrite, CONFIG_NAME)
+    device = _device(device)
     if text_encoder is None:
         raise ExportError(f"export-motus needs the text encoder: {ENCODER_HINT}")
     recipe = build_recipe(build_dir)
@@ -82,6 +85,8 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
         raise ExportError(f"{build_dir}: the build has no latent actions (its recipe names no `vae`); "
                           f"Motus's latent_action dataset needs them: build with a trained VAE")
     encoder = InstructionEncoder(Path(text_encoder), device)
+    if overwrite:  # an earlier export (check_export_target saw its config): none of its videos may stay beside these
+        shutil.rmtree(out_dir, ignore_errors=True)
     for folder in FOLDERS:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     (out_dir / MOTUS_CACHE).unlink(missing_ok=True)
@@ -110,6 +115,15 @@ def write_motus_scan(out_dir: Path) -> Path:
     path = out_dir / MOTUS_CACHE
     atomic_write_bytes(path, pickle.dumps(episodes))
     return path
+
+
+def _device(name: str) -> str:
+    from latent_action.train import resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except ValueError as exc:
+        raise ExportError(f"--device: {exc}") from None
 
 
 class InstructionEncoder:
