@@ -34,6 +34,11 @@ class FlowBackend:
             raise ValueError(f"flow scale must be in (0, 1], got {scale}")
         self.scale = scale
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """A ValueError for an option value the backend refuses, found without building it: a recipe is checked
+        before any worker starts, where a misspelt value would otherwise stop every worker at once."""
+
     def __call__(self, frames_a: np.ndarray, frames_b: np.ndarray) -> np.ndarray:
         """Flow from each frames_a[i] to frames_b[i]: [P, H, W, 3] uint8 twice -> [P, H, W, 2] float32."""
         check_frames(frames_a, "frames_a")
@@ -107,6 +112,7 @@ def resolved_options(spec: str, options: dict | None = None) -> dict:
         known = ", ".join(p for p in parameters if p != "self")
         raise ValueError(f"flow backend '{name}' has no option {', '.join(unknown)} (it takes: {known})")
     defaults = {key: p.default for key, p in parameters.items() if key != "self" and p.default is not inspect.Parameter.empty}
+    backend_class.check_options({**defaults, **options})
     return {key: v for key, v in sorted({**defaults, **options}.items()) if key not in SPEED_OPTIONS}
 
 

@@ -37,10 +37,14 @@ class DisBackend(GrayscaleBackend):
     spec_option = "preset"
 
     def __init__(self, preset: str = DEFAULT_PRESET, threads: int | None = None, scale: float = 1.0):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown DIS preset {preset!r}; choose from {', '.join(PRESETS)}")
+        self.check_options({"preset": preset})
         self.preset = preset
         super().__init__(threads, scale)
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options.get("preset", DEFAULT_PRESET) not in PRESETS:
+            raise ValueError(f"unknown DIS preset {options['preset']!r}; choose from {', '.join(PRESETS)}")
 
     def make_engine(self) -> cv2.DISOpticalFlow:
         return dis_engine(*PRESETS[self.preset])

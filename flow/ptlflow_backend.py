@@ -43,6 +43,17 @@ class PtlflowBackend(FlowBackend):
     name = "ptlflow"
     spec_option = "model"
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options["precision"] not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {options['precision']!r}")
+        if options["random_weights"] and options["checkpoint"] is not None:
+            raise ValueError("pass either checkpoint or random_weights=True, not both")
+        if not isinstance(options["batch_size"], int) or options["batch_size"] < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {options['batch_size']!r}")
+        if options["model"] not in ptlflow.get_model_names():
+            raise ValueError(f"ptlflow has no model {options['model']!r} (it has e.g. dpflow, sea_raft_s, raft)")
+
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
@@ -54,12 +65,8 @@ class PtlflowBackend(FlowBackend):
         precision: str = "fp32",
     ):
         super().__init__(scale)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if random_weights and checkpoint is not None:
-            raise ValueError("pass either checkpoint or random_weights=True, not both")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.check_options({"model": model, "checkpoint": checkpoint, "random_weights": random_weights,
+                            "batch_size": batch_size, "precision": precision})
         model_class = ptlflow.get_model_reference(model)
         weights = None if random_weights else resolve_checkpoint(model, model_class, checkpoint)
         self.model_name = model

@@ -158,7 +158,7 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
     fingerprint = recipe.content_fingerprint()
     manifest_path = output / "manifest.json"
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = _read_manifest(manifest_path)
         if manifest.get("recipe_fingerprint") != fingerprint:
             raise BuildError(f"{output}: holds a finished build of a different recipe; choose another output directory")
         if retry_failed and manifest["episodes"]["failed"]:
@@ -198,20 +198,42 @@ def build_lock(output: Path) -> Iterator[None]:
         yield
 
 
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildError(f"{path}: unreadable ({exc.__class__.__name__}); this output is no finished build: "
+                         f"delete {path.parent} or choose another output directory") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("episodes"), dict):
+        raise BuildError(f"{path}: not a build manifest; delete {path.parent} or choose another output directory")
+    return manifest
+
+
 def _claim_staging(output: Path, fingerprint: str, retry_failed: bool) -> None:
-    """Staged work is reused only by the recipe that made it."""
+    """Staged work is reused only by the recipe that made it; a staging directory without a finished episode
+    (a build that stopped before any, say on a misspelt option) is taken over by whichever recipe comes next."""
     from pyramid.staging import Staging
 
     staging = Staging(output)
     marker = staging.dir / "recipe.json"
-    if marker.exists() and json.loads(marker.read_text())["fingerprint"] != fingerprint:
-        raise BuildError(f"{output}: holds an unfinished build of a different recipe; rerun that recipe, "
-                         f"or delete {staging.dir} to start over")
+    if marker.exists() and _staged_fingerprint(marker) != fingerprint:
+        if any(path != marker for path in staging.dir.glob("*.json")):
+            raise BuildError(f"{output}: holds an unfinished build of a different recipe; rerun that recipe, "
+                             f"or delete {staging.dir} to start over")
+        shutil.rmtree(staging.dir)
+        staging = Staging(output)
     marker.write_text(json.dumps({"fingerprint": fingerprint}))
     if retry_failed:
         for status_path in staging.dir.glob("*.json"):
             if status_path != marker and json.loads(status_path.read_text()).get("status") == "failed":
                 status_path.unlink()
+
+
+def _staged_fingerprint(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None  # unreadable: it vouches for no recipe
 
 
 def _process_episodes(recipe: Recipe, workers: int | None) -> None:

@@ -26,7 +26,7 @@ class ConfigError(Exception):
 class Strict(BaseModel):
     """The base of every config model: unknown keys are errors, loaded values are not changed in place."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no setting is infinite or NaN
 
 
 def load_yaml(path: str | os.PathLike, model: type[Model], error: type[ConfigError], *,
@@ -40,7 +40,9 @@ def load_yaml(path: str | os.PathLike, model: type[Model], error: type[ConfigErr
 
 def read_mapping(path: Path, error: type[ConfigError]) -> dict:
     try:
-        raw = yaml.safe_load(expand_environment(path.read_text(), path, error))
+        raw = yaml.safe_load(expand_environment(path.read_text(encoding="utf-8"), path, error))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: cannot read {_kind(error)} (not UTF-8 text: byte {exc.start})") from None
     except (OSError, yaml.YAMLError) as exc:
         raise error(f"{path}: cannot read {_kind(error)} ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict):

@@ -53,6 +53,28 @@ def test_every_bad_key_is_reported_at_once(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("changes, words", [
+    ({"flow": {"backend": "dis", "options": {"preset": "balnced"}}}, "unknown DIS preset 'balnced'"),
+    ({"flow": {"backend": "ptlflow:nonexistent"}}, "ptlflow has no model 'nonexistent'"),
+    ({"flow": {"backend": "ptlflow:dpflow", "options": {"precision": "fp8"}}}, "precision must be one of"),
+    ({"fps": float("inf")}, "fps: Input should be a finite number"),
+    ({"shard_size_mb": float("nan")}, "shard_size_mb: Input should be a finite number"),
+])
+def test_bad_option_values_are_refused_before_any_work(tmp_path, changes, words):
+    # found while reading the recipe: after Ray started, every worker failed on them at once
+    path = write(tmp_path, {"sources": [{"kind": "videos", "root": "clips"}], "output": "out", **changes})
+    with pytest.raises(BuildRecipeError) as caught:
+        load_recipe(path)
+    assert str(caught.value).startswith(str(path)) and words in str(caught.value)
+
+
+def test_a_recipe_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("output: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(BuildRecipeError, match=r"latin1\.yaml: cannot read recipe \(not UTF-8 text"):
+        load_recipe(path)
+
+
 def test_missing_required_keys_are_named(tmp_path):
     with pytest.raises(BuildRecipeError, match="sources: Field required.*output: Field required"):
         load_recipe(write(tmp_path, {}))

@@ -87,3 +87,31 @@ def test_a_staged_file_cut_short_is_named_and_its_episode_redone(videos, tmp_pat
     finalize(recipe, recipe.content_fingerprint(), {}, progress=False)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["episodes"]["ok"] == 3
 
+
+
+def test_a_staging_directory_without_a_finished_episode_is_taken_over_by_the_next_recipe(tmp_path):
+    from pyramid.pipeline import _claim_staging
+
+    staging = tmp_path / "_staging"
+    staging.mkdir()
+    (staging / "recipe.json").write_text(json.dumps({"fingerprint": "misspelt-preset"}))
+    (staging / "lerobot-a-1.started").touch()  # begun by a worker that then failed to start its backend
+    _claim_staging(tmp_path, "corrected", retry_failed=False)
+    assert json.loads((staging / "recipe.json").read_text()) == {"fingerprint": "corrected"}
+    assert not (staging / "lerobot-a-1.started").exists()
+    (staging / "lerobot-a-1.json").write_text(json.dumps({"episode_id": "lerobot-a-1", "status": "ok"}))
+    with pytest.raises(BuildError, match="holds an unfinished build of a different recipe"):
+        _claim_staging(tmp_path, "another", retry_failed=False)
+    (staging / "recipe.json").write_text("{cut")  # unreadable: it vouches for no recipe, and work is staged
+    with pytest.raises(BuildError, match="holds an unfinished build of a different recipe"):
+        _claim_staging(tmp_path, "corrected", retry_failed=False)
+
+
+@pytest.mark.parametrize("content", ["{cut", "[1, 2]", "\xff"])
+def test_an_unreadable_manifest_is_one_line_naming_it(tmp_path, content):
+    from pyramid.pipeline import _read_manifest
+
+    path = tmp_path / "manifest.json"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(BuildError, match=r"manifest\.json: (unreadable|not a build manifest)"):
+        _read_manifest(path)
