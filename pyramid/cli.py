@@ -71,8 +71,8 @@ def _describe(row: dict) -> str:
 @app.command("sample-data")
 def sample_data(
     out_dir: Path = typer.Argument(..., help="Directory to write the sample datasets into."),
-    episodes: int = typer.Option(32, help="Robot episodes (LeRobot v3.0, with actions)."),
-    clips: int = typer.Option(8, help="Unlabelled plain video clips."),
+    episodes: int = typer.Option(32, min=1, help="Robot episodes (LeRobot v3.0, with actions)."),
+    clips: int = typer.Option(8, min=0, help="Unlabelled plain video clips."),
     seed: int = typer.Option(0, help="Random seed; the same seed writes the same data."),
     sim: Optional[str] = typer.Option(None, "--sim", help="Write simulated 3-D robot episodes instead: 'metaworld' (needs the sim extra of the package)."),
     task: Optional[list[str]] = typer.Option(None, "--task", help="With --sim: a MetaWorld task, e.g. pick-place-v3 (repeatable; default: six tasks)."),
@@ -94,7 +94,10 @@ def sample_data(
         fail("--task, --variations, --camera, --max-steps and --workers need --sim metaworld")
     from pyramid.sample_data import write_sample_data
 
-    paths = write_sample_data(out_dir, robot_episodes=episodes, video_clips=clips, seed=seed)
+    try:
+        paths = write_sample_data(out_dir, robot_episodes=episodes, video_clips=clips, seed=seed)
+    except ValueError as exc:
+        fail(str(exc))
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
 
@@ -205,12 +208,19 @@ def main(argv: list[str] | None = None) -> None:
     # the hub; nothing here quantises, so the line is noise on every command that loads a model.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
-        app(args=argv, prog_name="pyramid")
+        code = app(args=argv, prog_name="pyramid", standalone_mode=False)
     except SystemExit:
         raise
+    except typer.Abort:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # a bad option or argument (click's usage errors): one line, not a framed box
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "pyramid"
+        typer.echo(f"error: {command}: {' '.join(exc.format_message().split())} (see {command} --help)", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
         if debugging():
             raise
         code, message = describe_error(exc)
         typer.echo(f"error: {message}", err=True)
-        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,7 +8,9 @@ flow and latent actions learned from these frames can be checked against them.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +23,7 @@ from pyramid.video_io import write_video
 # Motus trains at 384x320 (height x width): sample frames are born at that size, so a build stores them unresized.
 HEIGHT, WIDTH, FPS = 384, 320, 10
 NAMES = ["x", "y", "grip"]
+ROBOT_TYPE = "sample_arm"
 CAMERA = "observation.images.top"
 MAX_SPEED = 6.0  # px per frame
 MAX_GRIP_SPEED = 0.25  # opening per frame: each jaw moves up to about 5 px, a motion flow sees as well as the arm's
@@ -42,12 +45,31 @@ def write_sample_data(out_dir: str | os.PathLike, robot_episodes: int = 32, vide
     Both are replaced if they exist. The same seed writes the same states, actions and frames.
     """
     out_dir = Path(out_dir)
+    check_replaceable(out_dir / "lerobot", ROBOT_TYPE)
+    check_replaceable(out_dir / "videos")
     out_dir.mkdir(parents=True, exist_ok=True)
     robot_seed, clip_seed = np.random.SeedSequence(seed).spawn(2)
     lerobot = write_lerobot_v3(out_dir / "lerobot", _episodes(robot_seed, robot_episodes, num_frames), fps=FPS,
-                               robot_type="sample_arm", state_names=NAMES, action_names=NAMES, overwrite=True)
+                               robot_type=ROBOT_TYPE, state_names=NAMES, action_names=NAMES, overwrite=True)
     videos = _write_clips(out_dir / "videos", clip_seed, video_clips, num_frames)
     return {"lerobot": lerobot, "videos": videos}
+
+
+def check_replaceable(folder: Path, robot_type: str | None = None) -> None:
+    """Sample data replaces only sample data: a LeRobot dataset of `robot_type`, or a folder of sample clips
+    (`clip_NNN.mp4` and their captions), never a dataset a user keeps under the same name."""
+    if not folder.exists():
+        return
+    if robot_type is not None:
+        info = folder / "meta" / "info.json"
+        try:
+            ours = json.loads(info.read_text()).get("robot_type") == robot_type
+        except (OSError, ValueError, AttributeError):
+            ours = False
+    else:
+        ours = folder.is_dir() and all(re.fullmatch(r"clip_\d{3}\.(mp4|txt)", path.name) for path in folder.iterdir())
+    if not ours:
+        raise ValueError(f"{folder}: exists and is not sample data this command wrote; choose another directory")
 
 
 def _episodes(seed: np.random.SeedSequence, count: int, num_frames: int) -> Iterator[RecordedEpisode]:

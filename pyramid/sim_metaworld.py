@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+from pyramid.sample_data import check_replaceable
 
 # Six tasks with clearly different arm motions whose scripted policies succeed on all 8 train variations
 # with 0.1 action noise (door-open-v3 fails one, so window-open-v3 takes its place).
@@ -130,6 +131,7 @@ def write_metaworld_sample(
     settings = _Settings(cameras, int(height), int(width), float(action_noise), int(max_steps), int(seed))
     _check_arguments(metaworld, tasks, variations, fps, settings, workers)
     out_dir = Path(out_dir)
+    check_replaceable(out_dir / "metaworld", ROBOT_TYPE)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
     results = _run_ordered(_jobs(metaworld, tasks, variations, seed), settings, workers)

@@ -49,3 +49,18 @@ def test_unusable_root_exits_non_zero_with_one_line(args, tmp_path):
     result = runner.invoke(app, ["inspect", *[a.format(tmp=tmp_path) for a in args]])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("args, words", [(["build", "--workers", "abc", "x.yaml"], "pyramid build: Invalid value for '--workers'"),
+                                         (["sample-data", "out", "--episodes", "0"], "pyramid sample-data: Invalid value for '--episodes'"),
+                                         (["nosuch"], "pyramid: No such command 'nosuch'")])
+def test_a_usage_error_is_one_line_and_exit_code_2(args, words):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pyramid", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {words}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not result.stdout
+    command = [] if args[0] == "nosuch" else args[:1]
+    help_text = subprocess.run([sys.executable, "-m", "pyramid", *command, "--help"], capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0 and "Usage:" in help_text.stdout

@@ -111,3 +111,12 @@ def test_rewriting_replaces_the_previous_sample(tmp_path):
     info = json.loads((tmp_path / "lerobot/meta/info.json").read_text())
     assert info["total_episodes"] == 1 and len(list((tmp_path / "videos").glob("*.mp4"))) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lerobot", "videos"]
+
+
+@pytest.mark.parametrize("folder", ["lerobot", "videos"])
+def test_sample_data_never_replaces_a_dataset_it_did_not_write(tmp_path, folder):
+    (tmp_path / folder / "meta").mkdir(parents=True)
+    (tmp_path / folder / "meta/info.json").write_text(json.dumps({"robot_type": "aloha"}))
+    with pytest.raises(ValueError, match=rf"{folder}: exists and is not sample data this command wrote"):
+        write_sample_data(tmp_path, robot_episodes=1, video_clips=1, seed=0, num_frames=6)
+    assert json.loads((tmp_path / folder / "meta/info.json").read_text()) == {"robot_type": "aloha"}
