@@ -13,10 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
+from pyramid.errors import EpisodeError
+from pyramid.training.checkpoints import STATE_FILE
 from pyramid.video_io import write_video
+from pyramid.yaml_config import validation_problems
 from recipes.motus.build import build_encoders, build_motus
-from recipes.motus.checkpoint import load_weights
+from recipes.motus.checkpoint import load_weights, read_training_state
 from recipes.motus.config import DataConfig, Recipe
 from recipes.motus.data import ClipExamples, collate
 from recipes.motus.schedule import GIVEN_CLEAN, Mode
@@ -30,25 +34,40 @@ class PredictionFiles:
 
 
 def load_recipe_of(checkpoint: str | Path) -> Recipe:
-    state = json.loads((Path(checkpoint) / "training_state.json").read_text())
-    return Recipe.model_validate(state["recipe"])
+    """The recipe a `pyramid train` checkpoint was trained with (its training state keeps it)."""
+    state = read_training_state(checkpoint)
+    path = Path(checkpoint) / STATE_FILE
+    if not isinstance(state.get("recipe"), dict):
+        raise EpisodeError(path, "no training recipe in it: not a `pyramid train` checkpoint (a latent-action VAE "
+                                 "checkpoint from `pyramid train-vae` is for `pyramid label`)")
+    try:
+        return Recipe.model_validate(state["recipe"])
+    except ValidationError as exc:
+        raise EpisodeError(path, "the recipe saved in it is invalid: "
+                                 + "; ".join(validation_problems(exc)[:3])) from exc
 
 
 def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: DataConfig | None = None,
                  clip: int = 0, steps: int | None = None, seed: int = 0) -> PredictionFiles:
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     recipe = load_recipe_of(checkpoint)
+    steps = recipe.model.inference_steps if steps is None else steps
     mode = Mode(mode)
+    data = data or recipe.data
+    if data.targets == "none":  # a stage-1 checkpoint still needs an action chunk's shape (and actions for world_model)
+        data = data.model_copy(update={"targets": "actions"})
+    dataset = ClipExamples(data, recipe.model, seed=seed)  # before the model: a bad build or clip fails fast
+    if not 0 <= clip < len(dataset):
+        raise EpisodeError(data.root, f"no usable clip {clip} (--clip): the build has {len(dataset)} usable clips, "
+                                      f"0 to {len(dataset) - 1}")
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_motus(recipe.model)
     load_weights(checkpoint, model)
     model.to(device).eval()
     encoders = build_encoders(recipe.model, device, with_vlm=True, seed=recipe.train.seed)
-
-    data = data or recipe.data
-    if data.targets == "none":  # a stage-1 checkpoint still needs an action chunk's shape (and actions for world_model)
-        data = data.model_copy(update={"targets": "actions"})
-    dataset = ClipExamples(data, recipe.model, seed=seed)
-    batch = collate([dataset[(clip % len(dataset), clip)]])
+    batch = collate([dataset[(clip, clip)]])
     inputs = encoders.inputs(batch, device)
     latents = inputs["latents"]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -56,7 +75,7 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
             mode, latents[:, :, :1], latents.shape[2], inputs["text"], action_shape=tuple(inputs["actions"].shape[1:]),
             actions=inputs["actions"], video_latents=latents, state=inputs.get("state"),
             und_features=inputs.get("und_features"), und_mask=inputs.get("und_mask"),
-            num_steps=steps or recipe.model.inference_steps, generator=torch.Generator().manual_seed(seed))
+            num_steps=steps, generator=torch.Generator().manual_seed(seed))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,8 +88,8 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
     np.save(out / "actions.npy", actions)
     summary = {"checkpoint": str(checkpoint), "mode": mode.value, "clip": batch["key"][0],
                "instruction": batch["instruction"][0], "given_clean": GIVEN_CLEAN.get(mode),
-               "video_frames": int(frames.shape[0]), "action_shape": list(actions.shape), "steps": steps
-               or recipe.model.inference_steps, "action_units": data.targets}
+               "video_frames": int(frames.shape[0]), "action_shape": list(actions.shape), "steps": steps,
+               "action_units": data.targets}
     summary_path = out / "prediction.json"
     summary_path.write_text(json.dumps(summary, indent=1))
     return PredictionFiles(video_path, out / "actions.npy", summary_path)

@@ -33,6 +33,9 @@ def train(recipe: Recipe, resume: bool = False, log=print) -> dict:
     rank, world_size, device = setup_distributed()
     is_main = rank == 0
     output = Path(cfg.output_dir)
+    check_output_dir(output)
+    checkpoint = checkpoint_to_resume(output / "checkpoints", resume)  # refuses checkpoints unless resuming
+    dataset = ClipExamples(recipe.data, recipe.model, seed=cfg.seed)  # before the model: a bad build fails fast
 
     # Model: same seed on every rank, so random-init weights agree before the first step.
     torch.manual_seed(cfg.seed)
@@ -55,13 +58,11 @@ def train(recipe: Recipe, resume: bool = False, log=print) -> dict:
     noise = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # timesteps and noise; saved for exact resume
 
     step, consumed = 0, 0
-    checkpoint = checkpoint_to_resume(output / "checkpoints", resume)  # refuses checkpoints unless resuming
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, noise)
         step, consumed = state["step"], state["samples_consumed"]
         log(f"resumed from {checkpoint} at step {step}")
 
-    dataset = ClipExamples(recipe.data, recipe.model, seed=cfg.seed)
     loader = make_loader(dataset, cfg.batch_size, cfg.seed, consumed, rank, world_size, recipe.data.num_workers)
     if is_main:
         log(f"stage {cfg.stage}: {len(dataset)} clips ({dict(dataset.skipped) or 'none'} skipped), "
@@ -107,6 +108,18 @@ def train(recipe: Recipe, resume: bool = False, log=print) -> dict:
     if writer is not None:
         writer.close()
     return {"step": step, "losses": history, "checkpoint": str(latest_checkpoint(output))}
+
+
+BUILD_CONTENTS = ("manifest.json", "webdataset", "clips.lance")  # what marks a `pyramid build` output
+
+
+def check_output_dir(output: Path) -> None:
+    """Refuse, before any work, an output that is a file or a build (checkpoints would land inside the build)."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"{output}: train.output_dir is a file, not a directory")
+    if found := [name for name in BUILD_CONTENTS if (output / name).exists()]:
+        raise FileExistsError(f"{output}: train.output_dir is a build directory (it holds {found[0]}): "
+                              "choose another output directory")
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:

@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pyramid.atomic import atomic_directory
-from pyramid.training.checkpoints import STATE_FILE, load_rng, save_rng
+from pyramid.errors import EpisodeError
+from pyramid.training.checkpoints import RNG_FILE, STATE_FILE, save_rng
 from pyramid.training.checkpoints import latest_checkpoint as latest_in
 from pyramid.training.checkpoints import step_directory as step_in
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -75,37 +77,109 @@ def _write_experts(folder: Path, unwrapped, weights: dict[str, torch.Tensor]) ->
 def load_weights(directory: str | Path, model, experts: tuple[str, ...] = EXPERTS) -> None:
     """Load the named experts' weights from a checkpoint into `model` (strict for each expert loaded)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise EpisodeError(directory, "not a checkpoint directory")
+    if not any((directory / name).is_dir() for name in EXPERTS):
+        raise EpisodeError(directory, f"not a `pyramid train` checkpoint (no {', '.join(EXPERTS)} folders)")
     tensors = {}
     for name in experts:
         path = directory / name / WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"{path}: no {name} weights in this checkpoint")
-        tensors.update({f"{name}.{k}": v for k, v in load_file(path).items()})
+        tensors.update({f"{name}.{k}": v for k, v in read_tensors(path).items()})
     strict = set(experts) == set(EXPERTS)
-    set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=strict))
+    try:
+        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=strict))
+    except RuntimeError as exc:
+        raise EpisodeError(directory, f"weights do not fit the model ({first_problem(exc)})") from exc
 
 
 def load_checkpoint(directory: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote; returns the training state (step, samples consumed, ...)."""
     load_weights(directory, model)
-    state = json.loads((directory / STATE_FILE).read_text())
+    state = read_training_state(directory)
+    require_fields(state, directory / STATE_FILE, {"step": int, "samples_consumed": int, "scheduler": dict,
+                                                   "param_groups": list})
     moments: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(directory / "optimizer.safetensors").items():
+    for key, value in read_tensors(directory / "optimizer.safetensors").items():
         param, _, name = key.rpartition("/")
         moments.setdefault(param, {})[name] = value
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["param_groups"]]
-    # strict=False: a parameter that never received a gradient (e.g. the state encoder in a stage without
-    # states) has no AdamW state to save, and none to restore.
-    set_optimizer_state_dict(model, optimizer, {"state": moments, "param_groups": groups},
-                             options=StateDictOptions(full_state_dict=True, strict=False))
-    scheduler.load_state_dict(state["scheduler"])
-    generators = load_rng(directory)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    if f"noise_generator_rank{rank}" in generators:
-        generator.set_state(generators[f"noise_generator_rank{rank}"])
-    else:  # more processes than the run that saved: new ranks draw fresh noise (the resume is no longer exact)
-        generator.manual_seed(int(generators["noise_generator_rank0"].sum()) + 7919 * rank)
+    check_moment_shapes(directory / "optimizer.safetensors", model, moments)
+    try:
+        groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["param_groups"]]
+        # strict=False: a parameter that never received a gradient (e.g. the state encoder in a stage without
+        # states) has no AdamW state to save, and none to restore.
+        set_optimizer_state_dict(model, optimizer, {"state": moments, "param_groups": groups},
+                                 options=StateDictOptions(full_state_dict=True, strict=False))
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise EpisodeError(directory / STATE_FILE, f"optimizer or scheduler state does not fit this run "
+                                                   f"({first_problem(exc)})") from exc
+    restore_noise(directory, generator)
     return state
+
+
+def check_moment_shapes(path: Path, model, moments: dict[str, dict[str, torch.Tensor]]) -> None:
+    """AdamW would only fail at its first step on a moment of the wrong shape; name the file before that."""
+    shapes = {name: parameter.shape for name, parameter in _unwrap(model).named_parameters()}
+    for param, entry in moments.items():
+        for key, value in entry.items():
+            if key != "step" and param in shapes and value.shape != shapes[param]:
+                raise EpisodeError(path, f"{param}/{key} has shape {list(value.shape)} but the model's parameter "
+                                         f"has {list(shapes[param])}: the checkpoint is damaged or of another model")
+
+
+def restore_noise(directory: Path, generator: torch.Generator) -> None:
+    generators = read_tensors(directory / RNG_FILE)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    try:
+        if f"noise_generator_rank{rank}" in generators:
+            generator.set_state(generators[f"noise_generator_rank{rank}"])
+        else:  # more processes than the run that saved: new ranks draw fresh noise (the resume is no longer exact)
+            generator.manual_seed(int(generators["noise_generator_rank0"].sum()) + 7919 * rank)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise EpisodeError(directory / RNG_FILE, f"no usable noise generator state ({first_problem(exc)})") from exc
+
+
+def read_training_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise EpisodeError(directory, f"not a checkpoint directory (no {STATE_FILE})")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise EpisodeError(path, f"unreadable training state ({first_problem(exc)})") from exc
+    if not isinstance(state, dict):
+        raise EpisodeError(path, "unreadable training state (not a JSON object)")
+    return state
+
+
+def require_fields(state: dict[str, Any], path: Path, fields: dict[str, type]) -> None:
+    wrong = [name for name, kind in fields.items() if not isinstance(state.get(name), kind)]
+    if wrong:
+        raise EpisodeError(path, f"missing or malformed {', '.join(wrong)}: not a `pyramid train` checkpoint "
+                                 f"or a damaged one")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; a missing, truncated or garbage one is an error naming it."""
+    if not path.is_file():
+        raise EpisodeError(path, "missing from this checkpoint")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise EpisodeError(path, f"unreadable safetensors file, the checkpoint is damaged ({exc})") from exc
+
+
+def first_problem(exc: BaseException) -> str:
+    """The first line of an error's message (torch lists every mismatched tensor, one per line)."""
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} entry"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "Error(s) in loading state_dict for X:" heads the list
+        lines = lines[1:]
+    more = f"; and {len(lines) - 1} more" if len(lines) > 1 else ""
+    return (lines[0].rstrip(".") if lines else exc.__class__.__name__) + more
 
 
 def _gather(state: torch.Tensor) -> list[torch.Tensor]:

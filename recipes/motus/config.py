@@ -11,8 +11,9 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from pyramid.episode import PYRAMID_LEVELS
 from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path
 
 
@@ -93,11 +94,18 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     format: Literal["webdataset", "lance"]
     root: str = Field(description="A build's output directory (holds webdataset/, clips.lance, manifest.json).")
-    levels: list[int] | None = Field(None, description="Pyramid levels to train on; all when omitted.")
+    levels: list[int] | None = Field(None, min_length=1, description="Pyramid levels to train on; all when omitted.")
     embodiments: list[str] | None = None
     # stage 1 trains video only (none); stage 2 latent actions; stage 3 the robot's real actions.
     targets: Literal["none", "latent_actions", "actions"]
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("levels")
+    @classmethod
+    def _pyramid_levels(cls, levels: list[int] | None) -> list[int] | None:
+        if levels is not None and (unknown := [level for level in levels if level not in PYRAMID_LEVELS]):
+            raise ValueError(f"pyramid levels are {min(PYRAMID_LEVELS)}-{max(PYRAMID_LEVELS)}, got {unknown}")
+        return levels
 
 
 class TrainConfig(Strict):

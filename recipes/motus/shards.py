@@ -39,6 +39,9 @@ class ClipRecord:
 class WebDatasetClips:
     def __init__(self, root: str | Path, levels: list[int] | None = None):
         self.root = Path(root)
+        if not (self.root / "webdataset").is_dir():
+            raise EpisodeError(self.root, "no webdataset/ folder: not a `pyramid build` output, or one built "
+                                          "without WebDataset shards (format lance reads its clips.lance)")
         shards = sorted((self.root / "webdataset").glob("level*/shard-*.tar"))
         if levels is not None:
             shards = [s for s in shards if _level_of(s) in set(levels)]
@@ -120,11 +123,20 @@ class LanceClips:
 
 
 def open_clips(format: str, root: str | Path, levels: list[int] | None = None) -> WebDatasetClips | LanceClips:
+    check_build_root(Path(root))
     if format == "webdataset":
         return WebDatasetClips(root, levels)
     if format == "lance":
         return LanceClips(root, levels)
     raise ValueError(f"unknown data format {format!r} (webdataset or lance)")
+
+
+def check_build_root(root: Path) -> None:
+    """A missing or mistyped build path is named as such, not as a build without shards."""
+    if not root.exists():
+        raise EpisodeError(root, "the build directory does not exist")
+    if not root.is_dir():
+        raise EpisodeError(root, "not a build directory (it is a file)")
 
 
 def _index_tar(shard: Path) -> list[tuple[Path, str, dict[str, tuple[int, int]]]]:
