@@ -13,6 +13,7 @@ convention `pyramid train` shares (pyramid/training/checkpoints.py: naming, atom
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from latent_action.action_space import ActionNormalizer
+from latent_action.config import TrainConfig, config_changes, parse_config
 from latent_action.model import LatentActionVAE
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
@@ -28,7 +30,9 @@ from pyramid.training.checkpoints import (RNG_FILE, STATE_FILE, latest_checkpoin
                                           save_rng, state_file, step_directory)
 
 __all__ = ["checkpoint_dir", "latest_checkpoint", "prune_checkpoints", "save_checkpoint", "restore_checkpoint",
-           "resolve_checkpoint", "load_trained"]
+           "resolve_checkpoint", "load_trained", "checkpoint_fingerprint", "saved_train_config", "changed_settings"]
+
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
 def checkpoint_dir(checkpoints: Path, step: int) -> Path:
@@ -71,8 +75,11 @@ def restore_checkpoint(
 
     try:
         state = json.loads(state_file(directory).read_text())
-        load_model(vae, str(directory / "diffusion_pytorch_model.safetensors"), device=str(next(vae.parameters()).device))
+        load_model(vae, str(directory / WEIGHTS_FILE), device=str(next(vae.parameters()).device))
         tensors = load_file(str(directory / "optimizer.safetensors"), device=str(next(vae.parameters()).device))
+    except RuntimeError as exc:  # load_model's size mismatch or missing keys: a model of another config
+        raise EpisodeError(directory, f"cannot resume: its weights do not fit the model the config builds "
+                                      f"({weights_mismatch(vae, directory / WEIGHTS_FILE) or _one_line(exc)})") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise EpisodeError(directory, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {exc})") from exc
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
@@ -99,11 +106,93 @@ def load_trained(directory: str | Path, device: str | torch.device = "cpu") -> t
     `directory` is a checkpoint, or a training run whose latest checkpoint is taken.
     """
     directory = resolve_checkpoint(directory)
-    vae = LatentActionVAE.from_pretrained(str(directory), low_cpu_mem_usage=False).to(device).eval()
+    vae = load_vae(directory).to(device).eval()
     normalizer = ActionNormalizer.load(directory / "action_normalizer.json")
-    heldout_file = directory / "heldout_episodes.json"
-    heldout = set(json.loads(heldout_file.read_text())) if heldout_file.is_file() else set()
-    return vae, normalizer, heldout
+    return vae, normalizer, load_heldout(directory)
+
+
+def load_vae(directory: Path) -> LatentActionVAE:
+    """The checkpoint's VAE, from its safetensors weights (never from a pickle)."""
+    weights = required_weights(directory)
+    try:
+        return LatentActionVAE.from_pretrained(str(directory), low_cpu_mem_usage=False, use_safetensors=True)
+    except RuntimeError as exc:  # diffusers' size mismatch: weights of a model other than config.json describes
+        model = LatentActionVAE.from_config(LatentActionVAE.load_config(str(directory)))
+        raise EpisodeError(directory, f"its weights do not fit the model its config.json describes "
+                                      f"({weights_mismatch(model, weights) or _one_line(exc)})") from exc
+
+
+def required_weights(directory: Path) -> Path:
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise EpisodeError(weights, "missing: a latent-action VAE checkpoint keeps its weights in this file")
+    return weights
+
+
+def weights_mismatch(model: torch.nn.Module, weights: Path) -> str | None:
+    """The first tensor, in the model's order, whose shape in `weights` differs from the model's (or that one side lacks)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as stored:
+        shapes = {name: list(stored.get_slice(name).get_shape()) for name in stored.keys()}
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    for name, shape in expected.items():
+        if name not in shapes:
+            return f"{weights.name} lacks {name}"
+        if shapes[name] != shape:
+            return f"{name} is {shapes[name]} in {weights.name}, {shape} in the model"
+    extra = [name for name in shapes if name not in expected]
+    return f"{weights.name} holds {extra[0]}, which the model lacks" if extra else None
+
+
+def load_heldout(directory: Path) -> set[str]:
+    """The episode ids the run held out of training (none for a checkpoint without the file)."""
+    path = directory / "heldout_episodes.json"
+    if not path.is_file():
+        return set()
+    try:
+        ids = json.loads(path.read_text())
+    except ValueError as exc:
+        raise EpisodeError(path, f"not a JSON list of held-out episode ids ({exc})") from exc
+    if not isinstance(ids, list) or not all(isinstance(value, str) for value in ids):
+        raise EpisodeError(path, "not a JSON list of held-out episode ids (strings)")
+    return set(ids)
+
+
+def checkpoint_fingerprint(directory: Path) -> str:
+    """sha256 of the checkpoint's config.json and weights: what decides the latents it makes."""
+    digest = hashlib.sha256()
+    for path in (directory / "config.json", required_weights(directory)):
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def saved_train_config(directory: Path) -> dict | None:
+    """The training config a checkpoint was saved with, as JSON (None for a checkpoint that did not record it)."""
+    try:
+        state = json.loads(state_file(directory).read_text())
+    except (OSError, ValueError) as exc:
+        raise EpisodeError(state_file(directory), f"unreadable training state ({exc.__class__.__name__}: {exc})") from exc
+    return state.get("train_config") if isinstance(state, dict) else None
+
+
+def changed_settings(directory: Path, config: TrainConfig) -> list[str]:
+    """The settings of `config` that differ from those the checkpoint was trained with, except those a resumed run
+    may change (config.RESUMABLE); none for a checkpoint that did not record its config."""
+    saved = saved_train_config(directory)
+    if saved is None:
+        return []
+    current = json.loads(config.model_dump_json())
+    try:  # fill in settings added since the checkpoint was saved with their defaults
+        return config_changes(json.loads(parse_config(saved).model_dump_json()), current)
+    except ValueError:  # a config of an older layout: compare the settings both know
+        return config_changes(saved, current, only_shared=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

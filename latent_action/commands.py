@@ -77,8 +77,7 @@ def eval_latents(
     if out_dir is None:  # <run>/eval/<step> for a train-vae checkpoint, else beside the checkpoint
         out_dir = vae.parent.parent / "eval" / vae.name if vae.parent.name == "checkpoints" else vae.with_name(vae.name + "-eval")
     try:
-        result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err,
-                                  dims=dims.split(",") if dims else None)
+        result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err, dims=_names(dims))
     except (EpisodeError, SourceError, ValueError) as exc:
         _fail(str(exc))
     probe = result["probe"]
@@ -88,7 +87,8 @@ def eval_latents(
 
 
 def label_curve(
-    config: Path = typer.Argument(..., help="Training config YAML; one VAE is trained per share, in <run.out_dir>/labels-<share>."),
+    config: Path = typer.Argument(..., help="Training config YAML; one VAE is trained per share, in <run.out_dir>/labels-<percent>pct "
+                                            "(labels-10pct for share 0.1)."),
     data: Path = typer.Argument(..., help="The source root with real actions to score on (its held-out episodes)."),
     shares: str = typer.Option("0,0.025,0.1,0.5", help="Shares of labelled training pairs, comma-separated."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: <run.out_dir>/label_curve)."),
@@ -107,11 +107,17 @@ def label_curve(
     if not wanted or any(not 0 <= share <= 1 for share in wanted):
         _fail(f"--shares: expected numbers between 0 and 1 separated by commas, got {shares!r}")
     try:
-        curve = run_curve(config, data, out_dir, wanted, dims.split(",") if dims else None, device, progress, _echo_err)
+        curve = run_curve(config, data, out_dir, wanted, _names(dims), device, progress, _echo_err)
     except (ConfigError, EpisodeError, SourceError, ValueError) as exc:
         _fail(str(exc))
     for point in curve["points"]:
         typer.echo(json.dumps({key: point[key] for key in ("share", "r2", "r2_flow_grid", "epe_moving_px", "epe_moving_blank_px")}))
+
+
+def _names(dims: str | None) -> list[str] | None:
+    """--dims 'x, y' as ['x', 'y']; None (every dimension) when it names none."""
+    names = [name.strip() for name in (dims or "").split(",") if name.strip()]
+    return names or None
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -129,6 +131,46 @@ class TrainConfig(Strict):
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     run: RunConfig
+
+
+# What a resumed run may change: how long it trains, where it runs and writes, how often it logs, evaluates and
+# saves. Paths to the data name where it is, not what it is, so a moved data set resumes; everything else
+# (model, flow, labels, losses, optimiser, batch, seed) decides the trajectory, and the checkpoint was made with it.
+RESUMABLE = frozenset({
+    "optim.max_steps", "run.out_dir", "run.device", "run.bf16", "run.log_every", "run.eval_every",
+    "run.checkpoint_every", "run.keep_checkpoints", "data.sources[*].root", "data.lance",
+})
+
+
+def config_changes(saved: dict, current: dict, only_shared: bool = False) -> list[str]:
+    """'key: saved -> current' for each setting (JSON of a TrainConfig) that differs, except RESUMABLE ones."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = [key for key in dict.fromkeys([*new, *old]) if not only_shared or (key in old and key in new)]
+    return [f"{key}: {_shown(old, key)} -> {_shown(new, key)}" for key in keys
+            if old.get(key, _UNSET) != new.get(key, _UNSET) and not _may_change(key, old, new)]
+
+
+_UNSET = object()
+
+
+def _may_change(key: str, old: dict, new: dict) -> bool:
+    """A RESUMABLE setting, set on both sides (a source added or dropped is a change of data)."""
+    return key in old and key in new and re.sub(r"\[\d+\]", "[*]", key) in RESUMABLE
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """Leaf settings by dotted key; lists of sections are indexed (`data.sources[0].root`)."""
+    if isinstance(value, dict):
+        items = [(f"{prefix}.{key}" if prefix else str(key), item) for key, item in value.items()]
+    elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        items = [(f"{prefix}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return {prefix: value}
+    return {key: leaf for name, item in items for key, leaf in _flatten(item, name).items()}
+
+
+def _shown(settings: dict, key: str) -> str:
+    return json.dumps(settings[key]) if key in settings else "(unset)"
 
 
 def parse_config(raw: object, origin: str = "config") -> TrainConfig:

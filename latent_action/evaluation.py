@@ -19,6 +19,7 @@ latent statistics, come from the scored episodes. Written as `eval.json`, PNG pl
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -123,8 +124,11 @@ def evaluate_latents(
     """
     if split not in ("heldout", "all"):
         raise ValueError(f"split must be 'heldout' or 'all', got {split!r}")
+    check_alpha(alpha)
+    device = resolve_device(device)
+    check_dims(dims, data_root, kind)
     out_dir = Path(out_dir)
-    vae, _, heldout = load_trained(checkpoint, resolve_device(device))
+    vae, _, heldout = load_trained(checkpoint, device)
     settings = FlowSettings.of_vae(vae.config)
     estimator = settings.estimator()
     per_embodiment: dict[str, EmbodimentData] = {}
@@ -162,6 +166,38 @@ def evaluate_latents(
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     write_eval_report(out_dir, result)
     return result
+
+
+def check_alpha(alpha: float) -> None:
+    # 0 is plain least squares, which has no solution when a feature never varies (a still cell of the flow grid).
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha (the probe's ridge penalty) must be a finite number > 0, got {alpha}")
+
+
+def check_dims(wanted: Sequence[str] | None, data_root: str | Path, kind: str | None = None) -> None:
+    """A ValueError naming the asked action dimensions that no episode under `data_root` has, and those it has."""
+    if not wanted:
+        return
+    known = action_dimension_names(data_root, kind)
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(f"{data_root}: no action dimension named {', '.join(map(repr, unknown))}; its episodes have "
+                         + (", ".join(known) if known else "no actions"))
+
+
+def action_dimension_names(data_root: str | Path, kind: str | None = None) -> list[str]:
+    """The names of the action dimensions the probe can score, over every readable episode (episodes load lazily)."""
+    names: dict[str, None] = {}
+    for episode in read_episodes(data_root, kind):
+        if not isinstance(episode, Exception):
+            names.update(dict.fromkeys(_scorable_dims(episode)[1]))
+    return list(names)
+
+
+def _scorable_dims(episode) -> tuple[list[int], list[str]]:
+    """(index, name) of each action dimension the probe scores: those the 14-D action space takes."""
+    dims = selected_dims(episode.embodiment, episode.action_names, episode.action_dim)
+    return dims, [episode.action_names[d] if d < len(episode.action_names) else f"a{d}" for d in dims]
 
 
 @torch.no_grad()
@@ -211,8 +247,7 @@ def _keep_preview(previews: list, rgb: np.ndarray, recon_rgb: np.ndarray, flows:
 
 def _collect(per_embodiment: dict[str, EmbodimentData], episode, latents: np.ndarray, grid: np.ndarray,
              actions: np.ndarray, scored: bool, wanted: Sequence[str] | None) -> None:
-    dims = selected_dims(episode.embodiment, episode.action_names, episode.action_dim)
-    names = [episode.action_names[d] if d < len(episode.action_names) else f"a{d}" for d in dims]
+    dims, names = _scorable_dims(episode)
     if wanted:
         dims, names = [d for d, n in zip(dims, names) if n in wanted], [n for n in names if n in wanted]
     data = per_embodiment.setdefault(episode.embodiment, EmbodimentData(names, dims))

@@ -1,9 +1,11 @@
 """`pyramid label-curve`: how the latent action's held-out probe R^2 grows with the share of labelled pairs.
 
-One VAE per share (the training config with `data.labels.share` set, each in `<run.out_dir>/labels-<share>`),
+One VAE per share (the training config with `data.labels.share` set, each in `<run.out_dir>/labels-<percent>pct`,
+e.g. labels-10pct for share 0.1),
 each scored by `eval-latents` on the same held-out episodes (the split does not depend on the share),
 then one `curve.json`, `label_curve.png` and `report.html` that puts them side by side with the naive
-flow-grid baseline. A finished run (its last checkpoint at `max_steps`) is reused, an unfinished one resumed.
+flow-grid baseline. A finished run (its last checkpoint at `max_steps`) of the same config is reused, an unfinished
+one resumed; a run trained with other settings is refused.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from latent_action.checkpoint import latest_checkpoint
+from latent_action.checkpoint import latest_checkpoint, saved_train_config
 from latent_action.config import TrainConfig, load_config
 from latent_action.eval_report import embed, number, write_page
-from latent_action.evaluation import evaluate_latents
+from latent_action.evaluation import check_dims, evaluate_latents
 from latent_action.plots import plot_label_curve
-from latent_action.train import train
+from latent_action.train import refuse_changed_config, resolve_device, train
+from pyramid.errors import EpisodeError
+from pyramid.training.checkpoints import STEP_DIR
 
 DEFAULT_SHARES = (0.0, 0.025, 0.1, 0.5)
 
@@ -34,12 +38,32 @@ def config_for_share(config: TrainConfig, share: float) -> TrainConfig:
 
 
 def trained_checkpoint(config: TrainConfig, show_progress: bool, echo: Callable[[str], None]) -> Path:
-    """The run's final checkpoint: trained now, resumed, or reused when already at max_steps."""
-    last = latest_checkpoint(config.run.out_dir / "checkpoints")
-    if last is not None and int(last.name.split("_")[1]) >= config.optim.max_steps:
+    """The run's final checkpoint: trained now, resumed, or reused when already trained with this config."""
+    last = finished_checkpoint(config)
+    if last is not None:
         echo(f"reusing {last}")
         return last
-    return train(config, resume=last is not None, show_progress=show_progress, echo=echo)
+    resume = latest_checkpoint(config.run.out_dir / "checkpoints") is not None
+    return train(config, resume=resume, show_progress=show_progress, echo=echo)
+
+
+def finished_checkpoint(config: TrainConfig) -> Path | None:
+    """The run's checkpoint at max_steps, trained with this config; None when the run is still to train or to resume.
+
+    An EpisodeError for a run of other settings: retraining would mean deleting it, which is the user's call.
+    """
+    last = latest_checkpoint(config.run.out_dir / "checkpoints")
+    if last is None:
+        return None
+    refuse_changed_config(last, config)
+    step = int(STEP_DIR.match(last.name).group(1))
+    trained_for = (saved_train_config(last) or {}).get("optim", {}).get("max_steps")
+    if step < config.optim.max_steps:
+        return None
+    if step == trained_for == config.optim.max_steps:
+        return last
+    raise EpisodeError(last, f"step {step} of a run trained for {trained_for or 'unrecorded'} steps, not the config's "
+                             f"optim.max_steps {config.optim.max_steps}: use another run.out_dir, or delete this run")
 
 
 def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
@@ -47,9 +71,14 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
                 show_progress: bool = True, echo: Callable[[str], None] = print) -> dict:
     base = load_config(config_path)
     out_dir = Path(out_dir) if out_dir is not None else base.run.out_dir / "label_curve"
+    # Everything that can refuse does so before the first VAE trains (minutes to hours).
+    resolve_device(device)
+    check_dims(dims, data_root)
+    configs = {share: config_for_share(base, share) for share in sorted(shares)}
+    for config in configs.values():
+        finished_checkpoint(config)
     points = []
-    for share in sorted(shares):
-        config = config_for_share(base, share)
+    for share, config in configs.items():
         echo(f"labels.share {share:g}: training in {config.run.out_dir}")
         checkpoint = trained_checkpoint(config, show_progress, echo)
         result = evaluate_latents(checkpoint, data_root, out_dir / share_name(share), device=device, echo=echo, dims=dims)

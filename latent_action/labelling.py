@@ -7,6 +7,8 @@ it was recorded uses every source frame, P = T - 1).
 VAE once (a Ray Data actor); `label_source` labels a whole source root and writes
 `latent_actions/<episode_id>.npy`, optionally `latent_action_dim14/<episode_id>.pt` (the Motus trainer's
 layout: a float32 tensor [P, 14]) and `latent_stats.json`, which records the rate and stride.
+`labelled_with.json` names the checkpoint (and its fingerprint) that made every latent in the output, so a
+rerun reuses only latents of the same checkpoint.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from typing import Callable
 import numpy as np
 import torch
 
+from latent_action.action_space import LATENT_ACTION_DIM
 from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
 from latent_action.pairs import FlowSettings, episode_flows, flow_to_rgb, read_episodes
-from pyramid.atomic import atomic_write
+from pyramid.atomic import atomic_write, atomic_write_bytes
 from pyramid.episode import Episode
+from pyramid.errors import EpisodeError
 from pyramid.paths import output_child
 from pyramid.stats import RunningStats
 
 DEFAULT_BATCH_SIZE = 64
+RECORD_FILE = "labelled_with.json"
 
 
 @torch.no_grad()
@@ -80,9 +85,17 @@ def label_source(
     device: str = "auto",
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Label every episode under `root`; episodes already labelled in `out_dir` are reused unless `overwrite`."""
+    """Label every episode under `root`; episodes the same checkpoint already labelled in `out_dir` are reused
+    unless `overwrite`. An `out_dir` holding latents of another checkpoint is refused unless `overwrite`."""
+    from latent_action.checkpoint import checkpoint_fingerprint, resolve_checkpoint
+    from latent_action.train import resolve_device
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    resolve_device(device)  # a bad device fails now, even when every episode is reused
     labeller = None
     out_dir = Path(out_dir)
+    record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint)}
+    reuse = prepare_output(out_dir, record, overwrite)
     stats = RunningStats(14)
     report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": {}}
     for episode in read_episodes(root, kind):
@@ -91,8 +104,8 @@ def label_source(
             echo(f"skipped: {episode}")
             continue
         target = output_child(out_dir, "latent_actions", f"{episode.episode_id}.npy")
-        if target.is_file() and not overwrite:
-            latents = np.load(target)
+        latents = reusable_latents(target, echo) if reuse else None
+        if latents is not None:
             report["reused"] += 1
         else:
             labeller = labeller or LatentActionLabeller(checkpoint, device)
@@ -109,7 +122,63 @@ def label_source(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "latent_stats.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "label_report.json").write_text(json.dumps(report, indent=2))
+    _write_record(out_dir, record)
     return report
+
+
+def prepare_output(out_dir: Path, record: dict, overwrite: bool) -> bool:
+    """Whether latents already in `out_dir` may be reused: only those the checkpoint of `record` made.
+
+    Latents of another checkpoint (or of one `out_dir` did not record) are refused rather than relabelled:
+    they may be hours of labelling that a trainer reads, and a different --vae is as likely a slip as a
+    wish; --overwrite says it is a wish, as --resume does for train-vae.
+    """
+    recorded = _read_record(out_dir)
+    if recorded is not None and recorded.get("fingerprint") == record["fingerprint"]:
+        return not overwrite
+    if overwrite:  # until this run ends, out_dir holds latents of two checkpoints: a rerun must not reuse them
+        (out_dir / RECORD_FILE).unlink(missing_ok=True)
+        return False
+    if any((out_dir / "latent_actions").glob("*.npy")):
+        raise EpisodeError(out_dir, f"its latent actions were made by {_maker(recorded, record)}: pass --overwrite to "
+                                    "relabel them, or choose another output directory")
+    _write_record(out_dir, record)  # before the first latent, so that an interrupted run resumes
+    return True
+
+
+def _maker(recorded: dict | None, record: dict) -> str:
+    if recorded is None:
+        return (f"a checkpoint it does not record (no {RECORD_FILE}: labelled before labels recorded their checkpoint, "
+                "or by an interrupted --overwrite run)")
+    return f"{recorded.get('checkpoint')}, whose weights or config.json differ from those of {record['checkpoint']}"
+
+
+def reusable_latents(path: Path, echo: Callable[[str], None]) -> np.ndarray | None:
+    """The latents at `path`, or None (to relabel) when there are none or they are unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        latents = np.load(path)
+    except (OSError, ValueError, EOFError) as exc:
+        echo(f"relabelling {path}: unreadable ({exc})")
+        return None
+    if latents.ndim != 2 or latents.shape[1] != LATENT_ACTION_DIM:
+        echo(f"relabelling {path}: shape {list(latents.shape)}, not [pairs, {LATENT_ACTION_DIM}]")
+        return None
+    return latents
+
+
+def _read_record(out_dir: Path) -> dict | None:
+    try:
+        record = json.loads((out_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):  # none, or torn: as good as none, the latents' origin is unknown
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_record(out_dir: Path, record: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / RECORD_FILE, json.dumps(record, indent=1).encode())
 
 
 def _pair_rate(checkpoint: str | Path) -> dict:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from latent_action.action_space import ActionNormalizer
-from latent_action.checkpoint import checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_checkpoint, save_checkpoint
+from latent_action.checkpoint import (changed_settings, checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_checkpoint,
+                                      save_checkpoint)
 from latent_action.config import TrainConfig
 from latent_action.images import distance_from_white, random_shift, to_model_input, to_uint8, white
 from latent_action.losses import LossTerms, latent_action_loss
@@ -25,6 +26,7 @@ from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
+from pyramid.errors import EpisodeError
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 
@@ -55,6 +57,8 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
 
     out_dir, checkpoints = config.run.out_dir, config.run.out_dir / "checkpoints"
     last = checkpoint_to_resume(checkpoints, resume)  # refuses an out_dir with checkpoints unless resuming
+    if last is not None:
+        refuse_changed_config(last, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.run.device)
     torch.manual_seed(config.run.seed)
@@ -111,6 +115,14 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
                 prune_checkpoints(checkpoints, config.run.keep_checkpoints)
     bar.close()
     return last_saved or latest_checkpoint(checkpoints)
+
+
+def refuse_changed_config(checkpoint: Path, config: TrainConfig) -> None:
+    """An EpisodeError listing the settings that differ from those the checkpoint was trained with (config.RESUMABLE aside)."""
+    changes = changed_settings(checkpoint, config)
+    if changes:
+        raise EpisodeError(checkpoint, f"trained with other settings (checkpoint's -> config's: {'; '.join(changes)}): "
+                                       "resume with the checkpoint's settings, or train afresh in another run.out_dir")
 
 
 def _write(log, record: dict) -> None:

@@ -1,0 +1,257 @@
+"""What `train-vae`, `label`, `eval-latents` and `label-curve` do with inputs that do not fit: a one-line error
+(exit code 2) naming the file or setting, or, where that is what a user means, a redo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from latent_action.checkpoint import load_trained
+from latent_action.config import parse_config
+from latent_action.evaluation import evaluate_latents
+from latent_action.label_curve import config_for_share, label_curve
+from latent_action.labelling import RECORD_FILE, label_source
+from latent_action.train import train
+from pyramid.cli import app
+from pyramid.errors import EpisodeError
+from pyramid.sample_data import write_sample_data
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+runner = CliRunner()
+quiet = dict(show_progress=False, echo=lambda _: None)
+
+
+def config_dict(sample, out_dir, **optim) -> dict:
+    return {
+        "model": {"preset": "tiny"},
+        "data": {"sources": [{"root": str(sample / "lerobot")}, {"root": str(sample / "videos")}],
+                 "flow": {"frame_height": 96, "frame_width": 80}, "holdout_fraction": 0.34},
+        "optim": {"batch_size": 4, "max_steps": 2, "warmup_steps": 1, **optim},
+        "run": {"out_dir": str(out_dir), "eval_every": 2, "checkpoint_every": 1, "device": "cpu"},
+    }
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    write_sample_data(root, robot_episodes=3, video_clips=2, num_frames=6)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(sample, tmp_path_factory):
+    """A finished two-step run with a checkpoint at each step (two VAEs of different weights)."""
+    out_dir = tmp_path_factory.mktemp("run")
+    train(parse_config(config_dict(sample, out_dir)), **quiet)
+    return out_dir
+
+
+def step(run, number: int):
+    return run / "checkpoints" / f"step_{number:07d}"
+
+
+def damaged_copy(run, tmp_path, change) -> str:
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(step(run, 2), copy)
+    change(copy)
+    return str(copy)
+
+
+def one_line_error(result, *words: str) -> str:
+    """The error line of a CLI result that must have failed on a user error."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "unexpected" not in lines[0], result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------ label
+
+
+def test_label_refuses_latents_of_another_checkpoint_unless_overwriting(sample, run, tmp_path):
+    videos, out = sample / "videos", tmp_path / "out"
+    label_source(step(run, 2), videos, out, device="cpu", echo=lambda _: None)
+    made_by_two = {path.name: np.load(path) for path in (out / "latent_actions").glob("*.npy")}
+    refused = runner.invoke(app, ["label", "--vae", str(step(run, 1)), str(videos), str(out), "--device", "cpu"])
+    one_line_error(refused, str(out), str(step(run, 2)), "pass --overwrite")
+    assert all(np.array_equal(np.load(out / "latent_actions" / name), latents) for name, latents in made_by_two.items())
+
+    report = label_source(step(run, 1), videos, out, overwrite=True, device="cpu", echo=lambda _: None)
+    assert report["reused"] == 0
+    fresh = tmp_path / "fresh"
+    label_source(step(run, 1), videos, fresh, device="cpu", echo=lambda _: None)
+    for name in made_by_two:
+        assert np.array_equal(np.load(out / "latent_actions" / name), np.load(fresh / "latent_actions" / name))
+    assert json.loads((out / "latent_stats.json").read_text())["checkpoint"] == str(step(run, 1))
+    assert label_source(step(run, 1), videos, out, device="cpu", echo=lambda _: None)["reused"] == len(made_by_two)
+
+
+def test_label_refuses_latents_whose_checkpoint_is_unrecorded(sample, run, tmp_path):
+    """As an OUT labelled before labels named their checkpoint, or by an --overwrite run that was killed, holds."""
+    label_source(step(run, 2), sample / "videos", tmp_path, device="cpu", echo=lambda _: None)
+    (tmp_path / RECORD_FILE).unlink()
+    with pytest.raises(EpisodeError, match="a checkpoint it does not record .*pass --overwrite"):
+        label_source(step(run, 2), sample / "videos", tmp_path, device="cpu", echo=lambda _: None)
+
+
+def test_label_redoes_a_latent_file_a_killed_run_left_partial(sample, run, tmp_path):
+    label_source(step(run, 2), sample / "videos", tmp_path, device="cpu", echo=lambda _: None)
+    partial = sorted((tmp_path / "latent_actions").glob("*.npy"))[0]
+    whole = np.load(partial)
+    partial.write_bytes(partial.read_bytes()[:100])
+    messages: list[str] = []
+    report = label_source(step(run, 2), sample / "videos", tmp_path, device="cpu", echo=messages.append)
+    assert report["reused"] == report["episodes"] - 1
+    assert any(str(partial) in message and "relabelling" in message for message in messages)
+    assert np.allclose(np.load(partial), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:99"])
+def test_a_device_that_is_not_here_is_one_line_even_when_every_latent_is_reused(sample, run, tmp_path, device):
+    label_source(step(run, 2), sample / "videos", tmp_path, device="cpu", echo=lambda _: None)
+    result = runner.invoke(app, ["label", "--vae", str(step(run, 2)), str(sample / "videos"), str(tmp_path), "--device", device])
+    one_line_error(result, f"device '{device}'")
+    evaluated = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", device,
+                                    "--out", str(tmp_path / "eval")])
+    one_line_error(evaluated, f"device '{device}'")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def widen_heads(directory):
+    config = json.loads((directory / "config.json").read_text())
+    config["head_hidden_dim"] *= 2
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_weights_of_another_shape_name_the_checkpoint_and_the_first_tensor(sample, run, tmp_path):
+    checkpoint = damaged_copy(run, tmp_path, widen_heads)
+    with pytest.raises(EpisodeError, match=r"checkpoint: its weights do not fit .*action_encoder\.mlp\.0\.weight is \[256, "):
+        load_trained(checkpoint)
+    labelled = runner.invoke(app, ["label", "--vae", checkpoint, str(sample / "videos"), str(tmp_path / "out"), "--device", "cpu"])
+    one_line_error(labelled, checkpoint, "action_encoder.mlp.0.weight")
+
+
+def test_missing_weights_are_named_and_a_pickle_beside_them_is_never_loaded(run, tmp_path):
+    def pickle_instead(directory):
+        (directory / "diffusion_pytorch_model.safetensors").unlink()
+        (directory / "diffusion_pytorch_model.bin").write_bytes(b"not to be unpickled")
+
+    checkpoint = damaged_copy(run, tmp_path, pickle_instead)
+    with pytest.raises(EpisodeError, match="diffusion_pytorch_model.safetensors: missing"):
+        load_trained(checkpoint)
+
+
+@pytest.mark.parametrize("content", ["nope", "5", '[1, 2]'])
+def test_an_unreadable_heldout_list_is_named(run, tmp_path, content):
+    checkpoint = damaged_copy(run, tmp_path, lambda d: (d / "heldout_episodes.json").write_text(content))
+    with pytest.raises(EpisodeError, match="heldout_episodes.json: not a JSON list of held-out episode ids"):
+        load_trained(checkpoint)
+
+
+# ------------------------------------------------------------------------------------------------ train-vae --resume
+
+
+def interrupted_run(run, tmp_path):
+    out_dir = tmp_path / "interrupted"
+    shutil.copytree(step(run, 1), out_dir / "checkpoints" / "step_0000001")
+    return out_dir
+
+
+@pytest.mark.parametrize("model, flow, words", [
+    ({"head_hidden_dim": 64}, {}, "model.head_hidden_dim: null -> 64"),
+    ({}, {"frame_height": 64, "frame_width": 64}, "data.flow.frame_height: 96 -> 64; data.flow.frame_width: 80 -> 64"),
+])
+def test_resume_refuses_a_config_that_changed_what_the_checkpoint_was_trained_with(sample, run, tmp_path, model, flow, words):
+    raw = config_dict(sample, interrupted_run(run, tmp_path), max_steps=3)
+    raw["model"].update(model)
+    raw["data"]["flow"].update(flow)
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train-vae", str(tmp_path / "changed.yaml"), "--resume", "--no-progress"])
+    one_line_error(result, "step_0000001: trained with other settings", words)
+    assert not (tmp_path / "interrupted" / "checkpoints" / "step_0000003").exists()
+
+
+def test_resume_takes_a_longer_run_other_intervals_and_another_place(sample, run, tmp_path):
+    raw = config_dict(sample, interrupted_run(run, tmp_path), max_steps=3)
+    raw["run"].update({"log_every": 5, "eval_every": 3, "checkpoint_every": 3, "keep_checkpoints": 1})
+    final = train(parse_config(raw), resume=True, **quiet)
+    assert final.name == "step_0000003"
+
+
+def test_resume_from_a_checkpoint_without_its_config_names_the_tensor_that_does_not_fit(sample, run, tmp_path):
+    out_dir = interrupted_run(run, tmp_path)
+    state_path = out_dir / "checkpoints" / "step_0000001" / "training_state.json"
+    state = json.loads(state_path.read_text())
+    del state["train_config"]  # as a checkpoint saved before the config was recorded
+    state_path.write_text(json.dumps(state))
+    raw = config_dict(sample, out_dir, max_steps=3)
+    raw["model"]["head_hidden_dim"] = 64
+    with pytest.raises(EpisodeError, match=r"cannot resume: its weights do not fit .*action_encoder\.mlp\.0\.weight"):
+        train(parse_config(raw), resume=True, **quiet)
+
+
+# ------------------------------------------------------------------------------------------------ eval-latents
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "-1", "0"])
+def test_eval_latents_wants_a_positive_finite_alpha(sample, run, tmp_path, alpha):
+    result = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", "cpu",
+                                 "--alpha", alpha, "--out", str(tmp_path)])
+    one_line_error(result, "alpha", "finite number > 0")
+
+
+def test_eval_latents_names_the_dimensions_it_has_when_asked_for_others(sample, run, tmp_path):
+    result = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", "cpu",
+                                 "--dims", "x,nope", "--out", str(tmp_path)])
+    one_line_error(result, "no action dimension named 'nope'", "x, y, grip")
+    scored = evaluate_latents(step(run, 2), sample / "lerobot", tmp_path, device="cpu", dims=["x", "grip"], echo=lambda _: None)
+    assert set(scored["probe"]["per_embodiment"]["sample_arm"]["r2_per_dim"]) == {"x", "grip"}
+
+
+# ------------------------------------------------------------------------------------------------ label-curve
+
+
+def test_label_curve_help_names_the_directories_it_trains_in():
+    result = runner.invoke(app, ["label-curve", "--help"], terminal_width=200)
+    assert "labels-<percent>pct" in " ".join(result.stdout.split()) and "labels-<share>" not in result.stdout
+
+
+def curve_config(sample, tmp_path, **optim):
+    path = tmp_path / "curve.yaml"
+    path.write_text(yaml.safe_dump(config_dict(sample, tmp_path / "curve", **optim)))
+    return path
+
+
+def test_label_curve_refuses_a_finished_run_of_other_settings_before_training(sample, run, tmp_path):
+    config_path = curve_config(sample, tmp_path)
+    share_dir = config_for_share(parse_config(config_dict(sample, tmp_path / "curve")), 0.5).run.out_dir
+    shutil.copytree(run / "checkpoints", share_dir / "checkpoints")  # trained with labels.share 1, not 0.5
+    with pytest.raises(EpisodeError, match=r"labels-50pct/checkpoints/step_0000002: trained with other settings .*"
+                                           r"data\.labels\.share: 1\.0 -> 0\.5"):
+        label_curve(config_path, sample / "lerobot", shares=[0.0, 0.5], device="cpu", **quiet)
+    assert not (tmp_path / "curve" / "labels-0pct").exists()  # refused before the first share trained
+
+
+def test_label_curve_refuses_a_run_trained_past_the_configs_max_steps(sample, run, tmp_path):
+    config_path = curve_config(sample, tmp_path, max_steps=1)
+    shutil.copytree(run / "checkpoints", tmp_path / "curve" / "labels-100pct" / "checkpoints")
+    with pytest.raises(EpisodeError, match="step 2 of a run trained for 2 steps, not the config's optim.max_steps 1"):
+        label_curve(config_path, sample / "lerobot", shares=[1.0], device="cpu", **quiet)
+
+
+@pytest.mark.parametrize("option, words", [(["--device", "banana"], "device 'banana'"),
+                                           (["--dims", "nope"], "no action dimension named 'nope'")])
+def test_label_curve_refuses_a_bad_option_before_training(sample, tmp_path, option, words):
+    result = runner.invoke(app, ["label-curve", str(curve_config(sample, tmp_path)), str(sample / "lerobot"),
+                                 "--shares", "0.5", "--no-progress", *option])
+    one_line_error(result, words)
+    assert not (tmp_path / "curve").exists()
