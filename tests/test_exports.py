@@ -366,3 +366,12 @@ def test_export_motus_replaces_only_an_earlier_export_and_never_its_build(build,
     assert not (build_dir / "videos").exists() and not (build_dir / "motus").exists()
     result = export(build_dir, tmp_path / "other", "--text-encoder", str(encoder), "--device", "banana")
     assert result.returncode == 2 and "--device: device 'banana' is not one of" in result.stderr
+
+
+def test_both_trainer_formats_list_a_multi_level_build_in_one_order(build):
+    from recipes.motus.shards import LanceClips, WebDatasetClips
+
+    build_dir, _ = build
+    order = [[(clips[index].meta["level"], clips[index].key) for index in range(len(clips))]
+             for clips in (WebDatasetClips(build_dir), LanceClips(build_dir))]
+    assert order[0] == order[1] and len({level for level, _ in order[0]}) == 2

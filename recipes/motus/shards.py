@@ -91,6 +91,7 @@ class LanceClips:
         table = self.dataset.to_table(columns=self.meta_columns)
         rows = table.to_pylist()
         keep = [i for i, row in enumerate(rows) if levels is None or row["level"] in set(levels)]
+        keep.sort(key=lambda i: rows[i]["level"])  # WebDataset's order (a folder per level): one seed, one stream
         if not keep:
             raise EpisodeError(self.path, f"no clips for levels {levels or 'any'}")
         self.row_ids, self._metadata = keep, [rows[i] for i in keep]
