@@ -95,7 +95,7 @@ def _read_with_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
         info = probe(path)
         return np.zeros((0, info.height, info.width, 3), np.uint8)
     try:
-        timeline = FileTimeline(path)
+        timeline = file_timeline(path)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -148,7 +148,7 @@ def _pyav_chunks(path: Path, wanted: list[int], chunk: int) -> Iterator[np.ndarr
     batch: list[np.ndarray] = []
     position = 0  # next entry of `wanted` to fill
     try:
-        timeline = FileTimeline(path)
+        timeline = file_timeline(path)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -173,27 +173,29 @@ def _pyav_chunks(path: Path, wanted: list[int], chunk: int) -> Iterator[np.ndarr
 
 
 class ConstantRateTimeline:
-    """Frame numbers from timestamps at the stream's constant rate: what a build's own clips have."""
+    """Frame numbers from timestamps at the stream's constant rate: what a build's own clips have, and what a file
+    whose header says its frames are evenly spaced has."""
 
     @staticmethod
     def index(pts: int, stream) -> int:
         fps = float(stream.average_rate or stream.guessed_rate)
         return int(round(float((pts - (stream.start_time or 0)) * stream.time_base) * fps))
 
+    @staticmethod
+    def seek_near(container, stream, first: int) -> None:
+        """Jump to the keyframe at or before frame `first` instead of decoding from the start."""
+        if first > 0:
+            fps = float(stream.average_rate or stream.guessed_rate)
+            container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
 
-class FileTimeline:
-    """Frame i of a video file is the i-th frame in display order, as decord numbers frames and `probe` counts
-    them, whatever their spacing: the timestamps of a variable-frame-rate file (a phone recording, a webm with
-    dropped frames) are not multiples of 1/fps, and a frame number computed from one would miss or repeat frames.
 
-    One pass over the packets (no decoding) lists every frame's timestamp.
-    """
+class PacketTimeline:
+    """Frame i is the i-th frame in display order, as decord numbers frames and `probe` counts them, whatever their
+    spacing: one pass over the packets (no decoding) lists every frame's timestamp."""
 
-    def __init__(self, path: Path):
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            self.pts = np.unique([packet.pts for packet in container.demux(stream)
-                                  if packet.size > 0 and packet.pts is not None]).astype(np.int64)
+    def __init__(self, container, stream):
+        self.pts = np.unique([packet.pts for packet in container.demux(stream)
+                              if packet.size > 0 and packet.pts is not None]).astype(np.int64)
 
     def index(self, pts: int, stream) -> int:
         """The frame number of a timestamp (a timestamp between two frames counts as the later one)."""
@@ -202,14 +204,31 @@ class FileTimeline:
         return int(np.searchsorted(self.pts, pts))
 
     def seek_near(self, container, stream, first: int) -> None:
-        """Jump to the keyframe at or before frame `first` instead of decoding from the start."""
         if first <= 0:
             return
         if first < len(self.pts):
             container.seek(int(self.pts[first]), stream=stream, backward=True)
         elif not len(self.pts):
-            fps = float(stream.average_rate or stream.guessed_rate)
-            container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
+            ConstantRateTimeline.seek_near(container, stream, first)
+
+
+def file_timeline(path: Path) -> ConstantRateTimeline | PacketTimeline:
+    """How to number the frames of a video file. The timestamps of a variable-frame-rate file (a phone recording, a
+    webm with dropped frames) are not multiples of 1/fps, and frame numbers computed from them would miss or repeat
+    frames: those files are numbered from their packets. A file whose header shows evenly spaced frames keeps the
+    arithmetic: listing the packets of a LeRobot v3 file (hundreds of episodes in one mp4) for each episode would
+    cost more than decoding it."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return ConstantRateTimeline() if _constant_rate(stream) else PacketTimeline(container, stream)
+
+
+def _constant_rate(stream) -> bool:
+    """The header's average rate is its base rate, and its frame count fills its duration at that rate."""
+    average, base = stream.average_rate, stream.guessed_rate
+    if not (average and base and stream.frames and stream.duration) or abs(float(average / base) - 1) > 1e-3:
+        return False  # webm and mkv keep no frame count: only their packets tell
+    return abs(float(stream.duration * stream.time_base) * float(average) - stream.frames) <= 1
 
 
 def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) -> np.ndarray:

@@ -113,6 +113,16 @@ def test_a_variable_frame_rate_file_numbers_frames_in_display_order(tmp_path, co
         assert np.array_equal(np.concatenate(list(read_frame_chunks(path, indices, 2))), expected[indices])
 
 
+def test_only_a_file_whose_header_is_not_evenly_spaced_has_its_packets_listed(tmp_path):
+    # listing the packets of a LeRobot v3 mp4 (hundreds of episodes) for each episode would cost more than decoding it
+    from pyramid.video_io import ConstantRateTimeline, PacketTimeline, file_timeline
+
+    even = write_video(tmp_path / "even.mp4", moving_frames(20, 48, 64), fps=30, codec="libsvtav1")
+    uneven = tmp_path / "uneven.mp4"
+    write_variable_rate(uneven, moving_frames(20, 48, 64), "libsvtav1")
+    assert isinstance(file_timeline(even), ConstantRateTimeline) and isinstance(file_timeline(uneven), PacketTimeline)
+
+
 def test_decord_leaves_pyav_its_own_libvpx(tmp_path):
     """decord loads its bundled FFmpeg and libvpx 6 with RTLD_GLOBAL: had it loaded before PyAV, PyAV's libavcodec
     would bind libvpx 6 and its VP9 encoder would not open ("Invalid argument"). video_io imports av first, so
