@@ -71,6 +71,19 @@ def save_rng(directory: Path, states: dict) -> None:
 
 
 def load_rng(directory: Path) -> dict:
+    return read_tensors(Path(directory) / RNG_FILE)
+
+
+def read_tensors(path: Path) -> dict:
+    """A checkpoint's safetensors file; a missing, truncated or garbage one is an error naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(Path(directory) / RNG_FILE))
+    from pyramid.errors import EpisodeError
+
+    if not Path(path).is_file():
+        raise EpisodeError(path, "missing from this checkpoint")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise EpisodeError(path, f"unreadable safetensors file, the checkpoint is damaged ({exc})") from exc

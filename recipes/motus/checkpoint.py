@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
-from pyramid.training.checkpoints import RNG_FILE, STATE_FILE, save_rng
+from pyramid.training.checkpoints import RNG_FILE, STATE_FILE, load_rng, read_tensors, save_rng
 from pyramid.training.checkpoints import latest_checkpoint as latest_in
 from pyramid.training.checkpoints import step_directory as step_in
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -130,7 +129,7 @@ def check_moment_shapes(path: Path, model, moments: dict[str, dict[str, torch.Te
 
 
 def restore_noise(directory: Path, generator: torch.Generator) -> None:
-    generators = read_tensors(directory / RNG_FILE)
+    generators = load_rng(directory)
     rank = dist.get_rank() if dist.is_initialized() else 0
     try:
         if f"noise_generator_rank{rank}" in generators:
@@ -159,16 +158,6 @@ def require_fields(state: dict[str, Any], path: Path, fields: dict[str, type]) -
     if wrong:
         raise EpisodeError(path, f"missing or malformed {', '.join(wrong)}: not a `pyramid train` checkpoint "
                                  f"or a damaged one")
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's safetensors file; a missing, truncated or garbage one is an error naming it."""
-    if not path.is_file():
-        raise EpisodeError(path, "missing from this checkpoint")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise EpisodeError(path, f"unreadable safetensors file, the checkpoint is damaged ({exc})") from exc
 
 
 def first_problem(exc: BaseException) -> str:
