@@ -84,10 +84,10 @@ class Normalizer:
         """q01, q99 of the `dims`-wide `name` arrays of `embodiment`: a build keeps a second width of the same array
         under one embodiment (two datasets naming one robot differently) as `<name>@<dims>d`."""
         if name in SHARED_ARRAYS:
-            entry = (self.shared or {}).get(name)
             if self.shared is None:
                 raise EpisodeError(self.path, f"no shared_normalization (a build older than {name} normalised over "
                                               f"every embodiment): run the build again to rewrite its manifest")
+            entry = self.shared.get(name)
         else:
             arrays = self.stats.get(embodiment, {})
             entry = next((e for e in (arrays.get(name), arrays.get(f"{name}@{dims}d")) if e and len(e.get("q01", [])) == dims), None)
