@@ -95,11 +95,11 @@ def _read_with_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
         info = probe(path)
         return np.zeros((0, info.height, info.width, 3), np.uint8)
     try:
-        timeline = file_timeline(path)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             height, width = stream.height, stream.width
+            timeline = file_timeline(path, stream)
             timeline.seek_near(container, stream, 0 if wanted is None else min(wanted))
             frames = _decode(container, stream, wanted, timeline)
     except av.error.FFmpegError as exc:
@@ -148,10 +148,10 @@ def _pyav_chunks(path: Path, wanted: list[int], chunk: int) -> Iterator[np.ndarr
     batch: list[np.ndarray] = []
     position = 0  # next entry of `wanted` to fill
     try:
-        timeline = file_timeline(path)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            timeline = file_timeline(path, stream)
             timeline.seek_near(container, stream, wanted[0])
             for index, rgb in _decoded_frames(container, stream, set(wanted), wanted[-1], timeline):
                 if index > wanted[position]:
@@ -176,51 +176,49 @@ class ConstantRateTimeline:
     """Frame numbers from timestamps at the stream's constant rate: what a build's own clips have, and what a file
     whose header says its frames are evenly spaced has."""
 
-    @staticmethod
-    def index(pts: int, stream) -> int:
-        fps = float(stream.average_rate or stream.guessed_rate)
-        return int(round(float((pts - (stream.start_time or 0)) * stream.time_base) * fps))
+    def __init__(self, stream):
+        self.fps = float(stream.average_rate or stream.guessed_rate)
+        self.start, self.time_base = stream.start_time or 0, stream.time_base
 
-    @staticmethod
-    def seek_near(container, stream, first: int) -> None:
+    def index(self, pts: int) -> int:
+        return int(round(float((pts - self.start) * self.time_base) * self.fps))
+
+    def seek_near(self, container, stream, first: int) -> None:
         """Jump to the keyframe at or before frame `first` instead of decoding from the start."""
         if first > 0:
-            fps = float(stream.average_rate or stream.guessed_rate)
-            container.seek(int(first / fps / stream.time_base), stream=stream, backward=True)
+            container.seek(int(first / self.fps / self.time_base), stream=stream, backward=True)
 
 
 class PacketTimeline:
     """Frame i is the i-th frame in display order, as decord numbers frames and `probe` counts them, whatever their
-    spacing: one pass over the packets (no decoding) lists every frame's timestamp."""
+    spacing: one pass over the packets (no decoding, in an opening of its own) lists every frame's timestamp."""
 
-    def __init__(self, container, stream):
-        self.pts = np.unique([packet.pts for packet in container.demux(stream)
-                              if packet.size > 0 and packet.pts is not None]).astype(np.int64)
+    def __init__(self, path: Path, stream):
+        with av.open(str(path)) as container:
+            listed = container.streams.video[0]
+            self.pts = np.unique([packet.pts for packet in container.demux(listed)
+                                  if packet.size > 0 and packet.pts is not None]).astype(np.int64)
+        # packets without timestamps (some raw streams): only the rate can number frames
+        self.by_rate = None if len(self.pts) else ConstantRateTimeline(stream)
 
-    def index(self, pts: int, stream) -> int:
+    def index(self, pts: int) -> int:
         """The frame number of a timestamp (a timestamp between two frames counts as the later one)."""
-        if not len(self.pts):  # packets without timestamps (some raw streams): only the rate can number frames
-            return ConstantRateTimeline.index(pts, stream)
-        return int(np.searchsorted(self.pts, pts))
+        return self.by_rate.index(pts) if self.by_rate else int(np.searchsorted(self.pts, pts))
 
     def seek_near(self, container, stream, first: int) -> None:
-        if first <= 0:
-            return
-        if first < len(self.pts):
+        if self.by_rate:
+            self.by_rate.seek_near(container, stream, first)
+        elif 0 < first < len(self.pts):
             container.seek(int(self.pts[first]), stream=stream, backward=True)
-        elif not len(self.pts):
-            ConstantRateTimeline.seek_near(container, stream, first)
 
 
-def file_timeline(path: Path) -> ConstantRateTimeline | PacketTimeline:
-    """How to number the frames of a video file. The timestamps of a variable-frame-rate file (a phone recording, a
-    webm with dropped frames) are not multiples of 1/fps, and frame numbers computed from them would miss or repeat
-    frames: those files are numbered from their packets. A file whose header shows evenly spaced frames keeps the
-    arithmetic: listing the packets of a LeRobot v3 file (hundreds of episodes in one mp4) for each episode would
-    cost more than decoding it."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return ConstantRateTimeline() if _constant_rate(stream) else PacketTimeline(container, stream)
+def file_timeline(path: Path, stream) -> ConstantRateTimeline | PacketTimeline:
+    """How to number the frames of the video file `stream` is opened from. The timestamps of a variable-frame-rate
+    file (a phone recording, a webm with dropped frames) are not multiples of 1/fps, and frame numbers computed from
+    them would miss or repeat frames: those files are numbered from their packets. A file whose header shows evenly
+    spaced frames keeps the arithmetic: listing the packets of a LeRobot v3 file (hundreds of episodes in one mp4)
+    for each episode would cost more than decoding it."""
+    return ConstantRateTimeline(stream) if _constant_rate(stream) else PacketTimeline(path, stream)
 
 
 def _constant_rate(stream) -> bool:
@@ -243,7 +241,7 @@ def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) ->
         with av.open(io.BytesIO(data), stream_options=[{"skip_frame": "all"}]) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
-            frames = _decode(container, stream, wanted, ConstantRateTimeline)
+            frames = _decode(container, stream, wanted, ConstantRateTimeline(stream))
     except (av.error.FFmpegError, IndexError) as exc:
         raise EpisodeError(origin, f"cannot decode the clip video ({exc.__class__.__name__}: {exc})") from exc
     return _pick(frames, wanted, origin)
@@ -279,11 +277,11 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
     skip_unwanted = lookup is not None and codec.name == "h264"
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
-            codec.skip_frame = "DEFAULT" if timeline.index(packet.pts, stream) in lookup else "NONREF"
+            codec.skip_frame = "DEFAULT" if timeline.index(packet.pts) in lookup else "NONREF"
         for frame in packet.decode():
             if frame.pts is None:
                 raise av.error.InvalidDataError(0, "frame without timestamp")
-            index = timeline.index(frame.pts, stream)
+            index = timeline.index(frame.pts)
             if lookup is None or index in lookup:
                 yield index, _to_rgb(frame)
             if last is not None and index >= last:

@@ -120,7 +120,11 @@ def test_only_a_file_whose_header_is_not_evenly_spaced_has_its_packets_listed(tm
     even = write_video(tmp_path / "even.mp4", moving_frames(20, 48, 64), fps=30, codec="libsvtav1")
     uneven = tmp_path / "uneven.mp4"
     write_variable_rate(uneven, moving_frames(20, 48, 64), "libsvtav1")
-    assert isinstance(file_timeline(even), ConstantRateTimeline) and isinstance(file_timeline(uneven), PacketTimeline)
+    def timeline(path):
+        with av.open(str(path)) as container:
+            return file_timeline(path, container.streams.video[0])
+
+    assert isinstance(timeline(even), ConstantRateTimeline) and isinstance(timeline(uneven), PacketTimeline)
 
 
 def test_decord_leaves_pyav_its_own_libvpx(tmp_path):
