@@ -27,7 +27,7 @@ from latent_action.model import LatentActionVAE
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
 from pyramid.training.checkpoints import (RNG_FILE, STATE_FILE, latest_checkpoint, load_rng, prune_checkpoints,
-                                          save_rng, state_file, step_directory)
+                                          read_state, save_rng, step_directory)
 
 __all__ = ["checkpoint_dir", "latest_checkpoint", "prune_checkpoints", "save_checkpoint", "restore_checkpoint",
            "resolve_checkpoint", "load_trained", "checkpoint_fingerprint", "saved_train_config", "changed_settings"]
@@ -73,8 +73,8 @@ def restore_checkpoint(
     """Load weights, optimizer, scheduler and RNG state in place; return the step to continue from."""
     from safetensors.torch import load_model
 
+    state = read_state(directory)
     try:
-        state = json.loads(state_file(directory).read_text())
         load_model(vae, str(directory / WEIGHTS_FILE), device=str(next(vae.parameters()).device))
         tensors = load_file(str(directory / "optimizer.safetensors"), device=str(next(vae.parameters()).device))
     except RuntimeError as exc:  # load_model's size mismatch or missing keys: a model of another config
@@ -171,11 +171,7 @@ def checkpoint_fingerprint(directory: Path) -> str:
 
 def saved_train_config(directory: Path) -> dict | None:
     """The training config a checkpoint was saved with, as JSON (None for a checkpoint that did not record it)."""
-    try:
-        state = json.loads(state_file(directory).read_text())
-    except (OSError, ValueError) as exc:
-        raise EpisodeError(state_file(directory), f"unreadable training state ({exc.__class__.__name__}: {exc})") from exc
-    return state.get("train_config") if isinstance(state, dict) else None
+    return read_state(directory).get("train_config")
 
 
 def changed_settings(directory: Path, config: TrainConfig) -> list[str]:

@@ -16,11 +16,11 @@ import torch
 from pydantic import ValidationError
 
 from pyramid.errors import EpisodeError
-from pyramid.training.checkpoints import STATE_FILE
+from pyramid.training.checkpoints import STATE_FILE, read_state
 from pyramid.video_io import write_video
 from pyramid.yaml_config import validation_problems
 from recipes.motus.build import build_encoders, build_motus
-from recipes.motus.checkpoint import load_weights, read_training_state
+from recipes.motus.checkpoint import load_weights
 from recipes.motus.config import DataConfig, Recipe
 from recipes.motus.data import ClipExamples, collate
 from recipes.motus.schedule import GIVEN_CLEAN, Mode
@@ -35,7 +35,7 @@ class PredictionFiles:
 
 def load_recipe_of(checkpoint: str | Path) -> Recipe:
     """The recipe a `pyramid train` checkpoint was trained with (its training state keeps it)."""
-    state = read_training_state(checkpoint)
+    state = read_state(checkpoint)
     path = Path(checkpoint) / STATE_FILE
     if not isinstance(state.get("recipe"), dict):
         raise EpisodeError(path, "no training recipe in it: not a `pyramid train` checkpoint (a latent-action VAE "

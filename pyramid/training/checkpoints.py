@@ -14,6 +14,7 @@ Checkpoints written before the convention was shared stay loadable: train-vae's 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def state_file(directory: Path) -> Path:
         if (Path(directory) / name).is_file():
             return Path(directory) / name
     return Path(directory) / STATE_FILE
+
+
+def read_state(directory: Path) -> dict:
+    """The checkpoint's training state as a JSON object; a missing or damaged state file is an error naming it."""
+    from pyramid.errors import EpisodeError
+
+    path = state_file(directory)
+    if not path.is_file():
+        raise EpisodeError(directory, f"not a checkpoint directory (no {STATE_FILE})")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise EpisodeError(path, f"unreadable training state ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from exc
+    if not isinstance(state, dict):
+        raise EpisodeError(path, "unreadable training state (not a JSON object)")
+    return state
 
 
 def checkpoints_by_step(checkpoints: Path) -> list[tuple[int, Path]]:

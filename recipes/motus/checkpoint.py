@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
-from pyramid.training.checkpoints import RNG_FILE, STATE_FILE, load_rng, read_tensors, save_rng
+from pyramid.training.checkpoints import RNG_FILE, STATE_FILE, load_rng, read_state, read_tensors, save_rng
 from pyramid.training.checkpoints import latest_checkpoint as latest_in
 from pyramid.training.checkpoints import step_directory as step_in
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -96,7 +96,7 @@ def load_weights(directory: str | Path, model, experts: tuple[str, ...] = EXPERT
 def load_checkpoint(directory: Path, model, optimizer, scheduler, generator: torch.Generator) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote; returns the training state (step, samples consumed, ...)."""
     load_weights(directory, model)
-    state = read_training_state(directory)
+    state = read_state(directory)
     require_fields(state, directory / STATE_FILE, {"step": int, "samples_consumed": int, "scheduler": dict,
                                                    "param_groups": list})
     moments: dict[str, dict[str, torch.Tensor]] = {}
@@ -138,19 +138,6 @@ def restore_noise(directory: Path, generator: torch.Generator) -> None:
             generator.manual_seed(int(generators["noise_generator_rank0"].sum()) + 7919 * rank)
     except (RuntimeError, KeyError, TypeError) as exc:
         raise EpisodeError(directory / RNG_FILE, f"no usable noise generator state ({first_problem(exc)})") from exc
-
-
-def read_training_state(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise EpisodeError(directory, f"not a checkpoint directory (no {STATE_FILE})")
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
-        raise EpisodeError(path, f"unreadable training state ({first_problem(exc)})") from exc
-    if not isinstance(state, dict):
-        raise EpisodeError(path, "unreadable training state (not a JSON object)")
-    return state
 
 
 def require_fields(state: dict[str, Any], path: Path, fields: dict[str, type]) -> None:
