@@ -21,7 +21,14 @@ def build_recipe(build_dir: Path) -> dict:
     path = Path(build_dir) / "manifest.json"
     if not path.exists():
         raise ExportError(f"{path}: missing (is this a finished `pyramid build` output?)")
-    return json.loads(path.read_text())["recipe"]
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise ExportError(f"{path}: unreadable ({exc.__class__.__name__}); the build is damaged: build it again") from None
+    recipe = manifest.get("recipe") if isinstance(manifest, dict) else None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("flow"), dict):
+        raise ExportError(f"{path}: not a build manifest (no recipe in it); export a finished `pyramid build` output")
+    return recipe
 
 
 def build_shards(build_dir: Path) -> list[Path]:
@@ -110,11 +117,11 @@ def runs_with_latents(episode_id: str, clips: list[dict],
 
 
 def _clip_latents(clip: dict) -> np.ndarray | None:
-    import io
+    from pyramid.schema import npy_array
 
     if "latent_actions.npy" not in clip:
         return None
-    values = np.load(io.BytesIO(clip["latent_actions.npy"]), allow_pickle=False).astype(np.float32)
+    values = npy_array(clip["latent_actions.npy"]).astype(np.float32)
     return values if len(values) == clip["meta"]["num_frames"] - 1 and np.isfinite(values).all() else None
 
 

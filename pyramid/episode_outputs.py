@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from pyramid.clips import pair_actions
 from pyramid.recipe import Recipe
+from pyramid.schema import npy_bytes
 from pyramid.stats import partial_stats
 
 TAR_MTIME = 0  # fixed so that a rebuilt shard is byte-identical
@@ -114,12 +115,6 @@ def serialized(sample: dict[str, Any]) -> dict[str, bytes]:
         elif field != "__key__":
             out[field] = value
     return out
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def tar_members(samples: list[dict[str, bytes]]) -> bytes:

@@ -6,10 +6,12 @@ The writers (staging, the Lance sink) import it; the tables in SHARDS.md are gen
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 # Lance file format the sink writes. 2.0, not the newer default: pylance 0.20 and 0.30 read 2.0 but fail on 2.1
@@ -80,6 +82,18 @@ _FLOW_COLUMNS = [
 CLIP_SCHEMA = pa.schema([(name, kind) for name, kind, _ in _CLIP_COLUMNS])
 FLOW_SCHEMA = pa.schema([(name, kind) for name, kind, _ in _FLOW_COLUMNS])
 NPY_COLUMNS = {"actions.npy": "actions_npy", "state.npy": "state_npy", "latent_actions.npy": "latent_actions_npy"}
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as the .npy bytes a clip's tar member or npy column holds."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    """The array in a clip's .npy bytes (never unpickled: a build holds plain numeric arrays)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def check_pylance() -> None:

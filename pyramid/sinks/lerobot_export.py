@@ -166,11 +166,11 @@ def _run_candidate(run: list[dict], latents: np.ndarray | None) -> Candidate:
 
 
 def _joined(run: list[dict], field_name: str) -> np.ndarray | None:
-    import io
+    from pyramid.schema import npy_array
 
     if field_name not in run[0]:
         return None
-    return np.concatenate([np.load(io.BytesIO(clip[field_name]), allow_pickle=False) for clip in run]).astype(np.float32)
+    return np.concatenate([npy_array(clip[field_name]) for clip in run]).astype(np.float32)
 
 
 def _video_key(meta: dict) -> str:

@@ -7,7 +7,6 @@ with them. Both return the same `ClipRecord`, still encoded.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import tarfile
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pyramid.errors import EpisodeError
-from pyramid.schema import NPY_COLUMNS
+from pyramid.schema import NPY_COLUMNS, npy_array
 
 # A clip's arrays as a build writes them (pyramid/schema.py): `<name>.npy` members, `<name>_npy` Lance columns.
 ARRAY_FIELDS = tuple(member.removesuffix(".npy") for member in NPY_COLUMNS)
@@ -70,7 +69,7 @@ class WebDatasetClips:
         with open(shard, "rb") as handle:
             meta = json.loads(_read(handle, members, "json", shard, key))
             mp4 = _read(handle, members, "mp4", shard, key)
-            arrays = {name: np.load(io.BytesIO(_read(handle, members, f"{name}.npy", shard, key)))
+            arrays = {name: npy_array(_read(handle, members, f"{name}.npy", shard, key))
                       for name in ARRAY_FIELDS if f"{name}.npy" in members}
         return ClipRecord(key, meta, mp4, arrays, f"{shard}:{key}")
 
@@ -106,7 +105,7 @@ class LanceClips:
         row_id = self.row_ids[index]
         columns = [f"{name}_npy" for name in ARRAY_FIELDS]
         row = self.dataset.take([row_id], columns=[*columns, "json", "video"]).to_pylist()[0]
-        arrays = {name: np.load(io.BytesIO(row[f"{name}_npy"])) for name in ARRAY_FIELDS if row[f"{name}_npy"]}
+        arrays = {name: npy_array(row[f"{name}_npy"]) for name in ARRAY_FIELDS if row[f"{name}_npy"]}
         key = self._metadata[index]["key"]
         # the whole json, as WebDataset gives it: where the clip sits in its episode is only there
         return ClipRecord(key, json.loads(row["json"]), row["video"], arrays, f"{self.path}#{key}")
