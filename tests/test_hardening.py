@@ -113,6 +113,19 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, videos):
     assert result.returncode == 2 and "no WebDataset shards" in one_error_line(result)
 
 
+@pytest.mark.parametrize("manifest, problem", [("{garb", "unreadable (JSONDecodeError)"),
+                                               ("[1]", "not a build manifest"), ('{"recipe": 3}', "not a build manifest")])
+def test_an_export_of_a_damaged_manifest_names_it(tmp_path, manifest, problem):
+    build = tmp_path / "build"
+    (build / "webdataset" / "level1").mkdir(parents=True)
+    (build / "webdataset" / "level1" / "shard-000000.tar").write_bytes(b"")
+    (build / "manifest.json").write_text(manifest)
+    result = run("export-lerobot", str(build), str(tmp_path / "export"))
+    line = one_error_line(result)
+    assert result.returncode == 2 and f"{build / 'manifest.json'}: {problem}" in line
+    assert not (tmp_path / "export").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = run("--debug", "build", str(tmp_path / "none.yaml"))
     assert result.returncode != 0 and "Traceback" in result.stderr

@@ -149,6 +149,15 @@ def test_levels_pick_shard_folders_and_lance_rows(build):
         LanceClips(build.root, levels=[2])
 
 
+@pytest.mark.parametrize("content, problem", [(b"\xff\xfe garbage", "cannot read the build manifest"),
+                                              (b"[1, 2]", "not a build manifest")])
+def test_a_damaged_manifest_is_named(tmp_path, content, problem):
+    path = tmp_path / "manifest.json"
+    path.write_bytes(content)
+    with pytest.raises(EpisodeError, match=f"manifest.json: {problem}"):
+        Normalizer(path)
+
+
 def test_missing_normalisation_statistics_name_the_manifest(build, tmp_path):
     manifest = json.loads((build.root / "manifest.json").read_text())
     del manifest["normalization"]["tiny_arm"]["actions"]

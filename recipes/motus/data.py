@@ -76,8 +76,10 @@ class Normalizer:
         self.path = Path(manifest_path)
         try:
             manifest = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EpisodeError(self.path, f"cannot read the build manifest ({exc})") from exc
+        except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+            raise EpisodeError(self.path, f"cannot read the build manifest ({exc.__class__.__name__}: {exc})") from exc
+        if not isinstance(manifest, dict):
+            raise EpisodeError(self.path, "not a build manifest (not a JSON object)")
         self.stats, self.shared = manifest.get("normalization", {}), manifest.get("shared_normalization")
 
     def bounds(self, embodiment: str, name: str, dims: int) -> tuple[np.ndarray, np.ndarray]:
