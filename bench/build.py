@@ -10,7 +10,8 @@ and the decode-only and flow-only throughputs (the bound: their sum over 2 cores
 in 2 processes at once, which shows what running two at once costs on this machine), the
 seconds per stage of the 2-worker build (summed over its workers, from its manifest) and the fixed costs they leave
 over (Ray's start, the workers' start and tail, the CLI around them), then the peak
-memory (RSS of the build's whole process tree and its Ray daemons) for 10 and 100 episodes.
+memory (RSS of the build's whole process tree and its Ray daemons) for 10 and 100 episodes, and for one video of
+300 and one of 3000 frames (30 s and 5 min: a worker holds a part of a long episode at a time).
 Targets on 2 cores: build >= 1.8x serial, >= 0.8x the bound; peak RSS 100/10 episodes <= 1.2.
 Figures are ratios within this run: on a shared machine other jobs slow every row alike.
 Episodes are 20 s at 10 fps (200 frames), as robot teleoperation episodes run 10-60 s; far shorter
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flow.dis import DEFAULT_PRESET  # noqa: E402
-from pyramid.clips import resize_frames  # noqa: E402
+from pyramid.clips import PART_FRAMES, resize_frames  # noqa: E402
 from pyramid.sample_data import write_sample_data  # noqa: E402
 from pyramid.sources import get_source  # noqa: E402
 from tests.fixtures.ray_cluster import LocalCluster  # noqa: E402
@@ -55,8 +56,8 @@ STAGES = {"decode": "decode + resize", "flow": "DIS flow", "flow_stats": "motion
           "video_encode": "H.264 clips", "stage_write": "staged writes"}
 
 
-def write_recipe(workdir: Path, data: Path, output: str) -> Path:
-    recipe = {"sources": [{"kind": "lerobot", "root": str(data / "lerobot")}], "output": str(workdir / output),
+def write_recipe(workdir: Path, data: Path, output: str, kind: str = "lerobot") -> Path:
+    recipe = {"sources": [{"kind": kind, "root": str(data / kind)}], "output": str(workdir / output),
               "video_size": [384, 320], "fps": 10, "clip_frames": CLIP_FRAMES, "formats": ["webdataset", "lance"],
               "flow": {"backend": "dis"}, "filters": {"min_frames": 8, "static_motion_threshold": 0.0}}
     path = workdir / f"{output}.yaml"
@@ -206,6 +207,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=24)
     parser.add_argument("--frames", type=int, default=200, help="Frames per episode (10 fps).")
     parser.add_argument("--memory-frames", type=int, default=60, help="Frames per episode of the memory runs.")
+    parser.add_argument("--long-frames", type=int, default=3000, help="Frames of the long video of the memory runs "
+                        "(10 fps; it is built beside one a tenth as long).")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
@@ -255,6 +258,15 @@ def main() -> None:
                 peaks[count] = timed_build(write_recipe(workdir, mem_data, f"mem{count}build"), "--workers", "2")[1]
             print(f"\npeak RSS: 10 episodes {peaks[10] / 2**20:.0f} MiB, 100 episodes {peaks[100] / 2**20:.0f} MiB, "
                   f"ratio {peaks[100] / peaks[10]:.2f}  (target <= 1.2)")
+            long_peaks = {}
+            for frames in (args.long_frames // 10, args.long_frames):
+                mem_data = workdir / f"long{frames}"
+                write_sample_data(mem_data, robot_episodes=1, video_clips=1, seed=2, num_frames=frames)
+                long_peaks[frames] = timed_build(write_recipe(workdir, mem_data, f"long{frames}build", kind="videos"))[1]
+            short, long = sorted(long_peaks)
+            print(f"peak RSS: one video of {short} frames {long_peaks[short] / 2**20:.0f} MiB, of {long} frames "
+                  f"{long_peaks[long] / 2**20:.0f} MiB, ratio {long_peaks[long] / long_peaks[short]:.2f}  "
+                  f"(a worker holds {PART_FRAMES} stored frames of an episode at a time)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -8,6 +8,7 @@ centre-cropped), and split into non-overlapping clips.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from pyramid.cameras import CameraView
 from pyramid.resize import resize_frames
 
 DECODE_CHUNK = 64  # frames decoded at source resolution at a time, before resizing
+# Stored frames a build worker holds at once, with their flow (~1.3 MB a frame at 384x320): a longer episode is
+# processed in parts of whole clips, so that a worker's memory does not grow with the episode's length.
+PART_FRAMES = 256
 
 @dataclass(frozen=True)
 class ClipSpan:
@@ -45,12 +49,35 @@ def decode_stored(episode, source_indices: np.ndarray, size: tuple[int, int], ch
     """The episode's frames at `source_indices` (its primary camera, or a `CameraView`), fitted to `size`: one
     decoding pass, resized `chunk` frames at a time into the result, so that memory holds at most `chunk` frames
     at source resolution."""
-    stored = np.empty((len(source_indices), *size, 3), np.uint8)
-    done = 0
-    for part in (view or CameraView()).frame_chunks(episode, [int(i) for i in source_indices], chunk):
-        stored[done : done + len(part)] = resize_frames(part, size, fit)
-        done += len(part)
-    return stored
+    return next(decode_stored_parts(episode, source_indices, [(0, len(source_indices))], size, chunk, view, fit))
+
+
+def decode_stored_parts(episode, source_indices: np.ndarray, bounds: list[tuple[int, int]], size: tuple[int, int],
+                        chunk: int = DECODE_CHUNK, view=None, fit: str = "pad") -> Iterator[np.ndarray]:
+    """`decode_stored` of each stored-frame range [lo, hi) in `bounds`, in one decoding pass; a part is decoded only
+    when it is asked for. The ranges run from 0 in order, each starting within the one before and ending past it
+    (consecutive parts may overlap)."""
+    chunks = (resize_frames(part, size, fit) for part in (view or CameraView()).frame_chunks(
+        episode, [int(i) for i in source_indices[: max((hi for _, hi in bounds), default=0)]], chunk))
+    ahead = np.zeros((0, *size, 3), np.uint8)  # frames decoded past the end of the part before
+    previous, previous_lo = ahead, 0
+    for lo, hi in bounds:
+        if not previous_lo <= lo <= previous_lo + len(previous) <= hi:
+            raise ValueError(f"stored-frame part [{lo}, {hi}) does not follow on from the part before")
+        stored = np.empty((hi - lo, *size, 3), np.uint8)
+        overlap = previous[lo - previous_lo : lo - previous_lo + hi - lo]
+        stored[: len(overlap)] = overlap
+        done = len(overlap)
+        while done < hi - lo:
+            if not len(ahead):
+                ahead = next(chunks, None)
+                if ahead is None:
+                    raise ValueError(f"{episode.path}: its video ended before stored frame {lo + done}")
+            take = min(len(ahead), hi - lo - done)
+            stored[done : done + take], ahead = ahead[:take], ahead[take:]
+            done += take
+        previous, previous_lo = stored, lo
+        yield stored
 
 
 def stored_frame_indices(num_source_frames: int, source_fps: float, fps: float) -> np.ndarray:
@@ -104,3 +131,18 @@ def clip_spans(source_indices: np.ndarray, clip_frames: int, min_frames: int, nu
         end = int(source_indices[stop]) if stop < len(source_indices) else num_source_frames
         spans.append(ClipSpan(index, first, stop, int(source_indices[first]), end))
     return spans
+
+
+def clip_parts(spans: list[ClipSpan], stride: int, part_frames: int | None = PART_FRAMES) -> list[tuple[list[ClipSpan], int, int]]:
+    """(clips, lo, hi) of each part of an episode: consecutive whole clips of at most `part_frames` stored frames
+    together (a longer clip alone; None: every clip in one part), and the stored frames [lo, hi) the part needs.
+    Parts overlap by `stride` frames, so the flow pairs of the parts, [lo, hi - stride) each, tile those of the
+    whole episode (the pairs from one clip into the next included)."""
+    groups: list[list[ClipSpan]] = []
+    for span in spans:
+        if groups and (part_frames is None or span.stop - groups[-1][0].first <= part_frames):
+            groups[-1].append(span)
+        else:
+            groups.append([span])
+    end = spans[-1].stop if spans else 0
+    return [(group, group[0].first, min(group[-1].stop + stride, end)) for group in groups]

@@ -1,8 +1,9 @@
 """What a worker makes of one processed episode, ready for finalize to concatenate or commit as is.
 
-From the payload (stored frames, flow-RGB, latents, arrays) it builds: the episode's WebDataset members
-as tar bytes (shards are these bytes end to end), its `clips.lance` and `flow.lance` rows as Arrow tables,
-and a status with counts, partial normalisation statistics, report previews and seconds per stage.
+An episode is processed in parts of whole clips (`clips.clip_parts`; one part unless it is long). From a part's
+payload (stored frames, flow, latents, arrays) it builds the part's WebDataset members as tar bytes (shards are
+these bytes end to end) and its `clips.lance` and `flow.lance` rows as Arrow tables; `EpisodeSummary` gathers the
+parts into the episode's status: counts, partial normalisation statistics, report previews and seconds per stage.
 Finalize never decodes, re-reads or re-parses a clip: one pass per episode.
 """
 
@@ -31,11 +32,13 @@ ARRAYS = {"state": "state.npy", "actions": "actions.npy", "latent_actions": "lat
 
 
 @dataclass
-class EpisodeOutputs:
-    shard_members: bytes  # tar members of every kept clip, without the end-of-archive blocks
+class PartOutputs:
+    shard_members: bytes  # tar members of the part's kept clips, without the end-of-archive blocks
     clips: pa.Table | None  # clips.lance rows, when the recipe writes Lance
     flow: pa.Table | None  # flow.lance rows, when the recipe stores flow
-    status: dict  # counts, statistics, previews, stage seconds: what finalize and the report read
+    counts: dict[str, int]  # clips, static clips, stored frames and flow pairs of the part
+    arrays: dict[str, list[np.ndarray]]  # the kept clips' arrays by name, for the episode's statistics
+    previews: dict  # the report's previews, from the part's first kept clip
 
 
 @contextmanager
@@ -48,7 +51,7 @@ def timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
-def episode_outputs(payload: dict, recipe: Recipe) -> EpisodeOutputs:
+def part_outputs(payload: dict, recipe: Recipe) -> PartOutputs:
     from pyramid.schema import CLIP_SCHEMA, FLOW_SCHEMA
     from pyramid.sinks.lance_sink import clip_row
 
@@ -56,20 +59,41 @@ def episode_outputs(payload: dict, recipe: Recipe) -> EpisodeOutputs:
     with timed(seconds, "video_encode"):
         raw_samples = list(clip_samples(payload, recipe))
     samples = [serialized(sample) for sample in raw_samples]
-    shard_members = tar_members(samples)
     clips = pa.Table.from_pylist([clip_row(s) for s in samples], schema=CLIP_SCHEMA) if "lance" in recipe.formats else None
     flow = None
     if recipe.flow.store:
         with timed(seconds, "flow_encode"):
             flow = pa.Table.from_pylist(flow_rows(payload, recipe.flow.stride), schema=FLOW_SCHEMA)
-    fields = payload["fields"]
-    status = {"level": fields["level"], "embodiment": fields["embodiment"], "clips": len(samples),
-              "static_clips": len(payload["spans"]) - len(samples),
-              "seconds": fields["num_source_frames"] / fields["source_fps"] if fields["source_fps"] else 0.0,
+    counts = {"clips": len(samples), "static_clips": len(payload["spans"]) - len(samples),
               "stored_frames": int(sum(json.loads(s["json"])["num_frames"] for s in samples)),
-              "flow_pairs": int(payload["num_pairs"]), "stats": episode_stats(raw_samples), **previews(payload, recipe),
-              "stage_seconds": seconds}
-    return EpisodeOutputs(shard_members, clips, flow, status)
+              "flow_pairs": int(payload["num_pairs"])}
+    arrays = {name: [s[field] for s in raw_samples if field in s and s[field].size] for name, field in ARRAYS.items()}
+    return PartOutputs(tar_members(samples), clips, flow, counts, arrays, previews(payload, recipe))
+
+
+class EpisodeSummary:
+    """An episode's status from its parts: counts summed, statistics over every kept clip (as if it were one part),
+    the previews of its first kept clip, and the seconds each stage took."""
+
+    def __init__(self, fields: dict, seconds: dict[str, float]):
+        self.fields, self.seconds = fields, seconds
+        self.counts = {"clips": 0, "static_clips": 0, "stored_frames": 0, "flow_pairs": 0}
+        self.arrays: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+        self.previews: dict = {}
+
+    def add(self, part: PartOutputs) -> None:
+        for key, value in part.counts.items():
+            self.counts[key] += value
+        for name, parts in part.arrays.items():
+            self.arrays[name] += parts
+        self.previews = self.previews or part.previews
+
+    def status(self) -> dict:
+        fields = self.fields
+        return {"level": fields["level"], "embodiment": fields["embodiment"], **self.counts,
+                "seconds": fields["num_source_frames"] / fields["source_fps"] if fields["source_fps"] else 0.0,
+                "stats": {name: partial_stats(np.concatenate(parts)) for name, parts in self.arrays.items() if parts},
+                **self.previews, "stage_seconds": self.seconds}
 
 
 def flow_scale() -> float:
@@ -83,7 +107,7 @@ def clip_samples(payload: dict, recipe: Recipe) -> Iterator[dict[str, Any]]:
 
     fields, frames, spans = payload["fields"], payload["frames"], payload["spans"]
     latents = payload.get("latent_actions")
-    stride = recipe.flow.stride
+    stride, offset = recipe.flow.stride, payload.get("offset", 0)  # spans count stored frames from the part's first
     for clip in payload["kept_clips"]:
         span = spans[clip]
         meta = {**fields, "clip_index": span.index, "start_frame": span.start_frame, "end_frame": span.end_frame,
@@ -93,7 +117,7 @@ def clip_samples(payload: dict, recipe: Recipe) -> Iterator[dict[str, Any]]:
                 "motion": payload["clip_motion"][clip],
                 "flow": {"backend": recipe.flow.backend, "stride": stride, "dataset": "flow.lance" if recipe.flow.store else None,
                          "max_magnitude": flow_scale(),
-                         "pair_range": [span.first, span.stop - stride]}}
+                         "pair_range": [offset + span.first, offset + span.stop - stride]}}
         sample: dict[str, Any] = {"__key__": clip_key(fields["episode_id"], span.index), "json": meta,
                                   "mp4": mp4_bytes(frames[span.first : span.stop], fields["fps"])}
         for name in ("actions", "state"):
@@ -151,23 +175,14 @@ def pair_clip_keys(payload: dict, stride: int) -> dict[int, str]:
 
 def flow_rows(payload: dict, stride: int) -> list[dict]:
     fields, actions, latents = payload["fields"], payload["actions"], payload.get("latent_actions")
+    offset = payload.get("offset", 0)  # pair t of the part is pair offset + t of the episode
     actions = None if actions is None else pair_actions(actions, payload["indices"], stride)
     clip_keys = pair_clip_keys(payload, stride)
     return [{"episode_id": fields["episode_id"], "source": fields["source"], "embodiment": fields["embodiment"],
-             "level": fields["level"], "pair_index": t, "clip_key": clip_keys.get(t), "flow_npy_zst": blob,
+             "level": fields["level"], "pair_index": offset + t, "clip_key": clip_keys.get(t), "flow_npy_zst": blob,
              "action": None if actions is None else actions[t].tolist(),
              "latent_action": None if latents is None else latents[t].tolist()}
             for t, blob in enumerate(payload["flow_blobs"])]
-
-
-def episode_stats(samples: list[dict[str, Any]]) -> dict:
-    """{array name: partial_stats} over the episode's kept clips, for the manifest's normalisation."""
-    stats = {}
-    for name, field in ARRAYS.items():
-        parts = [s[field] for s in samples if field in s and s[field].size]
-        if parts:
-            stats[name] = partial_stats(np.concatenate(parts))
-    return stats
 
 
 def previews(payload: dict, recipe: Recipe) -> dict:

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import pickle
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from pyramid.clips import clip_spans, decode_stored, stored_frames_of
-from pyramid.episode import EpisodeRef
-from pyramid.episode_outputs import episode_outputs, timed
+from pyramid.cameras import CameraView
+from pyramid.clips import PART_FRAMES, ClipSpan, clip_parts, clip_spans, decode_stored_parts, stored_frames_of
+from pyramid.episode import Episode, EpisodeRef
+from pyramid.episode_outputs import EpisodeSummary, part_outputs, timed
 from pyramid.errors import EpisodeError
 from pyramid.recipe import Recipe
 
-_readers: dict[int, Any] = {}
+_readers: dict[str, Any] = {}
 _stagings: dict[str, Any] = {}
 REUSED_FLOW_BYTES = 1 << 30  # a worker keeps its flow array between episodes up to this size (~1000 pairs at 384x320)
 
@@ -46,10 +48,13 @@ def worker_setup():
 
 
 def _reader(recipe: Recipe, source_index: int):
-    """One reader per source per worker process (readers cache side files such as instruction tables)."""
-    if source_index not in _readers:
-        _readers[source_index] = recipe.sources[source_index].open_reader()
-    return _readers[source_index]
+    """One reader per source per worker process (readers cache side files such as instruction tables), by the
+    source's whole spec: a process that serves two builds never reads one's episodes with the other's reader."""
+    spec = recipe.sources[source_index]
+    key = spec.model_dump_json()
+    if key not in _readers:
+        _readers[key] = spec.open_reader()
+    return _readers[key]
 
 
 def _staging(recipe: Recipe):
@@ -70,16 +75,30 @@ def failure(row: dict, exc: BaseException | str) -> dict:
     return {**row, "status": "failed", "reason": (reason.splitlines() or [repr(exc)])[0], "payload": b""}
 
 
-def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
-    """Read the episode, pick the stored frames, decode and resize them (in chunks, to bound memory)."""
-    seconds: dict[str, float] = {}
+@dataclass
+class PlannedEpisode:
+    """A loaded episode and what a build stores of it: the stored frames' source indices and the clips."""
+
+    episode: Episode
+    fields: dict  # what every clip's json says of the episode
+    indices: np.ndarray
+    spans: list[ClipSpan]
+    view: CameraView
+
+
+def plan_episode(row: dict, recipe: Recipe) -> tuple[dict, PlannedEpisode | None]:
+    """(row, plan) of an episode; the plan is None when it is quarantined or too short for a clip (the row says why).
+    Nothing is decoded yet."""
     try:
         _staging(recipe).mark_started(row["episode_id"])
-        with timed(seconds, "decode"):
-            episode, fps, indices, spans, frames, view = _decoded(row, recipe)
+        reader = _reader(recipe, int(row["source_index"]))
+        episode = reader.load(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"]), row.get("error")))
+        fps, indices = stored_frames_of(episode.num_frames, episode.fps, recipe.fps)
+        spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames, episode.num_frames)
         if not spans:
             reason = f"{row['path']}: {len(indices)} frames at {fps:g} fps, fewer than min_frames ({recipe.filters.min_frames})"
-            return {**row, "status": "skipped", "reason": reason, "payload": b""}, None
+            return {**row, "status": "skipped", "reason": reason}, None
+        view = recipe.sources[int(row["source_index"])].camera_view(recipe.resize)
         fields = {
             # the pipeline's id, which also tells apart two sources of the same kind
             "episode_id": row["episode_id"], "source": episode.source, "embodiment": episode.embodiment,
@@ -87,25 +106,37 @@ def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
             "source_fps": float(episode.fps), "fps": fps, "num_source_frames": episode.num_frames,
             "state_names": episode.state_names, "action_names": episode.action_names, **view.describe(episode),
         }
-        payload = {"fields": fields, "frames": frames, "indices": indices, "spans": spans,
-                   "state": episode.state, "actions": episode.actions, "seconds": seconds}
-        return {**row, "status": "ok"}, payload
+        return {**row, "status": "ok"}, PlannedEpisode(episode, fields, indices[: spans[-1].stop], spans, view)
     except Exception as exc:  # noqa: BLE001 - any failure quarantines this episode only
         return failure(row, exc), None
 
 
-def _decoded(row: dict, recipe: Recipe):
-    """(episode, stored rate, stored frames' source indices, clip spans, stored frames (none when no clip fits),
-    camera view)."""
-    reader = _reader(recipe, int(row["source_index"]))
-    episode = reader.load(EpisodeRef(row["source"], row["root"], row["relpath"], pickle.loads(row["locator"]), row.get("error")))
-    fps, indices = stored_frames_of(episode.num_frames, episode.fps, recipe.fps)
-    spans = clip_spans(indices, recipe.clip_frames, recipe.filters.min_frames, episode.num_frames)
-    view = recipe.sources[int(row["source_index"])].camera_view(recipe.resize)
-    if not spans:
-        return episode, fps, indices, spans, None, view
-    indices = indices[: spans[-1].stop]
-    return episode, fps, indices, spans, decode_stored(episode, indices, recipe.video_size, view=view, fit=recipe.resize), view
+def part_payloads(plan: PlannedEpisode, recipe: Recipe, seconds: dict[str, float], part_frames: int | None) -> Iterator[dict]:
+    """The payload of each part of the episode (`clip_parts`), its stored frames decoded and resized when it is
+    asked for; spans and pairs count from the part's first stored frame (`offset`). Decoding time adds to
+    `seconds`, which every part shares."""
+    parts = clip_parts(plan.spans, recipe.flow.stride, part_frames)
+    frames = decode_stored_parts(plan.episode, plan.indices, [(lo, hi) for _, lo, hi in parts], recipe.video_size,
+                                 view=plan.view, fit=recipe.resize)
+    for spans, lo, hi in parts:
+        with timed(seconds, "decode"):
+            part = next(frames)
+        yield {"fields": plan.fields, "frames": part, "indices": plan.indices[lo:hi], "offset": lo,
+               "spans": [replace(span, first=span.first - lo, stop=span.stop - lo) for span in spans],
+               "state": plan.episode.state, "actions": plan.episode.actions, "seconds": seconds}
+
+
+def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
+    """The whole episode as one part (the GPU stages pass it from stage to stage)."""
+    seconds: dict[str, float] = {}
+    with timed(seconds, "decode"):
+        row, plan = plan_episode(row, recipe)
+    if plan is None:
+        return {**row, "payload": b""}, None
+    try:
+        return row, next(part_payloads(plan, recipe, seconds, part_frames=None))
+    except Exception as exc:  # noqa: BLE001
+        return failure(row, exc), None
 
 
 def decode_episode(row: dict, recipe: Recipe) -> dict:
@@ -270,18 +301,36 @@ class StageWriter:
         with worker_setup():
             self.staging = Staging(Path(recipe.output))
 
-    def write(self, row: dict, payload: dict | None) -> dict:
+    def write(self, row: dict, payloads: Iterable[dict] | None) -> dict:
+        """Stage the episode from its parts' payloads (None: failed or skipped before any output). The payloads may be
+        made as they are asked for: whatever goes wrong in any part quarantines the episode, and nothing of it stays."""
+        staged = None
         try:
-            outputs = None if payload is None else episode_outputs(payload, self.recipe)
-            if outputs is not None:
-                outputs.status["node"] = _node_id()
-            summary = self.staging.write_episode(row, outputs)
+            if payloads is None:
+                summary = self.staging.write_status(row, None)
+            else:
+                staged = self.staging.begin_episode(row["episode_id"])
+                summary = self.staging.commit_episode(row, staged, self._stage_parts(staged, payloads))
         except Exception as exc:  # noqa: BLE001
+            if staged is not None:
+                staged.discard()
             summary = self.staging.write_status(failure(row, exc), None)
         return {"order": row["order"], "episode_id": row["episode_id"], "status": summary["status"], "reason": summary.get("reason", "")}
 
+    def _stage_parts(self, staged, payloads: Iterable[dict]) -> dict:
+        """Write each part as it comes; the episode's status."""
+        summary = None
+        for payload in payloads:
+            outputs = part_outputs(payload, self.recipe)
+            summary = summary or EpisodeSummary(payload["fields"], payload["seconds"])
+            with timed(payload["seconds"], "stage_write"):
+                staged.add(outputs.shard_members, {"clips.arrow": outputs.clips, "flow.arrow": outputs.flow})
+            summary.add(outputs)
+        return {**summary.status(), "node": _node_id()}
+
     def __call__(self, row: dict) -> dict:
-        return self.write(row, _unpack(row))
+        payload = _unpack(row)
+        return self.write(row, None if payload is None else [payload])
 
 
 def _node_id() -> str | None:
@@ -306,12 +355,13 @@ class EpisodeWorker:
         self.writer = StageWriter(recipe)
 
     def __call__(self, row: dict) -> dict:
-        row, payload = decode_payload(row, self.recipe)
-        for stage in filter(None, (self.flow, self.label)):
-            if payload is None:
-                break
-            try:
+        row, plan = plan_episode(row, self.recipe)
+        return self.writer.write(row, None if plan is None else self._processed_parts(plan))
+
+    def _processed_parts(self, plan: PlannedEpisode) -> Iterator[dict]:
+        """Each part of the episode through flow (and labelling), one part in memory at a time."""
+        seconds: dict[str, float] = {}
+        for payload in part_payloads(plan, self.recipe, seconds, PART_FRAMES):
+            for stage in filter(None, (self.flow, self.label)):
                 payload = stage.process(payload)
-            except Exception as exc:  # noqa: BLE001
-                row, payload = failure(row, exc), None
-        return self.writer.write(row, payload)
+            yield payload

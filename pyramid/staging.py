@@ -102,25 +102,15 @@ class Staging:
         atomic_write_bytes(self.status_path(row["episode_id"]), json.dumps(summary).encode())
         return summary
 
-    def write_episode(self, row: dict, outputs) -> dict:
-        """Stage one episode's `EpisodeOutputs` (None: failed or skipped before any output), status last."""
-        if outputs is None:
-            return self.write_status(row, None)
-        from pyramid.episode_outputs import timed
+    def begin_episode(self, episode_id: str) -> "StagedEpisode":
+        return StagedEpisode(self, episode_id)
 
-        episode_id, status = row["episode_id"], outputs.status
-        with timed(status.setdefault("stage_seconds", {}), "stage_write"):
-            sizes = {"tar": self._write(episode_id, "tar", outputs.shard_members)}
-            for suffix, table in (("clips.arrow", outputs.clips), ("flow.arrow", outputs.flow)):
-                if table is not None and table.num_rows:
-                    sizes[suffix] = self._write(episode_id, suffix, ipc_bytes(table))
+    def commit_episode(self, row: dict, staged: "StagedEpisode", status: dict) -> dict:
+        """Put an episode's staged files in place, then its status (`EpisodeSummary.status`) last."""
+        sizes = staged.commit()
         if not status["clips"]:
             row = {**row, "status": "skipped", "reason": f"{row['path']}: every clip is static (moving pixels below static_motion_threshold)"}
         return self.write_status(row, {**status, "staged_bytes": sizes})
-
-    def _write(self, episode_id: str, suffix: str, data: bytes) -> int:
-        atomic_write_bytes(self.path(episode_id, suffix), data, sync=False)
-        return len(data)
 
     def checked_path(self, status: dict, suffix: str) -> Path | None:
         """The staged file, if the episode wrote one; StagedFileDamaged when its size is not the recorded one."""
@@ -144,8 +134,44 @@ class Staging:
                 yield reader.get_batch(index)
 
 
-def ipc_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+class StagedEpisode:
+    """One episode's staged data files, written part by part under temporary names (so that a long episode is never
+    held whole) and renamed into place together by `commit`; `discard` removes them."""
+
+    def __init__(self, staging: Staging, episode_id: str):
+        self.paths = {suffix: staging.path(episode_id, suffix) for suffix in DATA_SUFFIXES}
+        for path in self.paths.values():  # left by a worker killed while staging this episode
+            for stale in path.parent.glob(f".{path.stem}.tmp*{path.suffix}"):
+                stale.unlink(missing_ok=True)
+        self.temporary = {suffix: temporary_name(path) for suffix, path in self.paths.items()}
+        self.tar = open(self.temporary["tar"], "wb")
+        self.tables: dict[str, pa.ipc.RecordBatchFileWriter] = {}
+
+    def add(self, shard_members: bytes, tables: dict[str, pa.Table | None]) -> None:
+        """Append a part: its tar members, and its rows of each Arrow file ("clips.arrow", "flow.arrow")."""
+        self.tar.write(shard_members)
+        for suffix, table in tables.items():
+            if table is not None and table.num_rows:
+                if suffix not in self.tables:
+                    self.tables[suffix] = pa.ipc.new_file(str(self.temporary[suffix]), table.schema)
+                self.tables[suffix].write_table(table)
+
+    def commit(self) -> dict[str, int]:
+        """Rename the files into place (no flush to disk: the status records their sizes, so a file torn by a power
+        cut is found and the episode redone); their sizes by suffix. The tar always, an Arrow file if it has rows."""
+        self._close()
+        written = ["tar", *self.tables]
+        sizes = {suffix: self.temporary[suffix].stat().st_size for suffix in written}
+        for suffix in written:
+            commit(self.temporary[suffix], self.paths[suffix], sync=False)
+        return sizes
+
+    def discard(self) -> None:
+        self._close()
+        for path in self.temporary.values():
+            path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        self.tar.close()
+        for writer in self.tables.values():
+            writer.close()

@@ -115,3 +115,87 @@ def test_an_unreadable_manifest_is_one_line_naming_it(tmp_path, content):
     path.write_bytes(content.encode("latin-1"))
     with pytest.raises(BuildError, match=r"manifest\.json: (unreadable|not a build manifest)"):
         _read_manifest(path)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """One 4 s video with motion throughout: 40 stored frames at 10 fps, ten clips of 4."""
+    from pyramid.video_io import write_video
+
+    root = tmp_path_factory.mktemp("long")
+    texture = np.random.default_rng(3).integers(0, 255, (160, 200, 3)).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+    frames = np.stack([texture[40 + i // 3 : 40 + i // 3 + 96, i : i + 128] for i in range(120)])
+    write_video(root / "long.mp4", frames, fps=30)
+    return root
+
+
+def staged_files(output) -> dict:
+    staging = Staging(output)
+    (status,) = [staging.status(row["episode_id"]) for row in staging.episodes()]
+    assert status["status"] == "ok", status
+    files = {suffix: staging.path(status["episode_id"], suffix) for suffix in ("tar", "clips.arrow", "flow.arrow")}
+    import pyarrow as pa
+
+    tables = {suffix: pa.ipc.open_file(pa.memory_map(str(path))).read_all() for suffix, path in files.items() if suffix != "tar"}
+    status.pop("stage_seconds")
+    status.pop("staged_bytes")  # an Arrow file of five parts has five record batches, the rows are the same
+    return {"tar": files["tar"].read_bytes(), **{suffix: table.to_pylist() for suffix, table in tables.items()}, "status": status}
+
+
+def test_a_long_episode_is_processed_in_parts_with_the_same_outputs(long_video, tmp_path, monkeypatch):
+    """A worker holds a part of a long episode at a time: clips, flow rows (pairs across parts included), statistics
+    and previews are those of the episode processed whole."""
+    import pyramid.stages
+
+    whole = staged_files(staged_build(long_video, tmp_path / "whole").output)
+    monkeypatch.setattr(pyramid.stages, "PART_FRAMES", 8)  # two clips of 4 frames a part: five parts
+    parted = staged_files(staged_build(long_video, tmp_path / "parted").output)
+    assert whole["status"]["clips"] == 10 and whole["status"]["flow_pairs"] == 39
+    assert [row["pair_index"] for row in parted["flow.arrow"]] == list(range(39))
+    for key in ("tar", "clips.arrow", "flow.arrow", "status"):
+        assert parted[key] == whole[key], key
+    assert not list((tmp_path / "parted" / "_staging").glob(".*.tmp*"))  # every part's file renamed into place
+
+
+def test_clip_parts_hold_whole_clips_and_their_pairs_tile_the_episode():
+    from pyramid.clips import clip_parts, clip_spans, stored_frame_indices
+
+    spans = clip_spans(stored_frame_indices(300, 30.0, 10.0), 4, 3, 300)  # 100 stored frames: 25 clips of 4
+    for part_frames, stride in ((8, 1), (10, 2), (3, 1), (None, 3)):
+        parts = clip_parts(spans, stride, part_frames)
+        assert [span for clips, _, _ in parts for span in clips] == spans
+        pairs = [t for _, lo, hi in parts for t in range(lo, hi - stride)]
+        assert pairs == list(range(spans[-1].stop - stride))
+        if part_frames is None:
+            assert len(parts) == 1
+        else:
+            assert all(len(clips) == 1 or clips[-1].stop - lo <= part_frames for clips, lo, _ in parts)
+            assert len(parts) == -(-len(spans) // max(1, part_frames // 4))  # as many whole clips in each as fit
+
+
+def test_parts_decoded_in_one_pass_are_the_frames_decoded_at_once(long_video):
+    from pyramid.clips import decode_stored, decode_stored_parts, stored_frame_indices
+    from pyramid.episode import VideoCamera
+
+    camera = VideoCamera.open("video", long_video / "long.mp4")
+    from pyramid.episode import Episode
+
+    episode = Episode(episode_id="e", source="videos", embodiment="video", level=2, instructions=[], fps=camera.fps,
+                      num_frames=camera.num_frames, cameras={"video": camera}, path=str(long_video / "long.mp4"))
+    indices = stored_frame_indices(camera.num_frames, camera.fps, 10.0)
+    at_once = decode_stored(episode, indices, (48, 64))
+    bounds = [(0, 9), (8, 17), (16, 30), (29, 40)]
+    for (lo, hi), part in zip(bounds, decode_stored_parts(episode, indices, bounds, (48, 64), chunk=5), strict=True):
+        np.testing.assert_array_equal(part, at_once[lo:hi])
+    with pytest.raises(ValueError, match="does not follow on"):
+        list(decode_stored_parts(episode, indices, [(0, 9), (12, 20)], (48, 64)))
+
+
+def test_a_discarded_episode_leaves_no_staged_file(tmp_path):
+    import pyarrow as pa
+
+    staging = Staging(tmp_path)
+    staged = staging.begin_episode("ep")
+    staged.add(b"members", {"clips.arrow": pa.table({"a": [1, 2]}), "flow.arrow": None})
+    staged.discard()
+    assert sorted(path.name for path in staging.dir.iterdir()) == []
