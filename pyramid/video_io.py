@@ -1,4 +1,5 @@
-"""Reading and writing video files: decord where it can decode, PyAV where it cannot (AV1).
+"""Reading and writing video files: decord for frames read at once where it can decode, PyAV where it cannot (AV1)
+and for frames read chunk by chunk in one pass (a build's stored frames), where decord would decode ahead into memory.
 
 Frames are always uint8 RGB arrays shaped [N, H, W, 3].
 """
