@@ -145,5 +145,10 @@ def decode_mp4(data: bytes) -> np.ndarray:
         return read_frames(path)
 
 
-def run_video(run: list[dict]) -> np.ndarray:
-    return np.concatenate([decode_mp4(clip["mp4"]) for clip in run])
+def run_video(run: list[dict], limit: int | None = None):
+    """The run's frames (its first `limit`), decoded clip by clip while an encoder takes them (`FrameChunks`)."""
+    from pyramid.video_io import FrameChunks
+
+    total, meta = run_frames(run), run[0]["meta"]
+    return FrameChunks(total if limit is None else min(limit, total), (int(meta["height"]), int(meta["width"]), 3),
+                       lambda: (decode_mp4(clip["mp4"]) for clip in run))

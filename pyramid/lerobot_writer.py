@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pyramid.atomic import atomic_directory
+from pyramid.video_io import Frames, chunks_of
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -48,7 +49,7 @@ class RecordedEpisode:
     task: str
     state: np.ndarray | None
     actions: np.ndarray | None
-    videos: dict[str, np.ndarray]
+    videos: dict[str, Frames]  # an array, or `FrameChunks` decoded while they are encoded
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -106,21 +107,27 @@ class _DatasetWriter:
                                "dataset_from_index": self.total_frames, "dataset_to_index": self.total_frames + length}
         stats = {key: feature_stats(values) for key, values in columns.items()}
         for key, frames in episode.videos.items():
-            row.update(self._append_video(key, frames))
-            stats[key] = image_stats(frames)
+            place, stats[key] = self._append_video(key, frames)
+            row.update(place)
         row.update(_flatten_stats(stats))
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
         self.episode_rows.append(row)
         self.episode_stats.append(stats)
         self.total_frames += length
 
-    def _append_video(self, key: str, frames: np.ndarray) -> dict[str, Any]:
-        """Encode the frames after the previous episodes' and return the episode's place in the mp4."""
-        stream = self.videos.get(key) or self._open_video(key, frames.shape[1:3])
-        start = stream.frames_written / self.fps
-        stream.append(frames)
-        return {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
-                f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps}
+    def _append_video(self, key: str, frames: Frames) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Encode the frames after the previous episodes', chunk by chunk; the episode's place in the mp4, and its
+        image statistics (from every `step`-th frame, as LeRobot samples them)."""
+        start = self.videos[key].frames_written / self.fps if key in self.videos else 0.0
+        step, sampled, position = image_sample_step(len(frames)), [], 0
+        for chunk in chunks_of(frames):
+            stream = self.videos.get(key) or self._open_video(key, chunk.shape[1:3])
+            stream.append(chunk)
+            sampled += [chunk[i] for i in range(-position % step, len(chunk), step)]
+            position += len(chunk)
+        place = {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+                 f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps}
+        return place, image_stats(np.stack(sampled))
 
     def _check(self, episode: RecordedEpisode, index: int) -> int:
         arrays = {**({"state": episode.state} if self.state_names else {}),
@@ -289,13 +296,16 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
     return stats
 
 
-def image_stats(frames: np.ndarray, max_frames: int = 16, stride: int = 4) -> dict[str, np.ndarray]:
-    """Per-channel stats on the [0, 1] scale, shaped (3, 1, 1), from a subsample of frames as LeRobot does."""
-    step = max(1, len(frames) // max_frames)
-    sample = frames[::step, ::stride, ::stride].reshape(-1, 3) / 255.0
-    stats = feature_stats(sample)
+def image_sample_step(length: int, max_frames: int = 16) -> int:
+    """Every how many frames LeRobot samples an episode's video for its image statistics."""
+    return max(1, length // max_frames)
+
+
+def image_stats(sample: np.ndarray, stride: int = 4) -> dict[str, np.ndarray]:
+    """Per-channel stats on the [0, 1] scale, shaped (3, 1, 1), from the frames `image_sample_step` picks."""
+    stats = feature_stats(sample[:, ::stride, ::stride].reshape(-1, 3) / 255.0)
     stats = {name: value.reshape(3, 1, 1) for name, value in stats.items() if name != "count"}
-    stats["count"] = np.array([len(frames[::step])])
+    stats["count"] = np.array([len(sample)])
     return stats
 
 

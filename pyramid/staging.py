@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pyramid.atomic import atomic_write_bytes, commit, temporary_name
 from pyramid.paths import output_child
-from pyramid.video_io import video_bytes
+from pyramid.video_io import Frames, video_bytes
 
 # Staged data files of an episode, by suffix; the status JSON records the size of each one written.
 DATA_SUFFIXES = ("tar", "clips.arrow", "flow.arrow")
@@ -40,7 +40,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
+def mp4_bytes(frames: Frames, fps: float) -> bytes:
     return video_bytes(frames, fps=fps, codec="libx264", crf=18)
 
 

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 # av before decord (imported lazily below): decord loads its own FFmpeg and libvpx 6 with RTLD_GLOBAL, and
 # PyAV's libraries loaded after it would bind those instead of theirs (its VP9 encoder then fails to open).
@@ -320,9 +320,47 @@ def _check_indices(path: Path, indices: list[int], total: int) -> None:
         raise EpisodeError(path, f"frame {bad[0]} out of range (video has {total} frames)")
 
 
+@dataclass
+class FrameChunks:
+    """Frames [length, H, W, 3] made chunk by chunk while they are encoded, so that a long run of them is never held
+    whole; `make()` yields the chunks (uint8 RGB arrays) afresh each time it is called."""
+
+    length: int
+    frame_shape: tuple[int, int, int]  # (H, W, 3) of every frame
+    make: Callable[[], Iterator[np.ndarray]]
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.length, *self.frame_shape)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        made = 0
+        if not self.length:
+            return
+        for chunk in self.make():
+            if chunk.shape[1:] != self.frame_shape:
+                raise ValueError(f"expected frames of shape {list(self.frame_shape)}, got {list(chunk.shape[1:])}")
+            chunk = chunk[: self.length - made]
+            made += len(chunk)
+            yield chunk
+            if made == self.length:
+                return
+        raise ValueError(f"expected {self.length} frames, {made} were made")
+
+
+Frames = np.ndarray | FrameChunks  # what the encoders take
+
+
+def chunks_of(frames: Frames) -> Iterator[np.ndarray]:
+    return frames.chunks() if isinstance(frames, FrameChunks) else iter((frames,))
+
+
 def write_video(
     path: str | os.PathLike,
-    frames: np.ndarray,
+    frames: Frames,
     fps: float,
     codec: str = "libx264",
     crf: int = 20,
@@ -335,29 +373,34 @@ def write_video(
     return path
 
 
-def video_bytes(frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 20, suffix: str = ".mp4") -> bytes:
+def video_bytes(frames: Frames, fps: float, codec: str = "libx264", crf: int = 20, suffix: str = ".mp4") -> bytes:
     """`write_video`'s file as bytes, encoded in memory (a build encodes every clip: no temporary files)."""
     buffer = io.BytesIO()
     _encode(buffer, _container_format(Path(suffix)), frames, fps, codec, crf, None)
     return buffer.getvalue()
 
 
-def _encode(target, container_format: str, frames: np.ndarray, fps: float, codec: str, crf: int, gop: int | None) -> None:
+def _encode(target, container_format: str, frames: Frames, fps: float, codec: str, crf: int, gop: int | None) -> None:
     rate = Fraction(fps).limit_denominator(1001)
-    height, width = frames.shape[1:3]
     with av.open(target, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = width + width % 2, height + height % 2
-        stream.pix_fmt = "yuv420p"
-        stream.options = _encoder_options(codec, crf, gop)
-        stream.thread_count = 1  # builds parallelise across episodes, not within one clip
-        for index, frame in enumerate(frames):
-            if frame.shape[0] % 2 or frame.shape[1] % 2:
-                frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
-            for packet in stream.encode(_yuv420p_frame(frame, index)):
+        stream, index = None, 0
+        for chunk in chunks_of(frames):
+            if stream is None:  # sized by the first chunk
+                height, width = chunk.shape[1:3]
+                stream = container.add_stream(codec, rate=rate)
+                stream.width, stream.height = width + width % 2, height + height % 2
+                stream.pix_fmt = "yuv420p"
+                stream.options = _encoder_options(codec, crf, gop)
+                stream.thread_count = 1  # builds parallelise across episodes, not within one clip
+            for frame in chunk:
+                if frame.shape[0] % 2 or frame.shape[1] % 2:
+                    frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
+                for packet in stream.encode(_yuv420p_frame(frame, index)):
+                    container.mux(packet)
+                index += 1
+        if stream is not None:
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def _yuv420p_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:

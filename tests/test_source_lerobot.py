@@ -164,3 +164,23 @@ def test_writer_refuses_to_overwrite_unless_asked(tmp_path):
     info = json.loads((tmp_path / "ds/meta/info.json").read_text())
     assert info["video_path"] is None and "action" not in info["features"]
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary tree left behind
+
+
+def test_a_video_written_chunk_by_chunk_is_the_video_written_at_once(tmp_path):
+    """Exports hand the writer a long run's frames as FrameChunks (decoded clip by clip): the same dataset, stats included."""
+    from pyramid.video_io import FrameChunks
+
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 255, (37, 32, 48, 3), dtype=np.uint8)
+    state = rng.normal(size=(37, 2)).astype(np.float32)
+
+    def dataset(videos, name):
+        episode = RecordedEpisode("wave", state, None, {"observation.images.top": videos})
+        return write_lerobot_v3(tmp_path / name, [episode], fps=5, robot_type="none", state_names=["a", "b"])
+
+    at_once = dataset(frames, "at_once")
+    lazy = FrameChunks(37, (32, 48, 3), lambda: (frames[start : start + 7] for start in range(0, 37, 7)))  # odd sizes: the stats sample crosses chunks
+    chunked = dataset(lazy, "chunked")
+    for path in ("meta/episodes/chunk-000/file-000.parquet", "videos/observation.images.top/chunk-000/file-000.mp4"):
+        assert (at_once / path).read_bytes() == (chunked / path).read_bytes(), path
+    assert json.loads((at_once / "meta/stats.json").read_text()) == json.loads((chunked / "meta/stats.json").read_text())

@@ -147,3 +147,42 @@ assert video_bytes(frames, 10.0, codec="libvpx-vp9", suffix=".webm")
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def chunked(frames: np.ndarray, sizes: list[int], shape=None):
+    """`frames` as FrameChunks of the given chunk sizes, counting how many chunks were made."""
+    from pyramid.video_io import FrameChunks
+
+    made = []
+
+    def make():
+        start = 0
+        for size in sizes:
+            made.append(size)
+            yield frames[start : start + size]
+            start += size
+
+    return FrameChunks(len(frames), shape or frames.shape[1:], make), made
+
+
+def test_frames_encoded_chunk_by_chunk_are_the_frames_encoded_at_once():
+    frames = moving_frames(20)
+    lazy, made = chunked(frames, [7, 7, 6])
+    assert video_bytes(lazy, fps=10) == video_bytes(frames, fps=10) and made == [7, 7, 6]
+    shorter, _ = chunked(frames, [7, 7, 6])
+    shorter.length = 12  # an export leaves out a run's last frames: no more chunks are made than that needs
+    assert np.array_equal(read_frames_of(video_bytes(shorter, fps=10)), read_frames_of(video_bytes(frames[:12], fps=10)))
+
+
+def read_frames_of(data: bytes) -> np.ndarray:
+    return plain_decode(io.BytesIO(data))
+
+
+def test_frame_chunks_that_make_too_few_or_misshapen_frames_say_so():
+    frames = moving_frames(8)
+    too_few, _ = chunked(frames, [4])
+    with pytest.raises(ValueError, match="expected 8 frames, 4 were made"):
+        video_bytes(too_few, fps=10)
+    misshapen, _ = chunked(frames, [4, 4], shape=(48, 128, 3))
+    with pytest.raises(ValueError, match=r"expected frames of shape \[48, 128, 3\], got \[96, 128, 3\]"):
+        video_bytes(misshapen, fps=10)

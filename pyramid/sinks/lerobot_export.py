@@ -152,7 +152,6 @@ def _run_candidate(run: list[dict], latents: np.ndarray | None) -> Candidate:
     end = run[-1]["meta"]["end_frame"] - meta["start_frame"]
     state = _joined(run, "state.npy")
     actions = _joined(run, "actions.npy")
-    frames = run_video(run)
     extras = {}
     if latents is not None:
         extras = {"latent_action": latents}
@@ -160,7 +159,7 @@ def _run_candidate(run: list[dict], latents: np.ndarray | None) -> Candidate:
     recorded = RecordedEpisode(
         meta["task"], None if state is None else state[local[:num_frames]],
         None if actions is None else pair_actions(actions, np.append(local, end))[:num_frames],
-        {_video_key(meta): frames[:num_frames]}, extras)
+        {_video_key(meta): run_video(run, num_frames)}, extras)
     return Candidate(recorded, int(round(meta["fps"])), meta["embodiment"], list(meta["state_names"]) if state is not None else [],
                      list(meta["action_names"]) if actions is not None else [], {k: LATENT_NAMES for k in extras})
 
