@@ -199,3 +199,19 @@ def test_a_discarded_episode_leaves_no_staged_file(tmp_path):
     staged.add(b"members", {"clips.arrow": pa.table({"a": [1, 2]}), "flow.arrow": None})
     staged.discard()
     assert sorted(path.name for path in staging.dir.iterdir()) == []
+
+
+def test_the_gpu_stages_stage_what_the_cpu_worker_stages(long_video, tmp_path):
+    """With GPUs a build runs decode, flow and the writer as separate Ray Data stages, the payload pickled between
+    them (the episode whole, in one part): run here in turn, they stage what EpisodeWorker stages."""
+    from pyramid.stages import FlowStage, StageWriter, decode_episode
+
+    whole = staged_files(staged_build(long_video, tmp_path / "worker").output)
+    recipe = Recipe(sources=[{"kind": "videos", "root": str(long_video)}], output=str(tmp_path / "stages"), video_size=(64, 96),
+                    fps=10, clip_frames=4, filters={"min_frames": 3, "static_motion_threshold": 0.0}, max_failed_fraction=0.6)
+    flow, writer = FlowStage(recipe), StageWriter(recipe)
+    for row in Staging(tmp_path / "stages").record_episodes(discover(recipe)):
+        assert writer(flow(decode_episode(row, recipe)))["status"] == "ok"
+    staged = staged_files(tmp_path / "stages")
+    for key in ("tar", "clips.arrow", "flow.arrow", "status"):
+        assert staged[key] == whole[key], key
