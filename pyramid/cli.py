@@ -6,6 +6,7 @@ exit code 2; a build over its failure limit exits 1. `--debug` (or PYRAMID_DEBUG
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -207,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     # bitsandbytes (installed beside transformers) warns at import that it cannot fetch a CPU kernel from
     # the hub; nothing here quantises, so the line is noise on every command that loads a model.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # A crash in native code (a codec, Ray, Lance) prints where each thread was instead of ending without a word.
+    faulthandler.enable()
     try:
         code = app(args=argv, prog_name="pyramid", standalone_mode=False)
     except SystemExit:
