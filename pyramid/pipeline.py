@@ -239,10 +239,27 @@ def _staged_fingerprint(marker: Path) -> str | None:
 def _process_episodes(recipe: Recipe, workers: int | None) -> None:
     from pyramid.staging import Staging
 
+    from pyramid.clips import PART_FRAMES
+
     staging = Staging(Path(recipe.output))
+    if on_gpus := gpu_steps(recipe):
+        print(f"pyramid build: {' and '.join(on_gpus)} on the cluster's GPUs, decoding and staging on CPU workers, "
+              f"each episode whole (a CPU-only build holds {PART_FRAMES} stored frames of an episode at a time)",
+              file=sys.stderr, flush=True)
     pending = (row for row in staging.record_episodes(discover(recipe)) if not staging.status_path(row["episode_id"]).exists())
     while window := list(itertools.islice(pending, window_episodes(workers))):
         _process_window(window, recipe, workers, staging)
+
+
+def gpu_steps(recipe: Recipe) -> list[str]:
+    """The steps that run on GPUs: learned flow and labelling, where the cluster has GPUs (none: one CPU actor per
+    worker runs every step)."""
+    import ray
+
+    if not ray.cluster_resources().get("GPU", 0):
+        return []
+    return [step for step, on_gpu in (("learned flow", recipe.flow.backend.startswith("ptlflow")),
+                                      ("labelling", recipe.vae is not None)) if on_gpu]
 
 
 def window_episodes(workers: int | None) -> int:
@@ -391,9 +408,9 @@ def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iter
     no_retries = {"max_restarts": 0, "max_task_retries": 0}
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
     dataset = ray.data.from_items(window, override_num_blocks=len(window))
-    flow_on_gpu = gpus > 0 and recipe.flow.backend.startswith("ptlflow")
-    label_on_gpu = gpus > 0 and recipe.vae is not None
-    if not (flow_on_gpu or label_on_gpu):
+    on_gpus = gpu_steps(recipe)
+    flow_on_gpu, label_on_gpu = "learned flow" in on_gpus, "labelling" in on_gpus
+    if not on_gpus:
         threads = max(1, cpus // pool)
         dataset = dataset.map(EpisodeWorker, fn_constructor_kwargs={"recipe": recipe, "threads": threads},
                               compute=ActorPoolStrategy(size=pool), num_cpus=threads, **no_retries)
