@@ -209,7 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     # the hub; nothing here quantises, so the line is noise on every command that loads a model.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # A crash in native code (a codec, Ray, Lance) prints where each thread was instead of ending without a word.
-    faulthandler.enable()
+    if not faulthandler.is_enabled():
+        try:
+            faulthandler.enable()
+        except (OSError, ValueError, AttributeError):  # stderr is no file (captured by a caller): nowhere to print
+            pass
     try:
         code = app(args=argv, prog_name="pyramid", standalone_mode=False)
     except SystemExit:
