@@ -25,7 +25,6 @@ import pickle
 import re
 import shutil
 import sys
-import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -180,11 +179,8 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
         timings["process"] = time.perf_counter() - started
     from pyramid.finalize import finalize
 
-    try:
-        with build_lock(output):
-            manifest = finalize(recipe, fingerprint, timings, progress)
-    finally:
-        session.wait_stopped()
+    with build_lock(output):
+        manifest = finalize(recipe, fingerprint, timings, progress)
     return BuildResult(output, manifest, failed_fraction=manifest["episodes"]["failed_fraction"], timings=timings, ray=session.which)
 
 
@@ -330,35 +326,14 @@ def _isolate_crashes(suspects: list[dict], recipe: Recipe, staging) -> None:
 @dataclass
 class RaySession:
     which: str  # the line saying which Ray the build runs on
-    stopping: threading.Thread | None = None
 
     def stop(self) -> None:
-        """Leave Ray, and stop a local Ray's daemons on a thread of its own: they take ~1 s to exit, which the
-        driver spends on finalize instead (finalize uses no Ray). The driver itself disconnects here, on the main
-        thread: a Ray object freed by finalize while a thread tears the driver's core worker down ends the process."""
+        """Leave Ray (and stop a local Ray's daemons, ~1 s) before finalize, on this thread: stopping it on a thread
+        of its own while finalize ran was followed by rare crashes (SIGSEGV) of the build at its end."""
         import ray
-        import ray._private.worker as ray_worker
 
         gc.collect()  # Ray objects left in cycles go while the driver is still connected
-        node = ray_worker._global_node  # a Ray the build only joined has no processes here: it keeps running
-        ray_worker._global_node = None  # so that `ray.shutdown` only disconnects (~10 ms)
-        try:
-            ray.shutdown()
-        finally:
-            if node is not None:
-                self.stopping = threading.Thread(target=_stop_daemons, args=(node,), name="ray-daemons-stop")
-                self.stopping.start()
-
-    def wait_stopped(self) -> None:
-        if self.stopping is not None:
-            self.stopping.join()
-
-
-def _stop_daemons(node) -> None:
-    """What `ray.shutdown` does last for a Ray that `ray.init` started: stop its processes (no Ray client is left)."""
-    if node.is_head():
-        node.destroy_external_storage()
-    node.kill_all_processes(check_alive=False, allow_graceful=True, wait=False)
+        ray.shutdown()
 
 
 @contextmanager
