@@ -18,6 +18,11 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporary names of `path` that any process's writer left beside it (one killed before its rename)."""
+    return list(path.parent.glob(f".{path.stem}.tmp*{path.suffix}"))
+
+
 def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
     """Write `data` to `path` atomically.
 
@@ -55,7 +60,7 @@ def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iter
     on success it replaces `path`, whatever was there."""
     path = Path(path)
     tmp = temporary_name(path)
-    for stale in path.parent.glob(f".{path.stem}.tmp*{path.suffix}"):  # left by a killed writer (a checkpoint: GBs)
+    for stale in stale_temporaries(path):  # left by a killed writer (a checkpoint: GBs)
         shutil.rmtree(stale, ignore_errors=True)
     if create:
         tmp.mkdir(parents=True)

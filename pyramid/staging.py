@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pyramid.atomic import atomic_write_bytes, commit, temporary_name
+from pyramid.atomic import atomic_write_bytes, commit, stale_temporaries, temporary_name
 from pyramid.paths import output_child
 from pyramid.video_io import Frames, video_bytes
 
@@ -141,7 +141,7 @@ class StagedEpisode:
     def __init__(self, staging: Staging, episode_id: str):
         self.paths = {suffix: staging.path(episode_id, suffix) for suffix in DATA_SUFFIXES}
         for path in self.paths.values():  # left by a worker killed while staging this episode
-            for stale in path.parent.glob(f".{path.stem}.tmp*{path.suffix}"):
+            for stale in stale_temporaries(path):
                 stale.unlink(missing_ok=True)
         self.temporary = {suffix: temporary_name(path) for suffix, path in self.paths.items()}
         self.tar = open(self.temporary["tar"], "wb")
