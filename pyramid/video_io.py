@@ -116,7 +116,6 @@ def read_frame_chunks(path: str | os.PathLike, indices: Sequence[int], chunk: in
     `chunk` without reopening the video and decoding again from a keyframe for every chunk."""
     path = Path(path)
     wanted = [int(i) for i in indices]
-    parts = [wanted[start : start + chunk] for start in range(0, len(wanted), chunk)]
     if all(later >= earlier for earlier, later in zip(wanted, wanted[1:])):
         # PyAV decodes only when the next chunk is asked for. A decord reader held open between chunks decodes the
         # rest of the video ahead into memory while the caller works on a chunk (dmlc/decord#157, #208): the whole
@@ -124,6 +123,7 @@ def read_frame_chunks(path: str | os.PathLike, indices: Sequence[int], chunk: in
         if wanted:
             yield from _pyav_chunks(path, wanted, chunk)
         return
+    parts = [wanted[start : start + chunk] for start in range(0, len(wanted), chunk)]
     codec = codec or probe(path).codec
     if codec not in CODECS_DECORD_CANNOT_DECODE and (reader := _decord_reader(path)) is not None:
         _check_indices(path, wanted, len(reader))
