@@ -2,7 +2,9 @@
 
 The layout, column names and metadata follow huggingface/lerobot (`dataset_writer.py`,
 `dataset_metadata.py`); see /work/shared/formats.md section 5. Everything streams: an episode's
-frames are encoded and its rows written as it arrives, so memory holds one episode at a time.
+frames are encoded chunk by chunk as they are decoded, each episode into a file of its own that is then appended to
+the dataset's mp4 without re-encoding (as LeRobot concatenates its per-episode videos). A video that fails to decode
+halfway through thus leaves the dataset as it was: `write_lerobot_v3(on_unreadable=)` leaves that episode out.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import av
 import numpy as np
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pyramid.atomic import atomic_directory
+from pyramid.errors import EpisodeError
 from pyramid.video_io import Frames, chunks_of
 
 CODEBASE_VERSION = "v3.0"
@@ -36,6 +39,10 @@ VIDEO_OPTIONS = {
 }
 CODEC_NAMES = {"libsvtav1": "av1", "libx264": "h264"}
 INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+class NoEpisodes(ValueError):
+    """Not one episode was written (none given, or every one unreadable)."""
 
 
 @dataclass
@@ -64,8 +71,12 @@ def write_lerobot_v3(
     codec: str = "libsvtav1",
     overwrite: bool = False,
     extra_features: dict[str, Sequence[str]] | None = None,
+    on_unreadable: Callable[[EpisodeError], None] | None = None,
 ) -> Path:
-    """Write `episodes` as a LeRobot v3.0 dataset at `root` (built under a temporary name, then renamed)."""
+    """Write `episodes` as a LeRobot v3.0 dataset at `root` (built under a temporary name, then renamed).
+
+    An episode whose frames fail to decode (`EpisodeError`) while it is written is left out, with nothing of it
+    written, and passed to `on_unreadable`; without one, the error ends the write."""
     root = Path(root)
     if root.exists() and not overwrite:
         raise FileExistsError(f"{root}: already exists")
@@ -74,7 +85,12 @@ def write_lerobot_v3(
                                 {key: list(names) for key, names in (extra_features or {}).items()})
         try:
             for episode in episodes:
-                writer.add(episode)
+                try:
+                    writer.add(episode)
+                except EpisodeError as exc:
+                    if on_unreadable is None:
+                        raise
+                    on_unreadable(exc)
             writer.finish()
         except BaseException:
             writer.abort()
@@ -97,37 +113,52 @@ class _DatasetWriter:
         self.total_frames = 0
 
     def add(self, episode: RecordedEpisode) -> None:
+        """Append an episode. Its videos are encoded first, each to a file of its own: if one fails to decode, the
+        dataset is left as it was."""
         index = len(self.episode_rows)
         length = self._check(episode, index)
-        task_index = self.tasks.setdefault(episode.task, len(self.tasks))
-        columns = self._data_columns(episode, index, task_index, length)
-        self._write_rows(columns)
-        row: dict[str, Any] = {"episode_index": index, "tasks": [episode.task], "length": length,
-                               "data/chunk_index": 0, "data/file_index": 0,
-                               "dataset_from_index": self.total_frames, "dataset_to_index": self.total_frames + length}
-        stats = {key: feature_stats(values) for key, values in columns.items()}
-        for key, frames in episode.videos.items():
-            place, stats[key] = self._append_video(key, frames)
-            row.update(place)
+        encoded: dict[str, _EpisodeVideo] = {}
+        try:
+            for key, frames in episode.videos.items():
+                encoded[key] = self._encode_alone(key, frames)
+            task_index = self.tasks.setdefault(episode.task, len(self.tasks))
+            columns = self._data_columns(episode, index, task_index, length)
+            self._write_rows(columns)
+            row: dict[str, Any] = {"episode_index": index, "tasks": [episode.task], "length": length,
+                                   "data/chunk_index": 0, "data/file_index": 0,
+                                   "dataset_from_index": self.total_frames, "dataset_to_index": self.total_frames + length}
+            stats = {key: feature_stats(values) for key, values in columns.items()}
+            for key, video in encoded.items():
+                row.update(self._append_video(key, video))
+                stats[key] = video.stats
+        finally:
+            for video in encoded.values():
+                video.path.unlink(missing_ok=True)
         row.update(_flatten_stats(stats))
         row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
         self.episode_rows.append(row)
         self.episode_stats.append(stats)
         self.total_frames += length
 
-    def _append_video(self, key: str, frames: Frames) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Encode the frames after the previous episodes', chunk by chunk; the episode's place in the mp4, and its
-        image statistics (from every `step`-th frame, as LeRobot samples them)."""
-        start = self.videos[key].frames_written / self.fps if key in self.videos else 0.0
-        step, sampled, position = image_sample_step(len(frames)), [], 0
-        for chunk in chunks_of(frames):
-            stream = self.videos.get(key) or self._open_video(key, chunk.shape[1:3])
-            stream.append(chunk)
-            sampled += [chunk[i] for i in range(-position % step, len(chunk), step)]
-            position += len(chunk)
-        place = {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
-                 f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps}
-        return place, image_stats(np.stack(sampled))
+    def _encode_alone(self, key: str, frames: Frames) -> "_EpisodeVideo":
+        if self.episode_rows and key not in self.videos:
+            raise ValueError(f"video '{key}' appears after the first episode")
+        if key in self.videos and frames.shape[1:] != (self.videos[key].height, self.videos[key].width, 3):
+            stream = self.videos[key]
+            raise ValueError(f"video '{key}': frames must be [T, {stream.height}, {stream.width}, 3], got {list(frames.shape)}")
+        path = self.root / ".episode" / f"{key}.mp4"  # inside the dataset's temporary tree, removed once appended
+        return _EpisodeVideo.encode(path, frames, self.fps, self.codec)
+
+    def _append_video(self, key: str, video: "_EpisodeVideo") -> dict[str, Any]:
+        """Copy the episode's encoded video after the previous episodes'; its place in the mp4."""
+        if key not in self.videos:
+            path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
+            self.videos[key] = _VideoStream(path, self.fps, self.codec, video.height, video.width)
+        stream = self.videos[key]
+        start = stream.frames_written / self.fps
+        stream.append(video)
+        return {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
+                f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + video.frames / self.fps}
 
     def _check(self, episode: RecordedEpisode, index: int) -> int:
         arrays = {**({"state": episode.state} if self.state_names else {}),
@@ -176,16 +207,9 @@ class _DatasetWriter:
             self.data = pq.ParquetWriter(path, table.schema)
         self.data.write_table(table)  # one row group per episode, so readers can skip the others
 
-    def _open_video(self, key: str, size: tuple[int, int]) -> "_VideoStream":
-        if self.episode_rows:
-            raise ValueError(f"video '{key}' appears after the first episode")
-        path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=0)
-        self.videos[key] = _VideoStream(path, self.fps, self.codec, *size)
-        return self.videos[key]
-
     def finish(self) -> None:
         if not self.episode_rows:
-            raise ValueError("no episodes to write")
+            raise NoEpisodes("no episodes to write")
         self._close()
         meta = self.root / "meta"
         meta.mkdir(parents=True, exist_ok=True)
@@ -209,6 +233,8 @@ class _DatasetWriter:
             self.data = None
         for stream in self.videos.values():
             stream.close()
+        if (self.root / ".episode").is_dir():
+            (self.root / ".episode").rmdir()
 
     def _info(self) -> dict[str, Any]:
         features: dict[str, Any] = {}
@@ -240,37 +266,88 @@ class _DatasetWriter:
         }
 
 
-class _VideoStream:
-    """One mp4 that episodes are appended to; timestamps run on across episodes."""
+@dataclass
+class _EpisodeVideo:
+    """One episode's frames of one video key, encoded alone with the dataset's options."""
 
-    def __init__(self, path: Path, fps: int, codec: str, height: int, width: int):
+    path: Path
+    frames: int
+    height: int
+    width: int
+    stats: dict[str, np.ndarray]  # image statistics, from every `image_sample_step`-th frame as LeRobot samples them
+
+    @classmethod
+    def encode(cls, path: Path, frames: Frames, fps: int, codec: str) -> "_EpisodeVideo":
+        """Encode chunk by chunk as the frames are made; the file is removed if making them fails."""
+        height, width = frames.shape[1:3]
         if height % 2 or width % 2:
             raise ValueError(f"{path}: yuv420p needs an even frame size, got {height}x{width}")
         path.parent.mkdir(parents=True, exist_ok=True)
         # SVT-AV1 prints a dozen info lines per encoder to stderr; keep errors only unless the user chose otherwise.
         os.environ.setdefault("SVT_LOG", "1")
+        step, sampled, written = image_sample_step(len(frames)), [], 0
+        try:
+            with av.open(str(path), mode="w") as container:
+                stream = container.add_stream(codec, rate=Fraction(fps))
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                stream.options = dict(VIDEO_OPTIONS[codec])
+                for chunk in chunks_of(frames):
+                    _check_frames(path, chunk, height, width)
+                    sampled += [chunk[i].copy() for i in range(-written % step, len(chunk), step)]  # a view would keep its chunk
+                    for frame in chunk:
+                        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                        video_frame.pts, video_frame.time_base = written, Fraction(1, fps)
+                        container.mux(stream.encode(video_frame))
+                        written += 1
+                container.mux(stream.encode())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return cls(path, written, height, width, image_stats(np.stack(sampled)))
+
+
+def _check_frames(path: Path, frames: np.ndarray, height: int, width: int) -> None:
+    if frames.dtype != np.uint8 or frames.shape[1:] != (height, width, 3):
+        raise ValueError(f"{path}: frames must be uint8 [T, {height}, {width}, 3], got {frames.dtype} {list(frames.shape)}")
+
+
+class _VideoStream:
+    """One mp4 of the dataset. Episodes, each encoded alone, are appended by copying their packets (no re-encode),
+    with timestamps shifted to run on after the episodes before them."""
+
+    def __init__(self, path: Path, fps: int, codec: str, height: int, width: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.fps, self.codec, self.height, self.width = path, fps, codec, height, width
         self.container = av.open(str(path), mode="w")
-        self.stream = self.container.add_stream(codec, rate=Fraction(fps))
-        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.options = dict(VIDEO_OPTIONS[codec])
+        self.stream = None
+        self.time_base: Fraction | None = None
+        self.last_dts = -(2**62)
         self.frames_written = 0
         self.closed = False
 
-    def append(self, frames: np.ndarray) -> None:
-        if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
-            wanted = f"uint8 [T, {self.height}, {self.width}, 3]"
-            raise ValueError(f"{self.path}: frames must be {wanted}, got {frames.dtype} {list(frames.shape)}")
-        for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            video_frame.pts = self.frames_written
-            video_frame.time_base = Fraction(1, self.fps)
-            self.container.mux(self.stream.encode(video_frame))
-            self.frames_written += 1
+    def append(self, video: _EpisodeVideo) -> None:
+        with av.open(str(video.path)) as source:
+            episode_stream = source.streams.video[0]
+            if self.stream is None:
+                self.stream = self.container.add_stream_from_template(episode_stream, opaque=True)
+                self.time_base = episode_stream.time_base
+            shift = Fraction(self.frames_written, self.fps) / episode_stream.time_base
+            if episode_stream.time_base != self.time_base or shift.denominator != 1:
+                raise ValueError(f"{video.path}: time base {episode_stream.time_base} cannot follow {self.time_base} at {self.fps} fps")
+            for packet in source.demux(episode_stream):
+                if packet.dts is None:  # the demuxer's empty packet at the end
+                    continue
+                packet.pts += int(shift)
+                # x264 decodes a frame ahead (its first decode time is before its first frame) except in a one-frame
+                # episode: decode times must still increase across the join.
+                packet.dts = max(packet.dts + int(shift), self.last_dts + 1)
+                self.last_dts = packet.dts
+                packet.stream = self.stream
+                self.container.mux(packet)
+        self.frames_written += video.frames
 
     def close(self) -> None:
         if not self.closed:
-            self.container.mux(self.stream.encode())
             self.container.close()
             self.closed = True
 

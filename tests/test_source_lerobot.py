@@ -13,7 +13,7 @@ import pytest
 from pyramid.errors import EpisodeError, SourceError
 from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
 from pyramid.sources import detect_source, get_source
-from pyramid.video_io import probe
+from pyramid.video_io import probe, read_frames
 from tests.fixtures import lerobot as fixtures
 from tests.fixtures.media import moving_square_frames
 
@@ -184,3 +184,61 @@ def test_a_video_written_chunk_by_chunk_is_the_video_written_at_once(tmp_path):
     for path in ("meta/episodes/chunk-000/file-000.parquet", "videos/observation.images.top/chunk-000/file-000.mp4"):
         assert (at_once / path).read_bytes() == (chunked / path).read_bytes(), path
     assert json.loads((at_once / "meta/stats.json").read_text()) == json.loads((chunked / "meta/stats.json").read_text())
+
+
+def test_an_episode_that_fails_to_decode_halfway_leaves_the_dataset_as_if_it_was_never_given(tmp_path):
+    """Each episode is encoded alone before it is appended: a video that breaks after some chunks were encoded leaves
+    nothing of its episode (rows, video packets, stats, temporary files), and the episodes after it carry on."""
+    from pyramid.video_io import FrameChunks
+
+    rng = np.random.default_rng(6)
+    lengths = [9, 30, 11]
+    frames = [moving_square_frames(n, 32, 48, seed=i) for i, n in enumerate(lengths)]
+    states = [rng.normal(size=(n, 2)).astype(np.float32) for n in lengths]
+
+    def breaks_after_two_chunks():
+        yield frames[1][:8]
+        yield frames[1][8:16]
+        raise EpisodeError("cam_high.mp4", "cannot decode video (Invalid data found when processing input)")
+
+    broken = FrameChunks(30, (32, 48, 3), breaks_after_two_chunks)
+    episodes = [RecordedEpisode(f"task {i}", states[i], None, {"observation.images.top": video})
+                for i, video in enumerate([frames[0], broken, frames[2]])]
+    left_out = []
+    written = write_lerobot_v3(tmp_path / "with_broken", episodes, fps=5, robot_type="none", state_names=["a", "b"],
+                               codec="libx264", on_unreadable=left_out.append)
+    good = [episodes[0], episodes[2]]
+    clean = write_lerobot_v3(tmp_path / "clean", good, fps=5, robot_type="none", state_names=["a", "b"], codec="libx264")
+
+    assert [str(error) for error in left_out] == ["cam_high.mp4: cannot decode video (Invalid data found when processing input)"]
+    files = sorted(str(p.relative_to(clean)) for p in clean.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(written)) for p in written.rglob("*") if p.is_file())
+    for path in files:  # tasks.parquet too: the broken episode's task was never added
+        assert (written / path).read_bytes() == (clean / path).read_bytes(), path
+    video = read_frames(written / "videos/observation.images.top/chunk-000/file-000.mp4")
+    assert len(video) == 20 and np.abs(video.astype(int) - np.concatenate([frames[0], frames[2]])).mean() < 10
+
+    with pytest.raises(EpisodeError, match="cam_high.mp4"):  # no one to tell: the error ends the write, nothing is left
+        write_lerobot_v3(tmp_path / "strict", episodes, fps=5, robot_type="none", state_names=["a", "b"], codec="libx264")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "with_broken"]
+
+
+def test_episodes_appended_without_re_encoding_keep_every_frame_at_its_timestamp(tmp_path):
+    """The dataset's mp4 is each episode's own encode, its packets shifted to run on: every frame at index / fps,
+    for H.264 and AV1, as LeRobot's readers seek by `from_timestamp + frame_index / fps`."""
+    import av
+
+    rng = np.random.default_rng(7)
+    lengths = [5, 17, 1, 8]
+    episodes = [RecordedEpisode("t", rng.normal(size=(n, 1)).astype(np.float32), None,
+                                {"observation.images.top": rng.integers(0, 255, (n, 16, 24, 3), dtype=np.uint8)})
+                for n in lengths]
+    for codec in ("libx264", "libsvtav1"):
+        root = write_lerobot_v3(tmp_path / codec, episodes, fps=15, robot_type="none", state_names=["q"], codec=codec)
+        with av.open(str(root / "videos/observation.images.top/chunk-000/file-000.mp4")) as container:
+            stream = container.streams.video[0]
+            times = [float(frame.pts * frame.time_base) for frame in container.decode(stream)]
+        assert times == pytest.approx(np.arange(sum(lengths)) / 15, abs=1e-6), codec
+        rows = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+        starts = [row["videos/observation.images.top/from_timestamp"] for row in rows]
+        assert starts == pytest.approx(np.cumsum([0, *lengths[:-1]]) / 15)
