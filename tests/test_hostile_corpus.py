@@ -148,3 +148,35 @@ def test_statistics_never_see_a_non_finite_value(hostile_build):
         for name, summary in arrays.items():
             for key, value in summary.items():
                 assert np.isfinite(np.asarray(value, dtype=np.float64)).all(), (embodiment, name, key)
+
+
+
+def test_export_lerobot_leaves_out_a_video_that_breaks_after_frames_were_encoded(tmp_path):
+    """A faststart mp4 cut short probes whole and decodes its first chunks: the export encodes those, then finds the
+    damage. That episode is named and left out, with nothing of it in the dataset; the episodes around it are kept."""
+    from pyramid.sinks.lerobot_export import CHUNK_FRAMES
+    from pyramid.video_io import probe, read_frames, write_video
+    from tests.fixtures.media import moving_square_frames
+    from tests.fixtures.videos import write_truncated_faststart
+
+    root = tmp_path / "clips/kitchen/2024-05-01/cam0"
+    good = {"clip_0001.mp4": moving_square_frames(12, 64, 96, seed=1), "clip_0003.mp4": moving_square_frames(9, 64, 96, seed=3)}
+    for name, frames in good.items():
+        write_video(root / name, frames, fps=30.0)
+    broken = write_truncated_faststart(root / "clip_0002.mp4", moving_square_frames(4 * CHUNK_FRAMES, 64, 96, seed=2))
+    assert probe(broken).num_frames == 4 * CHUNK_FRAMES and len(read_frames(broken, range(CHUNK_FRAMES))) == CHUNK_FRAMES
+
+    out = tmp_path / "lerobot"
+    result = subprocess.run([*CLI, "export-lerobot", str(tmp_path / "clips"), str(out), "--codec", "libx264"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: episode left out")]
+    assert len(warnings) == 1 and "clip_0002.mp4" in warnings[0] and "video" in warnings[0], result.stderr
+    assert result.stdout.startswith(f"{out}: 2 episodes, 21 frames; left out: 1 unreadable")
+    info = json.loads((out / "meta/info.json").read_text())
+    assert (info["total_episodes"], info["total_frames"]) == (2, 21)
+    video = read_frames(out / "videos/observation.images.video/chunk-000/file-000.mp4")
+    expected = np.concatenate(list(good.values()))
+    assert video.shape == expected.shape and np.abs(video.astype(int) - expected).mean() < 10
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["file-000.mp4", "file-000.parquet", "file-000.parquet",
+                                                                       "info.json", "stats.json", "tasks.parquet"]

@@ -10,12 +10,15 @@ episode's last stored frame, which starts no pair, is left out; a build with flo
 
 LeRobot holds one frame rate, robot and set of features per dataset: episodes that differ from the first
 one written (another embodiment, other dimensions or cameras) are left out and counted; `--embodiment`
-picks which to export.
+picks which to export. Frames are decoded while they are encoded, `CHUNK_FRAMES` at a time (a long episode at the
+source's size is never held whole); an episode whose video breaks halfway is left out and named, and nothing of it
+is written.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +30,14 @@ from pyramid.build_reader import (build_recipe, build_samples, build_shards, epi
                                   run_frames, run_video, runs_with_latents)
 from pyramid.clips import clip_source_frames, pair_actions
 from pyramid.errors import EpisodeError, ExportError, SourceError
-from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+from pyramid.lerobot_writer import NoEpisodes, RecordedEpisode, write_lerobot_v3
 from pyramid.paths import check_export_target
 from pyramid.sinks.left_out import LeftOut
+from pyramid.video_io import FrameChunks
 
 LATENT_NAMES = [f"latent_{i}" for i in range(14)]
+# Source frames are decoded and encoded this many at a time: a long episode at the source's size is never held whole.
+CHUNK_FRAMES = 64
 
 
 @dataclass
@@ -77,13 +83,22 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
             if candidate.signature() != wanted:
                 summary.skipped.add("other_features")
                 continue
-            summary.episodes += 1
-            summary.frames += len(next(iter(candidate.episode.videos.values())))
             yield candidate.episode
 
-    write_lerobot_v3(out_dir, matching(), fps=first.fps, robot_type=first.embodiment, state_names=first.state_names,
-                     action_names=first.action_names, codec=codec, overwrite=overwrite, extra_features=first.extras)
+    try:
+        write_lerobot_v3(out_dir, matching(), fps=first.fps, robot_type=first.embodiment, state_names=first.state_names,
+                         action_names=first.action_names, codec=codec, overwrite=overwrite, extra_features=first.extras,
+                         on_unreadable=lambda exc: _left_out_unreadable(exc, summary))
+    except NoEpisodes:
+        raise ExportError(f"{input_path}: no episode to export: each one failed to decode") from None
+    info = json.loads((out_dir / "meta" / "info.json").read_text())
+    summary.episodes, summary.frames = info["total_episodes"], info["total_frames"]
     return summary
+
+
+def _left_out_unreadable(exc: EpisodeError, summary: LeRobotExport) -> None:
+    print(f"warning: episode left out: {exc}", file=sys.stderr)
+    summary.skipped.add("unreadable")
 
 
 def _of_embodiment(candidates: Iterator[Candidate], embodiment: str, summary: LeRobotExport) -> Iterator[Candidate]:
@@ -105,10 +120,9 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> I
     for ref in reader.discover():
         try:
             episode = reader.load(ref)
-            videos = {f"observation.images.{name}": even_sized(episode.frames(name)) for name in episode.cameras}
+            videos = {f"observation.images.{name}": camera_frames(episode, name) for name in episode.cameras}
         except EpisodeError as exc:
-            print(f"warning: episode left out: {exc}", file=sys.stderr)
-            summary.skipped.add("unreadable")
+            _left_out_unreadable(exc, summary)
             continue
         if abs(episode.fps - round(episode.fps)) > 1e-3:
             summary.skipped.add("non_integer_fps")
@@ -117,6 +131,18 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> I
         recorded = RecordedEpisode(episode.task, state, episode.actions, videos)
         yield Candidate(recorded, int(round(episode.fps)), episode.embodiment, list(episode.state_names) if state is not None else [],
                         list(episode.action_names) if episode.actions is not None else [], {})
+
+
+def camera_frames(episode, name: str) -> FrameChunks:
+    """Every frame of one camera, even-sized, decoded `CHUNK_FRAMES` at a time while the export encodes them (a
+    frame that fails to decode then leaves the episode out: `write_lerobot_v3(on_unreadable=)`)."""
+    height, width = episode.frames(name, [0]).shape[1:3]
+    indices = range(episode.cameras[name].num_frames)
+
+    def chunks() -> Iterator[np.ndarray]:
+        return (even_sized(chunk) for chunk in episode.frame_chunks(name, indices, CHUNK_FRAMES))
+
+    return FrameChunks(len(indices), (height - height % 2, width - width % 2, 3), chunks)
 
 
 def even_sized(frames: np.ndarray) -> np.ndarray:
