@@ -21,7 +21,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from pyramid.atomic import atomic_write
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, debugging
 
 # decord bundles an FFmpeg without an AV1 decoder; asking it anyway fails or yields garbage.
 CODECS_DECORD_CANNOT_DECODE = {"av1", "libdav1d", "libaom-av1", "vp9"}
@@ -76,6 +76,9 @@ def read_frames(
 def _open_decord(path: Path):
     import decord
 
+    # decord's own FFmpeg prints its complaints about a damaged file to stderr, lines naming no file, beside the
+    # one-line error that names it (PyAV keeps FFmpeg's log off); they are for `--debug`.
+    decord.logging.set_level(decord.logging.INFO if debugging() else decord.logging.QUIET)
     return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
 
 

@@ -172,6 +172,7 @@ def test_export_lerobot_leaves_out_a_video_that_breaks_after_frames_were_encoded
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: episode left out")]
     assert len(warnings) == 1 and "clip_0002.mp4" in warnings[0] and "video" in warnings[0], result.stderr
+    assert result.stderr.strip() == warnings[0]  # none of FFmpeg's own complaints, which name no file
     assert result.stdout.startswith(f"{out}: 2 episodes, 21 frames; left out: 1 unreadable")
     info = json.loads((out / "meta/info.json").read_text())
     assert (info["total_episodes"], info["total_frames"]) == (2, 21)
