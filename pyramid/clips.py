@@ -7,18 +7,32 @@ centre-cropped), and split into non-overlapping clips.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from pyramid.cameras import CameraView
+from pyramid.errors import BuildError
 from pyramid.resize import resize_frames
 
 DECODE_CHUNK = 64  # frames decoded at source resolution at a time, before resizing
-# Stored frames a build worker holds at once, with their flow (~1.3 MB a frame at 384x320): a longer episode is
-# processed in parts of whole clips, so that a worker's memory does not grow with the episode's length.
-PART_FRAMES = 256
+PART_FRAMES_ENV = "PYRAMID_PART_FRAMES"
+
+
+def _part_frames() -> int:
+    """Stored frames a build worker holds at once, with their flow (~1.3 MB a frame at 384x320): a longer episode is
+    processed in parts of whole clips, so that a worker's memory does not grow with the episode's length. 256, or
+    $PYRAMID_PART_FRAMES (fewer for large stored frames); a build's outputs are the same whatever it is."""
+    value = os.environ.get(PART_FRAMES_ENV, "256")
+    if not value.isdigit() or int(value) < 1:
+        raise BuildError(f"{PART_FRAMES_ENV}={value!r}: must be a whole number of stored frames, at least 1")
+    return int(value)
+
+
+PART_FRAMES = _part_frames()
+
 
 @dataclass(frozen=True)
 class ClipSpan:

@@ -73,20 +73,24 @@ def part_outputs(payload: dict, recipe: Recipe) -> PartOutputs:
 
 class EpisodeSummary:
     """An episode's status from its parts: counts summed, statistics over every kept clip (as if it were one part),
-    the previews of its first kept clip, and the seconds each stage took."""
+    the previews of its first kept clip, and the seconds each stage took over all parts."""
 
-    def __init__(self, fields: dict, seconds: dict[str, float]):
-        self.fields, self.seconds = fields, seconds
+    def __init__(self, fields: dict):
+        self.fields = fields
+        self.seconds: dict[str, float] = {}
         self.counts = {"clips": 0, "static_clips": 0, "stored_frames": 0, "flow_pairs": 0}
         self.arrays: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
         self.previews: dict = {}
 
-    def add(self, part: PartOutputs) -> None:
+    def add(self, part: PartOutputs, seconds: dict[str, float]) -> None:
+        """Add the parts in episode order."""
         for key, value in part.counts.items():
             self.counts[key] += value
         for name, parts in part.arrays.items():
             self.arrays[name] += parts
         self.previews = self.previews or part.previews
+        for stage, value in seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + value
 
     def status(self) -> dict:
         fields = self.fields
@@ -94,6 +98,20 @@ class EpisodeSummary:
                 "seconds": fields["num_source_frames"] / fields["source_fps"] if fields["source_fps"] else 0.0,
                 "stats": {name: partial_stats(np.concatenate(parts)) for name, parts in self.arrays.items() if parts},
                 **self.previews, "stage_seconds": self.seconds}
+
+
+def part_record(part: PartOutputs, seconds: dict[str, float], fields: dict) -> dict:
+    """What `EpisodeSummary.add` takes from a part, as JSON: a part staged by one writer, joined by another."""
+    return {"fields": fields, "counts": part.counts, "previews": part.previews, "seconds": seconds,
+            "arrays": {name: [base64.b64encode(npy_bytes(array)).decode() for array in arrays] for name, arrays in part.arrays.items()}}
+
+
+def recorded_part(record: dict) -> tuple[PartOutputs, dict[str, float]]:
+    """`part_record`'s part (without its members and rows, which stay in their files) and seconds."""
+    from pyramid.schema import npy_array
+
+    arrays = {name: [npy_array(base64.b64decode(text)) for text in texts] for name, texts in record["arrays"].items()}
+    return PartOutputs(b"", None, None, record["counts"], arrays, record["previews"]), record["seconds"]
 
 
 def flow_scale() -> float:

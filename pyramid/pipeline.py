@@ -240,8 +240,7 @@ def _process_episodes(recipe: Recipe, workers: int | None) -> None:
     staging = Staging(Path(recipe.output))
     if on_gpus := gpu_steps(recipe):
         print(f"pyramid build: {' and '.join(on_gpus)} on the cluster's GPUs, decoding and staging on CPU workers, "
-              f"each episode whole (a CPU-only build holds {PART_FRAMES} stored frames of an episode at a time)",
-              file=sys.stderr, flush=True)
+              f"episodes in parts of {PART_FRAMES} stored frames", file=sys.stderr, flush=True)
     pending = (row for row in staging.record_episodes(discover(recipe)) if not staging.status_path(row["episode_id"]).exists())
     while window := list(itertools.islice(pending, window_episodes(workers))):
         _process_window(window, recipe, workers, staging)
@@ -372,7 +371,7 @@ def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iter
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    from pyramid.stages import EpisodeWorker, FlowStage, LabelStage, StageWriter, decode_episode
+    from pyramid.stages import EpisodeWorker, FlowStage, LabelStage, StageWriter, decode_parts
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -393,7 +392,9 @@ def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iter
         return
     # Flow and the VAE share each GPU when both run there, so neither waits for the other's device.
     gpu_share = 0.5 if flow_on_gpu and label_on_gpu else 1.0
-    dataset = dataset.map(decode_episode, fn_kwargs={"recipe": recipe}, compute=TaskPoolStrategy(size=pool), max_retries=0)
+    # One row per part of an episode (`PART_FRAMES` stored frames), made as the flow stage takes them: a long episode
+    # is never decoded whole. Writers stage parts alone and the last one joins them (`Staging.stage_part`).
+    dataset = dataset.flat_map(decode_parts, fn_kwargs={"recipe": recipe}, compute=TaskPoolStrategy(size=pool), max_retries=0)
     dataset = dataset.map(FlowStage, fn_constructor_kwargs={"recipe": recipe}, num_gpus=gpu_share if flow_on_gpu else 0,
                           compute=ActorPoolStrategy(min_size=1, max_size=gpus if flow_on_gpu else pool), **no_retries)
     if recipe.vae:

@@ -3,10 +3,11 @@
 Each step works on a `payload` dict (the episode's fields, stored frames, flow-RGB, latents, and the
 seconds each step took). The last step turns it into what finalize commits as is (`episode_outputs`). On a
 CPU-only machine `EpisodeWorker` runs every step in one Ray actor and hands payloads over in memory.
-With GPUs the steps become separate Ray Data stages; between them a row carries its payload pickled
-(our own in-process objects, never read from user files), so Ray moves one opaque blob instead of
-inferring Arrow types for ragged arrays. A failing step marks the row `failed` with a one-line
-reason; later steps pass it through, and the staging writer records the reason.
+With GPUs the steps become separate Ray Data stages, a row for each part of an episode; between them a row
+carries its payload pickled (our own in-process objects, never read from user files), so Ray moves one opaque blob
+instead of inferring Arrow types for ragged arrays. A failing step marks the row `failed` with a one-line
+reason; later steps pass it through, and the staging writer records the reason. Either way an episode is
+processed in parts of `PART_FRAMES` stored frames, so memory does not grow with its length.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from pyramid.cameras import CameraView
 from pyramid.clips import PART_FRAMES, ClipSpan, clip_parts, clip_spans, decode_stored_parts, stored_frames_of
 from pyramid.episode import Episode, EpisodeRef
-from pyramid.episode_outputs import EpisodeSummary, part_outputs, timed
+from pyramid.episode_outputs import EpisodeSummary, part_outputs, part_record, recorded_part, timed
 from pyramid.errors import EpisodeError
 from pyramid.recipe import Recipe
 
@@ -111,38 +112,38 @@ def plan_episode(row: dict, recipe: Recipe) -> tuple[dict, PlannedEpisode | None
         return failure(row, exc), None
 
 
-def part_payloads(plan: PlannedEpisode, recipe: Recipe, seconds: dict[str, float], part_frames: int | None) -> Iterator[dict]:
+def part_payloads(plan: PlannedEpisode, recipe: Recipe, part_frames: int | None, seconds: dict[str, float] | None = None) -> Iterator[dict]:
     """The payload of each part of the episode (`clip_parts`), its stored frames decoded and resized when it is
-    asked for; spans and pairs count from the part's first stored frame (`offset`). Decoding time adds to
-    `seconds`, which every part shares."""
+    asked for; spans and pairs count from the part's first stored frame (`offset`). Each part has its own
+    seconds per stage, the first part's starting from `seconds` (the episode's planning)."""
     parts = clip_parts(plan.spans, recipe.flow.stride, part_frames)
     frames = decode_stored_parts(plan.episode, plan.indices, [(lo, hi) for _, lo, hi in parts], recipe.video_size,
                                  view=plan.view, fit=recipe.resize)
-    for spans, lo, hi in parts:
-        with timed(seconds, "decode"):
+    for number, (spans, lo, hi) in enumerate(parts):
+        part_seconds = dict(seconds or {}) if number == 0 else {}
+        with timed(part_seconds, "decode"):
             part = next(frames)
-        yield {"fields": plan.fields, "frames": part, "indices": plan.indices[lo:hi], "offset": lo,
-               "spans": [replace(span, first=span.first - lo, stop=span.stop - lo) for span in spans],
-               "state": plan.episode.state, "actions": plan.episode.actions, "seconds": seconds}
+        yield {"fields": plan.fields, "frames": part, "indices": plan.indices[lo:hi], "offset": lo, "part": number,
+               "parts": len(parts), "spans": [replace(span, first=span.first - lo, stop=span.stop - lo) for span in spans],
+               "state": plan.episode.state, "actions": plan.episode.actions, "seconds": part_seconds}
 
 
-def decode_payload(row: dict, recipe: Recipe) -> tuple[dict, dict | None]:
-    """The whole episode as one part (the GPU stages pass it from stage to stage)."""
+def decode_parts(row: dict, recipe: Recipe) -> Iterator[dict]:
+    """An episode's rows for the GPU stages (a Ray Data flat_map): one per part, each carrying its payload, made as
+    the next stage asks for it; a row without a payload where the episode is skipped or fails (the writer records
+    it). Parts of an earlier run killed midway are removed first."""
     seconds: dict[str, float] = {}
     with timed(seconds, "decode"):
         row, plan = plan_episode(row, recipe)
     if plan is None:
-        return {**row, "payload": b""}, None
+        yield {**row, "payload": b""}
+        return
+    _staging(recipe).clear_parts(row["episode_id"])
     try:
-        return row, next(part_payloads(plan, recipe, seconds, part_frames=None))
-    except Exception as exc:  # noqa: BLE001
-        return failure(row, exc), None
-
-
-def decode_episode(row: dict, recipe: Recipe) -> dict:
-    """`decode_payload` as a Ray Data row function."""
-    row, payload = decode_payload(row, recipe)
-    return _pack(row, payload)
+        for payload in part_payloads(plan, recipe, PART_FRAMES, seconds):
+            yield _pack(row, payload)
+    except Exception as exc:  # noqa: BLE001 - the parts already sent are removed when the writer records this
+        yield {**failure(row, exc), "payload": b""}
 
 
 def _pack(row: dict, payload: dict | None) -> dict:
@@ -315,22 +316,74 @@ class StageWriter:
             if staged is not None:
                 staged.discard()
             summary = self.staging.write_status(failure(row, exc), None)
-        return {"order": row["order"], "episode_id": row["episode_id"], "status": summary["status"], "reason": summary.get("reason", "")}
+        return _written(row, summary)
 
     def _stage_parts(self, staged, payloads: Iterable[dict]) -> dict:
         """Write each part as it comes; the episode's status."""
         summary = None
         for payload in payloads:
             outputs = part_outputs(payload, self.recipe)
-            summary = summary or EpisodeSummary(payload["fields"], payload["seconds"])
             with timed(payload["seconds"], "stage_write"):
                 staged.add(outputs.shard_members, {"clips.arrow": outputs.clips, "flow.arrow": outputs.flow})
-            summary.add(outputs)
+            summary = summary or EpisodeSummary(payload["fields"])
+            summary.add(outputs, payload["seconds"])
         return {**summary.status(), "node": _node_id()}
 
     def __call__(self, row: dict) -> dict:
+        """One row of the GPU stages: a whole episode, a part of one, or an episode that failed or was skipped."""
         payload = _unpack(row)
-        return self.write(row, None if payload is None else [payload])
+        if payload is None:
+            return self._record_failure(row)
+        if payload["parts"] == 1:
+            return self.write(row, [payload])
+        return self._stage_part(row, payload)
+
+    def _record_failure(self, row: dict) -> dict:
+        """Its status first, then no part of it (a part staged later sees the status and removes itself)."""
+        episode_id = row["episode_id"]
+        summary = self.staging.status(episode_id) or self.staging.write_status(row, None)
+        self.staging.clear_parts(episode_id)
+        return _written(row, summary)
+
+    def _stage_part(self, row: dict, payload: dict) -> dict:
+        """Stage a part alone; the writer that stages the last one joins them into the episode."""
+        episode_id, part, parts = row["episode_id"], payload["part"], payload["parts"]
+        try:
+            outputs = part_outputs(payload, self.recipe)
+            with timed(payload["seconds"], "stage_write"):
+                self.staging.stage_part(episode_id, part, outputs.shard_members, {"clips.arrow": outputs.clips, "flow.arrow": outputs.flow},
+                                        part_record(outputs, payload["seconds"], payload["fields"]))
+        except Exception as exc:  # noqa: BLE001
+            return self._record_failure(failure(row, exc))
+        if self.staging.status_path(episode_id).exists():  # quarantined while this part was in flight
+            self.staging.clear_parts(episode_id)
+            return _written(row, self.staging.status(episode_id))
+        if self.staging.parts_staged(episode_id) < parts or not self.staging.claim_join(episode_id):
+            return _written(row, {"status": "part staged"})
+        return self._join(row, parts)
+
+    def _join(self, row: dict, parts: int) -> dict:
+        episode_id = row["episode_id"]
+        summary = None
+        try:
+            staged = self.staging.begin_episode(episode_id)
+            try:
+                for record, members, tables in self.staging.staged_parts(episode_id, parts):
+                    staged.add(members, tables)
+                    summary = summary or EpisodeSummary(record["fields"])
+                    summary.add(*recorded_part(record))
+                status = self.staging.commit_episode(row, staged, {**summary.status(), "node": _node_id()})
+            except BaseException:
+                staged.discard()
+                raise
+        except Exception as exc:  # noqa: BLE001
+            status = self.staging.write_status(failure(row, exc), None)
+        self.staging.clear_parts(episode_id)
+        return _written(row, status)
+
+
+def _written(row: dict, summary: dict) -> dict:
+    return {"order": row["order"], "episode_id": row["episode_id"], "status": summary["status"], "reason": summary.get("reason", "")}
 
 
 def _node_id() -> str | None:
@@ -360,8 +413,7 @@ class EpisodeWorker:
 
     def _processed_parts(self, plan: PlannedEpisode) -> Iterator[dict]:
         """Each part of the episode through flow (and labelling), one part in memory at a time."""
-        seconds: dict[str, float] = {}
-        for payload in part_payloads(plan, self.recipe, seconds, PART_FRAMES):
+        for payload in part_payloads(plan, self.recipe, PART_FRAMES):
             for stage in filter(None, (self.flow, self.label)):
                 payload = stage.process(payload)
             yield payload

@@ -6,11 +6,18 @@ and `<id>.flow.arrow` (its `clips.lance` and `flow.lance` rows, Arrow IPC files 
 memory and hands to Lance as they are) and `<id>.json` (status, counts, statistics, previews and the
 byte size of each staged file). The JSON is written last, by rename, so its presence means the episode
 is completely done: a killed build resumes by skipping episodes that have one.
+
+Where the parts of a long episode go through different writers (the GPU layout), each part is staged alone as
+`<id>.p<k>.<suffix>` with its record `<id>.p<k>.part` written last; the writer that finds every record there and
+wins the claim `<id>.join` (created exclusively) joins them into the episode's files. An episode quarantined while
+parts were in flight keeps none of them: the failure writes the status first, then removes the parts; a part
+written after looks for the status once it is written, and removes itself.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +25,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pyramid.atomic import atomic_write_bytes, commit, stale_temporaries, temporary_name
+from pyramid.atomic import atomic_write, atomic_write_bytes, commit, stale_temporaries, temporary_name
 from pyramid.paths import output_child
 from pyramid.video_io import Frames, video_bytes
 
@@ -102,6 +109,49 @@ class Staging:
         atomic_write_bytes(self.status_path(row["episode_id"]), json.dumps(summary).encode())
         return summary
 
+    def part_path(self, episode_id: str, part: int, suffix: str) -> Path:
+        return self.path(episode_id, f"p{part:04d}.{suffix}")
+
+    def stage_part(self, episode_id: str, part: int, shard_members: bytes, tables: dict[str, pa.Table | None], record: dict) -> None:
+        """Stage one part of an episode alone (its files, then `record` with their sizes, each by rename)."""
+        sizes = {"tar": len(shard_members)}
+        atomic_write_bytes(self.part_path(episode_id, part, "tar"), shard_members, sync=False)
+        for suffix, table in tables.items():
+            if table is not None and table.num_rows:
+                atomic_write(self.part_path(episode_id, part, suffix), lambda tmp, table=table: _write_arrow(tmp, table), sync=False)
+                sizes[suffix] = self.part_path(episode_id, part, suffix).stat().st_size
+        atomic_write_bytes(self.part_path(episode_id, part, "part"), json.dumps({**record, "sizes": sizes}).encode(), sync=False)
+
+    def parts_staged(self, episode_id: str) -> int:
+        return len(list(self.dir.glob(f"{episode_id}.p[0-9][0-9][0-9][0-9].part")))
+
+    def claim_join(self, episode_id: str) -> bool:
+        """Whether this caller is the one to join the episode's parts (the first to ask)."""
+        try:
+            os.close(os.open(self.path(episode_id, "join"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def staged_parts(self, episode_id: str, parts: int) -> Iterator[tuple[dict, bytes, dict[str, pa.Table]]]:
+        """Each part's record, tar members and Arrow rows, in order; StagedFileDamaged where a size is not recorded's."""
+        for part in range(parts):
+            record = json.loads(self.part_path(episode_id, part, "part").read_text())
+            files = {suffix: self.part_path(episode_id, part, suffix) for suffix in record["sizes"]}
+            for suffix, path in files.items():
+                if not path.exists() or path.stat().st_size != record["sizes"][suffix]:
+                    raise StagedFileDamaged(f"{path}: staged part is not the size its record says", episode_id)
+            tables = {suffix: pa.ipc.open_file(pa.memory_map(str(path))).read_all() for suffix, path in files.items() if suffix != "tar"}
+            yield record, files["tar"].read_bytes(), tables
+
+    def clear_parts(self, episode_id: str) -> None:
+        """Remove the episode's staged parts and join claim (and what a killed writer left of them)."""
+        for path in self.dir.glob(f"{episode_id}.p[0-9][0-9][0-9][0-9].*"):
+            path.unlink(missing_ok=True)
+        for path in self.dir.glob(f".{episode_id}.p[0-9][0-9][0-9][0-9].*"):
+            path.unlink(missing_ok=True)
+        self.path(episode_id, "join").unlink(missing_ok=True)
+
     def begin_episode(self, episode_id: str) -> "StagedEpisode":
         return StagedEpisode(self, episode_id)
 
@@ -175,3 +225,8 @@ class StagedEpisode:
         self.tar.close()
         for writer in self.tables.values():
             writer.close()
+
+
+def _write_arrow(path: Path, table: pa.Table) -> None:
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table)

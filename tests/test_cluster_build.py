@@ -71,9 +71,14 @@ def test_a_two_node_cluster_build_uses_both_nodes_and_writes_what_a_local_build_
 def test_with_a_gpu_the_stages_run_apart_and_write_what_the_cpu_build_writes(tmp_path):
     """A cluster with a GPU runs decode, learned flow and staging as separate Ray Data stages, flow on the GPU (here a
     GPU Ray only counts, so the model runs on the CPU): the same episodes, clips, videos and flow pairs as the
-    one-actor CPU build. (The flow itself is compared for its shape only: random weights are drawn in each process.)"""
+    one-actor CPU build. (The flow itself is compared for its shape only: random weights are drawn in each process.)
+    The GPU build runs a longer video in three parts of two clips, which different writers stage and one joins."""
+    from pyramid.video_io import write_video
+    from tests.fixtures.media import moving_square_frames
+
     root = tmp_path / "videos"
     builder("videos")(root)
+    write_video(root / "kitchen/long.mp4", moving_square_frames(60, 64, 96), fps=30.0)  # 20 stored frames, 5 clips
     flow = {"backend": "ptlflow:dpflow", "options": {"random_weights": True, "device": "cpu", "batch_size": 4}}
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run([*CLI, "build", str(make_recipe(tmp_path, {"videos": root}, "cpu", flow=flow)), "--quiet", "--workers", "1"],
@@ -81,13 +86,14 @@ def test_with_a_gpu_the_stages_run_apart_and_write_what_the_cpu_build_writes(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GPU" not in result.stderr
     # CPUs as Ray counts them: the flow actor and a staging actor hold one each, and decoding needs one
-    with LocalCluster(tmp_path, labels=("node_gpu",), cpus=4, gpus=1) as cluster:
+    with LocalCluster(tmp_path, labels=("node_gpu",), cpus=4, gpus=1, env={"PYRAMID_PART_FRAMES": "8"}) as cluster:
         result = subprocess.run([*CLI, "build", str(make_recipe(tmp_path, {"videos": root}, "gpu", flow=flow)), "--quiet",
                                  "--address", cluster.address], capture_output=True, text=True, timeout=600, env=cluster.env)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert "pyramid build: learned flow on the cluster's GPUs, decoding and staging on CPU workers" in result.stderr
+        assert ("pyramid build: learned flow on the cluster's GPUs, decoding and staging on CPU workers, episodes in "
+                "parts of 8 stored frames") in result.stderr
     cpu, gpu = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("cpu", "gpu"))
-    assert gpu["episodes"] == cpu["episodes"] and gpu["by_level"] == cpu["by_level"]
+    assert gpu["episodes"] == cpu["episodes"] and gpu["by_level"] == cpu["by_level"] and cpu["episodes"]["ok"] == 4
     clips = {name: lance.dataset(str(tmp_path / name / "clips.lance")).to_table(columns=["key", "video", "num_frames"]).to_pylist()
              for name in ("cpu", "gpu")}
     assert clips["gpu"] == clips["cpu"] and clips["cpu"]

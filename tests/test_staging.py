@@ -201,17 +201,54 @@ def test_a_discarded_episode_leaves_no_staged_file(tmp_path):
     assert sorted(path.name for path in staging.dir.iterdir()) == []
 
 
-def test_the_gpu_stages_stage_what_the_cpu_worker_stages(long_video, tmp_path):
+def gpu_stage_parts(long_video, output, monkeypatch) -> tuple[Recipe, list[dict]]:
+    """The rows the GPU stages pass to the writers for the long video's one episode: five parts, through flow."""
+    import pyramid.stages
+    from pyramid.stages import FlowStage, decode_parts
+
+    monkeypatch.setattr(pyramid.stages, "PART_FRAMES", 8)  # two clips of 4 frames a part: five parts
+    recipe = Recipe(sources=[{"kind": "videos", "root": str(long_video)}], output=str(output), video_size=(64, 96),
+                    fps=10, clip_frames=4, filters={"min_frames": 3, "static_motion_threshold": 0.0}, max_failed_fraction=0.6)
+    (row,) = list(Staging(output).record_episodes(discover(recipe)))
+    flow = FlowStage(recipe)
+    return recipe, [flow(part) for part in decode_parts(row, recipe)]
+
+
+def part_files(output) -> list[str]:
+    return sorted(path.name for path in (output / "_staging").iterdir() if ".p0" in path.name or path.name.endswith(".join"))
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [4, 2, 0, 3, 1]])
+def test_the_gpu_stages_stage_what_the_cpu_worker_stages(long_video, tmp_path, monkeypatch, order):
     """With GPUs a build runs decode, flow and the writer as separate Ray Data stages, the payload pickled between
-    them (the episode whole, in one part): run here in turn, they stage what EpisodeWorker stages."""
-    from pyramid.stages import FlowStage, StageWriter, decode_episode
+    them, one row per part of an episode. Writers stage the parts they are given alone, in whatever order Ray hands
+    them out; the one that stages the last joins them: the episode EpisodeWorker stages, and no part left."""
+    from pyramid.stages import StageWriter
 
     whole = staged_files(staged_build(long_video, tmp_path / "worker").output)
-    recipe = Recipe(sources=[{"kind": "videos", "root": str(long_video)}], output=str(tmp_path / "stages"), video_size=(64, 96),
-                    fps=10, clip_frames=4, filters={"min_frames": 3, "static_motion_threshold": 0.0}, max_failed_fraction=0.6)
-    flow, writer = FlowStage(recipe), StageWriter(recipe)
-    for row in Staging(tmp_path / "stages").record_episodes(discover(recipe)):
-        assert writer(flow(decode_episode(row, recipe)))["status"] == "ok"
+    recipe, parts = gpu_stage_parts(long_video, tmp_path / "stages", monkeypatch)
+    assert len(parts) == 5 and all(part["status"] == "ok" for part in parts)
+    writers = [StageWriter(recipe), StageWriter(recipe)]
+    written = [writers[i % 2](parts[k])["status"] for i, k in enumerate(order)]
+    assert written == ["part staged"] * 4 + ["ok"]
     staged = staged_files(tmp_path / "stages")
     for key in ("tar", "clips.arrow", "flow.arrow", "status"):
         assert staged[key] == whole[key], key
+    assert part_files(tmp_path / "stages") == []
+
+
+@pytest.mark.parametrize("failed_at", [0, 2, 4])
+def test_a_part_that_fails_quarantines_its_episode_and_no_part_of_it_stays(long_video, tmp_path, monkeypatch, failed_at):
+    """A step failing on one part (the row RowStage marks failed) quarantines the episode with its reason, whether
+    the other parts were staged before the failure reached a writer or arrive after it."""
+    from pyramid.stages import StageWriter, failure
+
+    recipe, parts = gpu_stage_parts(long_video, tmp_path / "stages", monkeypatch)
+    parts[failed_at] = failure(parts[failed_at], ValueError("flow: CUDA error: an illegal memory access was encountered"))
+    writer = StageWriter(recipe)
+    for part in parts:  # the parts before the failure are staged, those after it arrive to find the episode quarantined
+        writer(part)
+    staging = Staging(tmp_path / "stages")
+    status = staging.status(parts[0]["episode_id"])
+    assert status["status"] == "failed" and "illegal memory access" in status["reason"]
+    assert part_files(tmp_path / "stages") == [] and not staging.path(parts[0]["episode_id"], "tar").exists()
