@@ -412,7 +412,10 @@ def _jsonable(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, li
 
 
 def _arrow_column(values: np.ndarray) -> pa.Array:
-    """Vectors become fixed-size lists (HF `Sequence(length=n)`), scalars plain columns."""
+    """Vectors become fixed-size lists (HF `Sequence(length=n)`), scalars plain columns. A feature of shape [1] is a
+    scalar too: LeRobot reads it as a `Value`, and fails to cast a list of one."""
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
     if values.ndim == 1:
         return pa.array(values)
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])

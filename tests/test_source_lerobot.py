@@ -242,3 +242,20 @@ def test_episodes_appended_without_re_encoding_keep_every_frame_at_its_timestamp
         rows = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
         starts = [row["videos/observation.images.top/from_timestamp"] for row in rows]
         assert starts == pytest.approx(np.cumsum([0, *lengths[:-1]]) / 15)
+
+
+def test_a_feature_of_one_dimension_is_a_scalar_column_as_lerobot_reads_it(tmp_path):
+    """LeRobot maps a feature of shape [1] to a `datasets.Value` (lerobot/datasets/utils.py,
+    get_hf_features_from_features): written as a list of one, `LeRobotDataset` fails to cast the parquet column."""
+    state = np.linspace(0, 1, 6, dtype=np.float32)[:, None]
+    episode = RecordedEpisode("grip", state, state * 2, {"observation.images.top": moving_square_frames(6, 32, 48)})
+    root = write_lerobot_v3(tmp_path / "ds", [episode], fps=5, robot_type="gripper", state_names=["width"],
+                            action_names=["width_target"], codec="libx264")
+    schema = pq.read_schema(root / "data/chunk-000/file-000.parquet")
+    assert schema.field("observation.state").type == pa.float32() and schema.field("action").type == pa.float32()
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["features"]["observation.state"]["shape"] == [1] and info["features"]["action"]["shape"] == [1]
+    reader = get_source("lerobot")(root)
+    loaded = reader.load(next(reader.discover()))
+    np.testing.assert_array_equal(loaded.state, state)
+    np.testing.assert_array_equal(loaded.actions, state * 2)
