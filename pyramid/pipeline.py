@@ -239,6 +239,7 @@ def _process_episodes(recipe: Recipe, workers: int | None) -> None:
 
     staging = Staging(Path(recipe.output))
     if on_gpus := gpu_steps(recipe):
+        check_cpus_for_gpu_stages(recipe)
         print(f"pyramid build: {' and '.join(on_gpus)} on the cluster's GPUs, decoding and staging on CPU workers, "
               f"episodes in parts of {PART_FRAMES} stored frames", file=sys.stderr, flush=True)
     pending = (row for row in staging.record_episodes(discover(recipe)) if not staging.status_path(row["episode_id"]).exists())
@@ -255,6 +256,18 @@ def gpu_steps(recipe: Recipe) -> list[str]:
         return []
     return [step for step, on_gpu in (("learned flow", recipe.flow.backend.startswith("ptlflow")),
                                       ("labelling", recipe.vae is not None)) if on_gpu]
+
+
+def check_cpus_for_gpu_stages(recipe: Recipe) -> None:
+    """The GPU layout holds a CPU (as Ray counts them) for each of its actors and needs one more to decode: with
+    fewer, Ray Data would wait `wait_for_min_actors_s` for actors that cannot start, then fail."""
+    import ray
+
+    holders = ["a decode task", "a flow actor", *(["a labelling actor"] if recipe.vae else []), "a staging actor"]
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < len(holders):
+        raise BuildError(f"a build on GPUs needs at least {len(holders)} CPUs as Ray counts them ({', '.join(holders)}); "
+                         f"this cluster has {cpus}: give its nodes more (`ray start --num-cpus`, a count, not cores)")
 
 
 def window_episodes(workers: int | None) -> int:

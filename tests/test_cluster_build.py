@@ -104,3 +104,19 @@ def test_with_a_gpu_the_stages_run_apart_and_write_what_the_cpu_build_writes(tmp
 
     stored = unpack(lance.dataset(str(tmp_path / "gpu" / "flow.lance")).take([0], columns=["flow_npy_zst"]).column(0)[0].as_py())
     assert stored.shape == (64, 96, 2) and np.isfinite(stored).all()
+
+
+@pytest.mark.timeout(300)
+def test_a_gpu_cluster_with_too_few_cpus_for_its_actors_says_so_at_once(tmp_path):
+    """Ray Data would wait ten minutes (`wait_for_min_actors_s`) for a staging actor that cannot start; the build
+    says in one line what it needs instead."""
+    root = tmp_path / "videos"
+    builder("videos")(root)
+    flow = {"backend": "ptlflow:dpflow", "options": {"random_weights": True, "device": "cpu"}}
+    with LocalCluster(tmp_path, labels=("node_gpu",), cpus=2, gpus=1) as cluster:
+        result = subprocess.run([*CLI, "build", str(make_recipe(tmp_path, {"videos": root}, "gpu", flow=flow)), "--quiet",
+                                 "--address", cluster.address], capture_output=True, text=True, timeout=240, env=cluster.env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: a build on GPUs needs at least 3 CPUs as Ray counts them (a decode task, a flow actor, a staging actor); "
+        "this cluster has 2: give its nodes more (`ray start --num-cpus`, a count, not cores)")
