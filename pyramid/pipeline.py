@@ -240,22 +240,33 @@ def _process_episodes(recipe: Recipe, workers: int | None) -> None:
     staging = Staging(Path(recipe.output))
     if on_gpus := gpu_steps(recipe):
         check_cpus_for_gpu_stages(recipe)
-        print(f"pyramid build: {' and '.join(on_gpus)} on the cluster's GPUs, decoding and staging on CPU workers, "
+        print(f"pyramid build: {' and '.join(on_gpus.names())} on the cluster's GPUs, decoding and staging on CPU workers, "
               f"episodes in parts of {PART_FRAMES} stored frames", file=sys.stderr, flush=True)
     pending = (row for row in staging.record_episodes(discover(recipe)) if not staging.status_path(row["episode_id"]).exists())
     while window := list(itertools.islice(pending, window_episodes(workers))):
         _process_window(window, recipe, workers, staging)
 
 
-def gpu_steps(recipe: Recipe) -> list[str]:
-    """The steps that run on GPUs: learned flow and labelling, where the cluster has GPUs (none: one CPU actor per
-    worker runs every step)."""
+@dataclass(frozen=True)
+class GpuSteps:
+    """Which steps run on the cluster's GPUs: learned flow and labelling, where it has GPUs."""
+
+    flow: bool
+    label: bool
+
+    def __bool__(self) -> bool:
+        return self.flow or self.label
+
+    def names(self) -> list[str]:
+        return [name for name, on_gpu in (("learned flow", self.flow), ("labelling", self.label)) if on_gpu]
+
+
+def gpu_steps(recipe: Recipe) -> GpuSteps:
+    """The steps that run on GPUs (none: one CPU actor per worker runs every step)."""
     import ray
 
-    if not ray.cluster_resources().get("GPU", 0):
-        return []
-    return [step for step, on_gpu in (("learned flow", recipe.flow.backend.startswith("ptlflow")),
-                                      ("labelling", recipe.vae is not None)) if on_gpu]
+    has_gpus = bool(ray.cluster_resources().get("GPU", 0))
+    return GpuSteps(flow=has_gpus and recipe.flow.backend.startswith("ptlflow"), label=has_gpus and recipe.vae is not None)
 
 
 def check_cpus_for_gpu_stages(recipe: Recipe) -> None:
@@ -396,7 +407,7 @@ def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iter
     warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
     dataset = ray.data.from_items(window, override_num_blocks=len(window))
     on_gpus = gpu_steps(recipe)
-    flow_on_gpu, label_on_gpu = "learned flow" in on_gpus, "labelling" in on_gpus
+    flow_on_gpu, label_on_gpu = on_gpus.flow, on_gpus.label
     if not on_gpus:
         threads = max(1, cpus // pool)
         dataset = dataset.map(EpisodeWorker, fn_constructor_kwargs={"recipe": recipe, "threads": threads},

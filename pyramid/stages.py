@@ -351,8 +351,8 @@ class StageWriter:
         try:
             outputs = part_outputs(payload, self.recipe)
             with timed(payload["seconds"], "stage_write"):
-                self.staging.stage_part(episode_id, part, outputs.shard_members, {"clips.arrow": outputs.clips, "flow.arrow": outputs.flow},
-                                        part_record(outputs, payload["seconds"], payload["fields"]))
+                sizes = self.staging.stage_part(episode_id, part, outputs.shard_members, {"clips.arrow": outputs.clips, "flow.arrow": outputs.flow})
+            self.staging.record_part(episode_id, part, part_record(outputs, payload["seconds"], payload["fields"]), sizes)
         except Exception as exc:  # noqa: BLE001
             return self._record_failure(failure(row, exc))
         if self.staging.status_path(episode_id).exists():  # quarantined while this part was in flight

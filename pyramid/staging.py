@@ -112,14 +112,18 @@ class Staging:
     def part_path(self, episode_id: str, part: int, suffix: str) -> Path:
         return self.path(episode_id, f"p{part:04d}.{suffix}")
 
-    def stage_part(self, episode_id: str, part: int, shard_members: bytes, tables: dict[str, pa.Table | None], record: dict) -> None:
-        """Stage one part of an episode alone (its files, then `record` with their sizes, each by rename)."""
+    def stage_part(self, episode_id: str, part: int, shard_members: bytes, tables: dict[str, pa.Table | None]) -> dict[str, int]:
+        """Stage one part of an episode alone, each file by rename; their sizes, for `record_part`."""
         sizes = {"tar": len(shard_members)}
         atomic_write_bytes(self.part_path(episode_id, part, "tar"), shard_members, sync=False)
         for suffix, table in tables.items():
             if table is not None and table.num_rows:
                 atomic_write(self.part_path(episode_id, part, suffix), lambda tmp, table=table: _write_arrow(tmp, table), sync=False)
                 sizes[suffix] = self.part_path(episode_id, part, suffix).stat().st_size
+        return sizes
+
+    def record_part(self, episode_id: str, part: int, record: dict, sizes: dict[str, int]) -> None:
+        """Mark a staged part whole: its record (`episode_outputs.part_record`) with its files' sizes, written last."""
         atomic_write_bytes(self.part_path(episode_id, part, "part"), json.dumps({**record, "sizes": sizes}).encode(), sync=False)
 
     def parts_staged(self, episode_id: str) -> int:
