@@ -375,3 +375,21 @@ def test_both_trainer_formats_list_a_multi_level_build_in_one_order(build):
     order = [[(clips[index].meta["level"], clips[index].key) for index in range(len(clips))]
              for clips in (WebDatasetClips(build_dir), LanceClips(build_dir))]
     assert order[0] == order[1] and len({level for level, _ in order[0]}) == 2
+
+
+def test_export_lerobot_of_a_dataset_lerobot_wrote_gives_back_its_recording(tmp_path):
+    """A dataset written by lerobot 0.4.1 itself (AV1 by LeRobot's encoder) exported again: every frame's state,
+    action, task and image as recorded."""
+    from tests.fixtures.reference.make_lerobot import LENGTHS, expected
+    from tests.test_source_lerobot import REFERENCE
+
+    out = tmp_path / "again"
+    result = subprocess.run([*CLI, "export-lerobot", str(REFERENCE), str(out), "--codec", "libx264"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == f"{out}: 3 episodes, {sum(LENGTHS)} frames", result.stdout + result.stderr[-3000:]
+    info = check_lerobot_v3(out)
+    rows = lerobot_rows(out)
+    recorded = [expected(index) for index in range(len(LENGTHS))]
+    np.testing.assert_array_equal(np.stack(rows["observation.state"]), np.concatenate([r["observation.state"] for r in recorded]))
+    np.testing.assert_array_equal(np.stack(rows["action"]), np.concatenate([r["action"] for r in recorded]))
+    video = read_frames(out / info["video_path"].format(video_key="observation.images.top", chunk_index=0, file_index=0))
+    assert np.abs(video.astype(int) - np.concatenate([r["observation.images.top"] for r in recorded])).mean() < 12  # AV1 then H.264
