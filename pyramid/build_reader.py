@@ -72,39 +72,90 @@ def consecutive_runs(clips: list[dict]) -> list[list[dict]]:
     return runs
 
 
-def pair_latents(build_dir: Path) -> dict[str, np.ndarray] | None:
-    """episode id -> float32 [pairs, 14] latent action per stored-frame pair (NaN where a pair has none), from
-    flow.lance; {} when the build is unlabelled; None when it is labelled but stored no flow (`flow.store: false`):
-    then only each clip's own latent_actions.npy holds them, and the pair across two clips is known to no file."""
+def pair_latents(build_dir: Path) -> "PairLatents | dict | None":
+    """The build's latent action of each stored-frame pair: `PairLatents` (from flow.lance); {} when the build is
+    unlabelled; None when it is labelled but stored no flow (`flow.store: false`): then only each clip's own
+    latent_actions.npy holds them, and the pair across two clips is known to no file."""
     import lance
-    import pyarrow.compute as pc
 
     path = Path(build_dir) / "flow.lance"
+    recipe = build_recipe(build_dir)
     if not path.exists():
-        recipe = build_recipe(build_dir)
         if recipe["flow"].get("store", True):
             raise ExportError(f"{path}: missing (is this a finished `pyramid build` output?)")
         return None if recipe.get("vae") else {}
-    dataset = lance.dataset(str(path))
-    if "latent_action" not in dataset.schema.names:
-        raise ExportError(f"{path}: written before flow rows carried latent actions; build again")
-    table = dataset.to_table(columns=["episode_id", "pair_index", "latent_action"], filter="latent_action IS NOT NULL")
-    if not table.num_rows:
+    if not recipe.get("vae"):
         return {}
-    ids = table["episode_id"].to_numpy(zero_copy_only=False)
-    pairs = table["pair_index"].to_numpy()
-    values = pc.list_flatten(table["latent_action"]).to_numpy().astype(np.float32).reshape(table.num_rows, -1)
-    latents = {}
-    for episode_id in np.unique(ids):
-        rows = ids == episode_id
-        array = np.full((pairs[rows].max() + 1, values.shape[1]), np.nan, np.float32)
-        array[pairs[rows]] = values[rows]
-        latents[str(episode_id)] = array
-    return latents
+    if "latent_action" not in lance.dataset(str(path)).schema.names:
+        raise ExportError(f"{path}: written before flow rows carried latent actions; build again")
+    return PairLatents(path)
+
+
+LOOKAHEAD_EPISODES = 64
+
+
+class PairLatents:
+    """The latent actions of a labelled build's flow.lance, one episode at a time. Exports ask for episodes in the
+    shards' order (level by level, each in discovery order) and finalize wrote flow.lance in discovery order, so one
+    ordered scan of each level's rows meets the episodes in turn: a build's latents are never all in memory. An
+    episode the scan does not meet within `LOOKAHEAD_EPISODES` (a shard damaged or edited) has none; the episodes
+    read past on the way wait for their turn."""
+
+    def __init__(self, path: Path):
+        import lance
+
+        self.path, self.dataset = Path(path), lance.dataset(str(path))
+        self.level: int | None = None
+        self.scan: Iterator[tuple[str, np.ndarray]] = iter(())
+        self.ahead: dict[str, np.ndarray] = {}  # read from the scan, not yet asked for
+
+    def episode(self, episode_id: str, level: int) -> np.ndarray | None:
+        """float32 [pairs, 14], NaN where a pair has no latent action; None where flow.lance has none for it."""
+        if level != self.level:
+            self.level, self.scan, self.ahead = level, self._episodes_of_level(level), {}
+        for _ in range(LOOKAHEAD_EPISODES):
+            if episode_id in self.ahead:
+                break
+            found = next(self.scan, None)
+            if found is None:
+                break
+            self.ahead[found[0]] = found[1]
+            if len(self.ahead) > LOOKAHEAD_EPISODES:
+                self.ahead.pop(next(iter(self.ahead)))  # the longest waiting, passed over by the shards
+        return self.ahead.pop(episode_id, None)
+
+    def _episodes_of_level(self, level: int) -> Iterator[tuple[str, np.ndarray]]:
+        import pyarrow.compute as pc
+
+        current, parts = None, []
+        for batch in self.dataset.to_batches(columns=["episode_id", "pair_index", "latent_action"], scan_in_order=True,
+                                             filter=f"level = {int(level)} AND latent_action IS NOT NULL"):
+            if not batch.num_rows:
+                continue
+            ids = batch.column("episode_id").to_numpy(zero_copy_only=False)
+            pairs = batch.column("pair_index").to_numpy()
+            values = pc.list_flatten(batch.column("latent_action")).to_numpy().astype(np.float32).reshape(batch.num_rows, -1)
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            for lo, hi in zip(starts, np.r_[starts[1:], len(ids)]):
+                if ids[lo] != current:
+                    if current is not None:
+                        yield str(current), _by_pair(parts)
+                    current, parts = ids[lo], []
+                parts.append((pairs[lo:hi], values[lo:hi]))
+        if current is not None:
+            yield str(current), _by_pair(parts)
+
+
+def _by_pair(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    pairs = np.concatenate([p for p, _ in parts])
+    values = np.concatenate([v for _, v in parts])
+    array = np.full((pairs.max() + 1, values.shape[1]), np.nan, np.float32)
+    array[pairs] = values
+    return array
 
 
 def runs_with_latents(episode_id: str, clips: list[dict],
-                      latents: dict[str, np.ndarray] | None) -> Iterator[tuple[list[dict], np.ndarray | None]]:
+                      latents: PairLatents | dict | None) -> Iterator[tuple[list[dict], np.ndarray | None]]:
     """(run of consecutive clips, float32 [T - 1, 14] latent action of each of its frame pairs, or None when the build
     is unlabelled or a pair lacks one). Without flow.lance (`latents` None) each clip is its own run, labelled by
     its own latent_actions.npy: the pair from one clip's last frame to the next clip's first is in no clip."""
@@ -112,8 +163,9 @@ def runs_with_latents(episode_id: str, clips: list[dict],
         for clip in sorted(clips, key=lambda sample: sample["meta"]["clip_index"]):
             yield [clip], _clip_latents(clip)
         return
+    episode = latents.episode(episode_id, int(clips[0]["meta"]["level"])) if latents else None
     for run in consecutive_runs(clips):
-        yield run, run_latents(latents, episode_id, run) if latents else None
+        yield run, None if episode is None else run_latents(episode, run)
 
 
 def _clip_latents(clip: dict) -> np.ndarray | None:
@@ -125,10 +177,11 @@ def _clip_latents(clip: dict) -> np.ndarray | None:
     return values if len(values) == clip["meta"]["num_frames"] - 1 and np.isfinite(values).all() else None
 
 
-def run_latents(latents: dict[str, np.ndarray], episode_id: str, run: list[dict]) -> np.ndarray | None:
-    """float32 [T - 1, 14]: the latent action of each consecutive frame pair of a run, or None if any is missing."""
+def run_latents(episode: np.ndarray, run: list[dict]) -> np.ndarray | None:
+    """float32 [T - 1, 14]: the latent action of each consecutive frame pair of a run (from its episode's), or None if
+    any is missing."""
     start, num_frames = int(run[0]["meta"]["flow"]["pair_range"][0]), run_frames(run)
-    values = latents.get(episode_id, np.zeros((0, 14), np.float32))[start : start + num_frames - 1]
+    values = episode[start : start + num_frames - 1]
     return values if len(values) == num_frames - 1 and np.isfinite(values).all() else None
 
 

@@ -393,3 +393,26 @@ def test_export_lerobot_of_a_dataset_lerobot_wrote_gives_back_its_recording(tmp_
     np.testing.assert_array_equal(np.stack(rows["action"]), np.concatenate([r["action"] for r in recorded]))
     video = read_frames(out / info["video_path"].format(video_key="observation.images.top", chunk_index=0, file_index=0))
     assert np.abs(video.astype(int) - np.concatenate([r["observation.images.top"] for r in recorded])).mean() < 12  # AV1 then H.264
+
+
+def test_latent_actions_are_read_one_episode_at_a_time_in_shard_order(build):
+    """An export takes each episode's latent actions from one ordered scan per level of flow.lance, never the whole
+    table: every episode in the shards gets exactly its rows of flow.lance, and an id that flow.lance lacks (a
+    damaged or edited shard) gets none without costing the episodes after it theirs."""
+    from pyramid.build_reader import LOOKAHEAD_EPISODES, PairLatents, build_samples, build_shards, episodes_of, pair_latents
+
+    build_dir, _ = build
+    table = lance.dataset(str(build_dir / "flow.lance")).to_table(columns=["episode_id", "pair_index", "latent_action"]).to_pylist()
+    episodes = [(episode_id, clips[0]["meta"]["level"]) for episode_id, clips in episodes_of(build_samples(build_shards(build_dir)))]
+    assert len({level for _, level in episodes}) == 2 and len(episodes) == len({row["episode_id"] for row in table})
+    for unknown in (None, "../../escaped"):
+        latents = pair_latents(build_dir)
+        assert isinstance(latents, PairLatents)
+        for episode_id, level in episodes:
+            if unknown is not None:
+                assert latents.episode(unknown, level) is None
+            rows = sorted((row["pair_index"], row["latent_action"]) for row in table if row["episode_id"] == episode_id)
+            episode = latents.episode(episode_id, level)
+            assert [index for index, _ in rows] == list(range(len(episode)))
+            np.testing.assert_array_equal(episode, np.array([values for _, values in rows], np.float32))
+            assert len(latents.ahead) <= LOOKAHEAD_EPISODES
