@@ -112,12 +112,18 @@ def _of_embodiment(candidates: Iterator[Candidate], embodiment: str, summary: Le
 def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> Iterator[Candidate]:
     """Every readable episode of a source dataset, every camera, at the source rate."""
     from pyramid.sources import open_source
+    from pyramid.sources.base import DuplicateIds
 
     try:
         reader = open_source(root, kind)
     except SourceError as exc:
         raise ExportError(str(exc)) from exc
+    duplicates = DuplicateIds()
     for ref in reader.discover():
+        if problem := duplicates.problem(ref.episode_id, str(ref.path)):  # the same episode listed twice: once is enough
+            print(f"warning: episode left out: {EpisodeError(ref.path, problem)}", file=sys.stderr)
+            summary.skipped.add("duplicate")
+            continue
         try:
             episode = reader.load(ref)
             videos = {f"observation.images.{name}": camera_frames(episode, name) for name in episode.cameras}
