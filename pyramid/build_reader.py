@@ -198,10 +198,20 @@ def decode_mp4(data: bytes) -> np.ndarray:
         return read_frames(path)
 
 
+def decode_clip(clip: dict) -> np.ndarray:
+    """A shard sample's video; a damaged one is an EpisodeError naming the shard and the clip."""
+    from pyramid.errors import EpisodeError
+
+    try:
+        return decode_mp4(clip["mp4"])
+    except EpisodeError as exc:
+        raise EpisodeError(f"{clip.get('__url__', 'shard')}:{clip['__key__']}.mp4", exc.problem) from None
+
+
 def run_video(run: list[dict], limit: int | None = None):
     """The run's frames (its first `limit`), decoded clip by clip while an encoder takes them (`FrameChunks`)."""
     from pyramid.video_io import FrameChunks
 
     total, meta = run_frames(run), run[0]["meta"]
     return FrameChunks(total if limit is None else min(limit, total), (int(meta["height"]), int(meta["width"]), 3),
-                       lambda: (decode_mp4(clip["mp4"]) for clip in run))
+                       lambda: (decode_clip(clip) for clip in run))

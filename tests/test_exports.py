@@ -416,3 +416,31 @@ def test_latent_actions_are_read_one_episode_at_a_time_in_shard_order(build):
             assert [index for index, _ in rows] == list(range(len(episode)))
             np.testing.assert_array_equal(episode, np.array([values for _, values in rows], np.float32))
             assert len(latents.ahead) <= LOOKAHEAD_EPISODES
+
+
+def test_a_damaged_clip_in_a_shard_leaves_out_its_run_by_name_and_the_exports_go_on(build, tmp_path):
+    """A shard whose tar is whole but one clip's mp4 is cut short (a bad sector, a bit flip in transit): both
+    exports name the shard and clip in one warning, leave that run out and export the rest."""
+    build_dir, encoder = build
+    copy = tmp_path / "build"
+    shutil.copytree(build_dir, copy)
+    shard = sorted(copy.glob("webdataset/level*/shard-*.tar"))[-1]
+    with tarfile.open(shard) as tar:
+        members = [(member.name, tar.extractfile(member).read()) for member in tar]
+    damaged = next(name for name, _ in members if name.endswith(".mp4"))
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            data = data[: len(data) // 3] if name == damaged else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    named = f"{shard}:{damaged}"
+    result = export(copy, tmp_path / "motus", "--text-encoder", str(encoder))
+    assert result.returncode == 0 and "1 unreadable" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning")] == [
+        f"warning: episode left out: {named}: cannot open video (Invalid data found when processing input)"]
+    result = subprocess.run([*CLI, "export-lerobot", str(copy), str(tmp_path / "lerobot"), "--codec", "libx264",
+                             "--embodiment", "sample_arm"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "1 unreadable" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert named in result.stderr
+    check_lerobot_v3(tmp_path / "lerobot")

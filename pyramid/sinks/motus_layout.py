@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pyramid.build_reader import (build_recipe, build_samples, build_shards, episodes_of, pair_latents, run_frames,
                                   run_video, runs_with_latents)
-from pyramid.errors import ExportError
+from pyramid.errors import EpisodeError, ExportError
 from pyramid.paths import check_export_target, output_child, safe_name
 from pyramid.atomic import atomic_write_bytes
 from pyramid.staging import mp4_bytes
@@ -153,7 +153,7 @@ def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, va
     try:
         stem = safe_name(episode_id if whole else f"{episode_id}_c{first['clip_index']:04d}", "episode id")
     except ValueError as exc:
-        print(f"warning: {run[0].get('__url__', '')}: episode skipped: {exc}", file=sys.stderr)
+        tqdm.write(f"warning: {run[0].get('__url__', '')}: episode skipped: {exc}", file=sys.stderr)
         return counts.skipped.add("unsafe_id")
     num_frames = run_frames(run)
     texts = instructions(first)
@@ -165,7 +165,12 @@ def _export_run(out_dir: Path, episode_id: str, run: list[dict], whole: bool, va
         return counts.skipped.add("no_instruction")
     if values is None:
         return counts.skipped.add("missing_latent_actions")
-    atomic_write_bytes(output_child(out_dir, "videos", f"{stem}.mp4"), mp4_bytes(run_video(run), fps))
+    try:
+        video = mp4_bytes(run_video(run), fps)
+    except EpisodeError as exc:  # a damaged clip in a shard: this run is left out, nothing of it written
+        tqdm.write(f"warning: episode left out: {exc}", file=sys.stderr)  # beside the progress bar, not inside it
+        return counts.skipped.add("unreadable")
+    atomic_write_bytes(output_child(out_dir, "videos", f"{stem}.mp4"), video)
     atomic_write_bytes(output_child(out_dir, "latent_action_dim14", f"{stem}.pt"), torch_bytes(values))
     embeddings = encoder(texts)
     atomic_write_bytes(output_child(out_dir, "umt5_wan", f"{stem}.pt"), torch_bytes(embeddings[0] if len(texts) == 1 else embeddings))
