@@ -2,7 +2,7 @@
 
 Writes two folders of plain videos at 640x480, 30 fps (one 10-s and one 100-s video; `--long-frames` changes the
 long one), exports each with `--codec libx264`, and prints each export's peak RSS (the CLI is one process: its own
-maximum, from `wait4`) and frames per second. The export decodes and encodes a camera `CHUNK_FRAMES` frames at a
+maximum, from `wait4`) and frames per second. The export decodes and encodes a camera `DECODE_CHUNK` frames at a
 time, each episode to a file of its own that is then appended to the dataset's mp4, so the ratio of the two peaks
 should stay near 1; holding the long video whole would take the size printed beside it.
 H.264 rather than the export's default AV1 keeps the run short; the memory does not depend on the codec's speed.
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyramid.sinks.lerobot_export import CHUNK_FRAMES  # noqa: E402
+from pyramid.clips import DECODE_CHUNK  # noqa: E402
 from pyramid.video_io import FrameChunks, write_video  # noqa: E402
 from tests.fixtures.media import moving_square_frames  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> None:
             source = write_source(workdir / f"videos{frames}", frames)
             results[frames] = timed_export(source, workdir / f"lerobot{frames}")
         short, long = sorted(results)
-        print(f"export-lerobot of one {WIDTH}x{HEIGHT} video at {FPS:g} fps, H.264, chunks of {CHUNK_FRAMES} frames")
+        print(f"export-lerobot of one {WIDTH}x{HEIGHT} video at {FPS:g} fps, H.264, chunks of {DECODE_CHUNK} frames")
         print(f"{'frames':>8}{'seconds':>10}{'frames/s':>10}{'peak RSS MiB':>14}{'the video whole MiB':>21}")
         for frames, (seconds, peak) in sorted(results.items()):
             print(f"{frames:>8}{seconds:>10.2f}{frames / seconds:>10.1f}{peak / 2**20:>14.0f}{frames * HEIGHT * WIDTH * 3 / 2**20:>21.0f}")

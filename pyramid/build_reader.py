@@ -72,14 +72,13 @@ def consecutive_runs(clips: list[dict]) -> list[list[dict]]:
     return runs
 
 
-def pair_latents(build_dir: Path) -> "PairLatents | dict | None":
-    """The build's latent action of each stored-frame pair: `PairLatents` (from flow.lance); {} when the build is
-    unlabelled; None when it is labelled but stored no flow (`flow.store: false`): then only each clip's own
-    latent_actions.npy holds them, and the pair across two clips is known to no file."""
+def pair_latents(build_dir: Path, recipe: dict) -> "PairLatents | dict | None":
+    """The build's latent action of each stored-frame pair (`recipe`: its `build_recipe`): `PairLatents` (from
+    flow.lance); {} when the build is unlabelled; None when it is labelled but stored no flow (`flow.store: false`):
+    then only each clip's own latent_actions.npy holds them, and the pair across two clips is known to no file."""
     import lance
 
     path = Path(build_dir) / "flow.lance"
-    recipe = build_recipe(build_dir)
     if not path.exists():
         if recipe["flow"].get("store", True):
             raise ExportError(f"{path}: missing (is this a finished `pyramid build` output?)")

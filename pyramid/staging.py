@@ -138,13 +138,10 @@ class Staging:
         return True
 
     def staged_parts(self, episode_id: str, parts: int) -> Iterator[tuple[dict, bytes, dict[str, pa.Table]]]:
-        """Each part's record, tar members and Arrow rows, in order; StagedFileDamaged where a size is not recorded's."""
+        """Each part's record, tar members and Arrow rows, in order; StagedFileDamaged where a size is not the recorded one."""
         for part in range(parts):
             record = json.loads(self.part_path(episode_id, part, "part").read_text())
-            files = {suffix: self.part_path(episode_id, part, suffix) for suffix in record["sizes"]}
-            for suffix, path in files.items():
-                if not path.exists() or path.stat().st_size != record["sizes"][suffix]:
-                    raise StagedFileDamaged(f"{path}: staged part is not the size its record says", episode_id)
+            files = {suffix: _of_size(self.part_path(episode_id, part, suffix), size, episode_id) for suffix, size in record["sizes"].items()}
             tables = {suffix: pa.ipc.open_file(pa.memory_map(str(path))).read_all() for suffix, path in files.items() if suffix != "tar"}
             yield record, files["tar"].read_bytes(), tables
 
@@ -171,11 +168,7 @@ class Staging:
         expected = status.get("staged_bytes", {}).get(suffix)
         if expected is None:
             return None
-        path = self.path(status["episode_id"], suffix)
-        found = path.stat().st_size if path.exists() else None
-        if found != expected:
-            raise StagedFileDamaged(f"{path}: staged file has {found} bytes, its status recorded {expected}", status["episode_id"])
-        return path
+        return _of_size(self.path(status["episode_id"], suffix), expected, status["episode_id"])
 
     def record_batches(self, status: dict, suffix: str) -> Iterator[pa.RecordBatch]:
         """The rows of a staged Arrow file, memory-mapped (nothing is parsed or copied until Lance writes them)."""
@@ -229,6 +222,14 @@ class StagedEpisode:
         self.tar.close()
         for writer in self.tables.values():
             writer.close()
+
+
+def _of_size(path: Path, expected: int, episode_id: str) -> Path:
+    """`path`, or StagedFileDamaged when its size is not the one recorded (a power cut, a full disk)."""
+    found = path.stat().st_size if path.exists() else None
+    if found != expected:
+        raise StagedFileDamaged(f"{path}: staged file has {found} bytes, its status recorded {expected}", episode_id)
+    return path
 
 
 def _write_arrow(path: Path, table: pa.Table) -> None:

@@ -399,14 +399,15 @@ def test_latent_actions_are_read_one_episode_at_a_time_in_shard_order(build):
     """An export takes each episode's latent actions from one ordered scan per level of flow.lance, never the whole
     table: every episode in the shards gets exactly its rows of flow.lance, and an id that flow.lance lacks (a
     damaged or edited shard) gets none without costing the episodes after it theirs."""
-    from pyramid.build_reader import LOOKAHEAD_EPISODES, PairLatents, build_samples, build_shards, episodes_of, pair_latents
+    from pyramid.build_reader import (LOOKAHEAD_EPISODES, PairLatents, build_recipe, build_samples, build_shards, episodes_of,
+                                      pair_latents)
 
     build_dir, _ = build
     table = lance.dataset(str(build_dir / "flow.lance")).to_table(columns=["episode_id", "pair_index", "latent_action"]).to_pylist()
     episodes = [(episode_id, clips[0]["meta"]["level"]) for episode_id, clips in episodes_of(build_samples(build_shards(build_dir)))]
     assert len({level for _, level in episodes}) == 2 and len(episodes) == len({row["episode_id"] for row in table})
     for unknown in (None, "../../escaped"):
-        latents = pair_latents(build_dir)
+        latents = pair_latents(build_dir, build_recipe(build_dir))
         assert isinstance(latents, PairLatents)
         for episode_id, level in episodes:
             if unknown is not None:

@@ -154,7 +154,7 @@ def test_statistics_never_see_a_non_finite_value(hostile_build):
 def test_export_lerobot_leaves_out_a_video_that_breaks_after_frames_were_encoded(tmp_path):
     """A faststart mp4 cut short probes whole and decodes its first chunks: the export encodes those, then finds the
     damage. That episode is named and left out, with nothing of it in the dataset; the episodes around it are kept."""
-    from pyramid.sinks.lerobot_export import CHUNK_FRAMES
+    from pyramid.clips import DECODE_CHUNK
     from pyramid.video_io import probe, read_frames, write_video
     from tests.fixtures.media import moving_square_frames
     from tests.fixtures.videos import write_truncated_faststart
@@ -163,8 +163,8 @@ def test_export_lerobot_leaves_out_a_video_that_breaks_after_frames_were_encoded
     good = {"clip_0001.mp4": moving_square_frames(12, 64, 96, seed=1), "clip_0003.mp4": moving_square_frames(9, 64, 96, seed=3)}
     for name, frames in good.items():
         write_video(root / name, frames, fps=30.0)
-    broken = write_truncated_faststart(root / "clip_0002.mp4", moving_square_frames(4 * CHUNK_FRAMES, 64, 96, seed=2))
-    assert probe(broken).num_frames == 4 * CHUNK_FRAMES and len(read_frames(broken, range(CHUNK_FRAMES))) == CHUNK_FRAMES
+    broken = write_truncated_faststart(root / "clip_0002.mp4", moving_square_frames(4 * DECODE_CHUNK, 64, 96, seed=2))
+    assert probe(broken).num_frames == 4 * DECODE_CHUNK and len(read_frames(broken, range(DECODE_CHUNK))) == DECODE_CHUNK
 
     out = tmp_path / "lerobot"
     result = subprocess.run([*CLI, "export-lerobot", str(tmp_path / "clips"), str(out), "--codec", "libx264"],

@@ -10,7 +10,7 @@ episode's last stored frame, which starts no pair, is left out; a build with flo
 
 LeRobot holds one frame rate, robot and set of features per dataset: episodes that differ from the first
 one written (another embodiment, other dimensions or cameras) are left out and counted; `--embodiment`
-picks which to export. Frames are decoded while they are encoded, `CHUNK_FRAMES` at a time (a long episode at the
+picks which to export. Frames are decoded while they are encoded, `DECODE_CHUNK` at a time (a long episode at the
 source's size is never held whole); an episode whose video breaks halfway is left out and named, and nothing of it
 is written.
 """
@@ -28,7 +28,7 @@ import numpy as np
 
 from pyramid.build_reader import (build_recipe, build_samples, build_shards, episodes_of, is_build, pair_latents,
                                   run_frames, run_video, runs_with_latents)
-from pyramid.clips import clip_source_frames, pair_actions
+from pyramid.clips import DECODE_CHUNK, clip_source_frames, pair_actions
 from pyramid.errors import EpisodeError, ExportError, SourceError
 from pyramid.lerobot_writer import NoEpisodes, RecordedEpisode, write_lerobot_v3
 from pyramid.paths import check_export_target
@@ -36,8 +36,6 @@ from pyramid.sinks.left_out import LeftOut
 from pyramid.video_io import FrameChunks
 
 LATENT_NAMES = [f"latent_{i}" for i in range(14)]
-# Source frames are decoded and encoded this many at a time: a long episode at the source's size is never held whole.
-CHUNK_FRAMES = 64
 
 
 @dataclass
@@ -88,7 +86,7 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
     try:
         write_lerobot_v3(out_dir, matching(), fps=first.fps, robot_type=first.embodiment, state_names=first.state_names,
                          action_names=first.action_names, codec=codec, overwrite=overwrite, extra_features=first.extras,
-                         on_unreadable=lambda exc: _left_out_unreadable(exc, summary))
+                         on_unreadable=lambda exc: _left_out(exc, summary, "unreadable"))
     except NoEpisodes:
         raise ExportError(f"{input_path}: no episode to export: each one failed to decode") from None
     info = json.loads((out_dir / "meta" / "info.json").read_text())
@@ -96,9 +94,9 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
     return summary
 
 
-def _left_out_unreadable(exc: EpisodeError, summary: LeRobotExport) -> None:
+def _left_out(exc: EpisodeError, summary: LeRobotExport, reason: str) -> None:
     print(f"warning: episode left out: {exc}", file=sys.stderr)
-    summary.skipped.add("unreadable")
+    summary.skipped.add(reason)
 
 
 def _of_embodiment(candidates: Iterator[Candidate], embodiment: str, summary: LeRobotExport) -> Iterator[Candidate]:
@@ -121,14 +119,13 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> I
     duplicates = DuplicateIds()
     for ref in reader.discover():
         if problem := duplicates.problem(ref.episode_id, str(ref.path)):  # the same episode listed twice: once is enough
-            print(f"warning: episode left out: {EpisodeError(ref.path, problem)}", file=sys.stderr)
-            summary.skipped.add("duplicate")
+            _left_out(EpisodeError(ref.path, problem), summary, "duplicate")
             continue
         try:
             episode = reader.load(ref)
             videos = {f"observation.images.{name}": camera_frames(episode, name) for name in episode.cameras}
         except EpisodeError as exc:
-            _left_out_unreadable(exc, summary)
+            _left_out(exc, summary, "unreadable")
             continue
         if abs(episode.fps - round(episode.fps)) > 1e-3:
             summary.skipped.add("non_integer_fps")
@@ -140,13 +137,13 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> I
 
 
 def camera_frames(episode, name: str) -> FrameChunks:
-    """Every frame of one camera, even-sized, decoded `CHUNK_FRAMES` at a time while the export encodes them (a
+    """Every frame of one camera, even-sized, decoded `DECODE_CHUNK` at a time while the export encodes them (a
     frame that fails to decode then leaves the episode out: `write_lerobot_v3(on_unreadable=)`)."""
     height, width = episode.frames(name, [0]).shape[1:3]
     indices = range(episode.cameras[name].num_frames)
 
     def chunks() -> Iterator[np.ndarray]:
-        return (even_sized(chunk) for chunk in episode.frame_chunks(name, indices, CHUNK_FRAMES))
+        return (even_sized(chunk) for chunk in episode.frame_chunks(name, indices, DECODE_CHUNK))
 
     return FrameChunks(len(indices), (height - height % 2, width - width % 2, 3), chunks)
 
@@ -159,7 +156,7 @@ def even_sized(frames: np.ndarray) -> np.ndarray:
 
 def build_candidates(build_dir: Path, summary: LeRobotExport) -> Iterator[Candidate]:
     recipe = build_recipe(build_dir)
-    latents = pair_latents(build_dir)
+    latents = pair_latents(build_dir, recipe)
     labelled = latents != {}
     if labelled and int(recipe["flow"]["stride"]) != 1:
         summary.notes.append(f"latent actions left out: the build's flow stride is {recipe['flow']['stride']}, and "

@@ -80,7 +80,7 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
         raise ExportError(f"{build_dir}: flow stride is {recipe['flow']['stride']}; Motus wants the latent action of "
                           f"each pair of consecutive frames: build with flow stride 1")
     sampling = Sampling.for_fps(float(recipe["fps"]), downsample_rate, num_video_frames)
-    latents = pair_latents(build_dir)
+    latents = pair_latents(build_dir, recipe)
     if latents == {}:
         raise ExportError(f"{build_dir}: the build has no latent actions (its recipe names no `vae`); "
                           f"Motus's latent_action dataset needs them: build with a trained VAE")
