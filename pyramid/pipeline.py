@@ -360,17 +360,37 @@ class RaySession:
 
 
 @contextmanager
+def _project_importable(address: str) -> Iterator[dict | None]:
+    """Workers must import this project the way the driver does, wherever the build was started from. A Ray this
+    build starts inherits the driver's environment while `ray.init` starts it, so its workers are the ones Ray
+    started in advance (~0.7 s sooner on 2 cores than workers started for a runtime environment); a running Ray's
+    workers get it as a runtime environment (the runtime_env to pass to `ray.init`)."""
+    project_root = str(Path(__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(filter(None, [project_root, os.environ.get("PYTHONPATH")]))
+    if address != "local":
+        yield {"env_vars": {"PYTHONPATH": pythonpath}}
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = pythonpath
+    try:
+        yield None
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+@contextmanager
 def _ray_session(address: str | None, progress: bool) -> Iterator[RaySession]:
     """Ray for the build (see `cluster.ray_address`), named on stderr; left when the block ends (see `RaySession.stop`)."""
     import ray
 
     address, which = ray_address(address)
     print(f"pyramid build: {which}", file=sys.stderr, flush=True)
-    # Workers must import this project the way the driver does, wherever the build was started from.
-    project_root = str(Path(__file__).resolve().parent.parent)
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [project_root, os.environ.get("PYTHONPATH")]))}}
-    ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=progress,
-             configure_logging=True, logging_level="ERROR")
+    with _project_importable(address) as runtime_env:
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=progress,
+                 configure_logging=True, logging_level="ERROR")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
