@@ -54,6 +54,7 @@ def built(fixtures, tmp_path_factory):
     recipe_path = make_recipe(tmp, fixtures, "out")
     result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet", "--workers", "2"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    (tmp / "build.stderr").write_text(result.stderr)
     return load_recipe(recipe_path), tmp / "out"
 
 
@@ -161,6 +162,14 @@ def test_shards_md_is_the_schema_the_writers_use(built):
         written = lance.dataset(str(output / name))
         assert [(f.name, f.type) for f in written.schema] == [(f.name, f.type) for f in expected]
         assert written.data_storage_version == schema.LANCE_STORAGE_VERSION
+
+
+def test_a_quiet_build_prints_no_log_lines_of_rays(built):
+    _, output = built
+    stderr = (output.parent / "build.stderr").read_text()
+    assert "built," in stderr  # the summary
+    ray_lines = [line for line in stderr.splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+[A-Z]+ ", line)]
+    assert not ray_lines, ray_lines
 
 
 def test_rerunning_a_finished_build_does_nothing(built):
