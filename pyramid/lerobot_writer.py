@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
-from pyramid.video_io import Frames, chunks_of
+from pyramid.video_io import Frames, chunks_of, encoder_options
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -33,10 +33,8 @@ VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.m
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 # LeRobot's defaults: AV1 with a GOP of 2 so that random access decodes at most one extra frame.
-VIDEO_OPTIONS = {
-    "libsvtav1": {"crf": "30", "g": "2", "preset": "12"},
-    "libx264": {"crf": "23", "g": "2", "preset": "veryfast"},
-}
+VIDEO_CRF = {"libsvtav1": 30, "libx264": 23}
+VIDEO_GOP = 2
 CODEC_NAMES = {"libsvtav1": "av1", "libx264": "h264"}
 INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
@@ -101,8 +99,8 @@ def write_lerobot_v3(
 class _DatasetWriter:
     def __init__(self, root: Path, fps: int, robot_type: str, state_names: list[str], action_names: list[str], codec: str,
                  extra_names: dict[str, list[str]] | None = None):
-        if codec not in VIDEO_OPTIONS:
-            raise ValueError(f"codec must be one of {sorted(VIDEO_OPTIONS)}, got {codec!r}")
+        if codec not in VIDEO_CRF:
+            raise ValueError(f"codec must be one of {sorted(VIDEO_CRF)}, got {codec!r}")
         self.root, self.fps, self.robot_type, self.codec = root, int(fps), robot_type, codec
         self.state_names, self.action_names, self.extra_names = state_names, action_names, extra_names or {}
         self.tasks: dict[str, int] = {}
@@ -290,7 +288,7 @@ class _EpisodeVideo:
             with av.open(str(path), mode="w") as container:
                 stream = container.add_stream(codec, rate=Fraction(fps))
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                stream.options = dict(VIDEO_OPTIONS[codec])
+                stream.options = encoder_options(codec, VIDEO_CRF[codec], VIDEO_GOP)  # x264's without mbtree: see there
                 for chunk in chunks_of(frames):
                     _check_frames(path, chunk, height, width)
                     sampled += [chunk[i].copy() for i in range(-written % step, len(chunk), step)]  # a view would keep its chunk

@@ -393,7 +393,7 @@ def _encode(target, container_format: str, frames: Frames, fps: float, codec: st
                 stream = container.add_stream(codec, rate=rate)
                 stream.width, stream.height = width + width % 2, height + height % 2
                 stream.pix_fmt = "yuv420p"
-                stream.options = _encoder_options(codec, crf, gop)
+                stream.options = encoder_options(codec, crf, gop)
                 stream.thread_count = 1  # builds parallelise across episodes, not within one clip
             for frame in chunk:
                 if frame.shape[0] % 2 or frame.shape[1] % 2:
@@ -421,13 +421,15 @@ def _container_format(path: Path) -> str:
     return {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}.get(path.suffix.lower(), "mp4")
 
 
-def _encoder_options(codec: str, crf: int, gop: int | None) -> dict[str, str]:
+def encoder_options(codec: str, crf: int, gop: int | None) -> dict[str, str]:
+    """FFmpeg options of every encoder this project opens: the same frames give the same bytes."""
     options = {"crf": str(crf)}
     if codec == "libsvtav1":
         options = {"crf": str(crf), "preset": "12"}
     elif codec == "libx264":
         # mbtree off: x264's macroblock-tree rate control read uninitialised memory here (the output
-        # changed with whatever the process had freed before), and rebuilt shards must be identical.
+        # changed with whatever the process had freed before, one x264 export in ten after an aborted encoder),
+        # and rebuilt shards and exports must be identical.
         options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0"}
     elif codec == "libvpx-vp9":
         options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8"}
