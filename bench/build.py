@@ -183,7 +183,7 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
-def print_breakdown(manifest: dict, wall_s: float, workers_used: int = 2) -> None:
+def print_breakdown(manifest: dict, wall_s: float, bound_s: float, workers_used: int = 2) -> None:
     timings = manifest["timings_s"]
     workers = {stage: timings.get(f"worker_{stage}", 0.0) for stage in STAGES}
     total = sum(workers.values())
@@ -200,6 +200,9 @@ def print_breakdown(manifest: dict, wall_s: float, workers_used: int = 2) -> Non
     outside = wall_s - timings.get("ray_start", 0.0) - timings.get("process", 0.0)
     print(f"  processing beyond each worker's stage time: {idle:.2f} s (workers starting, waiting for one another, the window's tail)")
     print(f"  outside Ray's start and the processing: {outside:.2f} s (the CLI's start, finalize, report, Ray's shutdown, exit)")
+    # What a build of many more episodes approaches, where the fixed costs above are spread thin: the workers' own work.
+    print(f"  the bound / each worker's stage seconds: {bound_s / (total / workers_used):.2f}x (fixed costs left out: "
+          f"what a long build approaches; decode + flow are {(workers['decode'] + workers['flow']) / total:.0%} of the workers' work)")
 
 
 def main() -> None:
@@ -249,7 +252,7 @@ def main() -> None:
         print(f"Ray start-up inside the fresh 2-worker build: {manifests[2]['timings_s'].get('ray_start', 0.0):.2f} s")
         if not args.skip_cluster:
             print(f"cluster build: episodes per node {sorted(nodes.values())}")
-        print_breakdown(manifests[2], walls[2])
+        print_breakdown(manifests[2], walls[2], bound_s)
         if not args.skip_memory:
             peaks = {}
             for count in (10, 100):
