@@ -400,9 +400,10 @@ def _ray_session(address: str | None, progress: bool) -> Iterator[RaySession]:
     # of a short episode on 2 cores); two cost at most one episode's time at a window's tail.
     if not debugging():  # the build reports a worker's death itself (isolating the episode, or in one line)
         logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
-    if not progress:  # --quiet: not Ray Data's line that progress bars are off, nor its time per dataset
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-        logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
+    # --quiet: not Ray Data's line that progress bars are off, nor its time per dataset (set either way: a program
+    # may run quiet and then progress-showing builds in one process)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if progress else logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.NOTSET if progress else logging.WARNING)
     context.wait_for_min_actors_s = 600
     context.max_tasks_in_flight_per_actor = 2
     session = RaySession(which)
