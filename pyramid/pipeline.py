@@ -362,9 +362,9 @@ class RaySession:
 @contextmanager
 def _project_importable(address: str) -> Iterator[dict | None]:
     """Workers must import this project the way the driver does, wherever the build was started from. A Ray this
-    build starts inherits the driver's environment while `ray.init` starts it, so its workers are the ones Ray
-    started in advance (~0.7 s sooner on 2 cores than workers started for a runtime environment); a running Ray's
-    workers get it as a runtime environment (the runtime_env to pass to `ray.init`)."""
+    build starts inherits the driver's environment while `ray.init` starts it, so the workers Ray starts in advance
+    can take the episodes (an actor that needs a runtime environment waits for a worker process of its own); a
+    running Ray's workers get it as a runtime environment (the runtime_env to pass to `ray.init`)."""
     project_root = str(Path(__file__).resolve().parent.parent)
     pythonpath = os.pathsep.join(filter(None, [project_root, os.environ.get("PYTHONPATH")]))
     if address != "local":
