@@ -203,6 +203,10 @@ def print_breakdown(manifest: dict, wall_s: float, bound_s: float, workers_used:
     # What a build of many more episodes approaches, where the fixed costs above are spread thin: the workers' own work.
     print(f"  the bound / each worker's stage seconds: {bound_s / (total / workers_used):.2f}x (fixed costs left out: "
           f"what a long build approaches; decode + flow are {(workers['decode'] + workers['flow']) / total:.0%} of the workers' work)")
+    # The most any build that encodes its clips could reach: its workers doing decode, flow and clips and nothing else.
+    least = workers["decode"] + workers["flow"] + workers["video_encode"]
+    print(f"  the bound / each worker's decode + flow + clip seconds: {bound_s / (least / workers_used):.2f}x (a build "
+          f"that did nothing but these, with no fixed costs: the ceiling while clips are encoded on the same cores)")
 
 
 def main() -> None:
