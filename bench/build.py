@@ -6,7 +6,7 @@ Prints, for the same episodes at 384x320:
   (b) `pyramid build` with 1 and 2 workers on a local Ray each build starts (what one build costs),
   (c) the 2-worker build on a local Ray that `ray start` left running (what each of many builds costs),
   (d) the same build on a two-node cluster of `ray start` nodes on this machine (1 CPU each, `--address`),
-and the decode-only and flow-only throughputs (the bound: their sum over 2 cores; also measured as decode + flow alone
+and the decode-only and flow-only CPU seconds (the bound: their sum spread over 2 cores; also measured as decode + flow alone
 in 2 processes at once, which shows what running two at once costs on this machine), the
 seconds per stage of the 2-worker build (summed over its workers, from its manifest) and the fixed costs they leave
 over (Ray's start, the workers' start and tail, the CLI around them), then the peak
@@ -94,8 +94,9 @@ def serial_loop(data: Path, out: Path, builds_formats: bool = False) -> tuple[fl
 
 
 def bounds(data: Path, part: int = 0, parts: int = 1) -> tuple[float, float]:
-    """Seconds to only decode, and to only compute flow, for the same episodes (one process, one core); with
-    `parts`, only every parts-th episode from the `part`-th."""
+    """CPU seconds to only decode, and to only compute flow, for the same episodes (one process); with `parts`,
+    only every parts-th episode from the `part`-th. CPU, not wall, seconds: the decoder runs threads of its own (dav1d
+    took ~1.3 cores of an idle machine), so its wall time undercounts the work that a busy machine's cores must do."""
     import flow
 
     backend = flow.get_backend("dis", threads=1)
@@ -103,13 +104,13 @@ def bounds(data: Path, part: int = 0, parts: int = 1) -> tuple[float, float]:
     decode_s = flow_s = 0.0
     reused = None  # the flow array a build's worker reuses between episodes
     for ref in itertools.islice(reader.discover(), part, None, parts):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         frames = resize_frames(reader.load(ref).frames(), (384, 320))
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         if reused is None or len(reused) < len(frames) - 1:
             reused = np.empty((len(frames) - 1, 384, 320, 2), np.float32)
         backend.sequence(frames, out=reused)
-        flow_s += time.perf_counter() - t1
+        flow_s += time.process_time() - t1
         decode_s += t1 - t0
     return decode_s, flow_s
 
@@ -228,8 +229,8 @@ def main() -> None:
         decode_s, flow_s = bounds(data)
         bound_s = (decode_s + flow_s) / 2  # both stages spread evenly over 2 cores
         measured_bound_s = parallel_bound(data)
-        rows = [("serial loop", serial_s), ("serial, the build's formats", same_formats_s), ("decode only (1 core)", decode_s),
-                ("flow only (1 core)", flow_s), ("bound on 2 cores", bound_s), ("decode+flow, 2 processes", measured_bound_s)]
+        rows = [("serial loop", serial_s), ("serial, the build's formats", same_formats_s), ("decode only (CPU s)", decode_s),
+                ("flow only (CPU s)", flow_s), ("bound on 2 cores", bound_s), ("decode+flow, 2 processes", measured_bound_s)]
         manifests, walls = {}, {}
         for workers in (1, 2):
             walls[workers], _, manifests[workers] = timed_build(write_recipe(workdir, data, f"build{workers}"), "--workers", str(workers))
