@@ -95,8 +95,8 @@ def serial_loop(data: Path, out: Path, builds_formats: bool = False) -> tuple[fl
 
 def bounds(data: Path, part: int = 0, parts: int = 1) -> tuple[float, float]:
     """CPU seconds to only decode, and to only compute flow, for the same episodes (one process); with `parts`,
-    only every parts-th episode from the `part`-th. CPU, not wall, seconds: the decoder runs threads of its own (dav1d
-    took ~1.3 cores of an idle machine), so its wall time undercounts the work that a busy machine's cores must do."""
+    only every parts-th episode from the `part`-th. CPU, not wall, seconds: the decoder runs threads of its own, so on
+    an idle machine its wall time undercounts the work that a busy machine's cores must do."""
     import flow
 
     backend = flow.get_backend("dis", threads=1)
