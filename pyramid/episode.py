@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from pyramid.errors import EpisodeError
-from pyramid.video_io import probe, read_frame_chunks, read_frames
+from pyramid.video_io import frame_times, frames_at_constant_rate, probe, read_frame_chunks, read_frames
 
 # The six levels of the Motus data pyramid, bottom (most plentiful) to top (most specific).
 PYRAMID_LEVELS = {
@@ -29,6 +29,8 @@ PYRAMID_LEVELS = {
     6: "target-robot task trajectories",
 }
 
+
+FPS_RANGE = (1.0, 1000.0)  # recorded video, from 1 fps captures to high-speed cameras; outside it the metadata is wrong
 
 READABLE_ID_CHARS = 48  # the readable part of an id: with the dataset name and the hash, ids stay near 100 characters
 DATASET_ID_CHARS = 20
@@ -88,25 +90,56 @@ class VideoCamera:
     frame_offset: int = 0
     codec: str | None = None
     decord: bool = False  # `VideoInfo.decord`: which library reads it
+    # The file's frame shown at each frame of the camera, where a variable-frame-rate file is read at a constant rate
+    # (`open(by_time=True)`); None: camera frame i is file frame frame_offset + i.
+    file_frames: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def open(cls, name: str, path: str | Path, frame_offset: int = 0, num_frames: int | None = None) -> "VideoCamera":
+    def open(cls, name: str, path: str | Path, frame_offset: int = 0, num_frames: int | None = None,
+             by_time: bool = False) -> "VideoCamera":
+        """With `by_time`, a file whose frames are not evenly spaced (a phone or screen recording) is read as the
+        frames shown at evenly spaced times, at its frames' average rate, so that frames picked at a rate lie at
+        those times. Only for a video that nothing else counts frames of: a source whose arrays have a row per file
+        frame pairs them by number."""
         info = probe(path)
         available = info.num_frames - frame_offset
         if num_frames is None:
             num_frames = available
         elif num_frames > available:
             raise EpisodeError(path, f"video has {info.num_frames} frames, episode needs {frame_offset + num_frames}")
-        return cls(name, str(path), num_frames, info.height, info.width, info.fps, frame_offset, info.codec, info.decord)
+        camera = cls(name, str(path), num_frames, info.height, info.width, info.fps, frame_offset, info.codec, info.decord)
+        if by_time and not info.constant_rate and not frame_offset:
+            camera._read_by_time()
+        return camera
+
+    def _read_by_time(self) -> None:
+        times = frame_times(self.path)
+        if len(times) < 2 or times[-1] <= 0:
+            return  # no timestamps to go by: frames stay numbered in order
+        # The rate from the timestamps themselves, as mp4 states its average rate: a webm or mkv header's rate says
+        # nothing of a jump in its timestamps, which at that rate would read as hours of one repeated frame.
+        rate = (len(times) - 1) / times[-1]
+        if rate < FPS_RANGE[0]:
+            gap = int(np.argmax(np.diff(times)))
+            raise EpisodeError(self.path, f"frame timestamps jump {times[gap + 1] - times[gap]:.1f} s after frame {gap} "
+                                          f"({len(times)} frames in {times[-1]:.1f} s, {rate:.3g} fps)")
+        shown = frames_at_constant_rate(times, rate)
+        if not np.array_equal(shown, np.arange(len(times))):
+            self.file_frames, self.num_frames, self.fps = shown, len(shown), rate
+
+    def _file_indices(self, local: Sequence[int]) -> list[int]:
+        if self.file_frames is not None:
+            return [int(self.file_frames[i]) for i in local]
+        return [self.frame_offset + int(i) for i in local]
 
     def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
         local = range(self.num_frames) if indices is None else indices
         _check_range(self.path, local, self.num_frames)
-        return read_frames(self.path, [self.frame_offset + int(i) for i in local], decord=self.decord)
+        return read_frames(self.path, self._file_indices(local), decord=self.decord)
 
     def frame_chunks(self, indices: Sequence[int], chunk: int) -> Iterator[np.ndarray]:
         _check_range(self.path, indices, self.num_frames)
-        return read_frame_chunks(self.path, [self.frame_offset + int(i) for i in indices], chunk, decord=self.decord)
+        return read_frame_chunks(self.path, self._file_indices(indices), chunk, decord=self.decord)
 
 
 @dataclass

@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from pyramid.episode import Episode
+from pyramid.episode import FPS_RANGE, Episode
 from pyramid.errors import EpisodeError
-
-FPS_RANGE = (1.0, 1000.0)  # recorded video, from 1 fps captures to high-speed cameras; outside it the metadata is wrong
 
 
 def check_episode(episode: Episode) -> Episode:

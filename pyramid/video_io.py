@@ -40,6 +40,7 @@ class VideoInfo:
     codec: str
     rotation: int = 0  # degrees a player turns the stored frames counter-clockwise: 0, 90, 180 or 270
     decord: bool = False  # whether decord decodes it as PyAV does (`_decord_decodes`); else PyAV decodes it
+    constant_rate: bool = True  # whether its header shows evenly spaced frames (`_constant_rate`); else its timestamps tell
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -55,7 +56,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             height, width = (stream.width, stream.height) if rotation % 180 else (stream.height, stream.width)
             return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, rotation,
-                             _decord_decodes(container, stream, rotation))
+                             _decord_decodes(container, stream, rotation), _constant_rate(stream))
     except EpisodeError:
         raise
     except (av.error.FFmpegError, OSError) as exc:
@@ -265,10 +266,7 @@ class PacketTimeline:
     spacing: one pass over the packets (no decoding, in an opening of its own) lists every frame's timestamp."""
 
     def __init__(self, path: Path, stream):
-        with av.open(str(path)) as container:
-            listed = container.streams.video[0]
-            self.pts = np.unique([packet.pts for packet in container.demux(listed)
-                                  if packet.size > 0 and packet.pts is not None]).astype(np.int64)
+        self.pts, _ = _display_timestamps(path)
         # packets without timestamps (some raw streams): only the rate can number frames
         self.by_rate = None if len(self.pts) else ConstantRateTimeline(stream)
 
@@ -281,6 +279,34 @@ class PacketTimeline:
             self.by_rate.seek_near(container, stream, first)
         elif 0 < first < len(self.pts):
             container.seek(int(self.pts[first]), stream=stream, backward=True)
+
+
+def _display_timestamps(path: Path) -> tuple[np.ndarray, Fraction]:
+    """The timestamps of the video's frames in display order, and their time base, from its packets (no decoding)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = np.unique([packet.pts for packet in container.demux(stream) if packet.size > 0 and packet.pts is not None])
+        return pts.astype(np.int64), stream.time_base
+
+
+def frame_times(path: str | os.PathLike) -> np.ndarray:
+    """Seconds from the first frame at which each frame is shown, in display order (empty where packets carry no
+    timestamps)."""
+    path = Path(path)
+    try:
+        pts, time_base = _display_timestamps(path)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
+    return (pts - pts[:1]).astype(np.float64) * float(time_base) if len(pts) else np.zeros(0)
+
+
+def frames_at_constant_rate(times: np.ndarray, fps: float) -> np.ndarray:
+    """The frame shown at each tick of a clock at `fps` from the first frame, for frames shown at `times` (seconds,
+    ascending): a variable-frame-rate recording as evenly spaced frames, repeating a frame across a gap and leaving
+    out frames that come faster than the clock. A frame counts from half a tick before its timestamp, so evenly
+    spaced frames with jitter map onto themselves."""
+    ticks = int(np.floor(times[-1] * fps + 0.5)) + 1
+    return np.searchsorted(times, (np.arange(ticks) + 0.5) / fps, side="right") - 1
 
 
 def file_timeline(path: Path, stream) -> ConstantRateTimeline | PacketTimeline:

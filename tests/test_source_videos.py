@@ -60,3 +60,29 @@ def test_a_phone_portrait_clip_is_read_upright(tmp_path):
     assert (camera.height, camera.width) == (96, 64)
     frames = camera.frames()
     assert frames.shape == shown.shape and np.abs(frames.astype(int) - shown).mean() < 6
+
+
+def test_a_variable_frame_rate_recording_is_read_at_even_times(tmp_path):
+    """A phone that slows to 15 fps in low light: its frames numbered as if evenly spaced put the frames a build takes
+    at 10 fps up to 0.2 s from the times they stand for, and the flow between them spans uneven times."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from pyramid.clips import stored_frames_of
+
+    pts = [*range(0, 600, 20), *range(600, 1200, 40), *range(1200, 1800, 20)]  # in 1/600 s, as an iPhone writes
+    shown_at = np.array(pts) / 600
+    frames = np.stack([np.full((64, 96, 3), 10 + 3 * i, np.uint8) for i in range(len(pts))])  # each shows its number
+    fixture.write_variable_rate(tmp_path / "phone/low_light.mov", frames, pts, Fraction(1, 600))
+    fixture.build(tmp_path)
+    reader = get_source("videos")(tmp_path)
+    episode = reader.load(reader.ref("phone/low_light.mov"))
+    assert episode.fps == pytest.approx((len(pts) - 1) / shown_at[-1])  # the frames' average rate
+    rate, indices = stored_frames_of(episode.num_frames, episode.fps, 10.0)
+    decoded = episode.cameras["video"].frames(indices)
+    numbers = np.rint((decoded.mean(axis=(1, 2, 3)) - 10) / 3).astype(int)
+    late = shown_at[numbers] - np.arange(len(indices)) / rate
+    assert len(indices) == 30 and np.abs(late).max() <= 0.04, np.round(late, 3)
+    evenly_spaced = reader.load(reader.ref("kitchen/clip_h264.mp4")).cameras["video"]
+    assert evenly_spaced.file_frames is None and evenly_spaced.num_frames == 12

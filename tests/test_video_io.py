@@ -13,6 +13,7 @@ import pytest
 from pyramid.errors import EpisodeError
 from pyramid.video_io import probe, read_clip, read_frame_chunks, read_frames, video_bytes, write_video
 from tests.fixtures.media import moving_square_frames
+from tests.fixtures import videos as video_fixtures
 from tests.fixtures.videos import write_rotated_video
 
 
@@ -84,24 +85,11 @@ def test_a_frame_chunk_past_the_end_is_an_episode_error_naming_the_file(tmp_path
         list(read_frame_chunks(path, [28, 30, 40], 2))
 
 
-def write_variable_rate(path, frames: np.ndarray, codec: str) -> list[int]:
+def write_variable_rate(path, frames: np.ndarray, codec: str) -> None:
     """A file whose frames are not evenly spaced (frames dropped, as in phone or screen recordings), with a
-    keyframe every 4 frames so that reads seek; returns the timestamps, in 1/25 s."""
-    from fractions import Fraction
-
+    keyframe every 4 frames so that reads seek."""
     pts = [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 15, 16, 17, 18, 20, 21, 22, 24, 25][: len(frames)]
-    options = {"deadline": "realtime", "cpu-used": "8", "g": "4"} if codec == "libvpx-vp9" else {"preset": "12", "g": "4"}
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=25, options=options)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for stamp, rgb in zip(pts, frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts, frame.time_base = stamp, Fraction(1, 25)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return pts
+    video_fixtures.write_variable_rate(path, frames, pts, Fraction(1, 25), codec, gop=4)
 
 
 @pytest.mark.parametrize("codec, suffix", [("libvpx-vp9", ".webm"), ("libsvtav1", ".mp4")])  # read by PyAV

@@ -1,7 +1,8 @@
 """A folder of plain videos (mp4, mov, webm, mkv): no state, no actions.
 
 This is the unlabelled data latent actions exist for. An optional `<stem>.txt` beside a video
-holds its instruction text.
+holds its instruction text. A recording whose frames are not evenly spaced (phones, screen capture) is read by
+time (`VideoCamera.open(by_time=True)`): nothing else here is numbered by its frames.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class VideosSource(Source):
 
     def read(self, ref: EpisodeRef) -> Episode:
         path = self.resolve(ref.relpath)
-        camera = VideoCamera.open("video", path)
+        camera = VideoCamera.open("video", path, by_time=True)
         caption = self.resolve(Path(ref.relpath).with_suffix(".txt"))
         instructions = [caption.read_text(encoding="utf-8", errors="replace").strip()] if caption.is_file() else []
         return Episode(
