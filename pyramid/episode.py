@@ -98,7 +98,7 @@ class VideoCamera:
     def open(cls, name: str, path: str | Path, frame_offset: int = 0, num_frames: int | None = None,
              by_time: bool = False) -> "VideoCamera":
         """With `by_time`, a file whose frames are not evenly spaced (a phone or screen recording) is read as the
-        frames shown at evenly spaced times, at its frames' average rate, so that frames picked at a rate lie at
+        frames shown at evenly spaced times, at the rate it mostly runs at, so that frames picked at a rate lie at
         those times. Only for a video that nothing else counts frames of: a source whose arrays have a row per file
         frame pairs them by number."""
         info = probe(path)
@@ -114,18 +114,20 @@ class VideoCamera:
 
     def _read_by_time(self) -> None:
         times = frame_times(self.path)
-        if len(times) < 2 or times[-1] <= 0:
+        if len(times) < 2:
             return  # no timestamps to go by: frames stay numbered in order
-        # The rate from the timestamps themselves, as mp4 states its average rate: a webm or mkv header's rate says
-        # nothing of a jump in its timestamps, which at that rate would read as hours of one repeated frame.
-        rate = (len(times) - 1) / times[-1]
-        if rate < FPS_RANGE[0]:
-            gap = int(np.argmax(np.diff(times)))
-            raise EpisodeError(self.path, f"frame timestamps jump {times[gap + 1] - times[gap]:.1f} s after frame {gap} "
-                                          f"({len(times)} frames in {times[-1]:.1f} s, {rate:.3g} fps)")
-        shown = frames_at_constant_rate(times, rate)
-        if not np.array_equal(shown, np.arange(len(times))):
-            self.file_frames, self.num_frames, self.fps = shown, len(shown), rate
+        gaps = np.diff(times)
+        longest = int(np.argmax(gaps))
+        if gaps[longest] > 1 / FPS_RANGE[0]:  # a stalled recording or a clock jump, not hours of one repeated frame
+            raise EpisodeError(self.path, f"frame timestamps jump {gaps[longest]:.1f} s after frame {longest} "
+                                          f"(recorded video shows a frame at least every {1 / FPS_RANGE[0]:g} s)")
+        if self.fps > 0 and np.array_equal(frames_at_constant_rate(times, self.fps), np.arange(len(times))):
+            return  # evenly spaced at the header's rate, give or take the rounding of timestamps
+        # The rate it mostly runs at (a phone's 30 fps, not the average its slow stretches pull down), so frames taken
+        # at a rate that divides it lie exactly at their times where the recording kept its pace.
+        self.fps = 1 / float(np.median(gaps))
+        self.file_frames = frames_at_constant_rate(times, self.fps)
+        self.num_frames = len(self.file_frames)
 
     def _file_indices(self, local: Sequence[int]) -> list[int]:
         if self.file_frames is not None:
