@@ -125,7 +125,7 @@ class VideoCamera:
             return  # evenly spaced at the header's rate, give or take the rounding of timestamps
         # The rate it mostly runs at (a phone's 30 fps, not the average its slow stretches pull down), so frames taken
         # at a rate that divides it lie exactly at their times where the recording kept its pace.
-        self.fps = 1 / float(np.median(gaps))
+        self.fps = round(1 / float(np.median(gaps)), 6)  # 30, not 30.000000000000107 from the seconds' rounding
         self.file_frames = frames_at_constant_rate(times, self.fps)
         self.num_frames = len(self.file_frames)
 
