@@ -121,11 +121,15 @@ class VideoCamera:
         if gaps[longest] > 1 / FPS_RANGE[0]:  # a stalled recording or a clock jump, not hours of one repeated frame
             raise EpisodeError(self.path, f"frame timestamps jump {gaps[longest]:.1f} s after frame {longest} "
                                           f"(recorded video shows a frame at least every {1 / FPS_RANGE[0]:g} s)")
-        if self.fps > 0 and np.array_equal(frames_at_constant_rate(times, self.fps), np.arange(len(times))):
+        low, high = FPS_RANGE  # a clock at an absurd header rate would tick billions of times over a long video
+        if low <= self.fps <= high and np.array_equal(frames_at_constant_rate(times, self.fps), np.arange(len(times))):
             return  # evenly spaced at the header's rate, give or take the rounding of timestamps
         # The rate it mostly runs at (a phone's 30 fps, not the average its slow stretches pull down), so frames taken
         # at a rate that divides it lie exactly at their times where the recording kept its pace.
-        self.fps = round(1 / float(np.median(gaps)), 6)  # 30, not 30.000000000000107 from the seconds' rounding
+        rate = round(1 / float(np.median(gaps)), 6)  # 30, not 30.000000000000107 from the seconds' rounding
+        if rate > high:
+            raise EpisodeError(self.path, f"fps {rate:g} is implausible (expected {low:g}-{high:g}), from its frame timestamps")
+        self.fps = rate
         self.file_frames = frames_at_constant_rate(times, self.fps)
         self.num_frames = len(self.file_frames)
 
