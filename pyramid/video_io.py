@@ -2,8 +2,9 @@
 (`_decord_decodes`), PyAV elsewhere (AV1, 10-bit, rotated, MPEG-TS...) and for frames read chunk by chunk in one pass
 (a build's stored frames), where decord would decode ahead into memory.
 
-Frames are always uint8 RGB arrays shaped [N, H, W, 3], upright as a player shows them: a phone's portrait recording
-stores its sensor's landscape frames with a display matrix, and the frames are turned as it says.
+Frames are always uint8 RGB arrays shaped [N, H, W, 3], upright and at the width a player shows them: a phone's
+portrait recording stores its sensor's landscape frames with a display matrix, and the frames are turned as it says;
+a camcorder's non-square pixels are resampled to square ones.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             counted, rotation = _packets_and_rotation(container, stream, count=stream.frames <= 0)
             num_frames = stream.frames if stream.frames > 0 else counted  # webm/mkv do not store a frame count
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-            height, width = (stream.width, stream.height) if rotation % 180 else (stream.height, stream.width)
+            unturned_width = _shown_width(stream) or stream.width
+            height, width = (unturned_width, stream.height) if rotation % 180 else (stream.height, unturned_width)
             return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, rotation,
                              _decord_decodes(container, stream, rotation), _constant_rate(stream))
     except EpisodeError:
@@ -85,16 +87,23 @@ def _first_rotation(packet) -> int | None:
     return None
 
 
+def _shown_width(stream) -> int | None:
+    """The width a player shows frames at, where their pixels are not square (DV and HDV camcorders, anamorphic
+    video: 720x480 at 10:11 shows 655 wide); None where they are."""
+    aspect = stream.sample_aspect_ratio
+    return round(stream.width * aspect) if aspect and aspect != 1 else None
+
+
 def _quarter_turns(degrees: float) -> int:
     return int(round(degrees / 90)) % 4
 
 
 def _decord_decodes(container, stream, rotation: int) -> bool:
     """Where decord gives the frames PyAV gives, the same arrays. It cannot decode AV1 or VP9, fails on a display
-    rotation, shifts the chroma of 10-bit video by a row, places colour differently at odd sizes, and numbers the
-    frames of an MPEG-TS file a GOP late: PyAV decodes those."""
+    rotation, ignores non-square pixels, shifts the chroma of 10-bit video by a row, places colour differently at odd
+    sizes, and numbers the frames of an MPEG-TS file a GOP late: PyAV decodes those."""
     pixels = stream.codec_context.format
-    return (stream.codec_context.name not in CODECS_DECORD_CANNOT_DECODE and not rotation
+    return (stream.codec_context.name not in CODECS_DECORD_CANNOT_DECODE and not rotation and not _shown_width(stream)
             and container.format.name in CONTAINERS_DECORD_READS and pixels is not None
             and all(component.bits == 8 for component in pixels.components)
             and stream.width % 2 == 0 and stream.height % 2 == 0)
@@ -352,11 +361,16 @@ def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) ->
 _converters = threading.local()
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """The frame as uint8 RGB, turned upright as its display matrix says."""
+def _to_rgb(frame: av.VideoFrame, shown_width: int | None = None) -> np.ndarray:
+    """The frame as uint8 RGB, at `shown_width` where its pixels are not square, turned upright as its display
+    matrix says."""
     if not hasattr(_converters, "rgb"):
         _converters.rgb = VideoReformatter()
-    rgb = _converters.rgb.reformat(frame, format="rgb24", interpolation="POINT").to_ndarray()
+    if shown_width:
+        rgb = _converters.rgb.reformat(frame, format="rgb24", width=shown_width, height=frame.height,
+                                       interpolation="AREA" if shown_width < frame.width else "BILINEAR").to_ndarray()
+    else:
+        rgb = _converters.rgb.reformat(frame, format="rgb24", interpolation="POINT").to_ndarray()
     turns = _quarter_turns(frame.rotation)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
@@ -375,7 +389,7 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
     In H.264 a frame nobody wants and nothing refers to (x264's non-reference B-frames) is not
     decoded. Not in AV1, whose packets can carry a hidden reference frame shown by a later one.
     """
-    codec = stream.codec_context
+    codec, shown_width = stream.codec_context, _shown_width(stream)
     skip_unwanted = lookup is not None and codec.name == "h264"
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
@@ -385,7 +399,7 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
                 raise av.error.InvalidDataError(0, "frame without timestamp")
             index = timeline.index(frame.pts)
             if lookup is None or index in lookup:
-                yield index, _to_rgb(frame)
+                yield index, _to_rgb(frame, shown_width)
             if last is not None and index >= last:
                 return
 

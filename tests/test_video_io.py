@@ -242,3 +242,19 @@ def test_ten_bit_video_reads_the_same_on_every_path(tmp_path):
     assert np.array_equal(read_frames(path, [7, 2]), everything[[7, 2]])
     assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [2, 7, 9], 2))), everything[[2, 7, 9]])
     assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [9, 2], 1))), everything[[9, 2]])
+
+
+def test_non_square_pixels_are_read_at_the_width_a_player_shows(tmp_path):
+    """A DV camcorder's 720x480 frames have pixels 10/11 as wide as tall: read as stored, every shape and every
+    horizontal motion (and the flow of it) is stretched by a tenth against the rest of the data."""
+    shown = np.zeros((6, 120, 164, 3), np.uint8)
+    for i in range(6):
+        shown[i, 30:90, 40 + 4 * i : 100 + 4 * i] = (230, 200, 40)  # a 60x60 square, moving right
+    path = video_fixtures.write_anamorphic(tmp_path / "camcorder.mp4", shown, Fraction(10, 11))
+    info = probe(path)
+    assert (info.height, info.width, info.decord) == (120, 164, False)
+    frames = read_frames(path)
+    assert frames.shape == shown.shape and np.abs(frames.astype(int) - shown).mean() < 4
+    rows, columns = np.nonzero(frames[0, ..., 0] > 128)
+    assert abs((columns.max() - columns.min()) - (rows.max() - rows.min())) <= 2  # square, as shown
+    assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [1, 4], 1))), frames[[1, 4]])
