@@ -52,30 +52,53 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             if not container.streams.video:
                 raise EpisodeError(path, "no video stream")
             stream = container.streams.video[0]
-            counted, rotation = _packets_and_rotation(container, stream, count=stream.frames <= 0)
-            num_frames = stream.frames if stream.frames > 0 else counted  # webm/mkv do not store a frame count
+            packets = _scan_packets(container, stream, count=stream.frames <= 0)
+            num_frames = stream.frames if stream.frames > 0 else len(packets.shown)  # webm/mkv store no frame count
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            if packets.trimmed:  # the header counts the hidden frames, and its average rate spreads them over the rest
+                num_frames, fps = len(packets.shown), _mean_rate(packets.shown, stream.time_base) or fps
             unturned_width = _shown_width(stream) or stream.width
-            height, width = (unturned_width, stream.height) if rotation % 180 else (stream.height, unturned_width)
-            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, rotation,
-                             _decord_decodes(container, stream, rotation), _constant_rate(stream))
+            height, width = (unturned_width, stream.height) if packets.rotation % 180 else (stream.height, unturned_width)
+            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, packets.rotation,
+                             not packets.trimmed and _decord_decodes(container, stream, packets.rotation),
+                             _constant_rate(stream) and not packets.trimmed)
     except EpisodeError:
         raise
     except (av.error.FFmpegError, OSError) as exc:
         raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
 
 
-def _packets_and_rotation(container, stream, count: bool) -> tuple[int, int]:
-    """(packets holding data, counted only with `count`; the display rotation, from the first frame, which carries the
-    stream's display matrix). Decoding stops at the first frame."""
-    packets, rotation = 0, None
+@dataclass(frozen=True)
+class _PacketScan:
+    shown: list[int]  # timestamps of the packets holding frames a player shows, all of them only where counted
+    rotation: int  # the display rotation, from the first frame, which carries the stream's display matrix
+    trimmed: bool  # an edit list hides frames at the start (see `_scan_packets`)
+
+
+def _scan_packets(container, stream, count: bool) -> _PacketScan:
+    """The display rotation, and with `count` every shown frame's packet. Decoding stops at the first frame.
+
+    A clip cut without re-encoding (`ffmpeg -ss T -i in.mp4 -c copy`, an iPhone's trim, LosslessCut) starts at the
+    keyframe before the cut, and its edit list hides the frames up to the cut: FFmpeg flags their packets `discard`
+    and decodes them without returning them. They come first, before the first frame is returned; where they are,
+    every packet is listed, as the header counts the hidden frames too, and decord, which shows them, is not used."""
+    shown, rotation, trimmed = [], None, False
     for packet in container.demux(stream):
-        packets += packet.size > 0
+        trimmed |= packet.is_discard
+        if packet.size > 0 and not packet.is_discard:
+            shown.append(packet.pts)
         if rotation is None:
             rotation = _first_rotation(packet)
-        if rotation is not None and not count:
+        if rotation is not None and not (count or trimmed):
             break
-    return packets, rotation or 0
+    return _PacketScan(shown, rotation or 0, trimmed)
+
+
+def _mean_rate(timestamps: list[int], time_base: Fraction) -> float | None:
+    """Frames per second from the first frame to the last."""
+    valid = [stamp for stamp in timestamps if stamp is not None]
+    span = (max(valid) - min(valid)) * time_base if len(valid) > 1 else 0
+    return float((len(valid) - 1) / span) if span > 0 else None
 
 
 def _first_rotation(packet) -> int | None:
@@ -294,7 +317,8 @@ def _display_timestamps(path: Path) -> tuple[np.ndarray, Fraction]:
     """The timestamps of the video's frames in display order, and their time base, from its packets (no decoding)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        pts = np.unique([packet.pts for packet in container.demux(stream) if packet.size > 0 and packet.pts is not None])
+        pts = np.unique([packet.pts for packet in container.demux(stream)
+                         if packet.size > 0 and packet.pts is not None and not packet.is_discard])
         return pts.astype(np.int64), stream.time_base
 
 

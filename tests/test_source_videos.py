@@ -88,3 +88,30 @@ def test_a_variable_frame_rate_recording_is_read_at_even_times(tmp_path):
     assert len(indices) == 30 and np.abs(late).max() <= 1 / 30 + 1e-9 and not late[at_full_rate].any(), np.round(late, 3)
     evenly_spaced = reader.load(reader.ref("kitchen/clip_h264.mp4")).cameras["video"]
     assert evenly_spaced.file_frames is None and evenly_spaced.num_frames == 12
+
+
+def test_a_clip_cut_without_re_encoding_starts_at_its_cut(tmp_path):
+    """`ffmpeg -ss T -i in.mp4 -c copy` keeps the frames from the keyframe before T and an edit list hiding them: its
+    header counts them, decord shows them, and numbering them put every frame a build took up to a GOP early."""
+    import numpy as np
+
+    from pyramid.clips import stored_frames_of
+    from pyramid.video_io import read_frames
+
+    # each frame shows its number: tens in red, units in green, 20 levels apart to outlast the compression
+    source = np.stack([np.full((64, 96, 3), (20 + 20 * (i // 10), 20 + 20 * (i % 10), 0), np.uint8) for i in range(90)])
+    path = fixture.write_stream_copy_cut(tmp_path / "takes/2024-05-01/cam0/take_0003.mp4", source, first=45, gop=30)
+    reader = get_source("videos")(tmp_path)
+    episode = reader.load(reader.ref("takes/2024-05-01/cam0/take_0003.mp4"))
+    assert episode.fps == pytest.approx(30.0) and episode.num_frames == 45, (episode.fps, episode.num_frames)
+
+    def numbers(frames):
+        tens, units = np.rint((frames.mean(axis=(1, 2))[:, :2] - 20) / 20).astype(int).T
+        return (10 * tens + units).tolist()
+
+    rate, indices = stored_frames_of(episode.num_frames, episode.fps, 10.0)
+    camera = episode.cameras["video"]
+    assert numbers(camera.frames(indices)) == list(range(45, 90, 3))
+    assert numbers(np.concatenate(list(camera.frame_chunks(indices, 7)))) == list(range(45, 90, 3))
+    assert numbers(read_frames(path)) == list(range(45, 90))
+    assert numbers(camera.frames([40, 44])) == [85, 89]  # after a seek, into the cut's last GOP
