@@ -445,7 +445,8 @@ def _reason(exc: Exception) -> str:
 def _check_indices(path: Path, indices: list[int], total: int) -> None:
     bad = [i for i in indices if i < 0 or i >= total]
     if bad:
-        raise EpisodeError(path, f"frame {bad[0]} out of range (video has {total} frames)")
+        where = "is past the end of the video" if bad[0] >= total else "is out of range"  # a header promising more: cut short
+        raise EpisodeError(path, f"frame {bad[0]} {where} ({total} frames)")
 
 
 @dataclass
