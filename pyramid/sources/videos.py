@@ -1,4 +1,5 @@
-"""A folder of plain videos (mp4, mov, webm, mkv): no state, no actions.
+"""A folder of plain videos (mp4, mov, m4v, webm, mkv; avi as OpenCV's VideoWriter writes it; a camcorder's AVCHD
+mts/m2ts): no state, no actions.
 
 This is the unlabelled data latent actions exist for. An optional `<stem>.txt` beside a video
 holds its instruction text. A recording whose frames are not evenly spaced (phones, screen capture) is read by
@@ -14,7 +15,7 @@ from typing import Iterator
 from pyramid.episode import Episode, EpisodeRef, VideoCamera
 from pyramid.sources.base import Source, register, walk_files
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".webm", ".mkv"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mts", ".m2ts"}
 
 
 def _is_video(name: str) -> bool:
