@@ -2,9 +2,10 @@
 (`_decord_decodes`), PyAV elsewhere (AV1, 10-bit, rotated, MPEG-TS...) and for frames read chunk by chunk in one pass
 (a build's stored frames), where decord would decode ahead into memory.
 
-Frames are always uint8 RGB arrays shaped [N, H, W, 3], upright and at the width a player shows them: a phone's
-portrait recording stores its sensor's landscape frames with a display matrix, and the frames are turned as it says;
-a camcorder's non-square pixels are resampled to square ones.
+Frames are always uint8 RGB arrays shaped [N, H, W, 3], upright, at the width and in the SDR colours a player shows
+them: a phone's portrait recording stores its sensor's landscape frames with a display matrix, and the frames are
+turned as it says; a camcorder's non-square pixels are resampled to square ones; HDR video (HLG, PQ) is tone-mapped
+(`pyramid/hdr.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from av.video.reformatter import VideoReformatter
 
 from pyramid.atomic import atomic_write
 from pyramid.errors import EpisodeError, debugging
+from pyramid.hdr import HDR_TRANSFERS, is_hdr, to_sdr
 
 # decord bundles an FFmpeg without an AV1 decoder; asking it anyway fails or yields garbage.
 CODECS_DECORD_CANNOT_DECODE = {"av1", "libdav1d", "libaom-av1", "vp9"}
@@ -123,10 +125,11 @@ def _quarter_turns(degrees: float) -> int:
 
 def _decord_decodes(container, stream, rotation: int) -> bool:
     """Where decord gives the frames PyAV gives, the same arrays. It cannot decode AV1 or VP9, fails on a display
-    rotation, ignores non-square pixels, shifts the chroma of 10-bit video by a row, places colour differently at odd
+    rotation, ignores non-square pixels and HDR, shifts the chroma of 10-bit video by a row, places colour differently at odd
     sizes, and numbers the frames of an MPEG-TS file a GOP late: PyAV decodes those."""
     pixels = stream.codec_context.format
     return (stream.codec_context.name not in CODECS_DECORD_CANNOT_DECODE and not rotation and not _shown_width(stream)
+            and stream.codec_context.color_trc not in HDR_TRANSFERS
             and container.format.name in CONTAINERS_DECORD_READS and pixels is not None
             and all(component.bits == 8 for component in pixels.components)
             and stream.width % 2 == 0 and stream.height % 2 == 0)
@@ -386,15 +389,19 @@ _converters = threading.local()
 
 
 def _to_rgb(frame: av.VideoFrame, shown_width: int | None = None) -> np.ndarray:
-    """The frame as uint8 RGB, at `shown_width` where its pixels are not square, turned upright as its display
-    matrix says."""
+    """The frame as uint8 RGB, at `shown_width` where its pixels are not square, tone-mapped to SDR where it is HDR,
+    turned upright as its display matrix says."""
     if not hasattr(_converters, "rgb"):
         _converters.rgb = VideoReformatter()
+    hdr = is_hdr(frame.color_trc)
+    pixels = "rgb48le" if hdr else "rgb24"
     if shown_width:
-        rgb = _converters.rgb.reformat(frame, format="rgb24", width=shown_width, height=frame.height,
+        rgb = _converters.rgb.reformat(frame, format=pixels, width=shown_width, height=frame.height,
                                        interpolation="AREA" if shown_width < frame.width else "BILINEAR").to_ndarray()
     else:
-        rgb = _converters.rgb.reformat(frame, format="rgb24", interpolation="POINT").to_ndarray()
+        rgb = _converters.rgb.reformat(frame, format=pixels, interpolation="POINT").to_ndarray()
+    if hdr:
+        rgb = to_sdr(rgb, frame.color_trc)
     turns = _quarter_turns(frame.rotation)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 

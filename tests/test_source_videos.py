@@ -115,3 +115,30 @@ def test_a_clip_cut_without_re_encoding_starts_at_its_cut(tmp_path):
     assert numbers(np.concatenate(list(camera.frame_chunks(indices, 7)))) == list(range(45, 90, 3))
     assert numbers(read_frames(path)) == list(range(45, 90))
     assert numbers(camera.frames([40, 44])) == [85, 89]  # after a seek, into the cut's last GOP
+
+
+@pytest.mark.parametrize("transfer, relpath", [("hlg", "phone/2024-05-04/IMG_0421.MOV"),  # an iPhone's default
+                                               ("pq", "phone/2024-05-04/VID_20240504_101500.mp4")])  # HDR10, Android
+def test_hdr_video_is_read_as_the_sdr_picture_a_player_shows(tmp_path, transfer, relpath):
+    """Read as if it were SDR, an iPhone's HLG video is dim and washed out: white 235 came out 182, a red 235,16,16 as
+    172,62,31 (34 levels off on average). Colour bars and a grey ramp, recorded as BT.2408 places SDR in HDR."""
+    import numpy as np
+
+    from pyramid.clips import stored_frames_of
+
+    picture = np.zeros((64, 192, 3), np.uint8)
+    for bar, colour in enumerate([(235, 235, 235), (235, 235, 16), (16, 235, 235), (16, 235, 16),
+                                  (235, 16, 235), (235, 16, 16), (16, 16, 235), (16, 16, 16)]):
+        picture[:32, bar * 24 : (bar + 1) * 24] = colour
+    picture[32:] = np.linspace(0, 230, 192).astype(np.uint8)[None, :, None]
+    frames = np.stack([np.roll(picture, shift, axis=1) for shift in range(0, 24, 2)])
+    fixture.write_hdr(tmp_path / relpath, frames, transfer)
+    reader = get_source("videos")(tmp_path)
+    episode = reader.load(reader.ref(relpath))
+    _, indices = stored_frames_of(episode.num_frames, episode.fps, 10.0)
+    camera = episode.cameras["video"]
+    for decoded in (camera.frames(indices), np.concatenate(list(camera.frame_chunks(indices, 2)))):
+        error = np.abs(decoded.astype(int) - frames[indices])[:, 4:-4, 4:-4]  # away from the chroma edges at the rim
+        assert error.mean() < 4 and np.median(error) <= 1, (error.mean(), np.median(error))  # as SDR: 33 and 28 (HLG)
+        white, red = decoded[0, 16, 12].astype(int), decoded[0, 16, 5 * 24 + 12].astype(int)
+        assert np.abs(white - 235).max() <= 3 and abs(red[0] - 235) <= 3 and red[1:].max() < 30, (white, red)
