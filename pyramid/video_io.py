@@ -388,22 +388,31 @@ def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) ->
 _converters = threading.local()
 
 
-def _to_rgb(frame: av.VideoFrame, shown_width: int | None = None) -> np.ndarray:
-    """The frame as uint8 RGB, at `shown_width` where its pixels are not square, tone-mapped to SDR where it is HDR,
-    turned upright as its display matrix says."""
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The frame as uint8 RGB, scaled to `size` (width, height, before any turn) where it differs (non-square pixels; a
+    browser or video call recording that changes resolution mid-stream, which a player scales to one size), tone-mapped
+    to SDR where it is HDR, turned upright as its display matrix says."""
     if not hasattr(_converters, "rgb"):
         _converters.rgb = VideoReformatter()
     hdr = is_hdr(frame.color_trc)
     pixels = "rgb48le" if hdr else "rgb24"
-    if shown_width:
-        rgb = _converters.rgb.reformat(frame, format=pixels, width=shown_width, height=frame.height,
-                                       interpolation="AREA" if shown_width < frame.width else "BILINEAR").to_ndarray()
+    if size and size != (frame.width, frame.height):
+        width, height = size
+        shrinks = width * height < frame.width * frame.height
+        rgb = _converters.rgb.reformat(frame, format=pixels, width=width, height=height,
+                                       interpolation="AREA" if shrinks else "BILINEAR").to_ndarray()
     else:
         rgb = _converters.rgb.reformat(frame, format=pixels, interpolation="POINT").to_ndarray()
     if hdr:
         rgb = to_sdr(rgb, frame.color_trc)
     turns = _quarter_turns(frame.rotation)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def _stored_size(stream) -> tuple[int, int] | None:
+    """(width, height) every frame is read at, before it is turned: the stream's, at its shown width; None where the
+    header gives no size (each frame keeps its own)."""
+    return ((_shown_width(stream) or stream.width), stream.height) if stream.width and stream.height else None
 
 
 def _decode(container, stream, wanted: list[int] | None, timeline) -> dict[int, np.ndarray]:
@@ -420,7 +429,7 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
     In H.264 a frame nobody wants and nothing refers to (x264's non-reference B-frames) is not
     decoded. Not in AV1, whose packets can carry a hidden reference frame shown by a later one.
     """
-    codec, shown_width = stream.codec_context, _shown_width(stream)
+    codec, size = stream.codec_context, _stored_size(stream)
     skip_unwanted = lookup is not None and codec.name == "h264"
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
@@ -430,7 +439,7 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
                 raise av.error.InvalidDataError(0, "frame without timestamp")
             index = timeline.index(frame.pts)
             if lookup is None or index in lookup:
-                yield index, _to_rgb(frame, shown_width)
+                yield index, _to_rgb(frame, size)
             if last is not None and index >= last:
                 return
 

@@ -142,3 +142,22 @@ def test_hdr_video_is_read_as_the_sdr_picture_a_player_shows(tmp_path, transfer,
         assert error.mean() < 4 and np.median(error) <= 1, (error.mean(), np.median(error))  # as SDR: 33 and 28 (HLG)
         white, red = decoded[0, 16, 12].astype(int), decoded[0, 16, 5 * 24 + 12].astype(int)
         assert np.abs(white - 235).max() <= 3 and abs(red[0] - 235) <= 3 and red[1:].max() < 30, (white, red)
+
+
+def test_a_recording_that_changes_resolution_is_read_at_one_size(tmp_path):
+    """A browser's MediaRecorder halves the resolution when the bandwidth drops; a player scales it back. Reading it
+    stopped on frames of two sizes (a ValueError from numpy, not a reason)."""
+    import cv2
+    import numpy as np
+
+    large = moving_square_frames(8, 96, 128)
+    small = moving_square_frames(8, 48, 64, seed=1)
+    fixture.write_resolution_change(tmp_path / "calls/2024-05-05/recording-1714900000000.webm", [large, small])
+    reader = get_source("videos")(tmp_path)
+    camera = reader.load(reader.ref("calls/2024-05-05/recording-1714900000000.webm")).cameras["video"]
+    assert (camera.num_frames, camera.height, camera.width) == (16, 96, 128)
+    frames = camera.frames()
+    assert np.array_equal(np.concatenate(list(camera.frame_chunks(range(16), 5))), frames)
+    assert np.abs(frames[:8].astype(int) - large).mean() < 8  # VP9 at its fastest setting
+    shown_large = np.stack([cv2.resize(image, (128, 96), interpolation=cv2.INTER_LINEAR) for image in small])
+    assert np.abs(frames[8:].astype(int) - shown_large).mean() < 10
