@@ -4,8 +4,8 @@
 
 Frames are always uint8 RGB arrays shaped [N, H, W, 3], upright, at the width and in the SDR colours a player shows
 them: a phone's portrait recording stores its sensor's landscape frames with a display matrix, and the frames are
-turned as it says; a camcorder's non-square pixels are resampled to square ones; HDR video (HLG, PQ) is tone-mapped
-(`pyramid/hdr.py`).
+turned as it says; a camcorder's non-square pixels are resampled to square ones; interlaced video is deinterlaced; HDR
+video (HLG, PQ) is tone-mapped (`pyramid/hdr.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 # av before decord (imported lazily below): decord loads its own FFmpeg and libvpx 6 with RTLD_GLOBAL, and
 # PyAV's libraries loaded after it would bind those instead of theirs (its VP9 encoder then fails to open).
 import av
+import av.filter
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
@@ -30,6 +31,7 @@ from pyramid.hdr import HDR_TRANSFERS, is_hdr, to_sdr
 
 # decord bundles an FFmpeg without an AV1 decoder; asking it anyway fails or yields garbage.
 CODECS_DECORD_CANNOT_DECODE = {"av1", "libdav1d", "libaom-av1", "vp9"}
+FIELD_ORDERS_PROGRESSIVE = (0, 1)  # FFmpeg's AV_FIELD_UNKNOWN, AV_FIELD_PROGRESSIVE; the others are interlaced
 # Containers with an index decord reads frames from correctly; in MPEG-TS it returns frames a GOP late, silently.
 CONTAINERS_DECORD_READS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi"}
 
@@ -61,8 +63,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 num_frames, fps = len(packets.shown), _mean_rate(packets.shown, stream.time_base) or fps
             unturned_width = _shown_width(stream) or stream.width
             height, width = (unturned_width, stream.height) if packets.rotation % 180 else (stream.height, unturned_width)
-            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, packets.rotation,
-                             not packets.trimmed and _decord_decodes(container, stream, packets.rotation),
+            decord = not (packets.trimmed or packets.interlaced) and _decord_decodes(container, stream, packets.rotation)
+            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, packets.rotation, decord,
                              _constant_rate(stream) and not packets.trimmed)
     except EpisodeError:
         raise
@@ -75,25 +77,28 @@ class _PacketScan:
     shown: list[int]  # timestamps of the packets holding frames a player shows, all of them only where counted
     rotation: int  # the display rotation, from the first frame, which carries the stream's display matrix
     trimmed: bool  # an edit list hides frames at the start (see `_scan_packets`)
+    interlaced: bool  # the first frame is (a camcorder's, a broadcast's): PyAV deinterlaces it, decord would not
 
 
 def _scan_packets(container, stream, count: bool) -> _PacketScan:
-    """The display rotation, and with `count` every shown frame's packet. Decoding stops at the first frame.
+    """The display rotation and interlacing, and with `count` every shown frame's packet. Decoding stops at the first
+    frame.
 
     A clip cut without re-encoding (`ffmpeg -ss T -i in.mp4 -c copy`, an iPhone's trim, LosslessCut) starts at the
     keyframe before the cut, and its edit list hides the frames up to the cut: FFmpeg flags their packets `discard`
     and decodes them without returning them. They come first, before the first frame is returned; where they are,
     every packet is listed, as the header counts the hidden frames too, and decord, which shows them, is not used."""
-    shown, rotation, trimmed = [], None, False
+    shown, first, trimmed = [], None, False
     for packet in container.demux(stream):
         trimmed |= packet.is_discard
         if packet.size > 0 and not packet.is_discard:
             shown.append(packet.pts)
-        if rotation is None:
-            rotation = _first_rotation(packet)
-        if rotation is not None and not (count or trimmed):
+        if first is None:
+            first = _first_frame(packet)
+        if first is not None and not (count or trimmed):
             break
-    return _PacketScan(shown, rotation or 0, trimmed)
+    rotation, interlaced = first or (0, False)
+    return _PacketScan(shown, rotation, trimmed, interlaced)
 
 
 def _mean_rate(timestamps: list[int], time_base: Fraction) -> float | None:
@@ -103,12 +108,13 @@ def _mean_rate(timestamps: list[int], time_base: Fraction) -> float | None:
     return float((len(valid) - 1) / span) if span > 0 else None
 
 
-def _first_rotation(packet) -> int | None:
+def _first_frame(packet) -> tuple[int, bool] | None:
+    """(display rotation, interlaced) of the first frame the packet decodes to; None where it decodes to none yet."""
     try:
         for frame in packet.decode():
-            return _quarter_turns(frame.rotation) * 90
+            return _quarter_turns(frame.rotation) * 90, frame.interlaced_frame
     except av.error.FFmpegError:
-        return 0  # a first frame that does not decode: decoding the video reports it, naming the file
+        return 0, False  # a first frame that does not decode: decoding the video reports it, naming the file
     return None
 
 
@@ -429,12 +435,15 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
     In H.264 a frame nobody wants and nothing refers to (x264's non-reference B-frames) is not
     decoded. Not in AV1, whose packets can carry a hidden reference frame shown by a later one.
     """
-    codec, size = stream.codec_context, _stored_size(stream)
-    skip_unwanted = lookup is not None and codec.name == "h264"
+    codec, size, deinterlace = stream.codec_context, _stored_size(stream), Deinterlacer(stream)
+    # not where frames are interlaced: their neighbours in time are what the deinterlacer weaves a frame from
+    skip_unwanted = lookup is not None and codec.name == "h264" and codec.field_order in FIELD_ORDERS_PROGRESSIVE
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
             codec.skip_frame = "DEFAULT" if timeline.index(packet.pts) in lookup else "NONREF"
-        for frame in packet.decode():
+        for frame in deinterlace(packet.decode(), end=packet.size == 0):
+            if deinterlace.active and skip_unwanted:  # interlaced frames the header did not announce
+                skip_unwanted, codec.skip_frame = False, "DEFAULT"
             if frame.pts is None:
                 raise av.error.InvalidDataError(0, "frame without timestamp")
             index = timeline.index(frame.pts)
@@ -442,6 +451,50 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
                 yield index, _to_rgb(frame, size)
             if last is not None and index >= last:
                 return
+
+
+class Deinterlacer:
+    """Interlaced frames (a camcorder's AVCHD or DV, broadcast video: the two fields of a frame recorded 1/50 or 1/60 s
+    apart) as a player shows them: deinterlaced by FFmpeg's bwdif, one frame per frame, where read as stored every
+    moving edge would be combed and its flow torn. Frames pass through untouched until one is flagged interlaced;
+    from then on all go through the filter, which holds one frame back to look ahead in time."""
+
+    def __init__(self, stream):
+        self.stream, self.graph = stream, None
+
+    @property
+    def active(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, frames, end: bool = False) -> Iterator[av.VideoFrame]:
+        for frame in frames:
+            if self.graph is None and not frame.interlaced_frame:
+                yield frame
+                continue
+            if self.graph is None:
+                self.graph = self._bwdif()
+            self.graph.push(frame)
+            yield from self._ready()
+        if end and self.graph is not None:
+            self.graph.push(None)
+            yield from self._ready()
+
+    def _bwdif(self):
+        graph = av.filter.Graph()
+        graph.link_nodes(graph.add_buffer(template=self.stream),
+                         graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced"),
+                         graph.add("buffersink")).configure()
+        return graph
+
+    def _ready(self) -> Iterator[av.VideoFrame]:
+        while True:
+            try:
+                frame = self.graph.pull()
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return
+            # bwdif counts time in half the stream's time base (it can output a frame per field): back to the stream's
+            frame.pts, frame.time_base = round(frame.pts * frame.time_base / self.stream.time_base), self.stream.time_base
+            yield frame
 
 
 def _pick(frames: dict[int, np.ndarray], wanted: list[int], origin) -> np.ndarray:

@@ -161,3 +161,28 @@ def test_a_recording_that_changes_resolution_is_read_at_one_size(tmp_path):
     assert np.abs(frames[:8].astype(int) - large).mean() < 8  # VP9 at its fastest setting
     shown_large = np.stack([cv2.resize(image, (128, 96), interpolation=cv2.INTER_LINEAR) for image in small])
     assert np.abs(frames[8:].astype(int) - shown_large).mean() < 10
+
+
+def test_an_interlaced_camcorder_recording_is_deinterlaced(tmp_path):
+    """A 1080i camcorder records a frame's two fields 1/60 s apart: read as stored, every moving edge is combed (lines
+    alternating between two positions), and flow between such frames is torn."""
+    import numpy as np
+
+    from tests.fixtures.videos import interlaced_frames, write_mpegts
+
+    def combing(frames):  # how far each line lies from the mean of the lines above and below it
+        grey = frames.astype(float).mean(axis=3)
+        return np.abs(grey[:, 1:-1] - (grey[:, :-2] + grey[:, 2:]) / 2).mean()
+
+    fields = np.full((24, 96, 128, 3), 60, np.uint8)  # a square crossing a plain wall, 4 px per field
+    for field in range(24):
+        fields[field, 24:72, 8 + 4 * field : 56 + 4 * field] = (230, 200, 40)
+    stored = interlaced_frames(fields)
+    relpath = "camcorder/PRIVATE/AVCHD/BDMV/STREAM/00001.MTS"
+    write_mpegts(tmp_path / relpath, stored, interlaced=True)
+    reader = get_source("videos")(tmp_path)
+    camera = reader.load(reader.ref(relpath)).cameras["video"]
+    frames = camera.frames()
+    assert frames.shape == stored.shape
+    assert np.array_equal(np.concatenate(list(camera.frame_chunks(range(2, 12), 4))), frames[2:12])
+    assert combing(frames) < combing(stored) / 3, (combing(frames), combing(stored))
