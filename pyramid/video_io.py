@@ -62,9 +62,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             if packets.trimmed:  # the header counts the hidden frames, and its average rate spreads them over the rest
                 num_frames, fps = len(packets.shown), _mean_rate(packets.shown, stream.time_base) or fps
             unturned_width = _shown_width(stream) or stream.width
-            height, width = (unturned_width, stream.height) if packets.rotation % 180 else (stream.height, unturned_width)
-            decord = not (packets.trimmed or packets.interlaced) and _decord_decodes(container, stream, packets.rotation)
-            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, packets.rotation, decord,
+            rotation = packets.rotation
+            height, width = (unturned_width, stream.height) if rotation % 180 else (stream.height, unturned_width)
+            decord = not (packets.trimmed or packets.interlaced) and _decord_decodes(container, stream, rotation)
+            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, rotation, decord,
                              _constant_rate(stream) and not packets.trimmed)
     except EpisodeError:
         raise
@@ -131,8 +132,8 @@ def _quarter_turns(degrees: float) -> int:
 
 def _decord_decodes(container, stream, rotation: int) -> bool:
     """Where decord gives the frames PyAV gives, the same arrays. It cannot decode AV1 or VP9, fails on a display
-    rotation, ignores non-square pixels and HDR, shifts the chroma of 10-bit video by a row, places colour differently at odd
-    sizes, and numbers the frames of an MPEG-TS file a GOP late: PyAV decodes those."""
+    rotation, ignores non-square pixels and HDR, shifts the chroma of 10-bit video by a row, places colour differently
+    at odd sizes, and numbers the frames of an MPEG-TS file a GOP late: PyAV decodes those."""
     pixels = stream.codec_context.format
     return (stream.codec_context.name not in CODECS_DECORD_CANNOT_DECODE and not rotation and not _shown_width(stream)
             and stream.codec_context.color_trc not in HDR_TRANSFERS
@@ -493,7 +494,8 @@ class Deinterlacer:
             except (av.error.BlockingIOError, av.error.EOFError):
                 return
             # bwdif counts time in half the stream's time base (it can output a frame per field): back to the stream's
-            frame.pts, frame.time_base = round(frame.pts * frame.time_base / self.stream.time_base), self.stream.time_base
+            time_base = self.stream.time_base
+            frame.pts, frame.time_base = round(frame.pts * frame.time_base / time_base), time_base
             yield frame
 
 
@@ -514,7 +516,8 @@ def _reason(exc: Exception) -> str:
 def _check_indices(path: Path, indices: list[int], total: int) -> None:
     bad = [i for i in indices if i < 0 or i >= total]
     if bad:
-        where = "is past the end of the video" if bad[0] >= total else "is out of range"  # a header promising more: cut short
+        # past the end: a header promising more frames than the file holds (cut short)
+        where = "is past the end of the video" if bad[0] >= total else "is out of range"
         raise EpisodeError(path, f"frame {bad[0]} {where} ({total} frames)")
 
 

@@ -16,7 +16,8 @@ def grey(level: float) -> np.ndarray:
 @pytest.mark.parametrize("transfer, reference_white", [(HLG, 0.75), (PQ, 0.5806)])
 def test_reference_white_is_sdr_white_and_black_is_black(transfer, reference_white):
     white = to_sdr(grey(reference_white), transfer)
-    assert (white >= 245).all() and (white == white[0, 0, 0]).all(), white[0, 0]  # just below 255: the highlight roll-off
+    # just below 255: the highlight roll-off starts under SDR white
+    assert (white >= 245).all() and (white == white[0, 0, 0]).all(), white[0, 0]
     assert (to_sdr(grey(0.0), transfer) == 0).all()
     assert (to_sdr(grey(1.0), transfer) >= 254).all()  # the brightest light the signal holds, rolled off into range
 
