@@ -206,8 +206,9 @@ def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | N
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 timeline = file_timeline(path, stream)
-                if seek:
-                    timeline.seek_near(container, stream, first)
+                if seek:  # interlaced: from before the frame before, which the deinterlacer weaves `first` with
+                    interlaced = stream.codec_context.field_order not in FIELD_ORDERS_PROGRESSIVE
+                    timeline.seek_near(container, stream, first - interlaced)
                 frames = _decoded_frames(container, stream, lookup, last, timeline)
                 head = next(frames, None)
                 if seek and (head is None or head[0] > first):
