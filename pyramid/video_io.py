@@ -57,10 +57,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 raise EpisodeError(path, "no video stream")
             stream = container.streams.video[0]
             packets = _scan_packets(container, stream, count=stream.frames <= 0)
-            num_frames = stream.frames if stream.frames > 0 else len(packets.shown)  # webm/mkv store no frame count
+            num_frames = stream.frames if stream.frames > 0 else packets.shown  # webm/mkv store no frame count
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             if packets.trimmed:  # the header counts the hidden frames, and its average rate spreads them over the rest
-                num_frames, fps = len(packets.shown), _mean_rate(packets.shown, stream.time_base) or fps
+                num_frames, fps = packets.shown, packets.mean_rate(stream.time_base) or fps
             unturned_width = _shown_width(stream) or stream.width
             rotation = packets.rotation
             height, width = (unturned_width, stream.height) if rotation % 180 else (stream.height, unturned_width)
@@ -73,12 +73,25 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
 
 
-@dataclass(frozen=True)
+@dataclass
 class _PacketScan:
-    shown: list[int]  # timestamps of the packets holding frames a player shows, all of them only where counted
-    rotation: int  # the display rotation, from the first frame, which carries the stream's display matrix
-    trimmed: bool  # an edit list hides frames at the start (see `_scan_packets`)
-    interlaced: bool  # the first frame is (a camcorder's, a broadcast's): PyAV deinterlaces it, decord would not
+    shown: int = 0  # packets holding frames a player shows, all of them only where counted
+    earliest: int | None = None  # their earliest and latest timestamps
+    latest: int | None = None
+    rotation: int = 0  # the display rotation, from the first frame, which carries the stream's display matrix
+    trimmed: bool = False  # an edit list hides frames at the start (see `_scan_packets`)
+    interlaced: bool = False  # the first frame is (a camcorder's, a broadcast's): PyAV deinterlaces it, decord would not
+
+    def count(self, pts: int | None) -> None:
+        self.shown += 1
+        if pts is not None:
+            self.earliest = pts if self.earliest is None else min(self.earliest, pts)
+            self.latest = pts if self.latest is None else max(self.latest, pts)
+
+    def mean_rate(self, time_base: Fraction) -> float | None:
+        """Frames per second from the first frame to the last."""
+        span = (self.latest - self.earliest) * time_base if self.shown > 1 and self.latest is not None else 0
+        return float((self.shown - 1) / span) if span > 0 else None
 
 
 def _scan_packets(container, stream, count: bool) -> _PacketScan:
@@ -89,24 +102,17 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
     keyframe before the cut, and its edit list hides the frames up to the cut: FFmpeg flags their packets `discard`
     and decodes them without returning them. They come first, before the first frame is returned; where they are,
     every packet is listed, as the header counts the hidden frames too, and decord, which shows them, is not used."""
-    shown, first, trimmed = [], None, False
+    scan, first = _PacketScan(), None
     for packet in container.demux(stream):
-        trimmed |= packet.is_discard
+        scan.trimmed |= packet.is_discard
         if packet.size > 0 and not packet.is_discard:
-            shown.append(packet.pts)
+            scan.count(packet.pts)
         if first is None:
             first = _first_frame(packet)
-        if first is not None and not (count or trimmed):
+        if first is not None and not (count or scan.trimmed):
             break
-    rotation, interlaced = first or (0, False)
-    return _PacketScan(shown, rotation, trimmed, interlaced)
-
-
-def _mean_rate(timestamps: list[int], time_base: Fraction) -> float | None:
-    """Frames per second from the first frame to the last."""
-    valid = [stamp for stamp in timestamps if stamp is not None]
-    span = (max(valid) - min(valid)) * time_base if len(valid) > 1 else 0
-    return float((len(valid) - 1) / span) if span > 0 else None
+    scan.rotation, scan.interlaced = first or (0, False)
+    return scan
 
 
 def _first_frame(packet) -> tuple[int, bool] | None:
