@@ -80,7 +80,7 @@ class _PacketScan:
     latest: int | None = None
     rotation: int = 0  # the display rotation, from the first frame, which carries the stream's display matrix
     trimmed: bool = False  # an edit list hides frames at the start (see `_scan_packets`)
-    interlaced: bool = False  # the first frame is (a camcorder's, a broadcast's): PyAV deinterlaces it, decord would not
+    interlaced: bool = False  # the first frame is (a camcorder's, broadcast): PyAV deinterlaces it, decord would not
 
     def count(self, pts: int | None) -> None:
         self.shown += 1
@@ -101,7 +101,7 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
     A clip cut without re-encoding (`ffmpeg -ss T -i in.mp4 -c copy`, an iPhone's trim, LosslessCut) starts at the
     keyframe before the cut, and its edit list hides the frames up to the cut: FFmpeg flags their packets `discard`
     and decodes them without returning them. They come first, before the first frame is returned; where they are,
-    every packet is listed, as the header counts the hidden frames too, and decord, which shows them, is not used."""
+    every packet is counted, as the header counts the hidden frames too, and decord, which shows them, is not used."""
     scan, first = _PacketScan(), None
     for packet in container.demux(stream):
         scan.trimmed |= packet.is_discard
