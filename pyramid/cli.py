@@ -187,7 +187,7 @@ def export_lerobot(
     typer.echo(f"{out_dir}: {summary.episodes} episodes, {summary.frames} frames" + (f"; left out: {skipped}" if skipped else ""))
     for note in summary.notes:
         typer.echo(f"({note})")
-    if "other_features" in summary.skipped and embodiment is None:
+    if "other_embodiment" in summary.skipped and embodiment is None:
         typer.echo("(a LeRobot dataset holds one robot's features: --embodiment picks which to export)")
 
 

@@ -458,3 +458,21 @@ def test_lerobot_export_stores_a_near_whole_rate_and_says_so():
     assert summary.notes == ["episodes recorded at 16.67 fps are stored at 17 fps (LeRobot keeps a whole frame rate): "
                              "their timestamps are 2.0% off the recording's clock"]
     assert whole_rate(1.5, summary) is None and whole_rate(2.5, summary) is None  # too far from any whole rate
+
+
+def test_export_lerobot_of_videos_at_two_sizes_names_the_size_it_kept(tmp_path):
+    """A LeRobot dataset holds one frame size per camera. Phone clips at two sizes share an embodiment, so the hint to
+    pick one with --embodiment (all that was said before) could not help: the count names the frame size."""
+    from pyramid.video_io import write_video
+    from tests.fixtures.media import moving_square_frames
+
+    write_video(tmp_path / "clips/2024-05-01/a.mp4", moving_square_frames(8, 64, 96), fps=30.0)
+    write_video(tmp_path / "clips/2024-05-01/b.mp4", moving_square_frames(8, 64, 96, seed=1), fps=30.0)
+    write_video(tmp_path / "clips/2024-05-02/c.mp4", moving_square_frames(8, 48, 64), fps=30.0)
+    out = tmp_path / "lerobot"
+    result = subprocess.run([*CLI, "export-lerobot", str(tmp_path / "clips"), str(out), "--codec", "libx264"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        f"{out}: 2 episodes, 16 frames; left out: 1 other frame size",
+        "(a LeRobot dataset holds one frame size per camera: the first episode's (video 64x96))"]

@@ -9,8 +9,8 @@ spans; in a labelled build `latent_action` [14] per frame (the pair to the next 
 episode's last stored frame, which starts no pair, is left out; a build with flow stride > 1 is exported without).
 
 LeRobot holds one frame rate, robot and set of features per dataset: episodes that differ from the first
-one written (another embodiment, other dimensions or cameras) are left out and counted; `--embodiment`
-picks which to export. Frames are decoded while they are encoded, `DECODE_CHUNK` at a time (a long episode at the
+one written (another embodiment, frame rate, cameras, frame size, state or action names) are left out and counted by
+what differs; `--embodiment` picks which robot to export. Frames are decoded while they are encoded, `DECODE_CHUNK` at a time (a long episode at the
 source's size is never held whole); an episode whose video breaks halfway is left out and named, and nothing of it
 is written.
 """
@@ -50,10 +50,20 @@ class Candidate:
     action_names: list[str]
     extras: dict[str, list[str]]
 
-    def signature(self) -> tuple:
-        videos = tuple(sorted((key, frames.shape[1:]) for key, frames in self.episode.videos.items()))
-        extras = tuple(sorted((key, tuple(names)) for key, names in self.extras.items()))
-        return self.fps, self.embodiment, tuple(self.state_names), tuple(self.action_names), videos, extras
+    def frame_sizes(self) -> dict[str, tuple[int, ...]]:
+        return {key: tuple(frames.shape[1:]) for key, frames in self.episode.videos.items()}
+
+    def mismatch(self, first: "Candidate") -> str | None:
+        """What keeps this episode out of a LeRobot dataset that `first` started (a reason to count), or None."""
+        differences = [
+            ("other_embodiment", self.embodiment, first.embodiment),
+            ("other_frame_rate", self.fps, first.fps),
+            ("other_cameras", sorted(self.episode.videos), sorted(first.episode.videos)),
+            ("other_frame_size", self.frame_sizes(), first.frame_sizes()),
+            ("other_state_or_action", (self.state_names, self.action_names), (first.state_names, first.action_names)),
+            ("other_features", self.extras, first.extras),
+        ]
+        return next((reason for reason, mine, theirs in differences if mine != theirs), None)
 
 
 @dataclass
@@ -75,12 +85,11 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
     first = next(candidates, None)
     if first is None:
         raise ExportError(f"{input_path}: no episode to export" + (f" of embodiment '{embodiment}'" if embodiment else ""))
-    wanted = first.signature()
 
     def matching() -> Iterator[RecordedEpisode]:
         for candidate in itertools.chain([first], candidates):
-            if candidate.signature() != wanted:
-                summary.skipped.add("other_features")
+            if reason := candidate.mismatch(first):
+                summary.skipped.add(reason)
                 continue
             yield candidate.episode
 
@@ -92,6 +101,10 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
         raise ExportError(f"{input_path}: no episode to export: each one failed to decode") from None
     info = json.loads((out_dir / "meta" / "info.json").read_text())
     summary.episodes, summary.frames = info["total_episodes"], info["total_frames"]
+    if "other_frame_size" in summary.skipped:
+        sizes = ", ".join(f"{key.removeprefix('observation.images.')} {'x'.join(map(str, shape[:2]))}"
+                          for key, shape in sorted(first.frame_sizes().items()))
+        summary.notes.append(f"a LeRobot dataset holds one frame size per camera: the first episode's ({sizes})")
     return summary
 
 
