@@ -214,7 +214,7 @@ def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | N
                 timeline = file_timeline(path, stream)
                 if seek:  # interlaced: from before the frame before, which the deinterlacer weaves `first` with
                     interlaced = stream.codec_context.field_order not in FIELD_ORDERS_PROGRESSIVE
-                    timeline.seek_near(container, stream, first - interlaced)
+                    timeline.seek_near(container, stream, first - 1 if interlaced else first)
                 frames = _decoded_frames(container, stream, lookup, last, timeline)
                 head = next(frames, None)
                 if seek and (head is None or head[0] > first):
