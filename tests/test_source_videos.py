@@ -132,7 +132,7 @@ def test_hdr_video_is_read_as_the_sdr_picture_a_player_shows(tmp_path, transfer,
         picture[:32, bar * 24 : (bar + 1) * 24] = colour
     picture[32:] = np.linspace(0, 230, 192).astype(np.uint8)[None, :, None]
     frames = np.stack([np.roll(picture, shift, axis=1) for shift in range(0, 24, 2)])
-    fixture.write_hdr(tmp_path / relpath, frames, transfer)
+    fixture.write_10bit_hevc(tmp_path / relpath, frames, transfer)
     reader = get_source("videos")(tmp_path)
     episode = reader.load(reader.ref(relpath))
     _, indices = stored_frames_of(episode.num_frames, episode.fps, 10.0)
