@@ -61,12 +61,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             if packets.trimmed:  # the header counts the hidden frames, and its average rate spreads them over the rest
                 num_frames, fps = packets.shown, packets.mean_rate(stream.time_base) or fps
-            unturned_width = _shown_width(stream) or stream.width
+            stored_width, stored_height = _stored_size(stream) or (stream.width, stream.height)
             rotation = packets.rotation
-            height, width = (unturned_width, stream.height) if rotation % 180 else (stream.height, unturned_width)
-            decord = not (packets.trimmed or packets.interlaced) and _decord_decodes(container, stream, rotation)
-            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, rotation, decord,
-                             _constant_rate(stream) and not packets.trimmed)
+            height, width = (stored_width, stored_height) if rotation % 180 else (stored_height, stored_width)
+            return VideoInfo(num_frames, fps, height, width, stream.codec_context.name, rotation,
+                             _decord_decodes(container, stream, packets), _constant_rate(stream) and not packets.trimmed)
     except EpisodeError:
         raise
     except (av.error.FFmpegError, OSError) as exc:
@@ -105,7 +104,7 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
     scan, first = _PacketScan(), None
     for packet in container.demux(stream):
         scan.trimmed |= packet.is_discard
-        if packet.size > 0 and not packet.is_discard:
+        if _shows_a_frame(packet):
             scan.count(packet.pts)
         if first is None:
             first = _first_frame(packet)
@@ -113,6 +112,11 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
             break
     scan.rotation, scan.interlaced = first or (0, False)
     return scan
+
+
+def _shows_a_frame(packet) -> bool:
+    """Whether the packet holds a frame a player shows: not an empty flush packet, nor one an edit list hides."""
+    return packet.size > 0 and not packet.is_discard
 
 
 def _first_frame(packet) -> tuple[int, bool] | None:
@@ -136,12 +140,14 @@ def _quarter_turns(degrees: float) -> int:
     return int(round(degrees / 90)) % 4
 
 
-def _decord_decodes(container, stream, rotation: int) -> bool:
+def _decord_decodes(container, stream, packets: _PacketScan) -> bool:
     """Where decord gives the frames PyAV gives, the same arrays. It cannot decode AV1 or VP9, fails on a display
-    rotation, ignores non-square pixels and HDR, shifts the chroma of 10-bit video by a row, places colour differently
-    at odd sizes, and numbers the frames of an MPEG-TS file a GOP late: PyAV decodes those."""
+    rotation, ignores non-square pixels, HDR, interlacing and the frames an edit list hides, shifts the chroma of 10-bit
+    video by a row, places colour differently at odd sizes, and numbers the frames of an MPEG-TS file a GOP late: PyAV
+    decodes those."""
     pixels = stream.codec_context.format
-    return (stream.codec_context.name not in CODECS_DECORD_CANNOT_DECODE and not rotation and not _shown_width(stream)
+    return (stream.codec_context.name not in CODECS_DECORD_CANNOT_DECODE and not packets.rotation
+            and not (packets.trimmed or packets.interlaced) and not _shown_width(stream)
             and stream.codec_context.color_trc not in HDR_TRANSFERS
             and container.format.name in CONTAINERS_DECORD_READS and pixels is not None
             and all(component.bits == 8 for component in pixels.components)
@@ -335,7 +341,7 @@ def _display_timestamps(path: Path) -> tuple[np.ndarray, Fraction]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         pts = np.unique([packet.pts for packet in container.demux(stream)
-                         if packet.size > 0 and packet.pts is not None and not packet.is_discard])
+                         if _shows_a_frame(packet) and packet.pts is not None])
         return pts.astype(np.int64), stream.time_base
 
 
