@@ -116,12 +116,13 @@ class VideoCamera:
         times = frame_times(self.path)
         if len(times) < 2:
             return  # no timestamps to go by: frames stay numbered in order
+        low, high = FPS_RANGE
         gaps = np.diff(times)
         longest = int(np.argmax(gaps))
-        if gaps[longest] > 1 / FPS_RANGE[0]:  # a stalled recording or a clock jump, not hours of one repeated frame
+        if gaps[longest] > 1 / low:  # a stalled recording or a clock jump, not hours of one repeated frame
             raise EpisodeError(self.path, f"frame timestamps jump {gaps[longest]:.1f} s after frame {longest} "
-                                          f"(recorded video shows a frame at least every {1 / FPS_RANGE[0]:g} s)")
-        low, high = FPS_RANGE  # a clock at an absurd header rate would tick billions of times over a long video
+                                          f"(recorded video shows a frame at least every {1 / low:g} s)")
+        # a clock at an absurd header rate would tick billions of times over a long video
         if low <= self.fps <= high and np.array_equal(frames_at_constant_rate(times, self.fps), np.arange(len(times))):
             return  # evenly spaced at the header's rate, give or take the rounding of timestamps
         # The rate it mostly runs at (a phone's 30 fps, not the average its slow stretches pull down), so frames taken

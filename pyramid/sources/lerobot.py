@@ -24,10 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pyramid.episode import Episode, EpisodeRef, VideoCamera, decode_image_bytes
+from pyramid.episode import FPS_RANGE, Episode, EpisodeRef, VideoCamera, decode_image_bytes
 from pyramid.errors import EpisodeError, SourceError
 from pyramid.sources.base import Source, register
-from pyramid.validate import FPS_RANGE
 from pyramid.video_io import probe
 
 INFO = "meta/info.json"
