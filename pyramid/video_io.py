@@ -48,14 +48,21 @@ class VideoInfo:
     constant_rate: bool = True  # whether its header shows evenly spaced frames (`_constant_rate`); else its timestamps tell
 
 
+def video_stream(container, path: Path):
+    """The video stream a player shows: FFmpeg's pick, as decord's, which passes over a still image (a cover or
+    thumbnail track) listed before the video and, among several videos, takes the one with the most bits."""
+    stream = container.streams.best("video")
+    if stream is None:
+        raise EpisodeError(path, "no video stream")
+    return stream
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Read frame count, rate, size and codec from the container, counting packets if needed."""
     path = Path(path)
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise EpisodeError(path, "no video stream")
-            stream = container.streams.video[0]
+            stream = video_stream(container, path)
             packets = _scan_packets(container, stream, count=stream.frames <= 0)
             num_frames = stream.frames if stream.frames > 0 else packets.shown  # webm/mkv store no frame count
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
@@ -215,7 +222,7 @@ def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | N
     for seek in dict.fromkeys((first > 0, False)):
         try:
             with av.open(str(path)) as container:
-                stream = container.streams.video[0]
+                stream = video_stream(container, path)
                 stream.thread_type = "AUTO"
                 timeline = file_timeline(path, stream)
                 if seek:  # interlaced: from before the frame before, which the deinterlacer weaves `first` with
@@ -339,7 +346,7 @@ class PacketTimeline:
 def _display_timestamps(path: Path) -> tuple[np.ndarray, Fraction]:
     """The timestamps of the video's frames in display order, and their time base, from its packets (no decoding)."""
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = video_stream(container, path)
         pts = np.unique([packet.pts for packet in container.demux(stream)
                          if _shows_a_frame(packet) and packet.pts is not None])
         return pts.astype(np.int64), stream.time_base

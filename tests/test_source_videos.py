@@ -163,6 +163,22 @@ def test_a_recording_that_changes_resolution_is_read_at_one_size(tmp_path):
     assert np.abs(frames[8:].astype(int) - shown_large).mean() < 10
 
 
+def test_a_thumbnail_track_before_the_video_is_passed_over(tmp_path):
+    """A still image listed as the first video track: probing it counted one 64x48 frame at 1 fps while decord decoded
+    the recording, and PyAV's reads decoded the thumbnail."""
+    import numpy as np
+
+    frames = moving_square_frames(12, 64, 96)
+    fixture.write_thumbnail_track_first(tmp_path / "lab/session_03/take_2.mkv", frames)
+    info = probe(tmp_path / "lab/session_03/take_2.mkv")
+    assert (info.num_frames, info.fps, info.height, info.width, info.codec) == (12, 30.0, 64, 96, "h264")
+    reader = get_source("videos")(tmp_path)
+    camera = reader.load(reader.ref("lab/session_03/take_2.mkv")).cameras["video"]
+    decoded = camera.frames()
+    assert decoded.shape == frames.shape and np.abs(decoded.astype(int) - frames).mean() < 3
+    assert np.array_equal(np.concatenate(list(camera.frame_chunks([3, 7, 11], 2))), decoded[[3, 7, 11]])
+
+
 def test_an_interlaced_camcorder_recording_is_deinterlaced(tmp_path):
     """A 1080i camcorder records a frame's two fields 1/60 s apart: read as stored, every moving edge is combed (lines
     alternating between two positions), and flow between such frames is torn."""
