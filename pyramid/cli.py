@@ -174,13 +174,18 @@ def export_lerobot(
     embodiment: Optional[str] = typer.Option(None, "--embodiment", help="Export only this embodiment (a LeRobot dataset holds one robot)."),
     codec: str = typer.Option("libsvtav1", "--codec", help="libsvtav1 (AV1, LeRobot's default) or libx264."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it holds an earlier LeRobot export."),
+    size: Optional[str] = typer.Option(None, "--size", metavar="HEIGHTxWIDTH", help="Fit every camera to this size, e.g. 384x320 (default: each episode's own; episodes of another size are left out)."),
+    resize: str = typer.Option("pad", "--resize", help="With --size: pad (keep the aspect ratio, black bars, as Motus does) or crop (centre)."),
 ) -> None:
     """Write a build (with latent actions when labelled) or any source dataset as a LeRobot v3.0 dataset."""
     from pyramid.errors import ExportError
     from pyramid.sinks.lerobot_export import export_lerobot as run_export
 
+    if resize not in ("pad", "crop"):
+        fail(f"--resize: expected pad or crop, got '{resize}'")
     try:
-        summary = run_export(input_path, out_dir, source=source, embodiment=embodiment, codec=codec, overwrite=overwrite)
+        summary = run_export(input_path, out_dir, source=source, embodiment=embodiment, codec=codec, overwrite=overwrite,
+                             size=None if size is None else frame_size(size, "--size"), fit=resize)
     except (ExportError, ValueError) as exc:
         fail(str(exc))
     skipped = summary.skipped.describe()
@@ -189,6 +194,15 @@ def export_lerobot(
         typer.echo(f"({note})")
     if "other_embodiment" in summary.skipped and embodiment is None:
         typer.echo("(a LeRobot dataset holds one robot's features: --embodiment picks which to export)")
+
+
+def frame_size(text: str, option: str) -> tuple[int, int]:
+    """(height, width) from 'HEIGHTxWIDTH' with positive even sides (yuv420p video), or a one-line error."""
+    height, _, width = text.lower().partition("x")
+    sides = [int(side) for side in (height, width) if side.isdecimal()]
+    if len(sides) != 2 or any(side <= 0 or side % 2 for side in sides):
+        fail(f"{option}: expected HEIGHTxWIDTH with positive even sides, e.g. 384x320; got '{text}'")
+    return sides[0], sides[1]
 
 
 def _register_other_commands() -> None:

@@ -475,4 +475,32 @@ def test_export_lerobot_of_videos_at_two_sizes_names_the_size_it_kept(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
         f"{out}: 2 episodes, 16 frames; left out: 1 other frame size",
-        "(a LeRobot dataset holds one frame size per camera: the first episode's (video 64x96))"]
+        "(a LeRobot dataset holds one frame size per camera: the first episode's (video 64x96); "
+        "--size HEIGHTxWIDTH fits every episode to one)"]
+
+
+def test_export_lerobot_fits_videos_of_every_size_to_the_size_asked_for(tmp_path):
+    """With --size, phone clips at two sizes are all exported: each fitted as a build fits it (pyramid.resize)."""
+    from pyramid.resize import resize_frames
+    from pyramid.video_io import write_video
+    from tests.fixtures.media import moving_square_frames
+
+    sources = {"2024-05-01/a.mp4": moving_square_frames(8, 64, 96), "2024-05-02/c.mp4": moving_square_frames(6, 96, 64, seed=1)}
+    for relpath, frames in sources.items():
+        write_video(tmp_path / "clips" / relpath, frames, fps=30.0, crf=0)
+    for fit in ("pad", "crop"):
+        out = tmp_path / f"lerobot_{fit}"
+        result = subprocess.run([*CLI, "export-lerobot", str(tmp_path / "clips"), str(out), "--codec", "libx264",
+                                 "--size", "48x80", "--resize", fit], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.splitlines() == [f"{out}: 2 episodes, 14 frames"]
+        info = check_lerobot_v3(out)
+        assert info["features"]["observation.images.video"]["shape"][:2] == [48, 80]
+        exported = read_frames(out / info["video_path"].format(video_key="observation.images.video", chunk_index=0, file_index=0))
+        expected = np.concatenate([resize_frames(frames, (48, 80), fit) for frames in sources.values()])
+        assert np.abs(exported.astype(int) - expected).mean() < 10, fit  # 5 at x264's quality; the other fit: 30+
+
+    result = subprocess.run([*CLI, "export-lerobot", str(tmp_path / "clips"), str(tmp_path / "odd"), "--size", "47x80"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and result.stderr.strip() == (
+        "error: --size: expected HEIGHTxWIDTH with positive even sides, e.g. 384x320; got '47x80'")

@@ -10,7 +10,7 @@ episode's last stored frame, which starts no pair, is left out; a build with flo
 
 LeRobot holds one frame rate, robot and set of features per dataset: episodes that differ from the first
 one written (another embodiment, frame rate, cameras, frame size, state or action names) are left out and counted by
-what differs; `--embodiment` picks which robot to export. Frames are decoded while they are encoded, `DECODE_CHUNK`
+what differs; `--embodiment` picks which robot to export, and `--size` fits every camera to one frame size. Frames are decoded while they are encoded, `DECODE_CHUNK`
 at a time (a long episode at the source's size is never held whole); an episode whose video breaks halfway is left
 out and named, and nothing of it is written.
 """
@@ -32,6 +32,7 @@ from pyramid.clips import DECODE_CHUNK, clip_source_frames, pair_actions
 from pyramid.errors import EpisodeError, ExportError, SourceError
 from pyramid.lerobot_writer import NoEpisodes, RecordedEpisode, write_lerobot_v3
 from pyramid.paths import check_export_target
+from pyramid.resize import resize_frames
 from pyramid.sinks.left_out import LeftOut
 from pyramid.video_io import FrameChunks
 
@@ -75,11 +76,16 @@ class LeRobotExport:
 
 
 def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None, embodiment: str | None = None,
-                   codec: str = "libsvtav1", overwrite: bool = False) -> LeRobotExport:
+                   codec: str = "libsvtav1", overwrite: bool = False, size: tuple[int, int] | None = None,
+                   fit: str = "pad") -> LeRobotExport:
+    """`size` (height, width), when given, fits every camera of every episode to it (`pyramid.resize`'s `fit`)."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     check_export_target(input_path, out_dir, overwrite, "meta/info.json")
     summary = LeRobotExport()
-    candidates = build_candidates(input_path, summary) if is_build(input_path) else source_candidates(input_path, source, summary)
+    if is_build(input_path):
+        candidates = build_candidates(input_path, summary, size, fit)
+    else:
+        candidates = source_candidates(input_path, source, summary, size, fit)
     if embodiment is not None:
         candidates = _of_embodiment(candidates, embodiment, summary)
     first = next(candidates, None)
@@ -104,7 +110,8 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
     if "other_frame_size" in summary.skipped:
         sizes = ", ".join(f"{key.removeprefix('observation.images.')} {'x'.join(map(str, shape[:2]))}"
                           for key, shape in sorted(first.frame_sizes().items()))
-        summary.notes.append(f"a LeRobot dataset holds one frame size per camera: the first episode's ({sizes})")
+        summary.notes.append(f"a LeRobot dataset holds one frame size per camera: the first episode's ({sizes}); "
+                             f"--size HEIGHTxWIDTH fits every episode to one")
     return summary
 
 
@@ -121,7 +128,8 @@ def _of_embodiment(candidates: Iterator[Candidate], embodiment: str, summary: Le
             summary.skipped.add("other_embodiment")
 
 
-def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> Iterator[Candidate]:
+def source_candidates(root: Path, kind: str | None, summary: LeRobotExport, size: tuple[int, int] | None = None,
+                      fit: str = "pad") -> Iterator[Candidate]:
     """Every readable episode of a source dataset, every camera, at the source rate."""
     from pyramid.sources import open_source
     from pyramid.sources.base import DuplicateIds
@@ -137,7 +145,8 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport) -> I
             continue
         try:
             episode = reader.load(ref)
-            videos = {f"observation.images.{name}": camera_frames(episode, name) for name in episode.cameras}
+            videos = {f"observation.images.{name}": fitted(camera_frames(episode, name), size, fit)
+                      for name in episode.cameras}
         except EpisodeError as exc:
             _left_out(exc, summary, "unreadable")
             continue
@@ -162,13 +171,21 @@ def camera_frames(episode, name: str) -> FrameChunks:
     return FrameChunks(len(indices), (height - height % 2, width - width % 2, 3), chunks)
 
 
+def fitted(frames: FrameChunks, size: tuple[int, int] | None, fit: str) -> FrameChunks:
+    """`frames` fitted to `size` (height, width) chunk by chunk as they are made; as they are where `size` is None."""
+    if size is None:
+        return frames
+    return FrameChunks(frames.length, (*size, 3), lambda: (resize_frames(chunk, size, fit) for chunk in frames.chunks()))
+
+
 def even_sized(frames: np.ndarray) -> np.ndarray:
     """yuv420p needs even sides: an odd one loses its last row or column."""
     height, width = frames.shape[1:3]
     return frames[:, : height - height % 2, : width - width % 2]
 
 
-def build_candidates(build_dir: Path, summary: LeRobotExport) -> Iterator[Candidate]:
+def build_candidates(build_dir: Path, summary: LeRobotExport, size: tuple[int, int] | None = None,
+                     fit: str = "pad") -> Iterator[Candidate]:
     recipe = build_recipe(build_dir)
     latents = pair_latents(build_dir, recipe)
     labelled = latents != {}
@@ -184,7 +201,7 @@ def build_candidates(build_dir: Path, summary: LeRobotExport) -> Iterator[Candid
             if (rate := whole_rate(float(run[0]["meta"]["fps"]), summary)) is None:
                 summary.skipped.add("non_integer_fps")
             else:
-                yield _run_candidate(run, values, rate)
+                yield _run_candidate(run, values, rate, size, fit)
 
 
 def whole_rate(fps: float, summary: LeRobotExport) -> int | None:
@@ -202,7 +219,8 @@ def whole_rate(fps: float, summary: LeRobotExport) -> int | None:
     return int(rate)
 
 
-def _run_candidate(run: list[dict], latents: np.ndarray | None, rate: int) -> Candidate:
+def _run_candidate(run: list[dict], latents: np.ndarray | None, rate: int, size: tuple[int, int] | None,
+                   fit: str) -> Candidate:
     meta = run[0]["meta"]
     num_frames = run_frames(run)
     local = clip_source_frames(meta, num_frames)  # the run's source-rate arrays start at its first clip's start_frame
@@ -216,7 +234,7 @@ def _run_candidate(run: list[dict], latents: np.ndarray | None, rate: int) -> Ca
     recorded = RecordedEpisode(
         meta["task"], None if state is None else state[local[:num_frames]],
         None if actions is None else pair_actions(actions, np.append(local, end))[:num_frames],
-        {_video_key(meta): run_video(run, num_frames)}, extras)
+        {_video_key(meta): fitted(run_video(run, num_frames), size, fit)}, extras)
     return Candidate(recorded, rate, meta["embodiment"], list(meta["state_names"]) if state is not None else [],
                      list(meta["action_names"]) if actions is not None else [], {k: LATENT_NAMES for k in extras})
 
