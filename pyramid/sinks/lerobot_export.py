@@ -10,9 +10,9 @@ episode's last stored frame, which starts no pair, is left out; a build with flo
 
 LeRobot holds one frame rate, robot and set of features per dataset: episodes that differ from the first
 one written (another embodiment, frame rate, cameras, frame size, state or action names) are left out and counted by
-what differs; `--embodiment` picks which robot to export, and `--size` fits every camera to one frame size. Frames are decoded while they are encoded, `DECODE_CHUNK`
-at a time (a long episode at the source's size is never held whole); an episode whose video breaks halfway is left
-out and named, and nothing of it is written.
+what differs; `--embodiment` picks which robot to export, and `--size` fits every camera to one frame size. Frames
+are decoded while they are encoded, `DECODE_CHUNK` at a time (a long episode at the source's size is never held
+whole); an episode whose video breaks halfway is left out and named, and nothing of it is written.
 """
 
 from __future__ import annotations
