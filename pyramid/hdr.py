@@ -24,6 +24,7 @@ BT2020_TO_BT709 = np.array([[1.660491, -0.587641, -0.072850],  # linear light, B
                             [-0.124551, 1.132900, -0.008349],
                             [-0.018151, -0.100579, 1.118730]], np.float32)
 SDR_GAMMA = 2.4  # BT.1886
+SQRT_STEPS = 65535  # the gamma table's steps over the square root of linear light, fine near black where the gamma is steep
 STRIP_ROWS = 64
 
 
@@ -48,17 +49,19 @@ def _strip_to_sdr(signal: np.ndarray, transfer: int) -> np.ndarray:
     light = _display_light(signal, transfer)  # cd/m²
     linear = cv2.transform(light, BT2020_TO_BT709 / REFERENCE_WHITE)  # 1 = SDR white
     np.maximum(linear, 0, out=linear)
-    _roll_off_highlights(linear)
-    np.power(linear, 1 / SDR_GAMMA, out=linear)
-    return cv2.convertScaleAbs(linear, alpha=255)  # rounds and saturates
+    _roll_off_highlights(linear)  # now at most 1
+    np.sqrt(linear, out=linear)
+    linear *= SQRT_STEPS
+    linear += 0.5
+    return np.take(_sdr_codes(), linear.astype(np.uint16))  # the gamma as a table: np.power took a third of the time
 
 
 def _display_light(signal: np.ndarray, transfer: int) -> np.ndarray:
     if transfer == PQ:
-        return _pq_light()[signal]
+        return np.take(_pq_light(), signal)
     import cv2
 
-    scene = _hlg_scene_light()[signal]  # 0-1
+    scene = np.take(_hlg_scene_light(), signal)  # 0-1; np.take is faster than indexing with an array
     # HLG's OOTF: display light = peak * Ys^(gamma - 1) * E, gamma 1.2 at a 1000 cd/m² peak
     gain = np.power(cv2.transform(scene, BT2020_LUMA[None]), 0.2)
     gain *= HLG_PEAK
@@ -70,9 +73,18 @@ def _roll_off_highlights(linear: np.ndarray) -> None:
     """Scale each pixel whose brightest channel is above KNEE so that it approaches 1 smoothly (slope 1 at KNEE),
     in place."""
     peak = np.maximum(np.maximum(linear[..., 0], linear[..., 1]), linear[..., 2])
+    if peak.max() <= KNEE:  # a strip without highlights: nothing to roll off
+        return
     over = np.maximum(peak, KNEE)
     rolled = KNEE + (1 - KNEE) * -np.expm1((KNEE - over) / (1 - KNEE))
     linear *= (rolled / over)[..., None]
+
+
+@functools.cache
+def _sdr_codes() -> np.ndarray:
+    """The 8-bit SDR code of each step of the square root of linear light (0-1): BT.1886's gamma, rounded."""
+    root = np.arange(SQRT_STEPS + 1, dtype=np.float64) / SQRT_STEPS
+    return np.round(255 * root ** (2 / SDR_GAMMA)).astype(np.uint8)
 
 
 @functools.cache
