@@ -49,13 +49,16 @@ class CameraView:
         head, left, right = (episode.frames(name, indices=list(indices)) for name in names)
         return t_layout(head, left, right, self.fit)
 
-    def frame_chunks(self, episode, indices: Sequence[int], chunk: int) -> Iterator[np.ndarray]:
-        """`frames(episode, indices)` as consecutive arrays of at most `chunk` frames (see `Episode.frame_chunks`)."""
+    def frame_chunks(self, episode, indices: Sequence[int], chunk: int,
+                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """`frames(episode, indices)` as consecutive arrays of at most `chunk` frames (see `Episode.frame_chunks`),
+        for a caller that fits them to a size covering `at_least` (height, width) where that is given."""
         names, indices = self.cameras_of(episode), list(indices)
         if self.layout == "single":
-            yield from episode.frame_chunks(names[0], indices, chunk)
+            yield from episode.frame_chunks(names[0], indices, chunk, at_least)
             return
-        for head, left, right in zip(*(episode.frame_chunks(name, indices, chunk) for name in names), strict=True):
+        cameras = (episode.frame_chunks(name, indices, chunk, at_least) for name in names)
+        for head, left, right in zip(*cameras, strict=True):
             yield t_layout(head, left, right, self.fit)
 
 

@@ -72,7 +72,7 @@ def decode_stored_parts(episode, source_indices: np.ndarray, bounds: list[tuple[
     when it is asked for. The ranges run from 0 in order, each starting within the one before and ending past it
     (consecutive parts may overlap)."""
     chunks = (resize_frames(part, size, fit) for part in (view or CameraView()).frame_chunks(
-        episode, [int(i) for i in source_indices[: max((hi for _, hi in bounds), default=0)]], chunk))
+        episode, [int(i) for i in source_indices[: max((hi for _, hi in bounds), default=0)]], chunk, at_least=size))
     ahead = np.zeros((0, *size, 3), np.uint8)  # frames decoded past the end of the part before
     previous, previous_lo = ahead, 0
     for lo, hi in bounds:

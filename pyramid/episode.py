@@ -144,9 +144,10 @@ class VideoCamera:
         _check_range(self.path, local, self.num_frames)
         return read_frames(self.path, self._file_indices(local), decord=self.decord)
 
-    def frame_chunks(self, indices: Sequence[int], chunk: int) -> Iterator[np.ndarray]:
+    def frame_chunks(self, indices: Sequence[int], chunk: int,
+                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         _check_range(self.path, indices, self.num_frames)
-        return read_frame_chunks(self.path, self._file_indices(indices), chunk, decord=self.decord)
+        return read_frame_chunks(self.path, self._file_indices(indices), chunk, decord=self.decord, at_least=at_least)
 
 
 @dataclass
@@ -269,15 +270,18 @@ class Episode:
             raise KeyError(f"{self.episode_id}: no camera '{name}' (has {sorted(self.cameras)})")
         return self.cameras[name].frames(indices)
 
-    def frame_chunks(self, camera: str | None, indices: Sequence[int], chunk: int) -> Iterator[np.ndarray]:
+    def frame_chunks(self, camera: str | None, indices: Sequence[int], chunk: int,
+                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         """`frames(camera, indices)` as consecutive arrays of at most `chunk` frames, to bound memory: a video is
-        opened and decoded once for all of them, other cameras read chunk by chunk."""
+        opened and decoded once for all of them, other cameras read chunk by chunk. A video may give frames smaller
+        than its own size, down to covering `at_least` (height, width), for a caller that resizes them
+        (`read_frame_chunks`)."""
         name = camera or self.primary_camera
         if name not in self.cameras:
             raise KeyError(f"{self.episode_id}: no camera '{name}' (has {sorted(self.cameras)})")
         source = self.cameras[name]
         if hasattr(source, "frame_chunks"):
-            return source.frame_chunks(indices, chunk)
+            return source.frame_chunks(indices, chunk, at_least)
         return (source.frames(indices[start : start + chunk]) for start in range(0, len(indices), chunk))
 
     def summary(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ video (HLG, PQ) is tone-mapped (`pyramid/hdr.py`).
 from __future__ import annotations
 
 import io
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -216,7 +217,8 @@ def _read_with_pyav(path: Path, indices: Sequence[int] | None) -> np.ndarray:
     return _pick(frames, wanted, path)
 
 
-def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | None) -> Iterator[tuple[int, np.ndarray]]:
+def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | None,
+                  at_least: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """`_decoded_frames` of the file from frame `first` (which `lookup` holds, if given) on: from the keyframe before
     it, or from the start where seeking lands past it (an MPEG-TS file seeks to the next keyframe)."""
     for seek in dict.fromkeys((first > 0, False)):
@@ -228,7 +230,7 @@ def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | N
                 if seek:  # interlaced: from before the frame before, which the deinterlacer weaves `first` with
                     interlaced = stream.codec_context.field_order not in FIELD_ORDERS_PROGRESSIVE
                     timeline.seek_near(container, stream, first - 1 if interlaced else first)
-                frames = _decoded_frames(container, stream, lookup, last, timeline)
+                frames = _decoded_frames(container, stream, lookup, last, timeline, at_least)
                 head = next(frames, None)
                 if seek and (head is None or head[0] > first):
                     continue  # landed past the wanted frame (or the end)
@@ -240,11 +242,15 @@ def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | N
             raise EpisodeError(path, f"cannot decode video ({_reason(exc)})") from exc
 
 
-def read_frame_chunks(path: str | os.PathLike, indices: Sequence[int], chunk: int,
-                      decord: bool | None = None) -> Iterator[np.ndarray]:
+def read_frame_chunks(path: str | os.PathLike, indices: Sequence[int], chunk: int, decord: bool | None = None,
+                      at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """`read_frames(path, indices)` as consecutive arrays of at most `chunk` frames, from one opening of the file
     and, where `indices` ascend (as stored frames do), one forward pass of the decoder: memory stays bounded by
-    `chunk` without reopening the video and decoding again from a keyframe for every chunk."""
+    `chunk` without reopening the video and decoding again from a keyframe for every chunk.
+
+    `at_least` (height, width): the size the caller fits frames to, where it resizes them anyway. HDR frames read
+    in ascending order are then shrunk before they are tone-mapped, to the smallest size still covering it (a 16:9
+    4K frame has 32 times the pixels of one covering Motus's 384x320). Other frames come at full size."""
     path = Path(path)
     wanted = [int(i) for i in indices]
     if all(later >= earlier for earlier, later in zip(wanted, wanted[1:])):
@@ -252,7 +258,7 @@ def read_frame_chunks(path: str | os.PathLike, indices: Sequence[int], chunk: in
         # rest of the video ahead into memory while the caller works on a chunk (dmlc/decord#157, #208): the whole
         # of a long video, gigabytes, in every worker.
         if wanted:
-            yield from _pyav_chunks(path, wanted, chunk)
+            yield from _pyav_chunks(path, wanted, chunk, at_least)
         return
     parts = [wanted[start : start + chunk] for start in range(0, len(wanted), chunk)]
     if decord is None:
@@ -281,11 +287,11 @@ def _decord_batch(reader, path: Path, part: list[int]) -> np.ndarray:
         return _read_with_pyav(path, part)
 
 
-def _pyav_chunks(path: Path, wanted: list[int], chunk: int) -> Iterator[np.ndarray]:
+def _pyav_chunks(path: Path, wanted: list[int], chunk: int, at_least: tuple[int, int] | None) -> Iterator[np.ndarray]:
     """Frames at the ascending `wanted` indices in arrays of `chunk`, decoded in one pass."""
     batch: list[np.ndarray] = []
     position = 0  # next entry of `wanted` to fill
-    decoded = _decoded_from(path, wanted[0], set(wanted), wanted[-1])
+    decoded = _decoded_from(path, wanted[0], set(wanted), wanted[-1], at_least)
     try:
         for index, rgb in decoded:
             if index > wanted[position]:
@@ -415,13 +421,17 @@ def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) ->
 _converters = threading.local()
 
 
-def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None,
+            at_least: tuple[int, int] | None = None) -> np.ndarray:
     """The frame as uint8 RGB, scaled to `size` (width, height, before any turn) where it differs (non-square pixels; a
     browser or video call recording that changes resolution mid-stream, which a player scales to one size), tone-mapped
-    to SDR where it is HDR, turned upright as its display matrix says."""
+    to SDR where it is HDR (shrunk first to cover `at_least`, see `read_frame_chunks`), turned upright as its display
+    matrix says."""
     if not hasattr(_converters, "rgb"):
         _converters.rgb = VideoReformatter()
     hdr = is_hdr(frame.color_trc)
+    if hdr and at_least:
+        size = _covering(size or (frame.width, frame.height), at_least, _quarter_turns(frame.rotation) % 2 == 1)
     pixels = "rgb48le" if hdr else "rgb24"
     if size and size != (frame.width, frame.height):
         width, height = size
@@ -434,6 +444,17 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.nda
         rgb = to_sdr(rgb, frame.color_trc)
     turns = _quarter_turns(frame.rotation)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def _covering(size: tuple[int, int], at_least: tuple[int, int], turned: bool) -> tuple[int, int]:
+    """`size` (width, height, before a turn) scaled down, keeping its aspect ratio, to the smallest that still covers
+    `at_least` (height, width, as shown) once turned; `size` where it is no larger."""
+    least_height, least_width = at_least[::-1] if turned else at_least
+    width, height = size
+    scale = max(least_width / width, least_height / height)
+    if scale >= 1:
+        return size
+    return max(least_width, math.ceil(width * scale)), max(least_height, math.ceil(height * scale))
 
 
 def _stored_size(stream) -> tuple[int, int] | None:
@@ -449,7 +470,7 @@ def _decode(container, stream, wanted: list[int] | None, timeline) -> dict[int, 
 
 
 def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None,
-                    timeline) -> Iterator[tuple[int, np.ndarray]]:
+                    timeline, at_least: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB frame) in display order, from the container's position up to frame `last`, of the frames in
     `lookup` (all when None).
 
@@ -469,7 +490,7 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
                 raise av.error.InvalidDataError(0, "frame without timestamp")
             index = timeline.index(frame.pts)
             if lookup is None or index in lookup:
-                yield index, _to_rgb(frame, size)
+                yield index, _to_rgb(frame, size, at_least)
             if last is not None and index >= last:
                 return
 

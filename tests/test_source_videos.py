@@ -144,6 +144,41 @@ def test_hdr_video_is_read_as_the_sdr_picture_a_player_shows(tmp_path, transfer,
         assert np.abs(white - 235).max() <= 3 and abs(red[0] - 235) <= 3 and red[1:].max() < 30, (white, red)
 
 
+def test_hdr_video_is_tone_mapped_at_the_size_a_build_keeps(tmp_path):
+    """Tone mapping works pixel by pixel: a build keeping 384x320 of a phone's 4K HLG video had it tone-mapped at 4K
+    first, 32 times the pixels. Shrunk first to cover the size kept, it ends up as the full-size read resized."""
+    import numpy as np
+
+    from pyramid.clips import decode_stored
+    from pyramid.resize import resize_frames
+
+    frames = moving_square_frames(6, 96, 256)
+    for transfer in ("hlg", "sdr"):
+        fixture.write_10bit_hevc(tmp_path / f"phone/{transfer}.mov", frames, transfer)
+    reader = get_source("videos")(tmp_path)
+    episode = reader.load(reader.ref("phone/hlg.mov"))
+    camera, indices = episode.cameras["video"], list(range(6))
+    full = camera.frames(indices)
+    shrunk = np.concatenate(list(camera.frame_chunks(indices, 4, at_least=(24, 48))))
+    assert shrunk.shape == (6, 24, 64, 3)  # the smallest 96:256 size covering 24x48
+    # averaged before tone mapping, not after, the square's edges differ by a few levels; read as SDR, 18 on average
+    assert np.abs(shrunk.astype(int) - resize_frames(full, (24, 64))).mean() < 5
+    stored = decode_stored(episode, np.array(indices), (24, 48))
+    assert np.abs(stored.astype(int) - resize_frames(full, (24, 48))).mean() < 5
+    sdr = reader.load(reader.ref("phone/sdr.mov")).cameras["video"]
+    assert next(sdr.frame_chunks(indices, 4, at_least=(24, 48))).shape == (4, 96, 256, 3)  # SDR: as it always was
+
+
+def test_a_covering_size_is_taken_as_the_frame_is_shown():
+    from pyramid.video_io import _covering
+
+    assert _covering((3840, 2160), (384, 320), turned=False) == (683, 384)  # landscape 4K for a 384x320 build
+    assert _covering((3840, 2160), (384, 320), turned=True) == (569, 320)  # a portrait phone's stored frame
+    assert _covering((640, 480), (384, 320), turned=False) == (512, 384)
+    assert _covering((320, 240), (384, 320), turned=False) == (320, 240)  # never grown
+    assert _covering((640, 480), (240, 320), turned=False) == (320, 240)
+
+
 def test_a_recording_that_changes_resolution_is_read_at_one_size(tmp_path):
     """A browser's MediaRecorder halves the resolution when the bandwidth drops; a player scales it back. Reading it
     stopped on frames of two sizes (a ValueError from numpy, not a reason)."""
