@@ -145,8 +145,7 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport, size
             continue
         try:
             episode = reader.load(ref)
-            videos = {f"observation.images.{name}": fitted(camera_frames(episode, name), size, fit)
-                      for name in episode.cameras}
+            videos = {f"observation.images.{name}": camera_frames(episode, name, size, fit) for name in episode.cameras}
         except EpisodeError as exc:
             _left_out(exc, summary, "unreadable")
             continue
@@ -159,11 +158,14 @@ def source_candidates(root: Path, kind: str | None, summary: LeRobotExport, size
                         list(episode.action_names) if episode.actions is not None else [], {})
 
 
-def camera_frames(episode, name: str) -> FrameChunks:
-    """Every frame of one camera, even-sized, decoded `DECODE_CHUNK` at a time while the export encodes them (a
-    frame that fails to decode then leaves the episode out: `write_lerobot_v3(on_unreadable=)`)."""
-    height, width = episode.frames(name, [0]).shape[1:3]
+def camera_frames(episode, name: str, size: tuple[int, int] | None = None, fit: str = "pad") -> FrameChunks:
+    """Every frame of one camera, even-sized or fitted to `size`, decoded `DECODE_CHUNK` at a time while the export
+    encodes them (a frame that fails to decode then leaves the episode out: `write_lerobot_v3(on_unreadable=)`)."""
     indices = range(episode.cameras[name].num_frames)
+    if size is not None:  # HDR frames are then tone-mapped at about that size (`read_frame_chunks`)
+        return FrameChunks(len(indices), (*size, 3), lambda: (
+            resize_frames(chunk, size, fit) for chunk in episode.frame_chunks(name, indices, DECODE_CHUNK, size)))
+    height, width = episode.frames(name, [0]).shape[1:3]
 
     def chunks() -> Iterator[np.ndarray]:
         return (even_sized(chunk) for chunk in episode.frame_chunks(name, indices, DECODE_CHUNK))
@@ -172,7 +174,8 @@ def camera_frames(episode, name: str) -> FrameChunks:
 
 
 def fitted(frames: FrameChunks, size: tuple[int, int] | None, fit: str) -> FrameChunks:
-    """`frames` fitted to `size` (height, width) chunk by chunk as they are made; as they are where `size` is None."""
+    """A build's `frames` fitted to `size` (height, width) chunk by chunk as they are made; as they are where `size`
+    is None."""
     if size is None:
         return frames
     return FrameChunks(frames.length, (*size, 3), lambda: (resize_frames(chunk, size, fit) for chunk in frames.chunks()))
