@@ -64,7 +64,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             stream = video_stream(container, path)
-            packets = _scan_packets(container, stream, count=stream.frames <= 0)
+            packets = _scan_packets(container, stream, count=stream.frames <= 0 or _counts_hidden_frames(stream))
             num_frames = stream.frames if stream.frames > 0 else packets.shown  # webm/mkv store no frame count
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             if packets.trimmed:  # the header counts the hidden frames, and its average rate spreads them over the rest
@@ -86,7 +86,7 @@ class _PacketScan:
     earliest: int | None = None  # their earliest and latest timestamps
     latest: int | None = None
     rotation: int = 0  # the display rotation, from the first frame, which carries the stream's display matrix
-    trimmed: bool = False  # an edit list hides frames at the start (see `_scan_packets`)
+    trimmed: bool = False  # an edit list hides frames (see `_scan_packets`)
     interlaced: bool = False  # the first frame is (a camcorder's, broadcast): PyAV deinterlaces it, decord would not
 
     def count(self, pts: int | None) -> None:
@@ -108,7 +108,8 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
     A clip cut without re-encoding (`ffmpeg -ss T -i in.mp4 -c copy`, an iPhone's trim, LosslessCut) starts at the
     keyframe before the cut, and its edit list hides the frames up to the cut: FFmpeg flags their packets `discard`
     and decodes them without returning them. They come first, before the first frame is returned; where they are,
-    every packet is counted, as the header counts the hidden frames too, and decord, which shows them, is not used."""
+    every packet is counted, as the header counts the hidden frames too, and decord, which shows them, is not used.
+    Frames hidden at the end are seen where every packet is counted (`_counts_hidden_frames`)."""
     scan, first = _PacketScan(), None
     for packet in container.demux(stream):
         scan.trimmed |= packet.is_discard
@@ -120,6 +121,15 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
             break
     scan.rotation, scan.interlaced = first or (0, False)
     return scan
+
+
+def _counts_hidden_frames(stream) -> bool:
+    """The header counts more frames than its duration holds at its rate: an edit list shorter than the media hides
+    some, as a trim that does not re-encode writes it where it cuts the end (the duration is the edit's, the frame
+    count and the rate the media's). Its packets are counted, those hidden flagged `discard`, as at a cut start."""
+    if not (stream.frames > 0 and stream.duration and stream.average_rate):
+        return False
+    return stream.frames > float(stream.duration * stream.time_base * stream.average_rate) + 1
 
 
 def _shows_a_frame(packet) -> bool:

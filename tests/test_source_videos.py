@@ -117,6 +117,25 @@ def test_a_clip_cut_without_re_encoding_starts_at_its_cut(tmp_path):
     assert numbers(camera.frames([40, 44])) == [85, 89]  # after a seek, into the cut's last GOP
 
 
+def test_a_clip_trimmed_at_its_end_without_re_encoding_ends_at_its_trim(tmp_path):
+    """A trim that does not re-encode can cut the end with an edit list, the frames after it left in the file: the
+    header counted them, decord showed them, and a build quarantined the clip at "frame 51 is past the end"."""
+    import numpy as np
+
+    from pyramid.video_io import read_frames
+
+    source = np.stack([np.full((64, 96, 3), (20 + 20 * (i // 10), 20 + 20 * (i % 10), 0), np.uint8) for i in range(60)])
+    path = fixture.write_end_trimmed(tmp_path / "phone/2024-05-06/IMG_0433.MOV", source, hidden=10)
+    info = probe(path)
+    assert (info.num_frames, info.fps, info.decord) == (50, 30.0, False), info
+    reader = get_source("videos")(tmp_path)
+    camera = reader.load(reader.ref("phone/2024-05-06/IMG_0433.MOV")).cameras["video"]
+    assert camera.num_frames == 50
+    decoded = np.concatenate(list(camera.frame_chunks(range(0, 50, 3), 5)))
+    assert np.abs(decoded.astype(int) - source[0:50:3]).mean() < 3
+    assert len(read_frames(path)) == 50
+
+
 @pytest.mark.parametrize("transfer, relpath", [("hlg", "phone/2024-05-04/IMG_0421.MOV"),  # an iPhone's default
                                                ("pq", "phone/2024-05-04/VID_20240504_101500.mp4")])  # HDR10, Android
 def test_hdr_video_is_read_as_the_sdr_picture_a_player_shows(tmp_path, transfer, relpath):
