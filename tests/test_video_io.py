@@ -258,3 +258,18 @@ def test_non_square_pixels_are_read_at_the_width_a_player_shows(tmp_path):
     rows, columns = np.nonzero(frames[0, ..., 0] > 128)
     assert abs((columns.max() - columns.min()) - (rows.max() - rows.min())) <= 2  # square, as shown
     assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [1, 4], 1))), frames[[1, 4]])
+
+
+def test_non_square_pixels_of_a_turned_recording_are_resampled_before_the_turn(tmp_path):
+    """The pixel aspect ratio is the stored frame's: of its width, which a portrait display matrix shows as height."""
+    shown = np.zeros((6, 164, 120, 3), np.uint8)
+    for i in range(6):
+        shown[i, 40 + 4 * i : 100 + 4 * i, 30:90] = (230, 200, 40)  # a 60x60 square, moving down
+    path = video_fixtures.write_anamorphic(tmp_path / "camcorder.mp4", shown, Fraction(10, 11), degrees=-90)
+    info = probe(path)
+    assert (info.height, info.width, info.rotation, info.decord) == (164, 120, 270, False)
+    frames = read_frames(path)
+    assert frames.shape == shown.shape and np.abs(frames.astype(int) - shown).mean() < 4
+    rows, columns = np.nonzero(frames[0, ..., 0] > 128)
+    assert abs((columns.max() - columns.min()) - (rows.max() - rows.min())) <= 2  # square, as shown
+    assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [1, 4], 1))), frames[[1, 4]])
