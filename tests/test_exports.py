@@ -245,6 +245,26 @@ def test_export_lerobot_of_a_labelled_build(build, tmp_path):
         np.testing.assert_allclose(np.stack(episode["action"]), actions[: FRAMES - 1], atol=1e-6)
 
 
+def test_export_lerobot_of_a_build_fits_its_frames_to_the_size_asked_for(build, tmp_path):
+    from pyramid.resize import resize_frames
+    from pyramid.video_io import read_clip
+
+    build_dir, _ = build
+    out = tmp_path / "lerobot"
+    result = subprocess.run([*CLI, "export-lerobot", str(build_dir), str(out), "--codec", "libx264", "--embodiment",
+                             "sample_arm", "--size", "160x192", "--resize", "crop"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = check_lerobot_v3(out)
+    [key] = [key for key, feature in info["features"].items() if feature["dtype"] == "video"]
+    assert info["features"][key]["shape"][:2] == [160, 192]
+    exported = read_frames(out / info["video_path"].format(video_key=key, chunk_index=0, file_index=0))
+    first = min((c for i, clips in build_clips(build_dir).items() if i.startswith("lerobot-") for c in clips),
+                key=lambda c: (c["json"]["episode_id"], c["json"]["clip_index"]))
+    stored = read_clip(first["mp4"], range(first["json"]["num_frames"]), "clip")
+    # 7 at x264's quality on the sample's texture; padded, 50, stretched, 28
+    assert np.abs(exported[: len(stored)].astype(int) - resize_frames(stored, (160, 192), "crop")).mean() < 10
+
+
 def rebuild(build_dir: Path, name: str, flow_changes: dict, vae: Path | None = None) -> Path:
     """The fixture's robot episodes built again with other flow settings (and another VAE when given)."""
     recipe = yaml.safe_load((build_dir.parent / "recipe.yaml").read_text())

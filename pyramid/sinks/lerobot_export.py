@@ -22,7 +22,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -162,9 +162,8 @@ def camera_frames(episode, name: str, size: tuple[int, int] | None = None, fit: 
     """Every frame of one camera, even-sized or fitted to `size`, decoded `DECODE_CHUNK` at a time while the export
     encodes them (a frame that fails to decode then leaves the episode out: `write_lerobot_v3(on_unreadable=)`)."""
     indices = range(episode.cameras[name].num_frames)
-    if size is not None:  # HDR frames are then tone-mapped at about that size (`read_frame_chunks`)
-        return FrameChunks(len(indices), (*size, 3), lambda: (
-            resize_frames(chunk, size, fit) for chunk in episode.frame_chunks(name, indices, DECODE_CHUNK, size)))
+    if size is not None:  # read for that size: HDR frames are tone-mapped at about it (`read_frame_chunks`)
+        return fitted(len(indices), lambda: episode.frame_chunks(name, indices, DECODE_CHUNK, size), size, fit)
     height, width = episode.frames(name, [0]).shape[1:3]
 
     def chunks() -> Iterator[np.ndarray]:
@@ -173,12 +172,9 @@ def camera_frames(episode, name: str, size: tuple[int, int] | None = None, fit: 
     return FrameChunks(len(indices), (height - height % 2, width - width % 2, 3), chunks)
 
 
-def fitted(frames: FrameChunks, size: tuple[int, int] | None, fit: str) -> FrameChunks:
-    """A build's `frames` fitted to `size` (height, width) chunk by chunk as they are made; as they are where `size`
-    is None."""
-    if size is None:
-        return frames
-    return FrameChunks(frames.length, (*size, 3), lambda: (resize_frames(chunk, size, fit) for chunk in frames.chunks()))
+def fitted(length: int, chunks: Callable[[], Iterator[np.ndarray]], size: tuple[int, int], fit: str) -> FrameChunks:
+    """`length` frames fitted to `size` (height, width) chunk by chunk as `chunks()` makes them."""
+    return FrameChunks(length, (*size, 3), lambda: (resize_frames(chunk, size, fit) for chunk in chunks()))
 
 
 def even_sized(frames: np.ndarray) -> np.ndarray:
@@ -237,9 +233,13 @@ def _run_candidate(run: list[dict], latents: np.ndarray | None, rate: int, size:
     recorded = RecordedEpisode(
         meta["task"], None if state is None else state[local[:num_frames]],
         None if actions is None else pair_actions(actions, np.append(local, end))[:num_frames],
-        {_video_key(meta): fitted(run_video(run, num_frames), size, fit)}, extras)
+        {_video_key(meta): _fitted_video(run_video(run, num_frames), size, fit)}, extras)
     return Candidate(recorded, rate, meta["embodiment"], list(meta["state_names"]) if state is not None else [],
                      list(meta["action_names"]) if actions is not None else [], {k: LATENT_NAMES for k in extras})
+
+
+def _fitted_video(frames: FrameChunks, size: tuple[int, int] | None, fit: str) -> FrameChunks:
+    return frames if size is None else fitted(frames.length, frames.chunks, size, fit)
 
 
 def _joined(run: list[dict], field_name: str) -> np.ndarray | None:
