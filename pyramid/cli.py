@@ -175,17 +175,19 @@ def export_lerobot(
     codec: str = typer.Option("libsvtav1", "--codec", help="libsvtav1 (AV1, LeRobot's default) or libx264."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it holds an earlier LeRobot export."),
     size: Optional[str] = typer.Option(None, "--size", metavar="HEIGHTxWIDTH", help="Fit every camera to this size, e.g. 384x320 (default: each episode's own; episodes of another size are left out)."),
-    resize: str = typer.Option("pad", "--resize", help="With --size: pad (keep the aspect ratio, black bars, as Motus does) or crop (centre)."),
+    resize: Optional[str] = typer.Option(None, "--resize", help="With --size: pad (the default: keep the aspect ratio, black bars, as Motus does) or crop (centre)."),
 ) -> None:
     """Write a build (with latent actions when labelled) or any source dataset as a LeRobot v3.0 dataset."""
     from pyramid.errors import ExportError
     from pyramid.sinks.lerobot_export import export_lerobot as run_export
 
-    if resize not in ("pad", "crop"):
+    if resize not in (None, "pad", "crop"):
         fail(f"--resize: expected pad or crop, got '{resize}'")
+    if resize is not None and size is None:
+        fail("--resize fits frames to --size: give --size HEIGHTxWIDTH as well")
     try:
         summary = run_export(input_path, out_dir, source=source, embodiment=embodiment, codec=codec, overwrite=overwrite,
-                             size=None if size is None else frame_size(size, "--size"), fit=resize)
+                             size=None if size is None else frame_size(size, "--size"), fit=resize or "pad")
     except (ExportError, ValueError) as exc:
         fail(str(exc))
     skipped = summary.skipped.describe()

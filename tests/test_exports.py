@@ -524,3 +524,7 @@ def test_export_lerobot_fits_videos_of_every_size_to_the_size_asked_for(tmp_path
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and result.stderr.strip() == (
         "error: --size: expected HEIGHTxWIDTH with positive even sides, e.g. 384x320; got '47x80'")
+    result = subprocess.run([*CLI, "export-lerobot", str(tmp_path / "clips"), str(tmp_path / "odd"), "--resize", "crop"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and result.stderr.strip() == (
+        "error: --resize fits frames to --size: give --size HEIGHTxWIDTH as well")
