@@ -127,9 +127,16 @@ def _counts_hidden_frames(stream) -> bool:
     """The header counts more frames than its duration holds at its rate: an edit list shorter than the media hides
     some, as a trim that does not re-encode writes it where it cuts the end (the duration is the edit's, the frame
     count and the rate the media's). Its packets are counted, those hidden flagged `discard`, as at a cut start."""
+    excess = _frames_beyond_duration(stream)
+    return excess is not None and excess > 1
+
+
+def _frames_beyond_duration(stream) -> float | None:
+    """How many more frames the header counts than its duration holds at its average rate; None where it lacks
+    either (webm and mkv keep no frame count)."""
     if not (stream.frames > 0 and stream.duration and stream.average_rate):
-        return False
-    return stream.frames > float(stream.duration * stream.time_base * stream.average_rate) + 1
+        return None
+    return stream.frames - float(stream.duration * stream.time_base) * float(stream.average_rate)
 
 
 def _shows_a_frame(packet) -> bool:
@@ -238,8 +245,8 @@ def _decoded_from(path: Path, first: int, lookup: set[int] | None, last: int | N
                 stream.thread_type = "AUTO"
                 timeline = file_timeline(path, stream)
                 if seek:  # interlaced: from before the frame before, which the deinterlacer weaves `first` with
-                    interlaced = stream.codec_context.field_order not in FIELD_ORDERS_PROGRESSIVE
-                    timeline.seek_near(container, stream, first - 1 if interlaced else first)
+                    start = first - 1 if _coded_interlaced(stream.codec_context) else first
+                    timeline.seek_near(container, stream, start)
                 frames = _decoded_frames(container, stream, lookup, last, timeline, at_least)
                 head = next(frames, None)
                 if seek and (head is None or head[0] > first):
@@ -401,10 +408,8 @@ def _constant_rate(stream) -> bool:
     """The header's average rate is exactly its base rate, and its frame count fills its duration at that rate. Exactly:
     one frame dropped from a long recording moves the average rate by less than a thousandth, and numbering the
     frames after it from their timestamps would be off by one."""
-    average, base = stream.average_rate, stream.guessed_rate
-    if not (average and base and stream.frames and stream.duration) or average != base:
-        return False  # webm and mkv keep no frame count: only their packets tell
-    return abs(float(stream.duration * stream.time_base) * float(average) - stream.frames) <= 1
+    excess = _frames_beyond_duration(stream)  # None for webm and mkv: only their packets tell
+    return excess is not None and stream.average_rate == stream.guessed_rate and abs(excess) <= 1
 
 
 def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) -> np.ndarray:
@@ -439,9 +444,9 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None,
     matrix says."""
     if not hasattr(_converters, "rgb"):
         _converters.rgb = VideoReformatter()
-    hdr = is_hdr(frame.color_trc)
+    hdr, turns = is_hdr(frame.color_trc), _quarter_turns(frame.rotation)
     if hdr and at_least:
-        size = _covering(size or (frame.width, frame.height), at_least, _quarter_turns(frame.rotation) % 2 == 1)
+        size = _covering(size or (frame.width, frame.height), at_least, turned=turns % 2 == 1)
     pixels = "rgb48le" if hdr else "rgb24"
     if size and size != (frame.width, frame.height):
         width, height = size
@@ -452,7 +457,6 @@ def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None,
         rgb = _converters.rgb.reformat(frame, format=pixels, interpolation="POINT").to_ndarray()
     if hdr:
         rgb = to_sdr(rgb, frame.color_trc)
-    turns = _quarter_turns(frame.rotation)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
@@ -489,7 +493,7 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
     """
     codec, size, deinterlace = stream.codec_context, _stored_size(stream), Deinterlacer(stream)
     # not where frames are interlaced: their neighbours in time are what the deinterlacer weaves a frame from
-    skip_unwanted = lookup is not None and codec.name == "h264" and codec.field_order in FIELD_ORDERS_PROGRESSIVE
+    skip_unwanted = lookup is not None and codec.name == "h264" and not _coded_interlaced(codec)
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
             codec.skip_frame = "DEFAULT" if timeline.index(packet.pts) in lookup else "NONREF"
@@ -503,6 +507,12 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
                 yield index, _to_rgb(frame, size, at_least)
             if last is not None and index >= last:
                 return
+
+
+def _coded_interlaced(codec) -> bool:
+    """Whether the stream's header says its frames are interlaced (its field order is neither unknown nor
+    progressive)."""
+    return codec.field_order not in FIELD_ORDERS_PROGRESSIVE
 
 
 class Deinterlacer:
