@@ -200,9 +200,11 @@ def export_lerobot(
 
 def frame_size(text: str, option: str) -> tuple[int, int]:
     """(height, width) from 'HEIGHTxWIDTH' with positive even sides (yuv420p video), or a one-line error."""
+    from pyramid.recipe import is_video_size
+
     height, _, width = text.lower().partition("x")
     sides = [int(side) for side in (height, width) if side.isdecimal()]
-    if len(sides) != 2 or any(side <= 0 or side % 2 for side in sides):
+    if len(sides) != 2 or not is_video_size(sides):
         fail(f"{option}: expected HEIGHTxWIDTH with positive even sides, e.g. 384x320; got '{text}'")
     return sides[0], sides[1]
 

@@ -120,6 +120,11 @@ class FilterSpec(Strict):
     static_motion_threshold: float = Field(0.002, ge=0, le=1)
 
 
+def is_video_size(size: tuple[int, ...]) -> bool:
+    """Positive even sides, as yuv420p video (the clips, a LeRobot export) needs them."""
+    return all(side > 0 and side % 2 == 0 for side in size)
+
+
 class Recipe(Strict):
     sources: list[SourceSpec] = Field(min_length=1)
     output: str
@@ -139,7 +144,7 @@ class Recipe(Strict):
     @field_validator("video_size")
     @classmethod
     def _even_size(cls, size: tuple[int, int]) -> tuple[int, int]:
-        if any(side <= 0 or side % 2 for side in size):
+        if not is_video_size(size):
             raise ValueError(f"expected [height, width] with positive even sides, got {list(size)}")
         return size
 
