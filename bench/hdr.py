@@ -51,7 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = {"SDR": write_10bit_hevc(Path(tmp) / "sdr.mp4", frames, "sdr"),
                  "HLG": write_10bit_hevc(Path(tmp) / "hlg.mp4", frames, "hlg")}
-        reads = {"whole frames": lambda path: whole_frames(path),
+        reads = {"whole frames": whole_frames,
                  f"as a build reads ({DEFAULT_VIDEO_SIZE[0]}x{DEFAULT_VIDEO_SIZE[1]})":
                      lambda path: as_a_build_reads(path, args.frames)}
         timings = {(read, name): [] for read in reads for name in files}
