@@ -16,6 +16,10 @@ def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+CAMERAS_HELP = ("The cameras to read: 'primary' (the reader's first), a camera name, or 't:HEAD,LEFT_WRIST,RIGHT_WRIST' "
+                "(Motus's T-layout), as the VAE was trained on them (a recipe source's `cameras`).")
+
+
 def train_vae(
     config: Path = typer.Argument(..., help="Training config YAML (see recipes/configs/vae/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in run.out_dir."),
@@ -39,6 +43,7 @@ def label(
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Source kind; auto-detected when omitted."),
     motus_layout: bool = typer.Option(False, "--motus-layout", help="Also write latent_action_dim14/<episode>.pt: Motus's latent actions only, without the videos/, umt5_wan/ and metas/ they pair with (export-motus of a build writes all four); needs a stride-1 VAE."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Relabel episodes already labelled in OUT_DIR."),
+    cameras: str = typer.Option("primary", "--cameras", help=CAMERAS_HELP),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
 ) -> None:
     """Write the latent action (mu, float32 [T-1, 14]) of every frame pair of every episode, in one process.
@@ -48,7 +53,7 @@ def label(
     from latent_action.labelling import label_source
 
     try:
-        report = label_source(vae, source_root, out_dir, source, motus_layout, overwrite, device, echo=_echo_err)
+        report = label_source(vae, source_root, out_dir, source, motus_layout, overwrite, device, echo=_echo_err, cameras=cameras)
     except (EpisodeError, SourceError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"labelled {report['episodes']} episodes ({report['pairs']} pairs, {report['reused']} reused), "
@@ -63,6 +68,7 @@ def eval_latents(
     split: str = typer.Option("heldout", help="'heldout': only episodes the VAE did not train on; 'all': every episode."),
     alpha: float = typer.Option(1e-3, help="Ridge regularisation of the probe (on standardised latents)."),
     dims: Optional[str] = typer.Option(None, "--dims", help="Score only these action dimensions, by name (e.g. x,y,z)."),
+    cameras: str = typer.Option("primary", "--cameras", help=CAMERAS_HELP),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
 ) -> None:
     """Probe R^2 (latents -> real actions) beside a flow-grid baseline, flow reconstruction EPE and latent statistics."""
@@ -77,7 +83,7 @@ def eval_latents(
     if out_dir is None:  # <run>/eval/<step> for a train-vae checkpoint, else beside the checkpoint
         out_dir = vae.parent.parent / "eval" / vae.name if vae.parent.name == "checkpoints" else vae.with_name(vae.name + "-eval")
     try:
-        result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err, dims=_names(dims))
+        result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err, dims=_names(dims), cameras=cameras)
     except (EpisodeError, SourceError, ValueError) as exc:
         _fail(str(exc))
     probe = result["probe"]

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from latent_action.losses import DEFAULT_BETA, DEFAULT_LAMBDA_A, DEFAULT_MOTION_WEIGHT
 from latent_action.sampler import DEFAULT_LABELLED_FRACTION
+from pyramid.recipe import CameraLayoutSpec
 from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path, validate
 
 
@@ -34,6 +35,8 @@ class SourceConfig(Strict):
     weight: float = Field(1.0, gt=0)  # relative sampling weight within its (labelled or unlabelled) pool
     embodiment: Optional[str] = None
     max_episodes: Optional[int] = Field(None, gt=0)
+    # As a build recipe's source `cameras`: 'primary', a camera name, or {layout: t, names: [head, left, right]}.
+    cameras: str | CameraLayoutSpec = "primary"
 
 
 class FlowConfig(Strict):
@@ -53,6 +56,7 @@ class FlowConfig(Strict):
     # The stored video size the flow is computed at: Motus stores H x W = 384 x 320.
     frame_height: int = Field(384, gt=0)
     frame_width: int = Field(320, gt=0)
+    resize: Literal["pad", "crop"] = "pad"  # the build recipe's `resize`: how frames are fitted to that size
 
     @model_validator(mode="after")
     def _options_fit_backend(self) -> "FlowConfig":

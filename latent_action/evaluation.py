@@ -32,12 +32,13 @@ from latent_action.action_space import selected_dims
 from latent_action.checkpoint import load_trained
 from latent_action.eval_report import number, write_eval_report
 from latent_action.images import resize_images, to_uint8
-from latent_action.labelling import encode_flow_rgb
+from latent_action.labelling import encode_flow_rgb, view_for
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import FlowSettings, episode_flows, episode_pair_actions, flow_to_rgb, read_episodes, rgb_to_flow
+from latent_action.pairs import FlowSettings, episode_error, episode_flows, episode_pair_actions, flow_to_rgb, read_episodes, rgb_to_flow
 from latent_action.plots import plot_latent_histograms, plot_probe, write_preview
 from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, r2_per_dim
 from latent_action.train import resolve_device
+from pyramid.errors import EpisodeError
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
@@ -117,6 +118,7 @@ def evaluate_latents(
     device: str = "auto",
     echo: Callable[[str], None] = print,
     dims: Sequence[str] | None = None,
+    cameras: str | None = None,
 ) -> dict:
     """Evaluate and write `<out_dir>/eval.json` plus plots; return the JSON content.
 
@@ -130,6 +132,7 @@ def evaluate_latents(
     out_dir = Path(out_dir)
     vae, _, heldout = load_trained(checkpoint, device)
     settings = FlowSettings.of_vae(vae.config)
+    view = view_for(vae.config, cameras)
     estimator = settings.estimator()
     per_embodiment: dict[str, EmbodimentData] = {}
     errors, stats = FlowErrors(), RunningStats(vae.config.action_dim)
@@ -144,7 +147,12 @@ def evaluate_latents(
         if actions is None or len(actions) == 0:
             continue
         scored = split == "all" or episode.episode_id in heldout
-        latents, grid = _evaluate_episode(vae, episode, settings, estimator, errors if scored else None, previews)
+        try:
+            latents, grid = _evaluate_episode(vae, episode, settings, estimator, view, errors if scored else None, previews)
+        except (EpisodeError, OSError, ValueError) as exc:  # its video, as the first read of it shows
+            skipped[episode.path] = str(episode_error(episode.path, exc))
+            echo(f"skipped: {skipped[episode.path]}")
+            continue
         if scored:
             stats.update(latents)
         _collect(per_embodiment, episode, latents, grid, actions, scored, dims)
@@ -153,7 +161,7 @@ def evaluate_latents(
     result = {
         "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "alpha": alpha,
         "pairs": {"fps": settings.fps, "stride": settings.stride, "size": [settings.frame_height, settings.frame_width],
-                  "backend": settings.backend},
+                  "backend": settings.backend, "resize": settings.fit, "cameras": view.as_option()},
         "probe": _probe_report(per_embodiment, alpha, out_dir),
         "flow": errors.summary(),
         "latent_stats": stats.summary(),
@@ -201,12 +209,12 @@ def _scorable_dims(episode) -> tuple[list[int], list[str]]:
 
 
 @torch.no_grad()
-def _evaluate_episode(vae: LatentActionVAE, episode, settings: FlowSettings, estimator, errors: "FlowErrors | None",
+def _evaluate_episode(vae: LatentActionVAE, episode, settings: FlowSettings, estimator, view, errors: "FlowErrors | None",
                       previews: list) -> tuple[np.ndarray, np.ndarray]:
     """(latents, flow-grid features) of every pair; for a scored episode also reconstruction errors and previews."""
     device = next(vae.parameters()).device
     latents, grids = [], []
-    for flows in episode_flows(episode, settings, estimator):
+    for flows in episode_flows(episode, settings, estimator, view):
         rgb = flow_to_rgb(flows, settings.max_magnitude)
         mu = encode_flow_rgb(vae, rgb)
         if errors is not None:

@@ -21,6 +21,7 @@ from latent_action.eval_report import embed, number, write_page
 from latent_action.evaluation import check_dims, evaluate_latents
 from latent_action.plots import plot_label_curve
 from latent_action.train import refuse_changed_config, resolve_device, train
+from pyramid.cameras import CameraView
 from pyramid.errors import EpisodeError
 from pyramid.training.checkpoints import STEP_DIR
 
@@ -66,6 +67,14 @@ def finished_checkpoint(config: TrainConfig) -> Path | None:
                              f"optim.max_steps {config.optim.max_steps}: use another run.out_dir, or delete this run")
 
 
+def cameras_of_root(config: TrainConfig, data_root: str | Path) -> str | None:
+    """The cameras the config trains on from `data_root` (`--cameras` form), when it is one of its sources."""
+    for source in config.data.sources:
+        if Path(source.root).resolve() == Path(data_root).resolve():
+            return CameraView.of_recipe(source.cameras, config.data.flow.resize).as_option()
+    return None
+
+
 def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
                 shares: Sequence[float] = DEFAULT_SHARES, dims: Sequence[str] | None = None, device: str = "auto",
                 show_progress: bool = True, echo: Callable[[str], None] = print) -> dict:
@@ -81,7 +90,8 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
     for share, config in configs.items():
         echo(f"labels.share {share:g}: training in {config.run.out_dir}")
         checkpoint = trained_checkpoint(config, show_progress, echo)
-        result = evaluate_latents(checkpoint, data_root, out_dir / share_name(share), device=device, echo=echo, dims=dims)
+        result = evaluate_latents(checkpoint, data_root, out_dir / share_name(share), device=device, echo=echo, dims=dims,
+                                  cameras=cameras_of_root(base, data_root))
         probe = result["probe"]
         points.append({"share": share, "checkpoint": str(checkpoint), "r2": probe["overall_r2"],
                        "r2_flow_grid": probe["overall_r2_flow_grid"], "r2_shuffled_control": probe["overall_r2_shuffled_control"],

@@ -25,8 +25,9 @@ import torch
 from latent_action.action_space import LATENT_ACTION_DIM
 from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import FlowSettings, episode_flows, flow_to_rgb, read_episodes
+from latent_action.pairs import FlowSettings, episode_error, episode_flows, flow_to_rgb, read_episodes
 from pyramid.atomic import atomic_write, atomic_write_bytes
+from pyramid.cameras import LAYOUT_WORDS, CameraView
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
 from pyramid.paths import output_child
@@ -48,33 +49,51 @@ def encode_flow_rgb(vae: LatentActionVAE, flow_rgb: np.ndarray, batch_size: int 
     return torch.cat(means).float().cpu().numpy()
 
 
-def label_episode(vae: LatentActionVAE, episode: Episode, batch_size: int = DEFAULT_BATCH_SIZE, estimator=None) -> np.ndarray:
+def label_episode(vae: LatentActionVAE, episode: Episode, batch_size: int = DEFAULT_BATCH_SIZE, estimator=None,
+                  view: CameraView | None = None) -> np.ndarray:
     """float32 [P, 14]: row t is the latent action of the stored-frame pair (t, t + stride).
 
     Flow is made exactly as for training (`FlowSettings.of_vae`): frames at the VAE's stored rate and
-    size, its flow backend and options, its stride and flow-RGB scale.
+    size, fitted as it was, its flow backend and options, its stride and flow-RGB scale; from the primary
+    camera or `view` (see `view_for`).
     """
     settings = FlowSettings.of_vae(vae.config)
     chunks = [encode_flow_rgb(vae, flow_to_rgb(flows, settings.max_magnitude), batch_size)
-              for flows in episode_flows(episode, settings, estimator)]
+              for flows in episode_flows(episode, settings, estimator, view or view_for(vae.config))]
     return np.concatenate(chunks) if chunks else np.zeros((0, vae.config.action_dim), np.float32)
+
+
+def view_for(vae_config, cameras: str | None = None) -> CameraView:
+    """The cameras to make a VAE's input from, as `--cameras` names them (default: the primary camera), fitted as its
+    training frames were; a ValueError where the VAE was not trained on that layout."""
+    settings = FlowSettings.of_vae(vae_config)
+    view = CameraView.of_option(cameras or "primary", settings.fit)
+    if view.layout not in settings.layouts:
+        trained = " and ".join(LAYOUT_WORDS[layout] for layout in settings.layouts)
+        hint = "; pass --cameras t:HEAD,LEFT_WRIST,RIGHT_WRIST with the dataset's camera names" if "t" in settings.layouts else ""
+        raise ValueError(f"the VAE was trained on {trained}, not {LAYOUT_WORDS[view.layout]} (--cameras {cameras or 'primary'}){hint}")
+    return view
 
 
 class LatentActionLabeller:
     """Construct once per worker (a Ray Data actor: `map(LatentActionLabeller, fn_constructor_args=(ckpt,))`)."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+                 cameras: str | None = None):
         from latent_action.checkpoint import load_trained
         from latent_action.train import resolve_device
 
         self.vae, _, _ = load_trained(checkpoint, resolve_device(device))
         self.batch_size = batch_size
-        self.estimator = None  # made on first use: a build labels the flow it made, and needs no second flow model
+        self.cameras = cameras
+        # Made on first use: a build labels the flow it made from its recipe's cameras, and needs neither.
+        self.estimator, self.view = None, None
 
     def __call__(self, episode: Episode) -> np.ndarray:
         if self.estimator is None:
+            self.view = view_for(self.vae.config, self.cameras)
             self.estimator = FlowSettings.of_vae(self.vae.config).estimator()
-        return label_episode(self.vae, episode, self.batch_size, self.estimator)
+        return label_episode(self.vae, episode, self.batch_size, self.estimator, self.view)
 
 
 def label_source(
@@ -86,21 +105,24 @@ def label_source(
     overwrite: bool = False,
     device: str = "auto",
     echo: Callable[[str], None] = print,
+    cameras: str | None = None,
 ) -> dict:
-    """Label every episode under `root`; episodes the same checkpoint already labelled in `out_dir` are reused
-    unless `overwrite`. An `out_dir` holding latents of another checkpoint is refused unless `overwrite`."""
+    """Label every episode under `root` from its `cameras` (`view_for`); episodes the same checkpoint already labelled
+    from the same cameras in `out_dir` are reused unless `overwrite`. An `out_dir` holding latents of another checkpoint
+    or other cameras is refused unless `overwrite`."""
     from latent_action.checkpoint import checkpoint_fingerprint, resolve_checkpoint
     from latent_action.train import resolve_device
 
     checkpoint = resolve_checkpoint(checkpoint)
     resolve_device(device)  # a bad device fails now, even when every episode is reused
     pairs_at = _pair_rate(checkpoint)
+    view_for(_saved_config(checkpoint), cameras)  # a layout the VAE never saw fails now, before any episode
     if motus_layout and pairs_at["stride"] != 1:
         raise ValueError(f"--motus-layout: {checkpoint} pairs frames {pairs_at['stride']} apart (flow stride); Motus's "
                          "latent_action_dim14 holds the latent action of each pair of consecutive frames: use a VAE trained with stride 1")
     labeller = None
     out_dir = Path(out_dir)
-    record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint)}
+    record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary"}
     reuse = prepare_output(out_dir, record, overwrite)
     stats = RunningStats(14)
     report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": {}}
@@ -115,8 +137,13 @@ def label_source(
         if latents is not None:
             report["reused"] += 1
         else:
-            labeller = labeller or LatentActionLabeller(checkpoint, device)
-            latents = labeller(episode)
+            labeller = labeller or LatentActionLabeller(checkpoint, device, cameras=cameras)
+            try:
+                latents = labeller(episode)
+            except (EpisodeError, OSError, ValueError) as exc:  # its video, as the first read of it shows
+                report["errors"][episode.path] = str(episode_error(episode.path, exc))
+                echo(f"skipped: {report['errors'][episode.path]}")
+                continue
             _write_atomically(target, lambda path: np.save(path, latents))
         if motus_layout:
             tensor = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
@@ -156,7 +183,7 @@ def prepare_output(out_dir: Path, record: dict, overwrite: bool) -> bool:
     wish; --overwrite says it is a wish, as --resume does for train-vae.
     """
     recorded = _read_record(out_dir)
-    if recorded is not None and recorded.get("fingerprint") == record["fingerprint"]:
+    if recorded is not None and all(recorded.get(key, "primary") == record[key] for key in ("fingerprint", "cameras")):
         return not overwrite
     if overwrite:  # until this run ends, out_dir holds latents of two checkpoints: a rerun must not reuse them
         (out_dir / RECORD_FILE).unlink(missing_ok=True)
@@ -172,6 +199,8 @@ def _maker(recorded: dict | None, record: dict) -> str:
     if recorded is None:
         return (f"a checkpoint it does not record (no {RECORD_FILE}: labelled before labels recorded their checkpoint, "
                 "or by an interrupted --overwrite run)")
+    if recorded.get("fingerprint") == record["fingerprint"]:
+        return f"the same checkpoint from --cameras {recorded.get('cameras', 'primary')}, not {record['cameras']}"
     return f"{recorded.get('checkpoint')}, whose weights or config.json differ from those of {record['checkpoint']}"
 
 
@@ -205,10 +234,15 @@ def _write_record(out_dir: Path, record: dict) -> None:
 
 def _pair_rate(checkpoint: str | Path) -> dict:
     """The stored rate and stride the latents are at, from the checkpoint's config (fps None: every source frame)."""
+    settings = FlowSettings.of_vae(_saved_config(checkpoint))
+    return {"fps": settings.fps, "stride": settings.stride}
+
+
+def _saved_config(checkpoint: str | Path) -> dict:
+    """The VAE's config.json, read without loading its weights."""
     from latent_action.checkpoint import resolve_checkpoint
 
-    settings = FlowSettings.of_vae(json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text()))
-    return {"fps": settings.fps, "stride": settings.stride}
+    return json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:

@@ -81,7 +81,9 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
     labelling makes its inputs the same way and a build with other settings refuses the VAE:
     `flow_fps` is the stored frame rate (None: every source frame, VAEs from before it was recorded),
     `flow_stride` the pair distance in stored frames, `flow_options` the backend's resolved options,
-    `flow_still_*` where flow was zeroed for lack of change (`flow/still.py`; threshold 0 = never).
+    `flow_still_*` where flow was zeroed for lack of change (`flow/still.py`; threshold 0 = never),
+    `flow_resize` how frames were fitted to the stored size (a recipe's `resize`), `flow_camera_layouts` the camera
+    layouts its flow came from ("single", "t"; None: a VAE from before they were recorded, taken as ["single"]).
     """
 
     @register_to_config
@@ -102,6 +104,8 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
         flow_options: dict[str, Any] | None = None,
         flow_still_threshold: float = 0.0,
         flow_still_radius: int = 6,
+        flow_resize: str = "pad",
+        flow_camera_layouts: list[str] | None = None,
     ):
         super().__init__()
         self.dcae = AutoencoderDC(**dcae_config)

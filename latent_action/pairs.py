@@ -101,13 +101,15 @@ class FlowSettings:
     max_magnitude: float | None = None  # flow-RGB scale; None = flow.to_rgb's default
     still_threshold: float = 0.0  # flow zeroed where neither frame changed (flow/still.py); 0 = off
     still_radius: int = 6
+    fit: str = "pad"  # how frames are fitted to the stored size: a recipe's `resize`
+    layouts: tuple[str, ...] = ("single",)  # the camera layouts trained on (`CameraView.layout`), recorded with the VAE
 
     @classmethod
-    def from_config(cls, flow_config) -> "FlowSettings":
-        """From a training config's `data.flow`."""
+    def from_config(cls, flow_config, layouts: Sequence[str] = ("single",)) -> "FlowSettings":
+        """From a training config's `data.flow`, with the camera layouts of its sources."""
         return cls(flow_config.backend, tuple(sorted(flow_config.options.items())), flow_config.fps, flow_config.stride,
                    flow_config.frame_height, flow_config.frame_width, flow_config.max_magnitude,
-                   flow_config.still_threshold, flow_config.still_radius)
+                   flow_config.still_threshold, flow_config.still_radius, flow_config.resize, tuple(sorted(set(layouts))))
 
     @classmethod
     def of_vae(cls, vae_config) -> "FlowSettings":
@@ -115,7 +117,8 @@ class FlowSettings:
         get = vae_config.get
         return cls(get("flow_backend", "dis"), tuple(sorted((get("flow_options") or {}).items())), get("flow_fps"),
                    int(get("flow_stride") or 1), get("frame_height", 384), get("frame_width", 320), get("flow_max_magnitude"),
-                   float(get("flow_still_threshold") or 0.0), int(get("flow_still_radius", 6)))
+                   float(get("flow_still_threshold") or 0.0), int(get("flow_still_radius", 6)),
+                   get("flow_resize") or "pad", tuple(get("flow_camera_layouts") or ("single",)))
 
     def estimator(self):
         import flow
@@ -129,16 +132,17 @@ class FlowSettings:
         return stored_frames_of(episode.num_frames, episode.fps, self.fps)[1]
 
 
-def episode_flows(episode: Episode, settings: FlowSettings, estimator=None) -> Iterator[np.ndarray]:
+def episode_flows(episode: Episode, settings: FlowSettings, estimator=None, view=None) -> Iterator[np.ndarray]:
     """Flow of every stored-frame pair (t, t + stride), in order, a chunk at a time: float32 [k, H, W, 2].
 
-    Frames are picked and resized as a build does (`pyramid.clips`), so flow is in stored-size pixels.
+    Frames are picked and fitted as a build does (`pyramid.clips`), from the episode's primary camera or `view`
+    (a `CameraView`), so flow is in stored-size pixels.
     """
     estimator = estimator or settings.estimator()
     indices, stride = settings.stored_indices(episode), settings.stride
     size = (settings.frame_height, settings.frame_width)
     for start in range(0, len(indices) - stride, FRAMES_PER_CHUNK):
-        frames = decode_stored(episode, indices[start : start + FRAMES_PER_CHUNK + stride], size)
+        frames = decode_stored(episode, indices[start : start + FRAMES_PER_CHUNK + stride], size, view=view, fit=settings.fit)
         yield zero_unchanged(estimator.sequence(frames, stride), frames, stride, settings.still_threshold, settings.still_radius)
 
 
@@ -179,17 +183,19 @@ class EpisodePairs(PairSet):
         self.skipped: dict[str, str] = {}  # episode id -> why it was left out
         self._stacked: np.ndarray | None = None
 
-    def add_episode(self, episode: Episode, group: str | None = None, estimator=None) -> None:
+    def add_episode(self, episode: Episode, group: str | None = None, estimator=None, view=None) -> None:
+        """Add every pair of the episode, or none of them where making its flow fails (an EpisodeError)."""
         settings = self.settings
         actions = episode_pair_actions(episode, settings)
-        index = 0
-        for flows in episode_flows(episode, settings, estimator):
-            rgb = resize_images(flow_to_rgb(flows, settings.max_magnitude), self.image_size, self.image_size)
-            self.chunks.append(rgb)
-            for _ in range(len(rgb)):
-                action = None if actions is None else actions[index]
-                self.table.append(episode.episode_id, episode.source, episode.embodiment, index, action, group)
-                index += 1
+        try:
+            chunks = [resize_images(flow_to_rgb(flows, settings.max_magnitude), self.image_size, self.image_size)
+                      for flows in episode_flows(episode, settings, estimator, view)]
+        except (EpisodeError, OSError, ValueError) as exc:
+            raise episode_error(episode.path, exc) from exc
+        self.chunks.extend(chunks)
+        for index in range(sum(map(len, chunks))):
+            action = None if actions is None else actions[index]
+            self.table.append(episode.episode_id, episode.source, episode.embodiment, index, action, group)
         if episode.actions is not None and episode.action_names:
             self.table.action_names.setdefault(episode.embodiment, list(episode.action_names))
         self._stacked = None
@@ -214,7 +220,12 @@ def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | N
         try:
             yield reader.load(ref)
         except (EpisodeError, OSError, ValueError) as exc:
-            yield exc if isinstance(exc, EpisodeError) else EpisodeError(ref.path, f"{exc.__class__.__name__}: {exc}")
+            yield episode_error(ref.path, exc)
+
+
+def episode_error(path: str | Path, exc: Exception) -> EpisodeError:
+    """`exc` as the EpisodeError that names the episode at `path` (itself where it is one)."""
+    return exc if isinstance(exc, EpisodeError) else EpisodeError(path, f"{exc.__class__.__name__}: {exc}")
 
 
 # ------------------------------------------------------------------------------------------------- lance
@@ -263,9 +274,11 @@ def build_flow_settings(manifest: Path) -> FlowSettings:
         recipe = json.loads(manifest.read_text())["recipe"]
         flow = recipe["flow"]
         height, width = recipe["video_size"]
+        layouts = sorted({"t" if isinstance(source.get("cameras"), dict) else "single" for source in recipe.get("sources", [])})
         return FlowSettings(flow["backend"], tuple(sorted(flow.get("options", {}).items())), float(recipe["fps"]),
                             int(flow.get("stride", 1)), int(height), int(width), None,
-                            float(flow.get("still_threshold", 0.0)), int(flow.get("still_radius", 6)))
+                            float(flow.get("still_threshold", 0.0)), int(flow.get("still_radius", 6)),
+                            recipe.get("resize", "pad"), tuple(layouts) or ("single",))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EpisodeError(manifest, f"cannot tell how the build beside it made its flow ({exc.__class__.__name__}: {exc}); "
                                      "train from a finished build's flow.lance") from exc

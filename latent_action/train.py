@@ -26,6 +26,7 @@ from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
+from pyramid.cameras import CameraView
 from pyramid.errors import EpisodeError
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
@@ -176,6 +177,7 @@ def build_model(config: TrainConfig, settings: FlowSettings) -> LatentActionVAE:
         "flow_fps": settings.fps, "flow_stride": settings.stride,
         "flow_still_threshold": settings.still_threshold, "flow_still_radius": settings.still_radius,
         "flow_options": flow.resolved_options(settings.backend, dict(settings.options)),
+        "flow_resize": settings.fit, "flow_camera_layouts": list(settings.layouts),
     }
     if config.model.head_hidden_dim:
         recorded["head_hidden_dim"] = config.model.head_hidden_dim
@@ -186,15 +188,20 @@ def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]
     data = config.data
     if data.lance is not None:
         return LancePairs(data.lance, image_size)
-    pairs = EpisodePairs(image_size, FlowSettings.from_config(data.flow))
+    views = [CameraView.of_recipe(source.cameras, data.flow.resize) for source in data.sources]
+    pairs = EpisodePairs(image_size, FlowSettings.from_config(data.flow, [view.layout for view in views]))
     estimator = pairs.settings.estimator()
-    for number, source in enumerate(data.sources):
+    for number, (source, view) in enumerate(zip(data.sources, views)):
         for episode in read_episodes(source.root, source.kind, source.embodiment, source.max_episodes):
             if isinstance(episode, Exception):
                 pairs.skipped[str(episode.path)] = str(episode)
                 echo(f"skipped: {episode}")
                 continue
-            pairs.add_episode(episode, group=f"sources[{number}]", estimator=estimator)
+            try:
+                pairs.add_episode(episode, group=f"sources[{number}]", estimator=estimator, view=view)
+            except EpisodeError as exc:
+                pairs.skipped[str(exc.path)] = str(exc)
+                echo(f"skipped: {exc}")
     if not len(pairs):
         raise ValueError(f"the configured sources hold no episode with two or more frames at {data.flow.fps:g} fps")
     return pairs

@@ -15,6 +15,10 @@ import numpy as np
 from pyramid.errors import EpisodeError
 
 
+# How messages name a layout.
+LAYOUT_WORDS = {"single": "one camera's view", "t": "T-layout views (the head camera above two wrist cameras)"}
+
+
 @dataclass(frozen=True)
 class CameraView:
     names: tuple[str, ...] = ()  # () = the episode's primary camera
@@ -27,6 +31,24 @@ class CameraView:
         if isinstance(cameras, str):
             return cls((), "single", fit) if cameras == "primary" else cls((cameras,), "single", fit)
         return cls(tuple(cameras.names), cameras.layout, fit)
+
+    @classmethod
+    def of_option(cls, text: str, fit: str) -> "CameraView":
+        """From a command's `--cameras`: `primary`, a camera name, or `t:HEAD,LEFT_WRIST,RIGHT_WRIST`; a ValueError
+        saying what is wrong otherwise."""
+        layout, colon, names = text.partition(":")
+        if not colon:
+            return cls.of_recipe(text.strip() or "primary", fit)
+        names = tuple(name.strip() for name in names.split(","))
+        if layout.strip() != "t" or len(names) != 3 or not all(names):
+            raise ValueError(f"--cameras {text!r}: expected 'primary', a camera name, or 't:HEAD,LEFT_WRIST,RIGHT_WRIST'")
+        return cls(names, "t", fit)
+
+    def as_option(self) -> str:
+        """The view as `--cameras` names it (`of_option`)."""
+        if self.layout == "t":
+            return "t:" + ",".join(self.names)
+        return self.names[0] if self.names else "primary"
 
     def cameras_of(self, episode) -> list[str]:
         """The episode's cameras this view uses, or an EpisodeError naming the missing one and those it has."""

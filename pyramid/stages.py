@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from pyramid.cameras import CameraView
+from pyramid.cameras import LAYOUT_WORDS, CameraView
 from pyramid.clips import PART_FRAMES, ClipSpan, clip_parts, clip_spans, decode_stored_parts, stored_frames_of
 from pyramid.episode import Episode, EpisodeRef
 from pyramid.episode_outputs import EpisodeSummary, part_outputs, part_record, recorded_part, timed
@@ -279,11 +279,28 @@ def check_vae_matches(config: Any, recipe: Recipe) -> None:
     trained_stride = int(config.get("flow_stride") or 1)
     if trained_stride != recipe.flow.stride:
         problems.append(f"trained on pairs {trained_stride} stored frame(s) apart, the recipe's flow stride is {recipe.flow.stride}")
+    problems += _view_problems(config, recipe)
     scale = config.flow_max_magnitude or flow.DEFAULT_MAX_MAGNITUDE
     if scale != flow.DEFAULT_MAX_MAGNITUDE:
         problems.append(f"flow-RGB scale is {scale} px, builds use {flow.DEFAULT_MAX_MAGNITUDE} px")
     if problems:
         raise ValueError(f"{recipe.vae}: VAE does not match the recipe: {'; '.join(problems)}")
+
+
+def _view_problems(config: Any, recipe: Recipe) -> list[str]:
+    """How the recipe fits frames and lays out cameras, against what the VAE's flow came from: a padded frame's
+    flow is not a cropped one's, and a T-layout frame holds three pictures where a single view holds one."""
+    problems = []
+    trained_fit = _recorded(config, "flow_resize", "pad")
+    if trained_fit != recipe.resize:
+        problems.append(f"trained on frames fitted by '{trained_fit}', the recipe's resize is '{recipe.resize}'")
+    trained_layouts = list(_recorded(config, "flow_camera_layouts", ["single"]))
+    for number, source in enumerate(recipe.sources):
+        layout = source.camera_view(recipe.resize).layout
+        if layout not in trained_layouts:
+            problems.append(f"sources[{number}] ({source.kind}) stores {LAYOUT_WORDS[layout]}, the VAE was trained on "
+                            + " and ".join(LAYOUT_WORDS[name] for name in trained_layouts))
+    return problems
 
 
 def _recorded(config: Any, key: str, default: Any) -> Any:
