@@ -4,7 +4,7 @@ convention `pyramid train` shares (pyramid/training/checkpoints.py: naming, atom
     step_0000500/
       config.json, diffusion_pytorch_model.safetensors   the VAE (`LatentActionVAE.from_pretrained(dir)`)
       action_normalizer.json                             per-embodiment q01/q99 of the real actions
-      heldout_episodes.json                              labelled episodes kept out of training
+      heldout_episodes.json                              episodes kept out of training (data.holdout_by)
       optimizer.safetensors                              AdamW moments and step counts
       rng.safetensors                                    the noise generator's, torch's (and CUDA's) RNG states
       training_state.json                                step, optimizer param groups, LR scheduler

@@ -86,6 +86,9 @@ class DataConfig(Strict):
     labelled_fraction: float = Field(DEFAULT_LABELLED_FRACTION, ge=0, le=1)
     # Labelled episodes kept out of training, for the probe in `eval-latents` and the periodic preview.
     holdout_fraction: float = Field(0.25, ge=0, lt=1)
+    # What holdout_fraction is a fraction of: labelled episodes, or tasks (every episode of a held-out task stays
+    # out of training, so that eval-latents scores tasks the VAE never saw; needs episodes that name their task).
+    holdout_by: Literal["episodes", "tasks"] = "episodes"
 
     @model_validator(mode="after")
     def _one_input(self) -> "DataConfig":

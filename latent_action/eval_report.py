@@ -18,7 +18,8 @@ def write_eval_report(out_dir: Path, result: dict) -> Path:
     """Write `<out_dir>/report.html` from the eval result and the PNGs already in `out_dir`."""
     sections = [
         f"<h1>Latent-action evaluation</h1><p>checkpoint {html.escape(result['checkpoint'])}<br>data "
-        f"{html.escape(result['data'])}, split '{result['split']}'<br>{_pairs_line(result.get('pairs'))}</p>",
+        f"{html.escape(result['data'])}, split '{result['split']}'"
+        f"{' (held out by whole tasks, unseen in training)' if (result['split'], result.get('heldout_by')) == ('heldout', 'tasks') else ''}<br>{_pairs_line(result.get('pairs'))}</p>",
         _probe_table(result["probe"]),
         _flow_table(result["flow"]),
         "<h2>Flow input (top) and reconstruction (bottom), most moving held-out pairs</h2>" + embed(out_dir / "flow_preview.png"),

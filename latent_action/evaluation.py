@@ -159,7 +159,7 @@ def evaluate_latents(
     if not any(e.scored for d in per_embodiment.values() for e in d.episodes):
         raise ValueError(f"{data_root}: none of the {len(heldout)} episodes the checkpoint held out is here; try --split all")
     result = {
-        "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "alpha": alpha,
+        "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "heldout_by": heldout_by(checkpoint), "alpha": alpha,
         "pairs": {"fps": settings.fps, "stride": settings.stride, "size": [settings.frame_height, settings.frame_width],
                   "backend": settings.backend, "resize": settings.fit, "cameras": view.as_option()},
         "probe": _probe_report(per_embodiment, alpha, out_dir),
@@ -174,6 +174,13 @@ def evaluate_latents(
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     write_eval_report(out_dir, result)
     return result
+
+
+def heldout_by(checkpoint: str | Path) -> str:
+    """What the checkpoint's held-out episodes were drawn from: "episodes", or "tasks" (whole tasks it never saw)."""
+    from latent_action.checkpoint import resolve_checkpoint, saved_train_config
+
+    return ((saved_train_config(resolve_checkpoint(checkpoint)) or {}).get("data") or {}).get("holdout_by", "episodes")
 
 
 def check_alpha(alpha: float) -> None:

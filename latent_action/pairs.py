@@ -48,13 +48,16 @@ class PairTable:
     pair_index: list[int] = field(default_factory=list)
     action: list[np.ndarray | None] = field(default_factory=list)
     group: list[str] = field(default_factory=list)  # what the sampler weighs: a config `sources` entry, or the source name
+    task: list[str] = field(default_factory=list)  # the episode's task ("" where it names none, and in a flow.lance)
     action_names: dict[str, list[str]] = field(default_factory=dict)  # per embodiment, where known
 
     def __len__(self) -> int:
         return len(self.episode_id)
 
-    def append(self, episode_id: str, source: str, embodiment: str, pair_index: int, action: np.ndarray | None, group: str | None = None) -> None:
+    def append(self, episode_id: str, source: str, embodiment: str, pair_index: int, action: np.ndarray | None, group: str | None = None,
+               task: str = "") -> None:
         self.group.append(source if group is None else group)
+        self.task.append(task)
         self.episode_id.append(episode_id)
         self.source.append(source)
         self.embodiment.append(embodiment)
@@ -195,7 +198,7 @@ class EpisodePairs(PairSet):
         self.chunks.extend(chunks)
         for index in range(sum(map(len, chunks))):
             action = None if actions is None else actions[index]
-            self.table.append(episode.episode_id, episode.source, episode.embodiment, index, action, group)
+            self.table.append(episode.episode_id, episode.source, episode.embodiment, index, action, group, episode.task or "")
         if episode.actions is not None and episode.action_names:
             self.table.action_names.setdefault(episode.embodiment, list(episode.action_names))
         self._stacked = None
@@ -306,17 +309,31 @@ def _unpack_flow(blob: bytes | None, path: Path, index: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ splits
 
 
-def heldout_episodes(table: PairTable, fraction: float) -> set[str]:
-    """A deterministic `fraction` of the labelled episodes (by hash of the id), kept out of training.
+def heldout_episodes(table: PairTable, fraction: float, by: str = "episodes") -> set[str]:
+    """Episodes kept out of training, chosen by hash so that the choice is deterministic.
 
-    At least one episode is held out when fraction > 0 and there are two or more labelled episodes.
+    By episodes: a `fraction` of the labelled episodes (at least one when fraction > 0 and there are two or more).
+    By tasks: every episode, labelled or not, of a `fraction` of the tasks that have labelled episodes (at least
+    one task, never all), so that a probe scores the latents of tasks the VAE never saw; a ValueError where the
+    episodes name fewer than two such tasks.
     """
-    labelled = sorted({e for e, a in zip(table.episode_id, table.action) if a is not None})
-    if fraction <= 0 or len(labelled) < 2:
-        return set()
-    count = min(len(labelled) - 1, max(1, math.floor(fraction * len(labelled) + 0.5)))
-    ranked = sorted(labelled, key=lambda e: hashlib.sha1(e.encode()).hexdigest())
-    return set(ranked[:count])
+    labelled = {e: t for e, t, a in zip(table.episode_id, table.task, table.action) if a is not None}
+    if by == "tasks":
+        tasks = sorted({task for task in labelled.values() if task})
+        if fraction > 0 and len(tasks) < 2:
+            raise ValueError(f"holdout_by: tasks needs labelled episodes of two or more named tasks; these name {len(tasks)}"
+                             + (" (a flow.lance records no task: train from data.sources)" if not any(table.task) else ""))
+        held = set(_first_by_hash(tasks, fraction))
+        return {episode for episode, task in zip(table.episode_id, table.task) if task in held}
+    return set(_first_by_hash(sorted(labelled), fraction))
+
+
+def _first_by_hash(names: list[str], fraction: float) -> list[str]:
+    """round(fraction x n) of `names` (at least one, never all; none for fraction 0 or fewer than two), by SHA-1."""
+    if fraction <= 0 or len(names) < 2:
+        return []
+    count = min(len(names) - 1, max(1, math.floor(fraction * len(names) + 0.5)))
+    return sorted(names, key=lambda name: hashlib.sha1(name.encode()).hexdigest())[:count]
 
 
 def hide_labels(table: PairTable, candidates: np.ndarray, share: float, by: str = "pairs", seed: int = 0) -> int:

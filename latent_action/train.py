@@ -46,7 +46,7 @@ class Batch:
 @dataclass
 class TrainingData:
     pairs: PairSet
-    heldout: set[str]  # labelled episodes kept out of training
+    heldout: set[str]  # episodes kept out of training (data.holdout_by)
     train_indices: np.ndarray
     eval_indices: np.ndarray  # held-out pairs (training pairs when nothing is held out)
     normalizer: ActionNormalizer
@@ -134,7 +134,10 @@ def _write(log, record: dict) -> None:
 def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingData:
     """The flow pairs, the held-out split, the label share and the action normalisation fitted on the training pairs."""
     pairs = open_pairs(config, PRESETS[config.model.preset].image_size, echo)
-    heldout = heldout_episodes(pairs.table, config.data.holdout_fraction)
+    heldout = heldout_episodes(pairs.table, config.data.holdout_fraction, config.data.holdout_by)
+    if config.data.holdout_by == "tasks":
+        tasks = sorted({task for episode, task in zip(pairs.table.episode_id, pairs.table.task) if episode in heldout})
+        echo(f"held out of training: every episode of {len(tasks)} task(s): {'; '.join(tasks)}")
     train_indices = indices_of(pairs.table, heldout, keep=False)
     heldout_indices = indices_of(pairs.table, heldout, keep=True)
     labels = config.data.labels

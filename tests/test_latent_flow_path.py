@@ -10,7 +10,7 @@ import pytest
 import flow
 from latent_action.config import parse_config
 from latent_action.evaluation import flow_grid
-from latent_action.pairs import FlowSettings, PairTable, hide_labels
+from latent_action.pairs import FlowSettings, PairTable, heldout_episodes, hide_labels
 from latent_action.presets import build_vae
 from pyramid.clips import pair_actions, stored_frames_of
 from pyramid.errors import BuildError
@@ -145,3 +145,41 @@ def test_still_mask_keeps_no_recipe_fingerprint_change_at_its_default(tmp_path):
     plain = Recipe(**base).content_fingerprint()
     assert Recipe(**base, flow={"still_threshold": 0, "still_radius": 6}).content_fingerprint() == plain
     assert Recipe(**base, flow={"still_threshold": 6}).content_fingerprint() != plain
+
+
+def pairs_of_tasks(tasks: dict[str, int], labelled: bool = True) -> PairTable:
+    """Two pairs of each of `count` episodes of each task, named `<task>-<n>`."""
+    table = PairTable()
+    for task, count in tasks.items():
+        for episode in range(count):
+            for pair in range(2):
+                table.append(f"{task}-{episode}", "s", "arm", pair, np.zeros(3, np.float32) if labelled else None, task=task)
+    return table
+
+
+def test_holding_out_by_tasks_keeps_every_episode_of_a_share_of_the_tasks_out():
+    table = pairs_of_tasks({f"task {n}": 5 for n in range(6)})
+    table.append("unlabelled-0", "s", "arm", 0, None, task="task 0")  # a held-out task's unlabelled episode goes too
+    task_of = dict(zip(table.episode_id, table.task))
+    heldout = heldout_episodes(table, 0.25, "tasks")
+    tasks = {task_of[episode] for episode in heldout}
+    assert len(tasks) == 2  # round(0.25 x 6)
+    assert heldout == {e for e, t in task_of.items() if t in tasks}
+    assert ("unlabelled-0" in heldout) == ("task 0" in tasks)
+    assert heldout_episodes(table, 0.25, "tasks") == heldout  # deterministic
+    assert len({task_of[episode] for episode in heldout_episodes(table, 0.99, "tasks")}) == 5  # never every task
+    assert heldout_episodes(table, 0.0, "tasks") == set()
+    assert len(heldout_episodes(table, 0.25)) == 8  # by episodes: round(0.25 x 30) of the labelled episodes
+
+
+def test_holding_out_by_tasks_needs_two_named_tasks():
+    with pytest.raises(ValueError, match="two or more named tasks; these name 1$"):
+        heldout_episodes(pairs_of_tasks({"pick": 4}), 0.25, "tasks")
+    no_task = pairs_of_tasks({"": 4})
+    with pytest.raises(ValueError, match="name 0 \\(a flow.lance records no task: train from data.sources\\)"):
+        heldout_episodes(no_task, 0.25, "tasks")
+    with pytest.raises(ValueError, match="two or more named tasks"):  # unlabelled tasks cannot be scored
+        table = pairs_of_tasks({"pick": 3})
+        for pair in range(2):
+            table.append("push-0", "s", "arm", pair, None, task="push")
+        heldout_episodes(table, 0.5, "tasks")

@@ -305,3 +305,28 @@ def test_label_curve_trains_one_vae_per_share_on_one_split_and_reuses_finished_r
     again: list[str] = []
     label_curve(config_file, sample / "lerobot", shares=[0.0], device="cpu", show_progress=False, echo=again.append)
     assert any(m.startswith("reusing ") for m in again)
+
+
+def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_path):
+    from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+    from tests.fixtures.lerobot import ACTION_NAMES, STATE_NAMES, moving_square_frames, trajectory
+
+    tasks = ["pick the red cube", "open the drawer", "push the button"]
+    episodes = [RecordedEpisode(tasks[i % 3], trajectory(i, 8), trajectory(i, 8) / 2,
+                                {"observation.images.top": moving_square_frames(8, 48, 64, seed=i)}) for i in range(6)]
+    write_lerobot_v3(tmp_path / "data", episodes, fps=10, robot_type="arm", state_names=STATE_NAMES, action_names=ACTION_NAMES,
+                     overwrite=True)
+    config = config_dict(tmp_path, tmp_path / "run", max_steps=2)
+    config["data"] |= {"sources": [{"root": str(tmp_path / "data")}], "holdout_fraction": 0.34, "holdout_by": "tasks"}
+    log = []
+    checkpoint = train(parse_config(config), show_progress=False, echo=log.append)
+    heldout = set(json.loads((checkpoint / "heldout_episodes.json").read_text()))
+    reader = open_source(tmp_path / "data")
+    task_of = {ref.episode_id: reader.load(ref).task for ref in reader.discover()}
+    held_tasks = {task_of[episode] for episode in heldout}
+    assert len(held_tasks) == 1 and heldout == {e for e, task in task_of.items() if task in held_tasks}  # both episodes of it
+    assert any(line.startswith(f"held out of training: every episode of 1 task(s): {held_tasks.pop()}") for line in log)
+    assert "pairs: 28 for training (28 labelled), 14 held out from 2 episodes" in log  # 4 episodes of 7 pairs train
+    result = evaluate_latents(checkpoint, tmp_path / "data", tmp_path / "eval", device="cpu", echo=lambda _: None)
+    assert result["heldout_by"] == "tasks" and result["probe"]["per_embodiment"]["arm"]["scored_episodes"] == 2
+    assert "held out by whole tasks" in (tmp_path / "eval" / "report.html").read_text()
