@@ -190,7 +190,9 @@ def build_model(config: TrainConfig, settings: FlowSettings) -> LatentActionVAE:
 def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]) -> PairSet:
     data = config.data
     if data.lance is not None:
-        return LancePairs(data.lance, image_size)
+        pairs = LancePairs(data.lance, image_size)
+        refuse_other_flow(data.flow, pairs.settings, data.lance)
+        return pairs
     views = [CameraView.of_recipe(source.cameras, data.flow.resize) for source in data.sources]
     pairs = EpisodePairs(image_size, FlowSettings.from_config(data.flow, [view.layout for view in views]))
     estimator = pairs.settings.estimator()
@@ -208,6 +210,30 @@ def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]
     if not len(pairs):
         raise ValueError(f"the configured sources hold no episode with two or more frames at {data.flow.fps:g} fps")
     return pairs
+
+
+# data.flow keys -> the FlowSettings field each sets
+FLOW_KEYS = {"backend": "backend", "options": "options", "fps": "fps", "stride": "stride", "frame_height": "frame_height",
+             "frame_width": "frame_width", "still_threshold": "still_threshold", "still_radius": "still_radius",
+             "max_magnitude": "max_magnitude", "resize": "fit"}
+
+
+def refuse_other_flow(flow_config, built: FlowSettings, lance: Path) -> None:
+    """A ValueError naming each `data.flow` key a config sets that contradicts how the build made its flow.lance: the VAE
+    trains on, and records, the build's flow, so such a key would say something about the VAE that is not true."""
+    import flow
+
+    wanted = FlowSettings.from_config(flow_config)
+    resolved = {"options": (flow.resolved_options(wanted.backend, dict(wanted.options)), flow.resolved_options(built.backend, dict(built.options))),
+                "backend": (wanted.backend.partition(":")[0], built.backend.partition(":")[0])}
+    problems = []
+    for key in sorted(flow_config.model_fields_set & FLOW_KEYS.keys()):
+        mine, theirs = resolved.get(key, (getattr(wanted, FLOW_KEYS[key]), getattr(built, FLOW_KEYS[key])))
+        if mine != theirs:
+            problems.append(f"data.flow.{key} is {mine!r}, the build's is {theirs!r}")
+    if problems:
+        raise ValueError(f"{lance}: made with other flow settings than data.flow says ({'; '.join(problems)}): a VAE trained "
+                         "from a build's flow.lance takes the build's; leave those keys out, or build with them")
 
 
 def sampling_weights(config: TrainConfig) -> dict[str, float]:

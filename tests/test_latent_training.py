@@ -210,8 +210,14 @@ def test_lance_flow_dataset_feeds_training(tmp_path):
         "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1},
         "run": {"out_dir": str(tmp_path / "run"), "eval_every": 2, "checkpoint_every": 2},
     }
+    config["data"]["flow"] = {"backend": "dis", "frame_height": 384, "options": {"preset": "balanced"}}  # as the build's
     checkpoint = train(parse_config(config), show_progress=False, echo=lambda _: None)
     assert (checkpoint / "diffusion_pytorch_model.safetensors").is_file()
+    config["data"]["flow"] = {"backend": "dis", "fps": 5, "frame_height": 384, "options": {"preset": "fast"}}
+    config["run"]["out_dir"] = str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"flow.lance: made with other flow settings than data.flow says \(data.flow.fps is 5.0, "
+                                         r"the build's is 10.0; data.flow.options is \{'preset': 'fast'"):
+        train(parse_config(config), show_progress=False, echo=lambda _: None)
 
 
 def test_lance_flow_dataset_from_an_older_build_or_with_a_damaged_row_is_named(tmp_path):
