@@ -79,6 +79,44 @@ def test_attributes_stored_as_bytes_are_decoded(tmp_path):
     assert episode.metadata["attrs"]["llm_objects"] == ["box", "lid"]
 
 
+def test_a_reversible_task_never_takes_the_reverse_sentence(tmp_path):
+    """which_llm_description '2' names llm_description2; llm_description describes the opposite motion."""
+    for number, second in enumerate([None, "  "]):
+        attrs = fixture.reversible("2", "Put the lid on the jar.", second or "")
+        if second is None:
+            del attrs["llm_description2"]
+        fixture.write_episode(tmp_path / f"task/{number}", 5, attrs)
+        episode = read(tmp_path, f"task/{number}.hdf5")
+        assert episode.instructions == []
+        assert "llm_description2 is missing or empty" in episode.metadata["instruction_missing"]
+
+
+def test_a_sentence_stored_as_an_array_or_with_spaces_is_the_sentence(tmp_path):
+    import h5py
+
+    cases = {"array": (np.array(["Wipe the screen."], dtype=h5py.string_dtype()), ["Wipe the screen."]),
+             "padded": ("  Wipe the screen.\n", ["Wipe the screen."]),
+             "empty": (h5py.Empty("S10"), []),
+             "several": (np.array(["Wipe.", "Dry."], dtype=h5py.string_dtype()), [])}
+    for name, (value, instructions) in cases.items():
+        fixture.write_episode(tmp_path / f"{name}/0", 5, {"llm_description": value})
+        assert read(tmp_path, f"{name}/0.hdf5").instructions == instructions, name
+
+
+def test_unknown_confidences_and_attributes_leave_the_episode_readable(tmp_path):
+    """Metadata is a record, not data a build writes: a NaN there is an unknown, not a broken episode."""
+    import h5py
+
+    fixture.write_episode(tmp_path / "task/0", 5, {"llm_description": "Wave.", "annotator_version": np.nan})
+    with h5py.File(tmp_path / "task/0.hdf5", "r+") as file:
+        file["confidences/leftHand"][1] = np.nan
+        file["confidences/rightHand"][...] = np.nan
+        kept = np.delete(file["confidences/leftHand"][...], 1)
+    metadata = read(tmp_path, "task/0.hdf5").metadata
+    assert metadata["mean_confidence"]["leftHand"] == pytest.approx(float(kept.mean()))
+    assert metadata["mean_confidence"]["rightHand"] is None and metadata["attrs"]["annotator_version"] is None
+
+
 def test_empty_intrinsics_fall_back_to_the_constant(dataset):
     fallback = read(dataset, "part1/wipe_screen/0.hdf5").metadata
     np.testing.assert_allclose(fallback["intrinsics"], DEFAULT_INTRINSICS)

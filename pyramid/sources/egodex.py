@@ -5,6 +5,7 @@ State is the two wrists and ten fingertips in the camera frame; there are no act
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -125,7 +126,10 @@ def _read_tracking(path: Path) -> dict[str, Any]:
         "attrs": attrs,
     }
     state = _positions_in_camera_frame(camera_pose, joint_poses, path)  # NaN stays NaN: check_episode names the frame
-    return {"state": state, "instruction": _instruction(attrs), "metadata": metadata}
+    instruction, why_none = _instruction(attrs)
+    if why_none:
+        metadata["instruction_missing"] = why_none
+    return {"state": state, "instruction": instruction, "metadata": metadata}
 
 
 def _read_transforms(file: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +182,9 @@ def _intrinsics(file: Any, path: Path) -> tuple[np.ndarray, str]:
     return stored, "file"
 
 
-def _mean_confidences(file: Any, path: Path) -> dict[str, float] | None:
-    """Mean tracking confidence per state joint, or None when the file has no `confidences` group."""
+def _mean_confidences(file: Any, path: Path) -> dict[str, float | None] | None:
+    """Mean tracking confidence per state joint over its finite values (None where it has none), or None when the
+    file has no `confidences` group."""
     if "confidences" not in file:
         return None
     means = {}
@@ -188,7 +193,9 @@ def _mean_confidences(file: Any, path: Path) -> dict[str, float] | None:
         if data is not None and data.size:
             if data.dtype.kind not in "fiu":
                 raise EpisodeError(path, f"'confidences/{joint}' has dtype {data.dtype}, expected float")
-            means[joint] = float(np.mean(data))
+            values = np.asarray(data, np.float64)
+            finite = values[np.isfinite(values)]  # a NaN confidence is a frame of unknown confidence
+            means[joint] = float(finite.mean()) if finite.size else None
     return means
 
 
@@ -204,23 +211,42 @@ def _dataset(file: Any, key: str, path: Path) -> Any:
     return item
 
 
-def _instruction(attrs: dict[str, Any]) -> str:
-    """The task sentence, chosen as the official loader does: reversible tasks pick by `which_llm_description`."""
-    first = str(attrs.get("llm_description") or "")
-    if attrs.get("llm_type") != "reversible":
-        return first
-    second = str(attrs.get("llm_description2") or "")
-    return first if str(attrs.get("which_llm_description", "1")).strip() == "1" or not second else second
+def _instruction(attrs: dict[str, Any]) -> tuple[str, str | None]:
+    """The task sentence, chosen as the official loader does (reversible tasks pick by `which_llm_description`), and
+    why there is none where the file names the sentence it lacks. A reversible task's other sentence describes the
+    reverse motion, so it never stands in for the one chosen."""
+    first = _text(attrs.get("llm_description"))
+    if attrs.get("llm_type") != "reversible" or str(attrs.get("which_llm_description", "1")).strip() == "1":
+        return first, None
+    second = _text(attrs.get("llm_description2"))
+    if not second:
+        return "", "which_llm_description is '2' but llm_description2 is missing or empty (llm_description is the reverse task)"
+    return second, None
+
+
+def _text(value: Any) -> str:
+    """An attribute holding one sentence as text: a string, or a one-element array of one (as `_plain` gives it);
+    anything else (None, an empty attribute, a list of several) is no sentence."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return value.strip() if isinstance(value, str) else ""
 
 
 def _plain(value: Any) -> Any:
-    """An HDF5 attribute as str / number / bool / list, whether h5py gave bytes, str or numpy values."""
+    """An HDF5 attribute as str / number / bool / list, whether h5py gave bytes, str or numpy values; None for an
+    empty attribute and for a non-finite number (metadata is JSON, and the value says nothing)."""
+    import h5py
+
+    if isinstance(value, h5py.Empty):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, (bytes, np.bytes_)):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, np.ndarray):
         return [_plain(item) for item in value.tolist()] if value.ndim else _plain(value.item())
     if isinstance(value, np.generic):
-        return value.item()
+        return _plain(value.item())
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
