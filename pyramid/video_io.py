@@ -10,6 +10,7 @@ video (HLG, PQ) is tone-mapped (`pyramid/hdr.py`).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -350,8 +351,8 @@ class PacketTimeline:
     """Frame i is the i-th frame in display order, as decord numbers frames and `probe` counts them, whatever their
     spacing: one pass over the packets (no decoding, in an opening of its own) lists every frame's timestamp."""
 
-    def __init__(self, path: Path, stream):
-        self.pts, _ = _display_timestamps(path)
+    def __init__(self, source: Path | bytes, stream):
+        self.pts, _ = _display_timestamps(source)
         # packets without timestamps (some raw streams): only the rate can number frames
         self.by_rate = None if len(self.pts) else ConstantRateTimeline(stream)
 
@@ -366,13 +367,30 @@ class PacketTimeline:
             container.seek(int(self.pts[first]), stream=stream, backward=True)
 
 
-def _display_timestamps(path: Path) -> tuple[np.ndarray, Fraction]:
-    """The timestamps of the video's frames in display order, and their time base, from its packets (no decoding)."""
-    with av.open(str(path)) as container:
-        stream = video_stream(container, path)
+def _display_timestamps(source: Path | bytes) -> tuple[np.ndarray, Fraction]:
+    """The timestamps of the video's frames in display order, and their time base, from its packets (no decoding), of
+    a file or of a clip's bytes. A file's are listed once while it is unchanged: its frame times, then every read of it
+    (each chunk of an unordered read, a retry from the start), would each demux the whole file again."""
+    if not isinstance(source, (str, os.PathLike)):
+        return _listed_timestamps(io.BytesIO(source), "clip")
+    status = os.stat(source)
+    return _file_timestamps(str(source), (status.st_ino, status.st_size, status.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _file_timestamps(path: str, version: tuple[int, int, int]) -> tuple[np.ndarray, Fraction]:
+    """`_listed_timestamps` of a file, kept by its inode, size and modification time too: a file written anew, in
+    place or renamed over it, is listed anew."""
+    return _listed_timestamps(path, Path(path))
+
+
+def _listed_timestamps(source, origin) -> tuple[np.ndarray, Fraction]:
+    with av.open(source) as container:
+        stream = video_stream(container, origin)
         pts = np.unique([packet.pts for packet in container.demux(stream)
-                         if _shows_a_frame(packet) and packet.pts is not None])
-        return pts.astype(np.int64), stream.time_base
+                         if _shows_a_frame(packet) and packet.pts is not None]).astype(np.int64)
+        pts.flags.writeable = False  # shared by every reader of the file
+        return pts, stream.time_base
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:
@@ -395,13 +413,13 @@ def frames_at_constant_rate(times: np.ndarray, fps: float) -> np.ndarray:
     return np.searchsorted(times, (np.arange(ticks) + 0.5) / fps, side="right") - 1
 
 
-def file_timeline(path: Path, stream) -> ConstantRateTimeline | PacketTimeline:
-    """How to number the frames of the video file `stream` is opened from. The timestamps of a variable-frame-rate
-    file (a phone recording, a webm with dropped frames) are not multiples of 1/fps, and frame numbers computed from
-    them would miss or repeat frames: those files are numbered from their packets. A file whose header shows evenly
-    spaced frames keeps the arithmetic: listing the packets of a LeRobot v3 file (hundreds of episodes in one mp4)
-    for each episode would cost more than decoding it."""
-    return ConstantRateTimeline(stream) if _constant_rate(stream) else PacketTimeline(path, stream)
+def file_timeline(source: Path | bytes, stream) -> ConstantRateTimeline | PacketTimeline:
+    """How to number the frames of the video file (or clip's bytes) `stream` is opened from. The timestamps of a
+    variable-frame-rate file (a phone recording, a webm with dropped frames) are not multiples of 1/fps, and frame
+    numbers computed from them would miss or repeat frames: those files are numbered from their packets. A file whose
+    header shows evenly spaced frames keeps the arithmetic: listing the packets of a LeRobot v3 file (hundreds of
+    episodes in one mp4) for each episode would cost more than decoding it."""
+    return ConstantRateTimeline(stream) if _constant_rate(stream) else PacketTimeline(source, stream)
 
 
 def _constant_rate(stream) -> bool:
@@ -417,14 +435,15 @@ def read_clip(data: bytes, indices: Sequence[int], origin: str | os.PathLike) ->
 
     Made for a trainer's loader, which opens a new clip for every example: the container is opened
     without decoding a frame to probe it (mp4 keeps the size and codec in its header), and decoding
-    runs on one thread, as loader workers already run one per core.
+    runs on one thread, as loader workers already run one per core. A clip whose header does not show
+    evenly spaced frames (not one a build writes) is numbered from its packets, as a file is.
     """
     wanted = [int(i) for i in indices]
     try:
         with av.open(io.BytesIO(data), stream_options=[{"skip_frame": "all"}]) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
-            frames = _decode(container, stream, wanted, ConstantRateTimeline(stream))
+            frames = _decode(container, stream, wanted, file_timeline(data, stream))
     except (av.error.FFmpegError, IndexError) as exc:
         raise EpisodeError(origin, f"cannot decode the clip video ({exc.__class__.__name__}: {exc})") from exc
     return _pick(frames, wanted, origin)

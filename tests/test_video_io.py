@@ -104,6 +104,66 @@ def test_a_variable_frame_rate_file_numbers_frames_in_display_order(tmp_path, co
         assert np.array_equal(np.concatenate(list(read_frame_chunks(path, indices, 2))), expected[indices])
 
 
+def test_a_variable_frame_rate_clip_numbers_frames_in_display_order(tmp_path):
+    """Not a clip a build writes, but one read as a clip: frame i is the i-th frame shown. Numbered by i / fps, frames
+    3, 7, 11 and 15 here were past the end and 12-14 and 16-19 came a frame early."""
+    path = tmp_path / "phone.mp4"
+    write_variable_rate(path, moving_frames(20, 48, 64), "libx264")
+    clip = path.read_bytes()
+    expected = plain_decode(io.BytesIO(clip))
+    assert len(expected) == 20
+    for indices in ([0, 3, 4, 19], [12, 11, 11], list(range(20))):
+        assert np.array_equal(read_clip(clip, indices, "clip"), expected[indices])
+
+
+def test_a_clip_a_build_writes_is_read_without_listing_its_packets(monkeypatch):
+    from pyramid import video_io
+
+    def listed(*_):
+        raise AssertionError("listed the packets of an evenly spaced clip")
+
+    monkeypatch.setattr(video_io, "_shows_a_frame", listed)
+    clip = video_bytes(moving_frames(), fps=10)
+    assert np.array_equal(read_clip(clip, [9, 2], "clip"), plain_decode(io.BytesIO(clip))[[9, 2]])
+
+
+def trimmed_or_uneven(path, kind: str):
+    """A file numbered from its packets: cut without re-encoding (an edit list hides its first frames), or with frames
+    not evenly spaced, in an mp4 or in MPEG-TS (whose reads seek past the frame and start again from the top)."""
+    frames = moving_frames(20, 48, 64)
+    if kind == "trimmed":
+        return video_fixtures.write_stream_copy_cut(path.with_suffix(".mp4"), frames, first=5, gop=8, fps=10)
+    if kind == "uneven":
+        write_variable_rate(path.with_suffix(".webm"), frames, "libvpx-vp9")
+        return path.with_suffix(".webm")
+    pts = [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 15, 16, 17, 18, 20, 21, 22, 24, 25]
+    write_with_pts(path.with_suffix(".ts"), frames, pts, container_format="mpegts", gop=4)
+    return path.with_suffix(".ts")
+
+
+@pytest.mark.parametrize("kind", ["trimmed", "uneven", "uneven mpeg-ts"])
+def test_the_packets_of_a_file_are_listed_once_for_all_its_reads(tmp_path, monkeypatch, kind):
+    """Listing demuxes the whole file: its frame times, each chunk of an unordered read and a read that starts
+    again from the top listed it again."""
+    from pyramid import video_io
+    from pyramid.video_io import PacketTimeline, file_timeline, frame_times
+
+    path = trimmed_or_uneven(tmp_path / "video", kind)
+    with av.open(str(path)) as container:
+        assert isinstance(file_timeline(path, container.streams.video[0]), PacketTimeline)
+    plain = plain_decode(str(path))
+    times = frame_times(path)
+
+    def listed(*_):
+        raise AssertionError("listed the packets again")
+
+    monkeypatch.setattr(video_io, "_shows_a_frame", listed)
+    assert len(times) == len(plain)
+    assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [12, 2, 9, 0], 1, decord=False))),
+                          plain[[12, 2, 9, 0]])
+    assert np.array_equal(read_frames(path, [12, 13], decord=False), plain[[12, 13]])
+
+
 def test_only_a_file_whose_header_is_not_evenly_spaced_has_its_packets_listed(tmp_path):
     # listing the packets of a LeRobot v3 mp4 (hundreds of episodes) for each episode would cost more than decoding it
     from pyramid.video_io import ConstantRateTimeline, PacketTimeline, file_timeline
