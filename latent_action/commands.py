@@ -99,6 +99,9 @@ def label_curve(
     shares: str = typer.Option("0,0.025,0.1,0.5", help="Shares of labelled training pairs, comma-separated."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: <run.out_dir>/label_curve)."),
     dims: Optional[str] = typer.Option(None, "--dims", help="Score only these action dimensions, by name (e.g. x,y,z)."),
+    holdout_by: Optional[str] = typer.Option(None, "--holdout-by", help="'episodes' or 'tasks' (whole tasks kept out of "
+                                             "training, so the probe scores tasks the VAE never saw); the config's "
+                                             "data.holdout_by when omitted. Runs of another split go to <run.out_dir>-heldout-<by>."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show training progress bars."),
 ) -> None:
@@ -113,7 +116,9 @@ def label_curve(
     if not wanted or any(not 0 <= share <= 1 for share in wanted):
         _fail(f"--shares: expected numbers between 0 and 1 separated by commas, got {shares!r}")
     try:
-        curve = run_curve(config, data, out_dir, wanted, _names(dims), device, progress, _echo_err)
+        if holdout_by not in (None, "episodes", "tasks"):
+            raise ValueError(f"--holdout-by: expected 'episodes' or 'tasks', got {holdout_by!r}")
+        curve = run_curve(config, data, out_dir, wanted, _names(dims), device, progress, _echo_err, holdout_by)
     except (ConfigError, EpisodeError, SourceError, ValueError) as exc:
         _fail(str(exc))
     for point in curve["points"]:

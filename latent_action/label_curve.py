@@ -75,10 +75,20 @@ def cameras_of_root(config: TrainConfig, data_root: str | Path) -> str | None:
     return None
 
 
+def with_holdout(config: TrainConfig, holdout_by: str | None) -> TrainConfig:
+    """The config with `data.holdout_by` set, its runs beside the config's own (`<out_dir>-heldout-<by>`) where that
+    changes the split: a run trained on another split is another run."""
+    if holdout_by is None or holdout_by == config.data.holdout_by:
+        return config
+    data = config.data.model_copy(update={"holdout_by": holdout_by})
+    run = config.run.model_copy(update={"out_dir": config.run.out_dir.with_name(f"{config.run.out_dir.name}-heldout-{holdout_by}")})
+    return config.model_copy(update={"data": data, "run": run})
+
+
 def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | Path | None = None,
                 shares: Sequence[float] = DEFAULT_SHARES, dims: Sequence[str] | None = None, device: str = "auto",
-                show_progress: bool = True, echo: Callable[[str], None] = print) -> dict:
-    base = load_config(config_path)
+                show_progress: bool = True, echo: Callable[[str], None] = print, holdout_by: str | None = None) -> dict:
+    base = with_holdout(load_config(config_path), holdout_by)
     out_dir = Path(out_dir) if out_dir is not None else base.run.out_dir / "label_curve"
     # Everything that can refuse does so before the first VAE trains (minutes to hours).
     resolve_device(device)
@@ -97,7 +107,8 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
                        "r2_flow_grid": probe["overall_r2_flow_grid"], "r2_shuffled_control": probe["overall_r2_shuffled_control"],
                        "epe_moving_px": result["flow"]["epe_moving_px"], "epe_moving_blank_px": result["flow"]["epe_moving_blank_px"],
                        "report": f"{share_name(share)}/report.html"})
-    curve = {"config": str(config_path), "data": str(data_root), "dims": list(dims) if dims else None, "points": points}
+    curve = {"config": str(config_path), "data": str(data_root), "dims": list(dims) if dims else None,
+             "heldout_by": base.data.holdout_by, "points": points}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "curve.json").write_text(json.dumps(curve, indent=2))
     plot_label_curve(out_dir / "label_curve.png", [p["share"] for p in points], [p["r2"] for p in points],

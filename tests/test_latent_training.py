@@ -336,3 +336,16 @@ def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_
     result = evaluate_latents(checkpoint, tmp_path / "data", tmp_path / "eval", device="cpu", echo=lambda _: None)
     assert result["heldout_by"] == "tasks" and result["probe"]["per_embodiment"]["arm"]["scored_episodes"] == 2
     assert "held out by whole tasks" in (tmp_path / "eval" / "report.html").read_text()
+    # the same split from a config that holds out episodes, asked of label-curve; its runs go beside the config's
+    del config["data"]["holdout_by"]
+    (tmp_path / "curve.yaml").write_text(yaml.safe_dump(config))
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    asked = ["label-curve", str(tmp_path / "curve.yaml"), str(tmp_path / "data"), "--shares", "0.5", "--device", "cpu", "--no-progress"]
+    assert runner.invoke(app, [*asked, "--holdout-by", "task"]).exit_code == 2
+    curved = runner.invoke(app, [*asked, "--holdout-by", "tasks"])
+    assert curved.exit_code == 0, curved.output
+    run = tmp_path / "run-heldout-tasks"
+    assert set(json.loads((resolve_checkpoint(run / "labels-50pct") / "heldout_episodes.json").read_text())) == heldout
+    assert json.loads((run / "label_curve" / "curve.json").read_text())["heldout_by"] == "tasks"
