@@ -34,8 +34,9 @@ from pyramid.hdr import HDR_TRANSFERS, is_hdr, to_sdr
 # decord bundles an FFmpeg without an AV1 decoder; asking it anyway fails or yields garbage.
 CODECS_DECORD_CANNOT_DECODE = {"av1", "libdav1d", "libaom-av1", "vp9"}
 FIELD_ORDERS_PROGRESSIVE = (0, 1)  # FFmpeg's AV_FIELD_UNKNOWN, AV_FIELD_PROGRESSIVE; the others are interlaced
+MP4_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"  # FFmpeg's, for mp4 and mov alike
 # Containers with an index decord reads frames from correctly; in MPEG-TS it returns frames a GOP late, silently.
-CONTAINERS_DECORD_READS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi"}
+CONTAINERS_DECORD_READS = {MP4_DEMUXER, "matroska,webm", "avi"}
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             stream = video_stream(container, path)
-            packets = _scan_packets(container, stream, count=stream.frames <= 0 or _counts_hidden_frames(stream))
-            num_frames = stream.frames if stream.frames > 0 else packets.shown  # webm/mkv store no frame count
+            packets = _scan_packets(container, stream, count=_header_count_doubtful(container, stream))
+            # More frames than the header counts where they were counted (webm/mkv store no count, a fragmented mp4
+            # counts those in its header only); fewer is a file cut short, which reading it reports ("past the end").
+            num_frames = max(stream.frames, packets.shown)
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             if packets.trimmed:  # the header counts the hidden frames, and its average rate spreads them over the rest
                 num_frames, fps = packets.shown, packets.mean_rate(stream.time_base) or fps
@@ -110,7 +113,8 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
     keyframe before the cut, and its edit list hides the frames up to the cut: FFmpeg flags their packets `discard`
     and decodes them without returning them. They come first, before the first frame is returned; where they are,
     every packet is counted, as the header counts the hidden frames too, and decord, which shows them, is not used.
-    Frames hidden at the end are seen where every packet is counted (`_counts_hidden_frames`)."""
+    Frames hidden later (at the end, in the middle) are seen where every packet is counted
+    (`_header_count_doubtful`)."""
     scan, first = _PacketScan(), None
     for packet in container.demux(stream):
         scan.trimmed |= packet.is_discard
@@ -124,12 +128,32 @@ def _scan_packets(container, stream, count: bool) -> _PacketScan:
     return scan
 
 
+def _header_count_doubtful(container, stream) -> bool:
+    """Whether the header's frame count may not be the frames a player shows, so that every packet is counted: webm,
+    mkv and MPEG-TS keep no count, and the headers below count more or fewer. Decided from the header and FFmpeg's
+    index alone: counting the packets of every LeRobot v3 mp4 (hundreds of episodes) for each episode would cost
+    more than decoding it."""
+    return stream.frames <= 0 or _counts_hidden_frames(stream) or _index_or_duration_disagrees(container, stream)
+
+
 def _counts_hidden_frames(stream) -> bool:
     """The header counts more frames than its duration holds at its rate: an edit list shorter than the media hides
     some, as a trim that does not re-encode writes it where it cuts the end (the duration is the edit's, the frame
     count and the rate the media's). Its packets are counted, those hidden flagged `discard`, as at a cut start."""
     excess = _frames_beyond_duration(stream)
     return excess is not None and excess > 1
+
+
+def _index_or_duration_disagrees(container, stream) -> bool:
+    """The header counts fewer frames than its duration holds, or than FFmpeg's index of the mp4 lists. The header of a
+    fragmented mp4, as live recorders write one to survive a crash (OBS, phone apps, browsers' MediaRecorder, `ffmpeg
+    -movflags frag_keyframe`), counts only the frames in it, not those of the fragments after it, which the index
+    lists (or, where a `sidx` box lists the fragments and they are read as they come, the duration spans). An index
+    of another length is also an edit list's that plays the media twice or hides some of it in the middle: its
+    packets are counted, those hidden flagged `discard`, and decord, which shows them, is not used."""
+    excess = _frames_beyond_duration(stream)
+    return (excess is not None and excess < -1) or (
+        container.format.name == MP4_DEMUXER and len(stream.index_entries) != stream.frames)
 
 
 def _frames_beyond_duration(stream) -> float | None:

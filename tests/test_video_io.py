@@ -333,3 +333,45 @@ def test_non_square_pixels_of_a_turned_recording_are_resampled_before_the_turn(t
     rows, columns = np.nonzero(frames[0, ..., 0] > 128)
     assert abs((columns.max() - columns.min()) - (rows.max() - rows.min())) <= 2  # square, as shown
     assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [1, 4], 1))), frames[[1, 4]])
+
+
+@pytest.mark.parametrize("movflags", ["frag_keyframe", "frag_keyframe+empty_moov"])
+def test_a_fragmented_mp4_counts_the_frames_of_every_fragment(tmp_path, movflags):
+    """A live recorder's mp4 (OBS, a phone app, MediaRecorder): without `empty_moov` its header holds and counts the
+    first fragment's 4 frames only, and an episode sized by that count left out the other 16."""
+    path = video_fixtures.write_fragmented(tmp_path / "live.mp4", moving_frames(20, 48, 64), movflags, gop=4)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames < 20
+    plain = plain_decode(str(path))
+    info = probe(path)
+    assert info.num_frames == len(plain) == len(read_frames(path)) == 20 and info.fps == 10
+    assert np.array_equal(read_frames(path, [17, 3, 19]), plain[[17, 3, 19]])
+    assert np.array_equal(read_frames(path, [17, 3, 19], decord=False), plain[[17, 3, 19]])
+    assert np.array_equal(np.concatenate(list(read_frame_chunks(path, [5, 13, 19], 2))), plain[[5, 13, 19]])
+
+
+def test_an_edit_list_that_plays_the_media_twice_is_read_as_played(tmp_path):
+    """Frames 0-9 twice, 10-19 hidden: decord, which ignores the edit list, gave frames 0, 1, 2, 0, 1... at 13-19."""
+    path = video_fixtures.write_edit_list(tmp_path / "loop.mp4", moving_frames(20, 48, 64), [(10, 0), (10, 0)])
+    plain = plain_decode(str(path))
+    assert len(plain) == 20 and np.array_equal(plain[10:], plain[:10])
+    info = probe(path)
+    assert (info.num_frames, info.fps, info.decord) == (20, 10, False)
+    assert np.array_equal(read_frames(path, [13, 19, 2]), plain[[13, 19, 2]])
+    assert np.array_equal(read_frames(path), plain)
+
+
+def test_probing_an_ordinary_mp4_reads_only_up_to_its_first_frame(tmp_path, monkeypatch):
+    """Counting every packet of a LeRobot v3 mp4 (hundreds of episodes) for each episode would cost more than
+    decoding it: an mp4 whose header, index and duration agree is taken at its header's word."""
+    from pyramid import video_io
+
+    path = write_video(tmp_path / "even.mp4", moving_frames(60, 48, 64), fps=30)
+    seen = []
+
+    def spy(packet):
+        seen.append(packet.pts)
+        return packet.size > 0 and not packet.is_discard
+
+    monkeypatch.setattr(video_io, "_shows_a_frame", spy)
+    assert probe(path).num_frames == 60 and len(seen) < 10
