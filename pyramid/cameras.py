@@ -55,7 +55,7 @@ class CameraView:
         names = list(self.names) or [episode.primary_camera]
         for name in names:
             if name not in episode.cameras:
-                raise EpisodeError(episode.path, f"no camera '{name}' (the recipe's cameras: {list(self.names)}; "
+                raise EpisodeError(episode.path, f"no camera '{name}' (cameras asked for: {list(self.names)}; "
                                                  f"the episode has {sorted(episode.cameras)})")
         return names
 
