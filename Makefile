@@ -4,12 +4,16 @@ PIP := .venv/bin/pip
 # torch and torchvision are pinned to builds that install offline on the project's machines;
 # pyproject.toml keeps ranges any CUDA machine can satisfy.
 TORCH := torch==2.14.1 torchvision==0.29.1
+# LeRobot's own LeRobotDataset opens our LeRobot exports in the tests. Its torch pin clashes with ours, so it goes in
+# without its dependencies, beside the few of them its dataset code needs that ours do not bring.
+LEROBOT := lerobot==0.4.1 datasets==5.2.0 draccus==0.11.6 multiprocess==0.70.19 dill==0.4.1 xxhash==4.1.0
 
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml Makefile
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps $(LEROBOT)
 	touch $@
 
 install: .venv/.installed

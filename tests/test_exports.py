@@ -185,8 +185,8 @@ def lerobot_rows(root: Path) -> "pd.DataFrame":
 
 def check_lerobot_v3(root: Path) -> dict:
     """The documented v3.0 layout (lerobot/datasets, our formats.md section 5): info features are the parquet columns
-    plus the videos; episode rows index the frames and the video spans; stats cover every feature; then our reader and,
-    when installed, lerobot's own LeRobotDataset open it."""
+    plus the videos; episode rows index the frames and the video spans; stats cover every feature; then our reader and
+    lerobot's own LeRobotDataset open it."""
     import pandas as pd
 
     info = json.loads((root / "meta" / "info.json").read_text())
@@ -208,10 +208,8 @@ def check_lerobot_v3(root: Path) -> dict:
     result = subprocess.run([*CLI, "inspect", str(root), "--source", "lerobot", "--json"], capture_output=True, text=True, timeout=300)
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 0 and len(listed) == info["total_episodes"] and not [r for r in listed if "error" in r]
-    try:
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    except ImportError:  # not one of our dependencies (its torch pin clashes with ours); checked where it is installed
-        return info
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset  # installed beside ours by `make install`
+
     dataset = LeRobotDataset(repo_id=f"local/{root.name}", root=root)
     assert dataset.num_frames == info["total_frames"] and dataset.num_episodes == info["total_episodes"]
     assert set(dataset.hf_dataset[len(dataset) - 1]) == set(rows.columns)
