@@ -333,7 +333,12 @@ def _first_by_hash(names: list[str], fraction: float) -> list[str]:
     if fraction <= 0 or len(names) < 2:
         return []
     count = min(len(names) - 1, max(1, math.floor(fraction * len(names) + 0.5)))
-    return sorted(names, key=lambda name: hashlib.sha1(name.encode()).hexdigest())[:count]
+    return _ranked(names)[:count]
+
+
+def _ranked(names: Iterable[str], salt: str = "") -> list[str]:
+    """`names` ordered by the SHA-1 of salt + name: a shuffle that depends on nothing but the names."""
+    return sorted(names, key=lambda name: hashlib.sha1(f"{salt}{name}".encode()).digest())
 
 
 def hide_labels(table: PairTable, candidates: np.ndarray, share: float, by: str = "pairs", seed: int = 0) -> int:
@@ -361,7 +366,7 @@ def hide_labels(table: PairTable, candidates: np.ndarray, share: float, by: str 
 def _lowest_share(episodes: list[str], share: float, seed: int) -> set[str]:
     """The round(share x len(episodes)) episodes with the lowest hashes of (seed, id)."""
     count = int(math.floor(share * len(episodes) + 0.5))
-    return set(sorted(episodes, key=lambda episode: _unit_hash(seed, episode))[:count])
+    return set(_ranked(episodes, f"{seed}:")[:count])
 
 
 def _unit_hash(seed: int, key: str) -> float:
