@@ -94,6 +94,10 @@ class FlowErrors:
         self.blank_moving_total += float(length[moving].sum())
         self.roundtrip_total += float(np.linalg.norm(reference - true_flow, axis=-1).sum())
 
+    def merge(self, other: "FlowErrors") -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def summary(self) -> dict[str, float | None]:
         def mean(total: float, count: int) -> float | None:
             return total / count if count else None
@@ -147,12 +151,15 @@ def evaluate_latents(
         if actions is None or len(actions) == 0:
             continue
         scored = split == "all" or episode.episode_id in heldout
+        episode_errors, kept_previews = FlowErrors(), list(previews)  # counted only once the whole episode is read
         try:
-            latents, grid = _evaluate_episode(vae, episode, settings, estimator, view, errors if scored else None, previews)
+            latents, grid = _evaluate_episode(vae, episode, settings, estimator, view, episode_errors if scored else None, kept_previews)
         except (EpisodeError, OSError, ValueError) as exc:  # its video, as the first read of it shows
             skipped[episode.path] = str(episode_error(episode.path, exc))
             echo(f"skipped: {skipped[episode.path]}")
             continue
+        errors.merge(episode_errors)
+        previews[:] = kept_previews
         if scored:
             stats.update(latents)
         _collect(per_embodiment, episode, latents, grid, actions, scored, dims)

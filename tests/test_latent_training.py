@@ -349,3 +349,41 @@ def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_
     run = tmp_path / "run-heldout-tasks"
     assert set(json.loads((resolve_checkpoint(run / "labels-50pct") / "heldout_episodes.json").read_text())) == heldout
     assert json.loads((run / "label_curve" / "curve.json").read_text())["heldout_by"] == "tasks"
+
+
+def test_an_episode_whose_video_breaks_late_counts_nothing_in_the_evaluation(straight_run, tmp_path):
+    """Flow is made FRAMES_PER_CHUNK stored frames at a time: an episode whose video breaks past the first chunk is
+    skipped whole, its first chunk's errors not kept in the flow figures."""
+    import av
+
+    from latent_action.pairs import FRAMES_PER_CHUNK
+    from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+    from tests.fixtures.lerobot import ACTION_NAMES, STATE_NAMES, moving_square_frames, trajectory
+
+    length = FRAMES_PER_CHUNK + 12
+
+    def dataset(root, count):
+        episodes = [RecordedEpisode("wave", trajectory(i, length), trajectory(i, length) / 2,
+                                    {"observation.images.top": moving_square_frames(length, 48, 64, seed=i)}) for i in range(count)]
+        write_lerobot_v3(root, episodes, fps=10, robot_type="arm", state_names=STATE_NAMES, action_names=ACTION_NAMES,
+                         overwrite=True, codec="libx264")
+        return next(root.glob("videos/**/*.mp4"))
+
+    dataset(tmp_path / "whole", 2)
+    video = dataset(tmp_path / "broken", 3)
+    indexed_first = video.with_name("first.mp4")
+    with av.open(str(video)) as source, av.open(str(indexed_first), "w", options={"movflags": "faststart"}) as target:
+        copy = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = copy
+                target.mux(packet)
+    data = indexed_first.read_bytes()
+    video.write_bytes(data[: len(data) * 99 // 100])  # the last episode's last frames are gone; its first chunk decodes
+    indexed_first.unlink()
+    _, checkpoint = straight_run
+    quiet = {"split": "all", "device": "cpu", "echo": lambda _: None}
+    broken = evaluate_latents(checkpoint, tmp_path / "broken", tmp_path / "eval-broken", **quiet)
+    whole = evaluate_latents(checkpoint, tmp_path / "whole", tmp_path / "eval-whole", **quiet)
+    assert len(broken["skipped"]) == 1 and "past the end of the video" in next(iter(broken["skipped"].values()))
+    assert broken["flow"] == whole["flow"]
