@@ -13,8 +13,9 @@ RESERVOIR_ROWS = 100_000
 # Rows of an episode's array that reach the quantile reservoir: evenly spaced, so a long episode is
 # represented across its length without the driver holding all of it.
 PARTIAL_SAMPLE_ROWS = 256
-# One VAE labels every embodiment in one latent space: its latent actions are normalised over all of them (as Motus
-# normalises its latent actions with one q01/q99), where each robot's own actions and state are normalised per robot.
+# One VAE labels every embodiment in one latent space: its latent actions are normalised over all of them, where each
+# robot's own actions and state are normalised per robot. (Motus's latent-action loader has one q01/q99 for all of them
+# too, but commented out: it trains on them raw. Our VAE's latents have no fixed scale, so we keep the normalisation.)
 SHARED_ARRAYS = ("latent_actions",)
 
 

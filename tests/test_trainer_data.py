@@ -139,6 +139,10 @@ def test_clips_too_short_or_without_targets_are_skipped_with_a_reason(tmp_path):
         examples(unlabelled, targets="latent_actions")
     data = examples(unlabelled, embodiments=["tiny_arm"])
     assert len(data) == 2 and not data.skipped
+    strided = shards.build(tmp_path / "strided", episodes=1, clips_per_episode=2, flow_stride=2)
+    with pytest.raises(EpisodeError, match=r"latent actions of frames more than one apart \(flow.stride > 1\)"):
+        examples(strided, targets="latent_actions")
+    assert len(examples(strided)) == 2  # its real actions are as good as any
 
 
 def test_levels_pick_shard_folders_and_lance_rows(build):

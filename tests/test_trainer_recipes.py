@@ -13,8 +13,10 @@ from recipes.motus.config import TrainRecipeError, load_recipe, model_config
 RECIPES = Path(__file__).parent.parent / "recipes" / "configs" / "train"
 
 
-def test_stages_follow_the_paper():
+def test_stages_follow_the_paper(monkeypatch):
+    monkeypatch.setenv("PYRAMID_OUT", "/data/pyramid")
     stages = {n: load_recipe(RECIPES / f"stage{n}.yaml") for n in (1, 2, 3)}
+    assert [stages[n].data.root for n in (1, 2, 3)] == [f"/data/pyramid/stage{n}" for n in (1, 2, 3)]  # as each stage's build writes
     assert stages[1].train.trainable == ["video"] and stages[1].data.targets == "none"
     assert stages[2].data.targets == "latent_actions" and set(stages[2].train.trainable) == {
         "video", "action", "understanding"}

@@ -137,6 +137,9 @@ class ClipExamples(torch.utils.data.Dataset):
             reason = "no actions"
         elif self.targets == "latent_actions" and not meta.get("has_latent_actions"):
             reason = "no latent actions"
+        elif self.targets == "latent_actions" and int((meta.get("flow") or {}).get("stride", 1)) != 1:
+            # row j is the pair (j, j + stride): held over [j, j + 1) it would say each pair moves one frame
+            reason = "latent actions of frames more than one apart (flow.stride > 1)"
         if reason:
             self.skipped[reason] += 1
         return reason is None

@@ -134,7 +134,8 @@ class UnderstandingFeatures:
     def _processor_inputs(self, images: torch.Tensor, texts: list[str]) -> dict:
         messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
                     for text in texts]
-        prompts = [self.processor.apply_chat_template(m, add_generation_prompt=False) for m in messages]
+        # with the assistant's turn opened, as Motus's utils/vlm_utils.py asks its processor
+        prompts = [self.processor.apply_chat_template(m, add_generation_prompt=True) for m in messages]
         inputs = self.processor(text=prompts, images=list(images.numpy()), padding=True, return_tensors="pt")
         return {k: v for k, v in inputs.items() if k in _MODEL_INPUTS}
 
