@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from latent_action.losses import DEFAULT_BETA, DEFAULT_LAMBDA_A, DEFAULT_MOTION_WEIGHT
 from latent_action.sampler import DEFAULT_LABELLED_FRACTION
-from pyramid.recipe import CameraLayoutSpec
+from pyramid.cameras import CameraLayoutSpec
 from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path, validate
 
 

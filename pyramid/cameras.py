@@ -8,11 +8,20 @@ by side. Each wrist picture is fitted into its half-size cell keeping its aspect
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from pyramid.errors import EpisodeError
+from pyramid.yaml_config import Strict
+
+
+class CameraLayoutSpec(Strict):
+    """A recipe's (or a VAE config's) `cameras: {layout: t, names: [...]}`."""
+
+    layout: Literal["t"] = Field(description="t: the head camera on top, the two wrist cameras at half size below (Motus's cam_concatenated).")
+    names: tuple[str, str, str] = Field(description="[head, left wrist, right wrist] camera names of the dataset.")
 
 
 # How messages name a layout.

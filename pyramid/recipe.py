@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pyramid.cameras import CameraLayoutSpec
 from pyramid.episode import PYRAMID_LEVELS
 from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path
 
@@ -24,11 +25,6 @@ class BuildRecipeError(ConfigError):
     """A build recipe that cannot be used; the message lists every bad key."""
 
     kind = "recipe"
-
-
-class CameraLayoutSpec(Strict):
-    layout: Literal["t"] = Field(description="t: the head camera on top, the two wrist cameras at half size below (Motus's cam_concatenated).")
-    names: tuple[str, str, str] = Field(description="[head, left wrist, right wrist] camera names of the dataset.")
 
 
 class SourceSpec(Strict):
