@@ -327,6 +327,24 @@ def test_our_writer_writes_the_layout_lerobot_writes(tmp_path):
 A2D = fixtures.A2D_REFERENCE  # AgiBot World as any4lerobot stores it, written by lerobot 0.4.1 (make_lerobot_a2d.py)
 
 
+def test_2d_parts_read_the_same_where_huggingface_datasets_is_loaded():
+    """LeRobot writes 2-D features with HF datasets' Array2D type in the parquet's schema; in a process that has
+    imported `datasets` (any LeRobot user's), pyarrow reads them as that extension type, not as nested lists."""
+    import subprocess
+    import sys
+
+    code = ("import datasets, json, sys; from pyramid.sources import get_source; "
+            "reader = get_source('lerobot')(sys.argv[1], state_features=['observation.states.end.orientation']); "
+            "episode = reader.load(next(iter(reader.discover()))); print(json.dumps(episode.state[:2].tolist()))")
+    result = subprocess.run([sys.executable, "-c", code, str(A2D)], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-1500:]
+    reader = get_source("lerobot")(A2D, state_features=["observation.states.end.orientation"])  # [2, 4] a frame
+    alone = reader.load(next(iter(reader.discover()))).state[:2]
+    assert alone.shape == (2, 8)
+    np.testing.assert_array_equal(np.array(json.loads(result.stdout.splitlines()[-1]), np.float32), alone)
+
+
 def test_agibot_parts_stored_apart_read_as_the_official_converters_vectors():
     """any4lerobot keeps each part of AgiBot's state and action as a feature of its own. Read, they are the official
     converter's 20-D state (joint, effector, head, waist) and 22-D action (the same, then the base's velocity), as

@@ -431,6 +431,8 @@ def column_as_matrix(column: pa.ChunkedArray, key: str, path: Path, declared_dty
     """A parquet column of numeric scalars, fixed-size lists or nested lists as float32 [T, D]."""
     values = column.combine_chunks()
     rows = len(values)
+    if isinstance(values.type, pa.ExtensionType):  # HF datasets' Array2D, read so once `datasets` (LeRobot's) is imported
+        values = values.storage
     while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
         if values.null_count:
             raise EpisodeError(path, f"'{key}' has missing rows")
