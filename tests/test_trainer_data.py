@@ -64,11 +64,12 @@ def test_frames_are_the_clip_frames_at_5_hz(build):
     assert window_frames(10.0, FramesConfig()) == [0, 2, 4, 6, 8, 10, 12, 14, 16]
     assert window_frames(30.0, FramesConfig()) == [6 * k for k in range(9)]
     data = examples(build, targets="none")
-    example = data[(0, 3)]
-    window = choose_window(20, 10.0, TINY.frames, example_rng(data.seed, 3))
-    record = data.clips[data.usable[0]]
-    expected = plain_decode(io.BytesIO(record.mp4))[window.frame_indices]
-    assert torch.equal(example["frames"], torch.from_numpy(expected))
+    for position in range(6):
+        example = data[(0, position)]
+        window = data.window((0, position))[0]
+        assert window == choose_window(20, 10.0, TINY.frames, example_rng(data.seed, position), frames_after=20)
+        episode = np.concatenate([plain_decode(io.BytesIO(data.clips[clip].mp4)) for clip in (0, 1)])  # its two clips
+        assert torch.equal(example["frames"], torch.from_numpy(episode[window.frame_indices]))
 
 
 def test_actions_are_resampled_to_30_hz_over_the_frames_span_and_normalised(build):
@@ -76,7 +77,7 @@ def test_actions_are_resampled_to_30_hz_over_the_frames_span_and_normalised(buil
     position = 5
     example = data[(1, position)]
     meta = build.metas[example["key"]]
-    window = choose_window(meta["num_frames"], meta["fps"], TINY.frames, example_rng(data.seed, position))
+    window = data.window((1, position))[0]
     times = window.start_time + np.arange(48) / 30.0
     raw = build.arrays[example["key"]]["actions"]  # at 30 Hz from the clip start: row i is time i / 30
     expected = raw[np.round(times * 30).astype(int)]
@@ -96,7 +97,7 @@ def test_actions_start_at_the_condition_frames_own_source_frame(tmp_path):
     for position in range(12):
         example = data[(1, position)]
         meta, raw = build.metas[example["key"]], build.arrays[example["key"]]
-        window = choose_window(meta["num_frames"], meta["fps"], TINY.frames, example_rng(data.seed, position))
+        window = data.window((1, position))[0]
         stored = meta["flow"]["pair_range"][0] + window.frame_indices[0]
         condition = int(np.rint(stored * 1.5)) - meta["start_frame"]  # row of the condition frame in actions.npy
         odd_starts += stored % 2
@@ -140,7 +141,7 @@ def test_clips_too_short_or_without_targets_are_skipped_with_a_reason(tmp_path):
     data = examples(unlabelled, embodiments=["tiny_arm"])
     assert len(data) == 2 and not data.skipped
     strided = shards.build(tmp_path / "strided", episodes=1, clips_per_episode=2, flow_stride=2)
-    with pytest.raises(EpisodeError, match=r"latent actions of frames more than one apart \(flow.stride > 1\)"):
+    with pytest.raises(EpisodeError, match=r"manifest.json: the build's flow.stride is 2: its latent actions pair frames"):
         examples(strided, targets="latent_actions")
     assert len(examples(strided)) == 2  # its real actions are as good as any
 
@@ -239,3 +240,36 @@ def test_the_trainer_reads_only_what_the_build_schema_defines():
     assert set(METADATA_FIELDS) <= set(CLIP_JSON)
     assert ARRAY_FIELDS == ("actions", "state", "latent_actions")
     assert {f"{name}_npy" for name in ARRAY_FIELDS} | {"key", "video"} <= set(CLIP_SCHEMA.names)
+
+
+def test_a_window_may_start_anywhere_in_an_episode_and_run_into_its_next_clip(tmp_path):
+    """As Motus's loaders draw a window anywhere in an episode: windows inside 20-frame clips would start only in the
+    first 4 frames of each (a 17-frame window at 10 fps)."""
+    build = shards.build(tmp_path, episodes=1, clips_per_episode=3, num_frames=20)
+    data = examples(build)
+    assert data.following == {0: 1, 1: 2} and len(data) == 3  # the last clip starts windows in its first 4 frames
+    episode = np.concatenate([plain_decode(io.BytesIO(data.clips[clip].mp4)) for clip in range(3)])
+    actions = np.concatenate([build.arrays[key]["actions"] for key in build.keys])  # 30 Hz rows of the whole episode
+    starts = set()
+    for position in range(400):
+        index = position % 2  # clips 0 and 1: windows from any of their frames
+        window = data.window((index, position))[0]
+        first = 20 * index + window.frame_indices[0]  # the condition frame in the episode
+        starts.add(first)
+        example = data[(index, position)]
+        assert torch.equal(example["frames"], torch.from_numpy(episode[[20 * index + i for i in window.frame_indices]]))
+        expected = actions[np.round(first * 3 + np.arange(48)).astype(int)]  # stored frame k is source frame 3k
+        low, high = data.normalizer.bounds("tiny_arm", "actions", 7)
+        np.testing.assert_allclose(example["actions"][:, :7].numpy(), 2 * (expected - low) / (high - low) - 1, atol=1e-5)
+    assert starts == set(range(40))  # every frame of the first two clips starts a window
+
+
+def test_windows_stay_inside_clips_across_a_gap_and_for_latent_actions(tmp_path):
+    build = shards.build(tmp_path, episodes=1, clips_per_episode=2, num_frames=20)
+    assert examples(build, targets="latent_actions").following == {}  # the pair across two clips is in flow.lance alone
+    first = dict(build.metas[build.keys[0]])
+    second = dict(build.metas[build.keys[1]], start_frame=first["end_frame"] + 30, clip_index=2)  # a static clip left out
+    from recipes.motus.data import following_clips
+
+    assert following_clips([first, second]) == {}
+    assert following_clips([first, dict(second, start_frame=first["end_frame"], clip_index=1)]) == {0: 1}

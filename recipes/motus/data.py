@@ -1,7 +1,8 @@
 """Training examples from a build: a condition frame, the frames after it at 5 Hz, the action chunk at 30 Hz.
 
-Pipeline per clip (see `ClipExamples.__getitem__`): choose a window, decode just its frames from
-the clip's mp4, resample actions (or latent actions) to the action rate over the same time span,
+Pipeline per clip (see `ClipExamples.__getitem__`): choose a window that starts in the clip (and may run on into the
+next clip of its episode), decode just its frames from the clips' mp4s, resample actions (or latent actions) to the
+action rate over the same time span,
 normalise them with the manifest's q01/q99, pad to the model's width. Every random choice comes
 from a generator seeded by the sample's global position, so a resumed run sees the same examples.
 """
@@ -30,7 +31,9 @@ from recipes.motus.shards import ClipRecord, open_clips
 
 @dataclass(frozen=True)
 class Window:
-    frame_indices: list[int]  # stored-frame indices: the condition frame, then the future frames
+    # stored-frame indices from the clip's first frame: the condition frame, then the future frames (those from the
+    # clip's length on are the next clip's)
+    frame_indices: list[int]
     start_time: float  # the condition frame in stored-frame time (its index / fps): where its latent actions start
 
 
@@ -44,13 +47,34 @@ def window_frames(fps: float, frames: FramesConfig) -> list[int]:
     return [round(k * fps / frames.video_fps) for k in range(frames.future_frames + 1)]
 
 
-def choose_window(num_frames: int, fps: float, frames: FramesConfig, rng: random.Random) -> Window | None:
+def choose_window(num_frames: int, fps: float, frames: FramesConfig, rng: random.Random, frames_after: int = 0) -> Window | None:
+    """A window whose condition frame is one of the clip's `num_frames`, ending within them or within the
+    `frames_after` frames of the clip that continues it."""
     offsets = window_frames(fps, frames)
-    last_start = num_frames - 1 - offsets[-1]
+    last_start = min(num_frames - 1, num_frames + frames_after - 1 - offsets[-1])
     if last_start < 0:
         return None
     start = rng.randint(0, last_start)
     return Window([start + o for o in offsets], start / fps)
+
+
+def following_clips(metas: list[dict]) -> dict[int, int]:
+    """For each clip, the index of the clip of its episode that follows it without a gap (none where the build left a
+    static clip out between them), so that a window may run from one into the next, as Motus's loaders draw a window
+    anywhere in an episode; with windows inside clips, the frames of each clip's second half never start one."""
+    where = {(meta["episode_id"], int(meta["clip_index"])): index for index, meta in enumerate(metas)}
+    following = {}
+    for index, meta in enumerate(metas):
+        after = where.get((meta["episode_id"], int(meta["clip_index"]) + 1))
+        if after is not None and _continues(meta, metas[after]):
+            following[index] = after
+    return following
+
+
+def _continues(meta: dict, after: dict) -> bool:
+    """Stored frames are picked from the episode's source frames by one rule, so clips whose source spans meet hold
+    consecutive stored frames."""
+    return after["start_frame"] == meta["end_frame"] and after["fps"] == meta["fps"]
 
 
 def resample_linear(values: np.ndarray, rate: float, times: np.ndarray) -> np.ndarray:
@@ -81,6 +105,7 @@ class Normalizer:
         if not isinstance(manifest, dict):
             raise EpisodeError(self.path, "not a build manifest (not a JSON object)")
         self.stats, self.shared = manifest.get("normalization", {}), manifest.get("shared_normalization")
+        self.flow_stride = int(((manifest.get("recipe") or {}).get("flow") or {}).get("stride", 1))
 
     def bounds(self, embodiment: str, name: str, dims: int) -> tuple[np.ndarray, np.ndarray]:
         """q01, q99 of the `dims`-wide `name` arrays of `embodiment`: a build keeps a second width of the same array
@@ -122,24 +147,31 @@ class ClipExamples(torch.utils.data.Dataset):
         self.frames, self.targets, self.seed = model.frames, data.targets, seed
         self.state_dim, self.action_dim = model.action.state_dim, model.action.action_dim
         self.normalizer = Normalizer(Path(data.root) / "manifest.json") if data.targets != "none" else None
+        if data.targets == "latent_actions" and self.normalizer.flow_stride != 1:
+            # row j is the pair (j, j + stride): held over [j, j + 1) it would say each pair moves one frame
+            raise EpisodeError(self.normalizer.path, f"the build's flow.stride is {self.normalizer.flow_stride}: its latent "
+                                                     "actions pair frames that far apart, and training takes those of "
+                                                     "consecutive frames (build with flow.stride 1)")
         self.skipped: Counter[str] = Counter()
-        self.usable = [i for i, meta in enumerate(self.clips.metadata()) if self._usable(meta, data.embodiments)]
+        metas = self.clips.metadata()
+        # A latent action exists only for pairs within a clip (the pair across two clips is in flow.lance alone), so
+        # latent-action windows stay inside their clip.
+        self.following = following_clips(metas) if data.targets != "latent_actions" else {}
+        self.frames_after = {index: metas[after]["num_frames"] for index, after in self.following.items()}
+        self.usable = [i for i, meta in enumerate(metas) if self._usable(meta, data.embodiments, self.frames_after.get(i, 0))]
         if not self.usable:
             raise EpisodeError(data.root, f"no usable clips ({dict(self.skipped)})")
 
-    def _usable(self, meta: dict, embodiments: list[str] | None) -> bool:
+    def _usable(self, meta: dict, embodiments: list[str] | None, frames_after: int) -> bool:
         reason = None
         if embodiments is not None and meta["embodiment"] not in embodiments:
             reason = "other embodiment"
-        elif window_frames(meta["fps"], self.frames)[-1] >= meta["num_frames"]:
+        elif window_frames(meta["fps"], self.frames)[-1] >= meta["num_frames"] + frames_after:
             reason = "shorter than one window"
         elif self.targets == "actions" and not meta.get("has_actions"):
             reason = "no actions"
         elif self.targets == "latent_actions" and not meta.get("has_latent_actions"):
             reason = "no latent actions"
-        elif self.targets == "latent_actions" and int((meta.get("flow") or {}).get("stride", 1)) != 1:
-            # row j is the pair (j, j + stride): held over [j, j + 1) it would say each pair moves one frame
-            reason = "latent actions of frames more than one apart (flow.stride > 1)"
         if reason:
             self.skipped[reason] += 1
         return reason is None
@@ -147,13 +179,20 @@ class ClipExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.usable)
 
-    def __getitem__(self, item: tuple[int, int]) -> dict:
+    def window(self, item: tuple[int, int]) -> tuple[Window, random.Random]:
+        """The window of the example at `item` (clip index, stream position), and the generator of its other choices."""
         index, position = item
         rng = example_rng(self.seed, position)
-        record = self.clips[self.usable[index]]
+        clip = self.usable[index]
+        meta = self.clips.metadata()[clip]
+        return choose_window(meta["num_frames"], meta["fps"], self.frames, rng, self.frames_after.get(clip, 0)), rng
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        window, rng = self.window(item)
+        record = self.clips[self.usable[item[0]]]
         meta = record.meta
-        window = choose_window(meta["num_frames"], meta["fps"], self.frames, rng)
-        frames = read_clip(record.mp4, window.frame_indices, record.origin)
+        after = self._continuation(item[0], window)
+        frames = _window_frames(record, after, window)
         example = {
             "key": record.key,
             "embodiment": meta["embodiment"],
@@ -161,20 +200,30 @@ class ClipExamples(torch.utils.data.Dataset):
             "frames": model_frames(frames, self.frames.height, self.frames.width),
         }
         if self.targets != "none":
-            example.update(self._targets(record, window))
+            example.update(self._targets(record, after, window))
         return example
 
-    def _targets(self, record: ClipRecord, window: Window) -> dict:
+    def _continuation(self, index: int, window: Window) -> ClipRecord | None:
+        """The next clip of the episode where the window runs into it."""
+        clip = self.usable[index]
+        if window.frame_indices[-1] < self.clips.metadata()[clip]["num_frames"]:
+            return None
+        return self.clips[self.following[clip]]
+
+    def _targets(self, record: ClipRecord, after: ClipRecord | None, window: Window) -> dict:
         meta, chunk = record.meta, self.frames.action_chunk
         name = self.targets
-        if name not in record.arrays:
-            raise EpisodeError(record.origin, f"json says has_{name} but {name}.npy is missing")
+        for clip in (record, after):
+            if clip is not None and name not in clip.arrays:
+                raise EpisodeError(clip.origin, f"json says has_{name} but {name}.npy is missing")
         # actions run at the source rate from the condition frame's own source frame; latent actions run per
         # stored-frame pair from the condition frame
         source_start = clip_source_frames(meta)[window.frame_indices[0]] / meta["action_fps"]
         steps = np.arange(chunk) / self.frames.action_fps
         if name == "actions":
-            values = resample_linear(record.arrays["actions"], meta["action_fps"], source_start + steps)
+            # the next clip's rows follow on from this clip's: both are source rows of one episode, without a gap
+            actions = record.arrays["actions"] if after is None else np.concatenate([record.arrays["actions"], after.arrays["actions"]])
+            values = resample_linear(actions, meta["action_fps"], source_start + steps)
         else:
             values = resample_hold(record.arrays["latent_actions"], meta["fps"], window.start_time + steps)
         values = self.normalizer.normalize(values, meta["embodiment"], name)
@@ -185,6 +234,17 @@ class ClipExamples(torch.utils.data.Dataset):
             state = self.normalizer.normalize(state, meta["embodiment"], "state")
             out["state"] = torch.from_numpy(_pad(state[None], self.state_dim, record.origin, "state")[0][0])
         return out
+
+
+def _window_frames(record: ClipRecord, after: ClipRecord | None, window: Window) -> np.ndarray:
+    """The window's frames, decoded from the clip and, past its end, from the clip that continues it."""
+    length = record.meta["num_frames"]
+    inside = [i for i in window.frame_indices if i < length]
+    frames = read_clip(record.mp4, inside, record.origin)
+    if after is None:
+        return frames
+    beyond = read_clip(after.mp4, [i - length for i in window.frame_indices if i >= length], after.origin)
+    return np.concatenate([frames, beyond])
 
 
 def _pad(values: np.ndarray, width: int, origin: str, name: str) -> tuple[np.ndarray, np.ndarray]:

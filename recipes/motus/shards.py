@@ -23,7 +23,8 @@ from pyramid.schema import NPY_COLUMNS, npy_array
 ARRAY_FIELDS = tuple(member.removesuffix(".npy") for member in NPY_COLUMNS)
 # The fields of a clip's json the trainer reads; each is one of pyramid/schema.py's CLIP_JSON (tests check).
 METADATA_FIELDS = ("episode_id", "source", "embodiment", "level", "instructions", "task", "fps", "num_frames",
-                   "action_fps", "has_actions", "has_latent_actions", "height", "width")
+                   "action_fps", "has_actions", "has_latent_actions", "height", "width", "clip_index", "start_frame",
+                   "end_frame")
 
 
 @dataclass
