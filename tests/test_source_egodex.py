@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, SourceError
 from pyramid.sources import detect_source, get_source
 from pyramid.sources.egodex import DEFAULT_INTRINSICS, STATE_NAMES
 from pyramid.video_io import write_video
@@ -182,3 +182,15 @@ def test_detection_does_not_enter_symlink_loops(tmp_path):
     (tmp_path / "part1/loop").symlink_to(tmp_path / "part1", target_is_directory=True)
     assert detect_source(tmp_path).name == "egodex"
     assert [ref.relpath for ref in get_source("egodex")(tmp_path).discover()] == ["part1/lid/0.hdf5", "part1/loop"]
+
+
+def test_a_split_kept_on_another_disk_is_named_where_detection_cannot_look(tmp_path):
+    """EgoDex is terabytes: a part symlinked in from another disk is read only where the source allows it."""
+    fixture.write_episode(tmp_path / "disk2" / "part1" / "wipe_screen" / "0", 5, {"llm_description": "Wipe."})
+    (tmp_path / "egodex").mkdir()
+    (tmp_path / "egodex" / "part1").symlink_to(tmp_path / "disk2" / "part1")
+    with pytest.raises(SourceError, match="part1 is a symlink out of it, not looked into: to read them, give the source "
+                                          "in a recipe its kind and options: {follow_symlinks: true}"):
+        detect_source(tmp_path / "egodex")
+    reader = get_source("egodex")(tmp_path / "egodex", follow_symlinks=True)
+    assert [reader.load(ref).instructions for ref in reader.discover()] == [["Wipe."]]

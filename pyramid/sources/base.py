@@ -133,7 +133,23 @@ def detect_source(root: str | os.PathLike) -> type[Source]:
     for cls in sorted(SOURCES.values(), key=lambda c: c.name == "videos"):
         if cls.detect(root):
             return cls
-    raise SourceError(f"{root}: no known dataset layout found (pass --source; known: {', '.join(sorted(SOURCES))})")
+    raise SourceError(f"{root}: no known dataset layout found (pass --source; known: {', '.join(sorted(SOURCES))})"
+                      + _symlinks_out_hint(root))
+
+
+def _symlinks_out_hint(root: Path) -> str:
+    """Where the root's folders are symlinks out of it (a split kept on another disk), which detection, reading only
+    inside a root, does not follow: how to read them."""
+    try:
+        leaving = [p.name for p in sorted(root.iterdir())
+                   if symlink_problem(p, root) and not symlink_problem(p, root, follow_symlinks=True)]
+    except OSError:
+        return ""
+    if not leaving:
+        return ""
+    shown = ", ".join(leaving[:3]) + (f" and {len(leaving) - 3} more" if len(leaving) > 3 else "")
+    return (f"; {shown} {'is a symlink' if len(leaving) == 1 else 'are symlinks'} out of it, not looked into: to read "
+            "them, give the source in a recipe its kind and options: {follow_symlinks: true}")
 
 
 def open_source(root: str | os.PathLike, kind: str | None = None, **options: Any) -> Source:
