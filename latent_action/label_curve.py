@@ -96,12 +96,12 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
     configs = {share: config_for_share(base, share) for share in sorted(shares)}
     for config in configs.values():
         finished_checkpoint(config)
-    points = []
+    points, cameras = [], cameras_of_root(base, data_root)
     for share, config in configs.items():
         echo(f"labels.share {share:g}: training in {config.run.out_dir}")
         checkpoint = trained_checkpoint(config, show_progress, echo)
         result = evaluate_latents(checkpoint, data_root, out_dir / share_name(share), device=device, echo=echo, dims=dims,
-                                  cameras=cameras_of_root(base, data_root))
+                                  cameras=cameras)
         probe = result["probe"]
         points.append({"share": share, "checkpoint": str(checkpoint), "r2": probe["overall_r2"],
                        "r2_flow_grid": probe["overall_r2_flow_grid"], "r2_shuffled_control": probe["overall_r2_shuffled_control"],

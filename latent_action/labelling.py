@@ -27,7 +27,7 @@ from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
 from latent_action.pairs import FlowSettings, episode_error, episode_flows, flow_to_rgb, read_episodes
 from pyramid.atomic import atomic_write, atomic_write_bytes
-from pyramid.cameras import LAYOUT_WORDS, CameraView
+from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
 from pyramid.paths import output_child
@@ -69,9 +69,8 @@ def view_for(vae_config, cameras: str | None = None) -> CameraView:
     settings = FlowSettings.of_vae(vae_config)
     view = CameraView.of_option(cameras or "primary", settings.fit)
     if view.layout not in settings.layouts:
-        trained = " and ".join(LAYOUT_WORDS[layout] for layout in settings.layouts)
         hint = "; pass --cameras t:HEAD,LEFT_WRIST,RIGHT_WRIST with the dataset's camera names" if "t" in settings.layouts else ""
-        raise ValueError(f"the VAE was trained on {trained}, not {LAYOUT_WORDS[view.layout]} (--cameras {cameras or 'primary'}){hint}")
+        raise ValueError(f"the VAE was trained on {layouts_in_words(settings.layouts)}, not {LAYOUT_WORDS[view.layout]} (--cameras {cameras or 'primary'}){hint}")
     return view
 
 
@@ -115,8 +114,9 @@ def label_source(
 
     checkpoint = resolve_checkpoint(checkpoint)
     resolve_device(device)  # a bad device fails now, even when every episode is reused
-    pairs_at = _pair_rate(checkpoint)
-    view_for(_saved_config(checkpoint), cameras)  # a layout the VAE never saw fails now, before any episode
+    vae_config = _saved_config(checkpoint)
+    pairs_at = _pair_rate(vae_config)
+    view_for(vae_config, cameras)  # a layout the VAE never saw fails now, before any episode
     if motus_layout and pairs_at["stride"] != 1:
         raise ValueError(f"--motus-layout: {checkpoint} pairs frames {pairs_at['stride']} apart (flow stride); Motus's "
                          "latent_action_dim14 holds the latent action of each pair of consecutive frames: use a VAE trained with stride 1")
@@ -232,9 +232,9 @@ def _write_record(out_dir: Path, record: dict) -> None:
     atomic_write_bytes(out_dir / RECORD_FILE, json.dumps(record, indent=1).encode())
 
 
-def _pair_rate(checkpoint: str | Path) -> dict:
+def _pair_rate(vae_config: dict) -> dict:
     """The stored rate and stride the latents are at, from the checkpoint's config (fps None: every source frame)."""
-    settings = FlowSettings.of_vae(_saved_config(checkpoint))
+    settings = FlowSettings.of_vae(vae_config)
     return {"fps": settings.fps, "stride": settings.stride}
 
 

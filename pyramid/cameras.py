@@ -28,6 +28,11 @@ class CameraLayoutSpec(Strict):
 LAYOUT_WORDS = {"single": "one camera's view", "t": "T-layout views (the head camera above two wrist cameras)"}
 
 
+def layouts_in_words(layouts) -> str:
+    """`layouts` ("single", "t") as a message names them."""
+    return " and ".join(LAYOUT_WORDS[layout] for layout in layouts)
+
+
 @dataclass(frozen=True)
 class CameraView:
     names: tuple[str, ...] = ()  # () = the episode's primary camera

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from pyramid.cameras import LAYOUT_WORDS, CameraView
+from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
 from pyramid.clips import PART_FRAMES, ClipSpan, clip_parts, clip_spans, decode_stored_parts, stored_frames_of
 from pyramid.episode import Episode, EpisodeRef
 from pyramid.episode_outputs import EpisodeSummary, part_outputs, part_record, recorded_part, timed
@@ -290,16 +290,17 @@ def check_vae_matches(config: Any, recipe: Recipe) -> None:
 def _view_problems(config: Any, recipe: Recipe) -> list[str]:
     """How the recipe fits frames and lays out cameras, against what the VAE's flow came from: a padded frame's
     flow is not a cropped one's, and a T-layout frame holds three pictures where a single view holds one."""
+    from latent_action.pairs import FlowSettings
+
+    trained = FlowSettings.of_vae(config)  # as labelling reads it, a VAE from before these were recorded included
     problems = []
-    trained_fit = _recorded(config, "flow_resize", "pad")
-    if trained_fit != recipe.resize:
-        problems.append(f"trained on frames fitted by '{trained_fit}', the recipe's resize is '{recipe.resize}'")
-    trained_layouts = list(_recorded(config, "flow_camera_layouts", ["single"]))
+    if trained.fit != recipe.resize:
+        problems.append(f"trained on frames fitted by '{trained.fit}', the recipe's resize is '{recipe.resize}'")
     for number, source in enumerate(recipe.sources):
         layout = source.camera_view(recipe.resize).layout
-        if layout not in trained_layouts:
+        if layout not in trained.layouts:
             problems.append(f"sources[{number}] ({source.kind}) stores {LAYOUT_WORDS[layout]}, the VAE was trained on "
-                            + " and ".join(LAYOUT_WORDS[name] for name in trained_layouts))
+                            + layouts_in_words(trained.layouts))
     return problems
 
 

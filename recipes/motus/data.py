@@ -157,8 +157,7 @@ class ClipExamples(torch.utils.data.Dataset):
         # A latent action exists only for pairs within a clip (the pair across two clips is in flow.lance alone), so
         # latent-action windows stay inside their clip.
         self.following = following_clips(metas) if data.targets != "latent_actions" else {}
-        self.frames_after = {index: metas[after]["num_frames"] for index, after in self.following.items()}
-        self.usable = [i for i, meta in enumerate(metas) if self._usable(meta, data.embodiments, self.frames_after.get(i, 0))]
+        self.usable = [i for i, meta in enumerate(metas) if self._usable(meta, data.embodiments, self._frames_after(i))]
         if not self.usable:
             raise EpisodeError(data.root, f"no usable clips ({dict(self.skipped)})")
 
@@ -179,13 +178,18 @@ class ClipExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.usable)
 
+    def _frames_after(self, clip: int) -> int:
+        """How many frames of the clip that continues `clip` a window may run into (0 where none does)."""
+        after = self.following.get(clip)
+        return 0 if after is None else self.clips.metadata()[after]["num_frames"]
+
     def window(self, item: tuple[int, int]) -> tuple[Window, random.Random]:
         """The window of the example at `item` (clip index, stream position), and the generator of its other choices."""
         index, position = item
         rng = example_rng(self.seed, position)
         clip = self.usable[index]
         meta = self.clips.metadata()[clip]
-        return choose_window(meta["num_frames"], meta["fps"], self.frames, rng, self.frames_after.get(clip, 0)), rng
+        return choose_window(meta["num_frames"], meta["fps"], self.frames, rng, self._frames_after(clip)), rng
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         window, rng = self.window(item)
