@@ -85,8 +85,8 @@ def test_a_reversible_task_never_takes_the_reverse_sentence(tmp_path):
         attrs = fixture.reversible("2", "Put the lid on the jar.", second or "")
         if second is None:
             del attrs["llm_description2"]
-        fixture.write_episode(tmp_path / f"task/{number}", 5, attrs)
-        episode = read(tmp_path, f"task/{number}.hdf5")
+        fixture.write_episode(tmp_path / f"part2/add_remove_lid/{number}", 5, attrs)
+        episode = read(tmp_path, f"part2/add_remove_lid/{number}.hdf5")
         assert episode.instructions == []
         assert "llm_description2 is missing or empty" in episode.metadata["instruction_missing"]
 
@@ -99,20 +99,20 @@ def test_a_sentence_stored_as_an_array_or_with_spaces_is_the_sentence(tmp_path):
              "empty": (h5py.Empty("S10"), []),
              "several": (np.array(["Wipe.", "Dry."], dtype=h5py.string_dtype()), [])}
     for name, (value, instructions) in cases.items():
-        fixture.write_episode(tmp_path / f"{name}/0", 5, {"llm_description": value})
-        assert read(tmp_path, f"{name}/0.hdf5").instructions == instructions, name
+        fixture.write_episode(tmp_path / f"part1/wipe_screen_{name}/0", 5, {"llm_description": value})
+        assert read(tmp_path, f"part1/wipe_screen_{name}/0.hdf5").instructions == instructions, name
 
 
 def test_unknown_confidences_and_attributes_leave_the_episode_readable(tmp_path):
     """Metadata is a record, not data a build writes: a NaN there is an unknown, not a broken episode."""
     import h5py
 
-    fixture.write_episode(tmp_path / "task/0", 5, {"llm_description": "Wave.", "annotator_version": np.nan})
-    with h5py.File(tmp_path / "task/0.hdf5", "r+") as file:
+    fixture.write_episode(tmp_path / "part3/wave_hello/0", 5, {"llm_description": "Wave.", "annotator_version": np.nan})
+    with h5py.File(tmp_path / "part3/wave_hello/0.hdf5", "r+") as file:
         file["confidences/leftHand"][1] = np.nan
         file["confidences/rightHand"][...] = np.nan
         kept = np.delete(file["confidences/leftHand"][...], 1)
-    metadata = read(tmp_path, "task/0.hdf5").metadata
+    metadata = read(tmp_path, "part3/wave_hello/0.hdf5").metadata
     assert metadata["mean_confidence"]["leftHand"] == pytest.approx(float(kept.mean()))
     assert metadata["mean_confidence"]["rightHand"] is None and metadata["attrs"]["annotator_version"] is None
 
