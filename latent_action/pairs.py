@@ -212,14 +212,20 @@ class EpisodePairs(PairSet):
 
 
 def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | None = None, max_episodes: int | None = None) -> Iterator[Episode | EpisodeError]:
-    """Each episode of a source root, or the `EpisodeError` that made it unreadable (so callers can record why)."""
+    """Each episode of a source root, or the `EpisodeError` that made it unreadable (so callers can record why).
+    A second episode with an id already seen (a duplicated metadata entry) is such an error, as in a build."""
     from pyramid.sources import open_source
+    from pyramid.sources.base import DuplicateIds
 
     options = {"embodiment": embodiment} if embodiment else {}
     reader = open_source(root, kind, **options)
+    duplicates = DuplicateIds()
     for count, ref in enumerate(reader.discover()):
         if max_episodes is not None and count >= max_episodes:
             return
+        if problem := duplicates.problem(ref.episode_id, str(ref.path)):
+            yield EpisodeError(ref.path, problem)
+            continue
         try:
             yield reader.load(ref)
         except (EpisodeError, OSError, ValueError) as exc:

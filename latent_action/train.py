@@ -60,11 +60,11 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     last = checkpoint_to_resume(checkpoints, resume)  # refuses an out_dir with checkpoints unless resuming
     if last is not None:
         refuse_changed_config(last, config)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.run.device)
     torch.manual_seed(config.run.seed)
 
     data = prepare_data(config, echo)
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the data, so that a refusal of it leaves nothing behind
     vae = build_model(config, data.pairs.settings).to(device).train()
     echo(f"model '{config.model.preset}': {describe_counts(parameter_counts(vae))}")
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=config.optim.lr,
@@ -193,6 +193,7 @@ def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]
         pairs = LancePairs(data.lance, image_size)
         refuse_other_flow(data.flow, pairs.settings, data.lance)
         return pairs
+    refuse_colliding_sources(data.sources)
     views = [CameraView.of_recipe(source.cameras, data.flow.resize) for source in data.sources]
     pairs = EpisodePairs(image_size, FlowSettings.from_config(data.flow, [view.layout for view in views]))
     estimator = pairs.settings.estimator()
@@ -210,6 +211,16 @@ def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]
     if not len(pairs):
         raise ValueError(f"the configured sources hold no episode with two or more frames at {data.flow.fps:g} fps")
     return pairs
+
+
+def refuse_colliding_sources(sources) -> None:
+    """A ValueError where two sources would give their episodes the same ids: the held-out split and the label share
+    are drawn by episode id, so their episodes would be taken for one another."""
+    from pyramid.sources.base import colliding_roots, detect_source, get_source
+
+    kinds = [(get_source(source.kind) if source.kind else detect_source(source.root)).name for source in sources]
+    if problem := colliding_roots(zip(kinds, (source.root for source in sources))):
+        raise ValueError(f"data.sources: {problem}")
 
 
 # data.flow keys -> the FlowSettings field each sets

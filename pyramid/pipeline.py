@@ -35,7 +35,7 @@ from typing import Iterator
 from pyramid.cluster import check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, SourceError, debugging
 from pyramid.recipe import Recipe
-from pyramid.sources.base import DuplicateIds
+from pyramid.sources.base import DuplicateIds, colliding_roots
 
 # Episodes handed to Ray at a time: bounds driver memory on huge trees. Actor pools (and the models they load) are
 # rebuilt once per window and its tail waits for the slowest worker, so a window holds enough episodes per worker
@@ -128,13 +128,8 @@ def check_output_writable(output: Path) -> None:
 
 
 def check_unique_roots(recipe: Recipe) -> None:
-    seen: dict[tuple[str, str], str] = {}
-    for spec in recipe.sources:
-        key = (spec.kind, Path(spec.root).name)
-        if key in seen:
-            raise BuildError(f"sources {seen[key]} and {spec.root} are both '{spec.kind}' in folders named "
-                             f"'{key[1]}': their episode ids would collide; rename one folder")
-        seen[key] = spec.root
+    if problem := colliding_roots((spec.kind, spec.root) for spec in recipe.sources):
+        raise BuildError(problem)
 
 
 def _with_checkpoint(recipe: Recipe) -> Recipe:

@@ -246,6 +246,22 @@ def test_two_sources_of_one_kind_keep_their_episodes_apart(fixtures, tmp_path):
     assert len({json.loads(s["json"])["episode_id"] for s in samples.values()}) == 6
 
 
+def test_two_sources_of_one_kind_in_folders_of_one_name_are_refused_before_ray_starts(fixtures, tmp_path):
+    import shutil as sh
+
+    twin = tmp_path / "elsewhere" / fixtures["videos"].name
+    sh.copytree(fixtures["videos"], twin)
+    for second, words in [(twin, f"are both 'videos' in folders named '{twin.name}': their episode ids would collide"),
+                          (fixtures["videos"], "is listed twice")]:
+        recipe = {"sources": [{"kind": "videos", "root": str(root)} for root in (fixtures["videos"], second)],
+                  "output": str(tmp_path / "out"), "formats": ["webdataset"]}
+        (tmp_path / "twice.yaml").write_text(yaml.safe_dump(recipe))
+        result = subprocess.run([*CLI, "build", str(tmp_path / "twice.yaml"), "--quiet"], capture_output=True, text=True, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_episode_that_kills_its_worker_is_quarantined_and_the_build_goes_on(fixtures, tmp_path):
     import shutil as sh
 

@@ -157,6 +157,24 @@ def test_an_unreadable_heldout_list_is_named(run, tmp_path, content):
         load_trained(checkpoint)
 
 
+# ------------------------------------------------------------------------------------------------ train-vae sources
+
+
+def test_train_vae_refuses_two_sources_whose_episode_ids_would_collide(sample, tmp_path):
+    """Ids carry the root folder's name, not its path: the held-out split and the label share, drawn by id, would
+    take the episodes of one for the other's."""
+    twin = tmp_path / "elsewhere" / "lerobot"
+    shutil.copytree(sample / "lerobot", twin)
+    for second, words in [(twin, "are both 'lerobot' in folders named 'lerobot': their episode ids would collide"),
+                          (sample / "lerobot", "is listed twice")]:
+        raw = config_dict(sample, tmp_path / "run")
+        raw["data"]["sources"].append({"root": str(second)})
+        (tmp_path / "twice.yaml").write_text(yaml.safe_dump(raw))
+        result = runner.invoke(app, ["train-vae", str(tmp_path / "twice.yaml"), "--no-progress"])
+        one_line_error(result, "data.sources: ", words)
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------------ train-vae --resume
 
 

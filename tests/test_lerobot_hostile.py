@@ -86,6 +86,20 @@ def test_the_duplicate_is_named_by_the_build_layer(hostile):
     assert len(problems) == 1 and problems[0][0] == duplicate.relpath and duplicate.words in problems[0][1]
 
 
+def test_the_latent_action_reader_names_the_duplicate_too(hostile):
+    """`train-vae`, `label` and `eval-latents` read episodes through `read_episodes`: a duplicated entry is one
+    episode skipped with its reason, as in a build, not a second copy drawn into the split and the label share."""
+    from latent_action.pairs import read_episodes
+
+    root, spec = hostile
+    read = list(read_episodes(root, "lerobot"))
+    ids = [episode.episode_id for episode in read if not isinstance(episode, Exception)]
+    assert len(ids) == len(set(ids)) and len(ids) >= len(spec.good)
+    duplicate = next(bad for bad in spec.bad if bad.fault == "duplicate_id")
+    named = [error for error in read if isinstance(error, EpisodeError) and "duplicate episode: same id" in str(error)]
+    assert len(named) == 1 and duplicate.words in str(named[0])
+
+
 def test_follow_symlinks_reads_the_video_outside_the_root_but_never_a_loop(hostile):
     root, spec = hostile
     reader = get_source("lerobot")(root, follow_symlinks=True)

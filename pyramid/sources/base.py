@@ -10,7 +10,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from pyramid.episode import PYRAMID_LEVELS, Episode, EpisodeRef
 from pyramid.errors import EpisodeError, SourceError
@@ -155,6 +155,26 @@ def _symlinks_out_hint(root: Path) -> str:
 def open_source(root: str | os.PathLike, kind: str | None = None, **options: Any) -> Source:
     cls = get_source(kind) if kind else detect_source(root)
     return cls(root, **options)
+
+
+def colliding_roots(sources: Iterable[tuple[str, str | os.PathLike]]) -> str | None:
+    """The line saying which two of the (kind, root) sources would give their episodes the same ids, or None.
+
+    An episode id carries its reader's kind and its root folder's name, not the root's path (so that a moved dataset
+    keeps its ids): two datasets of one kind in folders of one name, or one root listed twice, collide.
+    """
+    seen: dict[tuple[str, str], Path] = {}
+    for kind, root in sources:
+        root = Path(root)
+        key = (kind, root.name)
+        if key not in seen:
+            seen[key] = root
+        elif seen[key].resolve() == root.resolve():
+            return f"source {root} is listed twice"
+        else:
+            return (f"sources {seen[key]} and {root} are both '{kind}' in folders named '{root.name}': "
+                    "their episode ids would collide; rename one folder")
+    return None
 
 
 class DuplicateIds:
