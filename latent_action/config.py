@@ -89,11 +89,16 @@ class DataConfig(Strict):
     # What holdout_fraction is a fraction of: labelled episodes, or tasks (every episode of a held-out task stays
     # out of training, so that eval-latents scores tasks the VAE never saw; needs episodes that name their task).
     holdout_by: Literal["episodes", "tasks"] = "episodes"
+    # With holdout_by: tasks, the tasks kept out by name (each episode's task string) in place of a share drawn by
+    # hash: the same unseen tasks for runs on different training data.
+    holdout_tasks: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_input(self) -> "DataConfig":
         if bool(self.sources) == (self.lance is not None):
             raise ValueError("give exactly one of 'sources' (episodes) or 'lance' (a flow.lance dataset)")
+        if self.holdout_tasks and self.holdout_by != "tasks":
+            raise ValueError("holdout_tasks names tasks to keep out: set holdout_by: tasks as well")
         return self
 
 

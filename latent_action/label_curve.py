@@ -80,7 +80,7 @@ def with_holdout(config: TrainConfig, holdout_by: str | None) -> TrainConfig:
     changes the split: a run trained on another split is another run."""
     if holdout_by is None or holdout_by == config.data.holdout_by:
         return config
-    data = config.data.model_copy(update={"holdout_by": holdout_by})
+    data = config.data.model_copy(update={"holdout_by": holdout_by, "holdout_tasks": []})  # tasks named hold out tasks only
     run = config.run.model_copy(update={"out_dir": config.run.out_dir.with_name(f"{config.run.out_dir.name}-heldout-{holdout_by}")})
     return config.model_copy(update={"data": data, "run": run})
 

@@ -315,23 +315,34 @@ def _unpack_flow(blob: bytes | None, path: Path, index: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ splits
 
 
-def heldout_episodes(table: PairTable, fraction: float, by: str = "episodes") -> set[str]:
+def heldout_episodes(table: PairTable, fraction: float, by: str = "episodes", tasks: Sequence[str] = ()) -> set[str]:
     """Episodes kept out of training, chosen by hash so that the choice is deterministic.
 
     By episodes: a `fraction` of the labelled episodes (at least one when fraction > 0 and there are two or more).
     By tasks: every episode, labelled or not, of a `fraction` of the tasks that have labelled episodes (at least
-    one task, never all), so that a probe scores the latents of tasks the VAE never saw; a ValueError where the
-    episodes name fewer than two such tasks.
+    one task, never all), or of the `tasks` named, so that a probe scores the latents of tasks the VAE never saw;
+    a ValueError where the episodes name fewer than two such tasks, or a named task is not one of them.
     """
     labelled = {e: t for e, t, a in zip(table.episode_id, table.task, table.action) if a is not None}
     if by == "tasks":
-        tasks = sorted({task for task in labelled.values() if task})
-        if fraction > 0 and len(tasks) < 2:
-            raise ValueError(f"holdout_by: tasks needs labelled episodes of two or more named tasks; these name {len(tasks)}"
+        known = sorted({task for task in labelled.values() if task})
+        if (fraction > 0 or tasks) and len(known) < 2:
+            raise ValueError(f"holdout_by: tasks needs labelled episodes of two or more named tasks; these name {len(known)}"
                              + (" (a flow.lance records no task: train from data.sources)" if not any(table.task) else ""))
-        held = set(_first_by_hash(tasks, fraction))
+        held = _named_tasks(tasks, known) if tasks else set(_first_by_hash(known, fraction))
         return {episode for episode, task in zip(table.episode_id, table.task) if task in held}
     return set(_first_by_hash(sorted(labelled), fraction))
+
+
+def _named_tasks(tasks: Sequence[str], known: list[str]) -> set[str]:
+    """`tasks` (data.holdout_tasks), each one of the `known` labelled tasks, never all of them."""
+    unknown = [task for task in tasks if task not in known]
+    if unknown:
+        raise ValueError(f"holdout_tasks: no labelled episode has the task {', '.join(map(repr, unknown))} "
+                         f"(the tasks here: {', '.join(map(repr, known))})")
+    if set(tasks) >= set(known):
+        raise ValueError(f"holdout_tasks names every labelled task ({len(known)}): nothing labelled would be left to train with")
+    return set(tasks)
 
 
 def _first_by_hash(names: list[str], fraction: float) -> list[str]:

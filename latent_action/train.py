@@ -134,7 +134,7 @@ def _write(log, record: dict) -> None:
 def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingData:
     """The flow pairs, the held-out split, the label share and the action normalisation fitted on the training pairs."""
     pairs = open_pairs(config, PRESETS[config.model.preset].image_size, echo)
-    heldout = heldout_episodes(pairs.table, config.data.holdout_fraction, config.data.holdout_by)
+    heldout = heldout_episodes(pairs.table, config.data.holdout_fraction, config.data.holdout_by, config.data.holdout_tasks)
     if config.data.holdout_by == "tasks":
         tasks = sorted({task for episode, task in zip(pairs.table.episode_id, pairs.table.task) if episode in heldout})
         echo(f"held out of training: every episode of {len(tasks)} task(s): {'; '.join(tasks)}")

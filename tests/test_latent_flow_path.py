@@ -183,3 +183,23 @@ def test_holding_out_by_tasks_needs_two_named_tasks():
         for pair in range(2):
             table.append("push-0", "s", "arm", pair, None, task="push")
         heldout_episodes(table, 0.5, "tasks")
+
+
+def test_holding_out_named_tasks_keeps_exactly_those_out():
+    table = pairs_of_tasks({f"task {n}": 3 for n in range(4)})
+    table.append("unlabelled-0", "s", "arm", 0, None, task="task 1")
+    held = heldout_episodes(table, 0.25, "tasks", ["task 1", "task 3"])
+    assert held == {f"task {t}-{e}" for t in (1, 3) for e in range(3)} | {"unlabelled-0"}
+    assert heldout_episodes(table, 0.0, "tasks", ["task 2"]) == {f"task 2-{e}" for e in range(3)}  # the fraction unused
+    with pytest.raises(ValueError, match="no labelled episode has the task 'task 9' \\(the tasks here: 'task 0', 'task 1'"):
+        heldout_episodes(table, 0.25, "tasks", ["task 2", "task 9"])
+    with pytest.raises(ValueError, match="names every labelled task \\(4\\)"):
+        heldout_episodes(table, 0.25, "tasks", [f"task {n}" for n in range(4)])
+
+
+def test_named_tasks_to_hold_out_need_holdout_by_tasks():
+    from latent_action.config import DataConfig
+
+    with pytest.raises(ValueError, match="set holdout_by: tasks as well"):
+        DataConfig(sources=[{"root": "data"}], holdout_tasks=["pick"])
+    assert DataConfig(sources=[{"root": "data"}], holdout_by="tasks", holdout_tasks=["pick"]).holdout_tasks == ["pick"]

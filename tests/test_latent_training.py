@@ -351,6 +351,31 @@ def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_
     assert json.loads((run / "label_curve" / "curve.json").read_text())["heldout_by"] == "tasks"
 
 
+def test_tasks_named_to_hold_out_are_the_ones_kept_out(tmp_path):
+    from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
+    from tests.fixtures.lerobot import ACTION_NAMES, STATE_NAMES, moving_square_frames, trajectory
+
+    tasks = ["pick the red cube", "open the drawer", "push the button"]
+    episodes = [RecordedEpisode(tasks[i % 3], trajectory(i, 6), trajectory(i, 6) / 2,
+                                {"observation.images.top": moving_square_frames(6, 48, 64, seed=i)}) for i in range(6)]
+    write_lerobot_v3(tmp_path / "data", episodes, fps=10, robot_type="arm", state_names=STATE_NAMES, action_names=ACTION_NAMES,
+                     overwrite=True)
+    config = config_dict(tmp_path, tmp_path / "run", max_steps=1)
+    config["data"] |= {"sources": [{"root": str(tmp_path / "data")}], "holdout_by": "tasks",
+                       "holdout_tasks": ["open the drawer", "push the button"]}
+    log = []
+    checkpoint = train(parse_config(config), show_progress=False, echo=log.append)
+    reader = open_source(tmp_path / "data")
+    task_of = {ref.episode_id: reader.load(ref).task for ref in reader.discover()}
+    heldout = set(json.loads((checkpoint / "heldout_episodes.json").read_text()))
+    assert heldout == {e for e, task in task_of.items() if task != "pick the red cube"}
+    assert "held out of training: every episode of 2 task(s): open the drawer; push the button" in log
+    config["data"]["holdout_tasks"] = ["open the drawers"]
+    config["run"]["out_dir"] = str(tmp_path / "run2")
+    with pytest.raises(ValueError, match="holdout_tasks: no labelled episode has the task 'open the drawers'"):
+        train(parse_config(config), show_progress=False, echo=log.append)
+
+
 def test_an_episode_whose_video_breaks_late_counts_nothing_in_the_evaluation(straight_run, tmp_path):
     """Flow is made FRAMES_PER_CHUNK stored frames at a time: an episode whose video breaks past the first chunk is
     skipped whole, its first chunk's errors not kept in the flow figures."""
