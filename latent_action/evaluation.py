@@ -34,11 +34,11 @@ from latent_action.eval_report import number, write_eval_report
 from latent_action.images import resize_images, to_uint8
 from latent_action.labelling import encode_flow_rgb, view_for
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import FlowSettings, episode_error, episode_flows, episode_pair_actions, flow_to_rgb, read_episodes, rgb_to_flow
+from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes, episode_flows, episode_pair_actions, flow_to_rgb,
+                                 read_episodes, rgb_to_flow)
 from latent_action.plots import plot_latent_histograms, plot_probe, write_preview
 from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, r2_per_dim
 from latent_action.train import resolve_device
-from pyramid.errors import EpisodeError
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
@@ -141,11 +141,10 @@ def evaluate_latents(
     per_embodiment: dict[str, EmbodimentData] = {}
     errors, stats = FlowErrors(), RunningStats(vae.config.action_dim)
     previews: list[tuple[float, np.ndarray, np.ndarray]] = []
-    skipped: dict[str, str] = {}
+    skipped = SkippedEpisodes(echo)
     for episode in read_episodes(data_root, kind):
         if isinstance(episode, Exception):
-            skipped[episode.path] = str(episode)
-            echo(f"skipped: {episode}")
+            skipped.add(episode.path, episode)
             continue
         actions = episode_pair_actions(episode, settings)
         if actions is None or len(actions) == 0:
@@ -154,9 +153,8 @@ def evaluate_latents(
         episode_errors, kept_previews = FlowErrors(), list(previews)  # counted only once the whole episode is read
         try:
             latents, grid = _evaluate_episode(vae, episode, settings, estimator, view, episode_errors if scored else None, kept_previews)
-        except (EpisodeError, OSError, ValueError) as exc:  # its video, as the first read of it shows
-            skipped[episode.path] = str(episode_error(episode.path, exc))
-            echo(f"skipped: {skipped[episode.path]}")
+        except EPISODE_FAILURES as exc:  # its video, as the first read of it shows
+            skipped.add(episode.path, exc)
             continue
         errors.merge(episode_errors)
         previews[:] = kept_previews

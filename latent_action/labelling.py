@@ -25,7 +25,7 @@ import torch
 from latent_action.action_space import LATENT_ACTION_DIM
 from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import FlowSettings, episode_error, episode_flows, flow_to_rgb, read_episodes
+from latent_action.pairs import EPISODE_FAILURES, FlowSettings, SkippedEpisodes, episode_flows, flow_to_rgb, read_episodes
 from pyramid.atomic import atomic_write, atomic_write_bytes
 from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
 from pyramid.episode import Episode
@@ -125,12 +125,11 @@ def label_source(
     record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary"}
     reuse = prepare_output(out_dir, record, overwrite)
     stats = RunningStats(14)
-    report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": {}}
+    report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": SkippedEpisodes(echo)}
     resampled = 0  # episodes whose source video holds more frames than their rows pair
     for episode in read_episodes(root, kind):
         if isinstance(episode, Exception):
-            report["errors"][episode.path] = str(episode)
-            echo(f"skipped: {episode}")
+            report["errors"].add(episode.path, episode)
             continue
         target = output_child(out_dir, "latent_actions", f"{episode.episode_id}.npy")
         latents = reusable_latents(target, echo) if reuse else None
@@ -140,9 +139,8 @@ def label_source(
             labeller = labeller or LatentActionLabeller(checkpoint, device, cameras=cameras)
             try:
                 latents = labeller(episode)
-            except (EpisodeError, OSError, ValueError) as exc:  # its video, as the first read of it shows
-                report["errors"][episode.path] = str(episode_error(episode.path, exc))
-                echo(f"skipped: {report['errors'][episode.path]}")
+            except EPISODE_FAILURES as exc:  # its video, as the first read of it shows
+                report["errors"].add(episode.path, exc)
                 continue
             _write_atomically(target, lambda path: np.save(path, latents))
         if motus_layout:

@@ -13,7 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -183,7 +183,6 @@ class EpisodePairs(PairSet):
         self.image_size = image_size
         self.settings = settings
         self.chunks: list[np.ndarray] = []
-        self.skipped: dict[str, str] = {}  # episode id -> why it was left out
         self._stacked: np.ndarray | None = None
 
     def add_episode(self, episode: Episode, group: str | None = None, estimator=None, view=None) -> None:
@@ -228,13 +227,29 @@ def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | N
             continue
         try:
             yield reader.load(ref)
-        except (EpisodeError, OSError, ValueError) as exc:
+        except EPISODE_FAILURES as exc:
             yield episode_error(ref.path, exc)
 
 
 def episode_error(path: str | Path, exc: Exception) -> EpisodeError:
     """`exc` as the EpisodeError that names the episode at `path` (itself where it is one)."""
     return exc if isinstance(exc, EpisodeError) else EpisodeError(path, f"{exc.__class__.__name__}: {exc}")
+
+
+# What reading an episode's video for its flow raises where that episode alone is at fault.
+EPISODE_FAILURES = (EpisodeError, OSError, ValueError)
+
+
+class SkippedEpisodes(dict):
+    """The episodes a run leaves out, episode path -> the one-line reason, each said as it is left out."""
+
+    def __init__(self, echo: Callable[[str], None]):
+        super().__init__()
+        self.echo = echo
+
+    def add(self, path: str | Path, exc: Exception) -> None:
+        self[str(path)] = reason = str(episode_error(path, exc))
+        self.echo(f"skipped: {reason}")
 
 
 # ------------------------------------------------------------------------------------------------- lance

@@ -21,17 +21,19 @@ from latent_action.config import TrainConfig
 from latent_action.images import distance_from_white, random_shift, to_model_input, to_uint8, white
 from latent_action.losses import LossTerms, latent_action_loss
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet, heldout_episodes, hide_labels, indices_of,
-                                 read_episodes)
+from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet, SkippedEpisodes, heldout_episodes, hide_labels,
+                                 indices_of, read_episodes)
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
+from pyramid.atomic import atomic_write_bytes
 from pyramid.cameras import CameraView
 from pyramid.errors import EpisodeError
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 
 PREVIEW_PAIRS = 8
+SKIPPED_FILE = "skipped_episodes.json"  # in run.out_dir: the episodes training left out, and why
 EVAL_PAIRS = 64
 
 
@@ -50,6 +52,7 @@ class TrainingData:
     train_indices: np.ndarray
     eval_indices: np.ndarray  # held-out pairs (training pairs when nothing is held out)
     normalizer: ActionNormalizer
+    skipped: dict[str, str]  # episode path -> why it was left out (a video that will not decode...)
 
 
 def train(config: TrainConfig, resume: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> Path:
@@ -65,6 +68,8 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
 
     data = prepare_data(config, echo)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the data, so that a refusal of it leaves nothing behind
+    if data.skipped:
+        atomic_write_bytes(out_dir / SKIPPED_FILE, json.dumps(data.skipped, indent=1).encode())
     vae = build_model(config, data.pairs.settings).to(device).train()
     echo(f"model '{config.model.preset}': {describe_counts(parameter_counts(vae))}")
     optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=config.optim.lr,
@@ -133,7 +138,8 @@ def _write(log, record: dict) -> None:
 
 def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingData:
     """The flow pairs, the held-out split, the label share and the action normalisation fitted on the training pairs."""
-    pairs = open_pairs(config, PRESETS[config.model.preset].image_size, echo)
+    skipped = SkippedEpisodes(echo)
+    pairs = open_pairs(config, PRESETS[config.model.preset].image_size, skipped)
     heldout = heldout_episodes(pairs.table, config.data.holdout_fraction, config.data.holdout_by, config.data.holdout_tasks)
     if config.data.holdout_by == "tasks":
         tasks = sorted({task for episode, task in zip(pairs.table.episode_id, pairs.table.task) if episode in heldout})
@@ -151,7 +157,7 @@ def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingDa
         echo(f"every training pair is {kind}: batches are all {kind}, whatever labelled_fraction says"
              + (" (set data.labels.share to train with fewer labels)" if labelled else ""))
     eval_indices = heldout_indices if len(heldout_indices) else train_indices
-    return TrainingData(pairs, heldout, train_indices, eval_indices, fit_normalizer(pairs, train_indices))
+    return TrainingData(pairs, heldout, train_indices, eval_indices, fit_normalizer(pairs, train_indices), skipped)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -187,7 +193,7 @@ def build_model(config: TrainConfig, settings: FlowSettings) -> LatentActionVAE:
     return build_vae(config.model.preset, config.model.dcae_path, config.model.freeze_dcae, **recorded)
 
 
-def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]) -> PairSet:
+def open_pairs(config: TrainConfig, image_size: int, skipped: SkippedEpisodes) -> PairSet:
     data = config.data
     if data.lance is not None:
         pairs = LancePairs(data.lance, image_size)
@@ -200,14 +206,12 @@ def open_pairs(config: TrainConfig, image_size: int, echo: Callable[[str], None]
     for number, (source, view) in enumerate(zip(data.sources, views)):
         for episode in read_episodes(source.root, source.kind, source.embodiment, source.max_episodes):
             if isinstance(episode, Exception):
-                pairs.skipped[str(episode.path)] = str(episode)
-                echo(f"skipped: {episode}")
+                skipped.add(episode.path, episode)
                 continue
             try:
                 pairs.add_episode(episode, group=f"sources[{number}]", estimator=estimator, view=view)
             except EpisodeError as exc:
-                pairs.skipped[str(exc.path)] = str(exc)
-                echo(f"skipped: {exc}")
+                skipped.add(exc.path, exc)
     if not len(pairs):
         raise ValueError(f"the configured sources hold no episode with two or more frames at {data.flow.fps:g} fps")
     return pairs
