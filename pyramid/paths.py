@@ -42,6 +42,8 @@ def confined(root: Path, relative: str | os.PathLike, follow_symlinks: bool = Fa
     path = Path(root) / relative
     if relative.is_absolute() or ".." in relative.parts:
         raise EpisodeError(path, f"path '{relative}' leaves the dataset root {root}")
+    if path.is_symlink() and not path.exists():  # else "missing", or "outside the root" where it would have led
+        raise EpisodeError(path, f"broken symlink (to {os.readlink(path)})")
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     if not _within(real, real_root):
