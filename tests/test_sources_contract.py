@@ -110,3 +110,16 @@ def test_episode_ids_are_stable(built):
     second = [ref.episode_id for ref in get_source(name)(root).discover()]
     assert first == second and len(set(first)) == len(first)
     assert all("." not in eid and "/" not in eid for eid in first)
+
+
+def test_discovery_order_does_not_depend_on_the_order_a_directory_lists_its_files(tmp_path):
+    """'1' and '01' are one number: they are ordered by name, not left in the directory's listing order, which
+    differs between file systems and copies (and would change a build's shard contents)."""
+    from pyramid.sources.base import _natural_key, walk_files
+
+    expected = ["001.mp4", "01.mp4", "1.mp4", "2.mp4", "10.mp4", "episode9.mp4", "episode10.mp4"]
+    for listed in (expected, expected[::-1], expected[3:] + expected[:3]):  # as scandir might list them
+        assert sorted(listed, key=_natural_key) == expected
+    for name in expected:
+        (tmp_path / name).write_bytes(b"")
+    assert [path.name for path in walk_files(tmp_path, lambda name: name.endswith(".mp4"))] == expected

@@ -227,11 +227,11 @@ def walk_files(root: Path, keep: Callable[[str], bool], prune: Callable[[str], b
 
 
 def _natural_key(name: str) -> tuple:
-    """Sort 'episode2' before 'episode10'."""
+    """Sort 'episode2' before 'episode10'; names of one number ('1', '01') by name, not in the directory's order."""
     import re
 
     # isdecimal, not isdigit: '²' is a digit that int() refuses, and one such name would stop discovery
-    return tuple(int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name))
+    return (*(int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name)), name)
 
 
 def _load_builtin_sources() -> None:
