@@ -313,15 +313,21 @@ def test_label_curve_trains_one_vae_per_share_on_one_split_and_reuses_finished_r
     assert any(m.startswith("reusing ") for m in again)
 
 
-def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_path):
+TASKS = ["pick the red cube", "open the drawer", "push the button"]
+
+
+def write_three_tasks(root, frames: int) -> None:
+    """Six episodes of a LeRobot v3.0 dataset, two of each of three tasks."""
     from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
     from tests.fixtures.lerobot import ACTION_NAMES, STATE_NAMES, moving_square_frames, trajectory
 
-    tasks = ["pick the red cube", "open the drawer", "push the button"]
-    episodes = [RecordedEpisode(tasks[i % 3], trajectory(i, 8), trajectory(i, 8) / 2,
-                                {"observation.images.top": moving_square_frames(8, 48, 64, seed=i)}) for i in range(6)]
-    write_lerobot_v3(tmp_path / "data", episodes, fps=10, robot_type="arm", state_names=STATE_NAMES, action_names=ACTION_NAMES,
-                     overwrite=True)
+    episodes = [RecordedEpisode(TASKS[i % 3], trajectory(i, frames), trajectory(i, frames) / 2,
+                                {"observation.images.top": moving_square_frames(frames, 48, 64, seed=i)}) for i in range(6)]
+    write_lerobot_v3(root, episodes, fps=10, robot_type="arm", state_names=STATE_NAMES, action_names=ACTION_NAMES, overwrite=True)
+
+
+def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_path):
+    write_three_tasks(tmp_path / "data", 8)
     config = config_dict(tmp_path, tmp_path / "run", max_steps=2)
     config["data"] |= {"sources": [{"root": str(tmp_path / "data")}], "holdout_fraction": 0.34, "holdout_by": "tasks"}
     log = []
@@ -352,14 +358,7 @@ def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_
 
 
 def test_tasks_named_to_hold_out_are_the_ones_kept_out(tmp_path):
-    from pyramid.lerobot_writer import RecordedEpisode, write_lerobot_v3
-    from tests.fixtures.lerobot import ACTION_NAMES, STATE_NAMES, moving_square_frames, trajectory
-
-    tasks = ["pick the red cube", "open the drawer", "push the button"]
-    episodes = [RecordedEpisode(tasks[i % 3], trajectory(i, 6), trajectory(i, 6) / 2,
-                                {"observation.images.top": moving_square_frames(6, 48, 64, seed=i)}) for i in range(6)]
-    write_lerobot_v3(tmp_path / "data", episodes, fps=10, robot_type="arm", state_names=STATE_NAMES, action_names=ACTION_NAMES,
-                     overwrite=True)
+    write_three_tasks(tmp_path / "data", 6)
     config = config_dict(tmp_path, tmp_path / "run", max_steps=1)
     config["data"] |= {"sources": [{"root": str(tmp_path / "data")}], "holdout_by": "tasks",
                        "holdout_tasks": ["open the drawer", "push the button"]}
