@@ -18,6 +18,14 @@ from flow.backend import FlowBackend
 
 DEFAULT_MODEL = "dpflow"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# ptlflow models whose flow for a pair is not the pair's own: a build hands the backend independent pairs.
+NOT_PAIRWISE = {
+    "memfof": "reads three frames per sample",
+    "memflow": "carries a memory of earlier calls into each pair",
+    "memflow_t": "carries a memory of earlier calls into each pair",
+    "videoflow_bof": "is a multi-frame model (it repeats a frame when given two)",
+    "videoflow_mof": "is a multi-frame model (it repeats a frame when given two)",
+}
 
 
 class CheckpointError(Exception):
@@ -53,6 +61,9 @@ class PtlflowBackend(FlowBackend):
             raise ValueError(f"batch_size must be an integer >= 1, got {options['batch_size']!r}")
         if options["model"] not in ptlflow.get_model_names():
             raise ValueError(f"ptlflow has no model {options['model']!r} (it has e.g. dpflow, sea_raft_s, raft)")
+        if options["model"] in NOT_PAIRWISE:
+            raise ValueError(f"ptlflow model {options['model']!r} {NOT_PAIRWISE[options['model']]}, but flow is made pair by "
+                             "pair: use a two-frame model (e.g. dpflow, sea_raft_s, raft)")
 
     def __init__(
         self,
@@ -89,12 +100,39 @@ class PtlflowBackend(FlowBackend):
         pairs = torch.from_numpy(np.stack([frames_a, frames_b], axis=1)).to(self.device)  # uint8 crosses the bus, not float
         # ptlflow models take [B, 2, 3, H, W] BGR in [0, 1], the channel order cv2.imread gives.
         images = pairs.flip(-1).permute(0, 1, 4, 2, 3).float().div(255).contiguous()
-        dtype = PRECISIONS[self.precision]
-        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            flows = self.model({"images": images})["flows"][:, 0]
+        flows = self._forward(images)["flows"][:, 0]
         if flows.shape[-2:] != images.shape[-2:]:
             raise RuntimeError(f"ptlflow:{self.model_name} returned flow of size {tuple(flows.shape[-2:])} for input {tuple(images.shape[-2:])}")
         return flows.permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def _forward(self, images: torch.Tensor) -> dict:
+        """The model's outputs, or one error naming the model, the batch and what went wrong.
+
+        DPFlow meets an out-of-memory error by switching itself for good to a correlation that needs the optional
+        alt_cuda_corr extension (absent from ptlflow's wheel), which then fails on every later batch, or returns
+        None: the mode is put back after each call, and running out of memory is said as such.
+        """
+        corr_mode = getattr(self.model, "corr_mode", None)
+        dtype = PRECISIONS[self.precision]
+        batch = f"{images.shape[0]} pairs of {images.shape[-2]}x{images.shape[-1]}"
+        try:
+            with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                outputs = self.model({"images": images})
+        except Exception as error:
+            if isinstance(error, torch.OutOfMemoryError) or getattr(self.model, "corr_mode", None) != corr_mode:
+                raise self._out_of_memory(batch) from error
+            raise RuntimeError(f"ptlflow:{self.model_name} failed on {batch}: {type(error).__name__}: "
+                               f"{' '.join(str(error).split())[:300]}") from error
+        finally:
+            if corr_mode is not None:
+                self.model.corr_mode = corr_mode
+        if outputs is None:  # DPFlow's answer to running out of memory twice
+            raise self._out_of_memory(batch)
+        return outputs
+
+    def _out_of_memory(self, batch: str) -> RuntimeError:
+        return RuntimeError(f"ptlflow:{self.model_name} ran out of {self.device.type.upper()} memory on {batch}: lower "
+                            f"flow.options.batch_size (now {self.batch_size}) or flow.options.scale")
 
 
 def resolve_checkpoint(model: str, model_class: type, checkpoint: str | Path | None) -> Path:
@@ -118,7 +156,10 @@ def resolve_checkpoint(model: str, model_class: type, checkpoint: str | Path | N
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a ptlflow/Lightning `.ckpt` (state_dict + hyper_parameters), a bare state dict, or safetensors."""
+    """Load a ptlflow/Lightning `.ckpt` (state_dict + hyper_parameters), a bare state dict, or safetensors.
+
+    A safetensors file holds weights only: models that size their input from `train_size` (the FlowFormer family's
+    tiling) run as without it. DPFlow and SEA-RAFT do not read it."""
     try:
         if path.suffix == ".safetensors":
             state, hyper = load_file(path), {}

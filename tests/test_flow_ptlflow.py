@@ -135,3 +135,43 @@ def test_weights_load_from_a_file_a_cache_name_and_safetensors(tmp_path, frames)
         np.testing.assert_allclose(loaded.sequence(frames), expected, atol=1e-5, err_msg=name)
         if name != "safetensors":  # hyper_parameters travel only in .ckpt files
             assert list(loaded.model.train_size) == [432, 960]
+
+
+@pytest.mark.parametrize("model", ["memfof", "memflow", "videoflow_mof"])
+def test_models_whose_flow_is_not_the_pairs_own_are_refused(model):
+    with pytest.raises(ValueError, match=f"ptlflow model '{model}' .* flow is made pair by pair: use a two-frame model"):
+        flow.get_backend(f"ptlflow:{model}", random_weights=True, **CPU)
+
+
+def test_running_out_of_memory_is_said_and_leaves_dpflow_as_it_was(frames, monkeypatch):
+    """DPFlow answers an out-of-memory error by switching itself for good to a correlation that needs an extension
+    ptlflow's wheel lacks. The memory error is simulated where DPFlow builds its correlation volume (no GPU here)."""
+    import importlib
+
+    dpflow = importlib.import_module("ptlflow.models.dpflow.dpflow")
+    built, calls = dpflow.CorrBlock, []
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return built(*args, **kwargs)
+
+    monkeypatch.setattr(dpflow, "CorrBlock", out_of_memory_once)
+    backend = random_backend(0)
+    pairs = np.stack([frames[:2], frames[1:]], axis=1)
+    with pytest.raises(RuntimeError) as caught:
+        flow.estimate_pairs(pairs, backend)
+    assert one_line(caught) == ("ptlflow:dpflow ran out of CPU memory on 2 pairs of 64x64: lower flow.options.batch_size "
+                                "(now 2) or flow.options.scale")
+    assert backend.model.corr_mode == "allpairs"
+    np.testing.assert_array_equal(flow.estimate_pairs(pairs, backend), flow.estimate_pairs(pairs, random_backend(0)))
+
+
+def test_a_model_failing_on_a_batch_names_the_model_and_the_batch():
+    torch.manual_seed(0)
+    backend = flow.get_backend("ptlflow:sea_raft_s", random_weights=True, **CPU)
+    tiny = moving_sequence(2, (48, 64))
+    with pytest.raises(RuntimeError) as caught:
+        flow.estimate_pairs(tiny[None], backend)
+    assert one_line(caught).startswith("ptlflow:sea_raft_s failed on 1 pairs of 48x64: ")
