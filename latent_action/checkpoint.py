@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from latent_action.action_space import ActionNormalizer
@@ -80,8 +81,8 @@ def restore_checkpoint(
     except RuntimeError as exc:  # load_model's size mismatch or missing keys: a model of another config
         raise EpisodeError(directory, f"cannot resume: its weights do not fit the model the config builds "
                                       f"({weights_mismatch(vae, directory / WEIGHTS_FILE) or _one_line(exc)})") from exc
-    except (OSError, ValueError, KeyError) as exc:
-        raise EpisodeError(directory, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # a torn or foreign file
+        raise EpisodeError(directory, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {_one_line(exc)})") from exc
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     # Checkpoints from before the shared convention keep their RNG states in the state file, base64-encoded.
@@ -120,6 +121,9 @@ def load_vae(directory: Path) -> LatentActionVAE:
         model = LatentActionVAE.from_config(LatentActionVAE.load_config(str(directory)))
         raise EpisodeError(directory, f"its weights do not fit the model its config.json describes "
                                       f"({weights_mismatch(model, weights) or _one_line(exc)})") from exc
+    except (TypeError, ValueError, KeyError, AttributeError, SafetensorError) as exc:  # not JSON, or not a VAE's, or torn
+        raise EpisodeError(directory, f"not a readable latent-action VAE checkpoint ({exc.__class__.__name__}: "
+                                      f"{_one_line(exc)})") from exc
 
 
 def required_weights(directory: Path) -> Path:

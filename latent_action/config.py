@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from latent_action.losses import DEFAULT_BETA, DEFAULT_LAMBDA_A, DEFAULT_MOTION_WEIGHT
 from latent_action.sampler import DEFAULT_LABELLED_FRACTION
-from pyramid.cameras import CameraLayoutSpec
+from pyramid.cameras import Cameras
 from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path, validate
 
 
@@ -36,7 +36,7 @@ class SourceConfig(Strict):
     embodiment: Optional[str] = None
     max_episodes: Optional[int] = Field(None, gt=0)
     # As a build recipe's source `cameras`: 'primary', a camera name, or {layout: t, names: [head, left, right]}.
-    cameras: str | CameraLayoutSpec = "primary"
+    cameras: Cameras = "primary"
 
 
 class FlowConfig(Strict):

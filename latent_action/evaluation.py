@@ -34,11 +34,12 @@ from latent_action.eval_report import number, write_eval_report
 from latent_action.images import resize_images, to_uint8
 from latent_action.labelling import encode_flow_rgb, view_for
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes, episode_flows, episode_pair_actions, flow_to_rgb,
-                                 read_episodes, rgb_to_flow)
+from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes, UnreadableEpisode, episode_flows, episode_pair_actions,
+                                 flow_to_rgb, read_episodes, rgb_to_flow)
 from latent_action.plots import plot_latent_histograms, plot_probe, write_preview
 from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, r2_per_dim
 from latent_action.train import resolve_device
+from pyramid.paths import overlap_message, overlapped_input
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
@@ -134,6 +135,8 @@ def evaluate_latents(
     device = resolve_device(device)
     check_dims(dims, data_root, kind)
     out_dir = Path(out_dir)
+    if overlapped_input(out_dir, [data_root]) is not None:
+        raise ValueError(overlap_message(out_dir, Path(data_root), "--out"))
     vae, _, heldout = load_trained(checkpoint, device)
     settings = FlowSettings.of_vae(vae.config)
     view = view_for(vae.config, cameras)
@@ -143,8 +146,8 @@ def evaluate_latents(
     previews: list[tuple[float, np.ndarray, np.ndarray]] = []
     skipped = SkippedEpisodes(echo)
     for episode in read_episodes(data_root, kind):
-        if isinstance(episode, Exception):
-            skipped.add(episode.path, episode)
+        if isinstance(episode, UnreadableEpisode):
+            skipped.add(episode)
             continue
         actions = episode_pair_actions(episode, settings)
         if actions is None or len(actions) == 0:
@@ -154,7 +157,7 @@ def evaluate_latents(
         try:
             latents, grid = _evaluate_episode(vae, episode, settings, estimator, view, episode_errors if scored else None, kept_previews)
         except EPISODE_FAILURES as exc:  # its video, as the first read of it shows
-            skipped.add(episode.path, exc)
+            skipped.add(episode, exc)
             continue
         errors.merge(episode_errors)
         previews[:] = kept_previews
@@ -209,7 +212,7 @@ def action_dimension_names(data_root: str | Path, kind: str | None = None) -> li
     """The names of the action dimensions the probe can score, over every readable episode (episodes load lazily)."""
     names: dict[str, None] = {}
     for episode in read_episodes(data_root, kind):
-        if not isinstance(episode, Exception):
+        if not isinstance(episode, UnreadableEpisode):
             names.update(dict.fromkeys(_scorable_dims(episode)[1]))
     return list(names)
 

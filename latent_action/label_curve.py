@@ -91,7 +91,10 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
     base = with_holdout(load_config(config_path), holdout_by)
     out_dir = Path(out_dir) if out_dir is not None else base.run.out_dir / "label_curve"
     # Everything that can refuse does so before the first VAE trains (minutes to hours).
+    from pyramid.sources import open_source
+
     resolve_device(device)
+    open_source(data_root)  # a DATA that is no dataset
     check_dims(dims, data_root)
     configs = {share: config_for_share(base, share) for share in sorted(shares)}
     for config in configs.values():

@@ -25,12 +25,13 @@ import torch
 from latent_action.action_space import LATENT_ACTION_DIM
 from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import EPISODE_FAILURES, FlowSettings, SkippedEpisodes, episode_flows, flow_to_rgb, read_episodes
+from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes, UnreadableEpisode, episode_flows, flow_to_rgb,
+                                 read_episodes)
 from pyramid.atomic import atomic_write, atomic_write_bytes
 from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
-from pyramid.paths import output_child
+from pyramid.paths import output_child, overlap_message, overlapped_input
 from pyramid.stats import RunningStats
 
 DEFAULT_BATCH_SIZE = 64
@@ -122,14 +123,16 @@ def label_source(
                          "latent_action_dim14 holds the latent action of each pair of consecutive frames: use a VAE trained with stride 1")
     labeller = None
     out_dir = Path(out_dir)
+    if overlapped_input(out_dir, [root]) is not None:
+        raise ValueError(overlap_message(out_dir, Path(root), "the output"))
     record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary"}
     reuse = prepare_output(out_dir, record, overwrite)
     stats = RunningStats(14)
     report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": SkippedEpisodes(echo)}
     resampled = 0  # episodes whose source video holds more frames than their rows pair
     for episode in read_episodes(root, kind):
-        if isinstance(episode, Exception):
-            report["errors"].add(episode.path, episode)
+        if isinstance(episode, UnreadableEpisode):
+            report["errors"].add(episode)
             continue
         target = output_child(out_dir, "latent_actions", f"{episode.episode_id}.npy")
         latents = reusable_latents(target, echo) if reuse else None
@@ -140,7 +143,7 @@ def label_source(
             try:
                 latents = labeller(episode)
             except EPISODE_FAILURES as exc:  # its video, as the first read of it shows
-                report["errors"].add(episode.path, exc)
+                report["errors"].add(episode, exc)
                 continue
             _write_atomically(target, lambda path: np.save(path, latents))
         if motus_layout:
@@ -150,6 +153,9 @@ def label_source(
         stats.update(latents)
         report["episodes"] += 1
         report["pairs"] += len(latents)
+    if not report["episodes"] and report["errors"]:
+        reason = next(iter(report["errors"].values()))
+        raise ValueError(f"{root}: no episode labelled, all {len(report['errors'])} skipped (the first: {reason})")
     summary = {"latent_action": stats.summary(), "episodes": report["episodes"], "pairs": report["pairs"], "checkpoint": str(checkpoint),
                "pairs_at": pairs_at}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +246,14 @@ def _saved_config(checkpoint: str | Path) -> dict:
     """The VAE's config.json, read without loading its weights."""
     from latent_action.checkpoint import resolve_checkpoint
 
-    return json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())
+    path = resolve_checkpoint(checkpoint) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise EpisodeError(path, f"not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise EpisodeError(path, f"not a latent-action VAE's config (a JSON {type(config).__name__})")
+    return config
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:

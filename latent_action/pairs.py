@@ -210,9 +210,18 @@ class EpisodePairs(PairSet):
         return self._stacked[np.asarray(indices, np.int64)]
 
 
-def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | None = None, max_episodes: int | None = None) -> Iterator[Episode | EpisodeError]:
-    """Each episode of a source root, or the `EpisodeError` that made it unreadable (so callers can record why).
-    A second episode with an id already seen (a duplicated metadata entry) is such an error, as in a build."""
+@dataclass(frozen=True)
+class UnreadableEpisode:
+    """An episode `read_episodes` could not read, and why (so callers can record it)."""
+
+    episode_id: str
+    error: EpisodeError
+
+
+def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | None = None,
+                  max_episodes: int | None = None) -> Iterator[Episode | UnreadableEpisode]:
+    """Each episode of a source root, or what made it unreadable. A second episode with an id already seen (a
+    duplicated metadata entry) is unreadable, as in a build."""
     from pyramid.sources import open_source
     from pyramid.sources.base import DuplicateIds
 
@@ -223,12 +232,12 @@ def read_episodes(root: str | Path, kind: str | None = None, embodiment: str | N
         if max_episodes is not None and count >= max_episodes:
             return
         if problem := duplicates.problem(ref.episode_id, str(ref.path)):
-            yield EpisodeError(ref.path, problem)
+            yield UnreadableEpisode(f"{ref.episode_id} (duplicate)", EpisodeError(ref.path, problem))
             continue
         try:
             yield reader.load(ref)
         except EPISODE_FAILURES as exc:
-            yield episode_error(ref.path, exc)
+            yield UnreadableEpisode(ref.episode_id, episode_error(ref.path, exc))
 
 
 def episode_error(path: str | Path, exc: Exception) -> EpisodeError:
@@ -241,14 +250,17 @@ EPISODE_FAILURES = (EpisodeError, OSError, ValueError)
 
 
 class SkippedEpisodes(dict):
-    """The episodes a run leaves out, episode path -> the one-line reason, each said as it is left out."""
+    """The episodes a run leaves out, episode id -> the one-line reason naming its file, each said as it is left out.
+    (By id: a LeRobot v3.0 file holds many episodes.)"""
 
     def __init__(self, echo: Callable[[str], None]):
         super().__init__()
         self.echo = echo
 
-    def add(self, path: str | Path, exc: Exception) -> None:
-        self[str(path)] = reason = str(episode_error(path, exc))
+    def add(self, episode: Episode | UnreadableEpisode, exc: Exception | None = None) -> None:
+        """An unreadable episode, or a read one whose flow failed with `exc`."""
+        error = episode.error if isinstance(episode, UnreadableEpisode) else episode_error(episode.path, exc)
+        self[episode.episode_id] = reason = str(error)
         self.echo(f"skipped: {reason}")
 
 

@@ -21,14 +21,15 @@ from latent_action.config import TrainConfig
 from latent_action.images import distance_from_white, random_shift, to_model_input, to_uint8, white
 from latent_action.losses import LossTerms, latent_action_loss
 from latent_action.model import LatentActionVAE
-from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet, SkippedEpisodes, heldout_episodes, hide_labels,
-                                 indices_of, read_episodes)
+from latent_action.pairs import (EpisodePairs, FlowSettings, LancePairs, PairSet, SkippedEpisodes, UnreadableEpisode, heldout_episodes,
+                                 hide_labels, indices_of, read_episodes)
 from latent_action.plots import write_preview
 from latent_action.presets import PRESETS, build_vae, describe_counts, parameter_counts
 from latent_action.sampler import MixedPairSampler
 from pyramid.atomic import atomic_write_bytes
 from pyramid.cameras import CameraView
 from pyramid.errors import EpisodeError
+from pyramid.paths import overlap_message, overlapped_input
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 
@@ -52,7 +53,7 @@ class TrainingData:
     train_indices: np.ndarray
     eval_indices: np.ndarray  # held-out pairs (training pairs when nothing is held out)
     normalizer: ActionNormalizer
-    skipped: dict[str, str]  # episode path -> why it was left out (a video that will not decode...)
+    skipped: dict[str, str]  # episode id -> why it was left out (a video that will not decode...)
 
 
 def train(config: TrainConfig, resume: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> Path:
@@ -60,6 +61,7 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     from tqdm import tqdm
 
     out_dir, checkpoints = config.run.out_dir, config.run.out_dir / "checkpoints"
+    check_out_dir(config)
     last = checkpoint_to_resume(checkpoints, resume)  # refuses an out_dir with checkpoints unless resuming
     if last is not None:
         refuse_changed_config(last, config)
@@ -129,6 +131,16 @@ def refuse_changed_config(checkpoint: Path, config: TrainConfig) -> None:
     if changes:
         raise EpisodeError(checkpoint, f"trained with other settings (checkpoint's -> config's: {'; '.join(changes)}): "
                                        "resume with the checkpoint's settings, or train afresh in another run.out_dir")
+
+
+def check_out_dir(config: TrainConfig) -> None:
+    """A ValueError, before any data is read, where run.out_dir is a file or overlaps what training reads."""
+    out_dir = config.run.out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: run.out_dir is a file, not a directory")
+    inputs = [source.root for source in config.data.sources] + ([config.data.lance] if config.data.lance else [])
+    if (found := overlapped_input(out_dir, inputs)) is not None:
+        raise ValueError(overlap_message(out_dir, found, "run.out_dir"))
 
 
 def _write(log, record: dict) -> None:
@@ -205,13 +217,13 @@ def open_pairs(config: TrainConfig, image_size: int, skipped: SkippedEpisodes) -
     estimator = pairs.settings.estimator()
     for number, (source, view) in enumerate(zip(data.sources, views)):
         for episode in read_episodes(source.root, source.kind, source.embodiment, source.max_episodes):
-            if isinstance(episode, Exception):
-                skipped.add(episode.path, episode)
+            if isinstance(episode, UnreadableEpisode):
+                skipped.add(episode)
                 continue
             try:
                 pairs.add_episode(episode, group=f"sources[{number}]", estimator=estimator, view=view)
             except EpisodeError as exc:
-                skipped.add(exc.path, exc)
+                skipped.add(episode, exc)
     if not len(pairs):
         raise ValueError(f"the configured sources hold no episode with two or more frames at {data.flow.fps:g} fps")
     return pairs

@@ -8,10 +8,10 @@ by side. Each wrist picture is fitted into its half-size cell keeping its aspect
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Annotated, Iterator, Literal, Sequence, Union
 
 import numpy as np
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from pyramid.errors import EpisodeError
 from pyramid.yaml_config import Strict
@@ -22,6 +22,17 @@ class CameraLayoutSpec(Strict):
 
     layout: Literal["t"] = Field(description="t: the head camera on top, the two wrist cameras at half size below (Motus's cam_concatenated).")
     names: tuple[str, str, str] = Field(description="[head, left wrist, right wrist] camera names of the dataset.")
+
+
+def _camera_name(value):
+    if isinstance(value, str) and (not value.strip() or any(mark in value for mark in ":,")):  # `--cameras t:a,b,c`
+        raise ValueError(f"{value!r} is not a camera name: give 'primary', one camera's name, or "
+                         "{layout: t, names: [head, left_wrist, right_wrist]}")
+    return value
+
+
+# A recipe's (or a VAE config's) `cameras:`: 'primary', a camera name, or a layout.
+Cameras = Annotated[Union[str, CameraLayoutSpec], BeforeValidator(_camera_name)]
 
 
 # How messages name a layout.

@@ -20,12 +20,29 @@ from pyramid.errors import BuildError
 def ray_address(requested: str | None) -> tuple[str, str]:
     """(the address for `ray.init`, a line for the log saying which Ray the build runs on)."""
     if requested:
+        check_answers(requested, "--address")
         return requested, f"Ray at {requested} (--address)"
     if os.environ.get("RAY_ADDRESS"):
+        check_answers(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
         return os.environ["RAY_ADDRESS"], f"Ray at {os.environ['RAY_ADDRESS']} (RAY_ADDRESS)"
     if running := running_local_ray():
         return running, f"reusing the local Ray at {running} that `ray start` left running (`ray stop` ends it)"
     return "local", "starting a local Ray for this build (`ray start --head` once lets later builds reuse one)"
+
+
+def check_answers(address: str, given_by: str, timeout_s: float = 5.0) -> None:
+    """A BuildError where nothing accepts a connection at a `host:port` (or `ray://host:port`) address: `ray.init`
+    would retry it for minutes with pages of warnings. Names Ray itself understands ('auto', 'local') are left to it."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdecimal():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{given_by} {address}: no Ray answers there ({exc.strerror or exc}); start one with "
+                         "`ray start --head`, or check the host and port") from None
 
 
 def running_local_ray() -> str | None:

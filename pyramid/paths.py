@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Iterable
 
 from pyramid.errors import EpisodeError, ExportError
 
@@ -74,6 +75,16 @@ def overlapping(first: Path, second: Path) -> bool:
     """Whether one path is the other or lies inside it (links resolved)."""
     first, second = os.path.realpath(first), os.path.realpath(second)
     return _within(first, second) or _within(second, first)
+
+
+def overlapped_input(output: Path, inputs: Iterable[str | os.PathLike]) -> Path | None:
+    """The first of `inputs` that `output` is, lies inside or holds (links resolved), or None: a command writing there
+    would change what it reads, and what a later run of it would read."""
+    return next((Path(path) for path in inputs if overlapping(path, output)), None)
+
+
+def overlap_message(output: Path, found: Path, what: str) -> str:
+    return f"{output}: {what} overlaps the input {found} (one lies inside the other); write it elsewhere"
 
 
 def check_export_target(input_path: Path, out_dir: Path, overwrite: bool, marker: str) -> None:

@@ -34,6 +34,7 @@ from typing import Iterator
 
 from pyramid.cluster import check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, SourceError, debugging
+from pyramid.paths import overlap_message, overlapped_input
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds, colliding_roots
 
@@ -94,6 +95,8 @@ def preflight(recipe: Recipe) -> None:
             raise BuildError(f"source '{spec.kind}': {exc}") from None
     if recipe.vae:
         check_vae_config(recipe)
+    if (found := overlapped_input(Path(recipe.output), [spec.root for spec in recipe.sources])) is not None:
+        raise BuildError(overlap_message(Path(recipe.output), found, "the output"))
     check_output_writable(Path(recipe.output))
 
 
@@ -105,10 +108,20 @@ def check_vae_config(recipe: Recipe) -> None:
     from pyramid.stages import check_vae_matches
 
     try:
-        config = json.loads((resolve_checkpoint(recipe.vae) / "config.json").read_text())
-        check_vae_matches(FrozenDict(config), recipe)
-    except (EpisodeError, OSError, ValueError) as exc:
+        path = resolve_checkpoint(recipe.vae) / "config.json"
+        config = json.loads(path.read_text())
+    except (EpisodeError, OSError) as exc:
         raise BuildError(str(exc)) from None
+    except ValueError as exc:
+        raise BuildError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise BuildError(f"{path}: not a latent-action VAE's config (a JSON {type(config).__name__})")
+    try:
+        check_vae_matches(FrozenDict(config), recipe)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    except (TypeError, KeyError, AttributeError) as exc:  # a JSON file, but not a VAE's config
+        raise BuildError(f"{path}: not a latent-action VAE's config ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from None
 
 
 def check_output_writable(output: Path) -> None:
@@ -147,6 +160,8 @@ def _with_checkpoint(recipe: Recipe) -> Recipe:
 
 def build(recipe: Recipe, address: str | None = None, workers: int | None = None, progress: bool = True,
           retry_failed: bool = False) -> BuildResult:
+    if workers is not None and workers < 1:
+        raise BuildError(f"--workers: a build needs at least 1 worker per stage, got {workers}")
     recipe = _with_checkpoint(recipe)
     output = Path(recipe.output)
     fingerprint = recipe.content_fingerprint()
@@ -162,10 +177,11 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
         shutil.rmtree(output / "_staging", ignore_errors=True)
         return BuildResult(output, manifest, up_to_date=True, failed_fraction=manifest["episodes"]["failed_fraction"])
     check_unique_roots(recipe)
+    which_ray = ray_address(address)  # before anything is written: an address where no Ray answers is refused
     preflight(recipe)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with build_lock(output), _ray_session(address, progress) as session:
+    with build_lock(output), _ray_session(which_ray, progress) as session:
         timings["ray_start"] = time.perf_counter() - started
         check_nodes_see([spec.root for spec in recipe.sources], output)
         _claim_staging(output, fingerprint, retry_failed)
@@ -377,11 +393,11 @@ def _project_importable(address: str) -> Iterator[dict | None]:
 
 
 @contextmanager
-def _ray_session(address: str | None, progress: bool) -> Iterator[RaySession]:
-    """Ray for the build (see `cluster.ray_address`), named on stderr; left when the block ends (see `RaySession.stop`)."""
+def _ray_session(which_ray: tuple[str, str], progress: bool) -> Iterator[RaySession]:
+    """Ray for the build (`cluster.ray_address`'s answer), named on stderr; left when the block ends (see `RaySession.stop`)."""
     import ray
 
-    address, which = ray_address(address)
+    address, which = which_ray
     print(f"pyramid build: {which}", file=sys.stderr, flush=True)
     with _project_importable(address) as runtime_env:
         ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=progress,

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pyramid.cameras import CameraLayoutSpec
+from pyramid.cameras import Cameras
 from pyramid.episode import PYRAMID_LEVELS
 from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path
 
@@ -30,7 +30,7 @@ class BuildRecipeError(ConfigError):
 class SourceSpec(Strict):
     kind: str
     root: str
-    cameras: str | CameraLayoutSpec = Field("primary", description="'primary' (the reader's first camera), a camera name, "
+    cameras: Cameras = Field("primary", description="'primary' (the reader's first camera), a camera name, "
                                             "or {layout: t, names: [head, left_wrist, right_wrist]}.")
     level: int | None = Field(None, description="Pyramid level override (1-6); the reader's default otherwise.")
     embodiment: str | None = None

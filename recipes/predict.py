@@ -16,6 +16,7 @@ import torch
 from pydantic import ValidationError
 
 from pyramid.errors import EpisodeError
+from pyramid.paths import overlap_message, overlapped_input
 from pyramid.training.checkpoints import STATE_FILE, read_state
 from pyramid.video_io import write_video
 from pyramid.yaml_config import validation_problems
@@ -55,6 +56,8 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
     steps = recipe.model.inference_steps if steps is None else steps
     mode = Mode(mode)
     data = data or recipe.data
+    if overlapped_input(Path(out_dir), [data.root]) is not None:
+        raise FileExistsError(overlap_message(Path(out_dir), Path(data.root), "the output"))
     if data.targets == "none":  # a stage-1 checkpoint still needs an action chunk's shape (and actions for world_model)
         data = data.model_copy(update={"targets": "actions"})
     dataset = ClipExamples(data, recipe.model, seed=seed)  # before the model: a bad build or clip fails fast

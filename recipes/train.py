@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pyramid.paths import overlap_message, overlapped_input
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 from recipes.motus.build import build_encoders, build_motus
@@ -33,7 +34,7 @@ def train(recipe: Recipe, resume: bool = False, log=print) -> dict:
     rank, world_size, device = setup_distributed()
     is_main = rank == 0
     output = Path(cfg.output_dir)
-    check_output_dir(output)
+    check_output_dir(output, Path(recipe.data.root))
     checkpoint = checkpoint_to_resume(output / "checkpoints", resume)  # refuses checkpoints unless resuming
     dataset = ClipExamples(recipe.data, recipe.model, seed=cfg.seed)  # before the model: a bad build fails fast
 
@@ -113,13 +114,15 @@ def train(recipe: Recipe, resume: bool = False, log=print) -> dict:
 BUILD_CONTENTS = ("manifest.json", "webdataset", "clips.lance")  # what marks a `pyramid build` output
 
 
-def check_output_dir(output: Path) -> None:
-    """Refuse, before any work, an output that is a file or a build (checkpoints would land inside the build)."""
+def check_output_dir(output: Path, build: Path) -> None:
+    """Refuse, before any work, an output that is a file, a build, or overlaps the build trained on."""
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"{output}: train.output_dir is a file, not a directory")
     if found := [name for name in BUILD_CONTENTS if (output / name).exists()]:
         raise FileExistsError(f"{output}: train.output_dir is a build directory (it holds {found[0]}): "
                               "choose another output directory")
+    if overlapped_input(output, [build]) is not None:
+        raise FileExistsError(overlap_message(output, build, "train.output_dir"))
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:

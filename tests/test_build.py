@@ -262,6 +262,30 @@ def test_two_sources_of_one_kind_in_folders_of_one_name_are_refused_before_ray_s
     assert not (tmp_path / "out").exists()
 
 
+def test_a_build_refuses_before_ray_starts_what_would_hang_or_write_into_a_source(fixtures, tmp_path):
+    videos = fixtures["videos"]
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"foo": 1}')
+    cases = [
+        ({"output": str(videos / "pyramid")}, [], f"{videos / 'pyramid'}: the output overlaps the input {videos}"),
+        ({"output": str(videos.parent)}, [], "the output overlaps the input"),
+        ({}, ["--workers", "0"], "--workers: a build needs at least 1 worker per stage, got 0"),
+        ({}, ["--address", "127.0.0.1:9"], "--address 127.0.0.1:9: no Ray answers there"),
+        ({"vae": str(tmp_path / "vae")}, [], f"{tmp_path / 'vae' / 'config.json'}: not a latent-action VAE's config (AttributeError"),
+    ]
+    before = sorted(videos.rglob("*"))
+    for changes, options, words in cases:
+        recipe = {"sources": [{"kind": "videos", "root": str(videos)}], "output": str(tmp_path / "out"),
+                  "video_size": [64, 96], "formats": ["webdataset"], **changes}
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        result = subprocess.run([*CLI, "build", str(tmp_path / "recipe.yaml"), "--quiet", *options], capture_output=True,
+                                text=True, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and lines[-1].startswith("error: ") and words in lines[-1], result.stderr
+        assert len(lines) == 1, result.stderr
+    assert sorted(videos.rglob("*")) == before and not (tmp_path / "out").exists()
+
+
 def test_an_episode_that_kills_its_worker_is_quarantined_and_the_build_goes_on(fixtures, tmp_path):
     import shutil as sh
 

@@ -150,6 +150,16 @@ def test_missing_weights_are_named_and_a_pickle_beside_them_is_never_loaded(run,
         load_trained(checkpoint)
 
 
+@pytest.mark.parametrize("config, words", [
+    ('{"foo": 1}', "not a readable latent-action VAE checkpoint (TypeError: "),
+    ('{"foo": ', "config.json: not JSON (Expecting value"),
+])
+def test_a_config_json_that_is_not_a_vaes_is_named(sample, run, tmp_path, config, words):
+    checkpoint = damaged_copy(run, tmp_path, lambda d: (d / "config.json").write_text(config))
+    labelled = runner.invoke(app, ["label", "--vae", checkpoint, str(sample / "videos"), str(tmp_path / "out"), "--device", "cpu"])
+    one_line_error(labelled, checkpoint, words)
+
+
 @pytest.mark.parametrize("content", ["nope", "5", '[1, 2]'])
 def test_an_unreadable_heldout_list_is_named(run, tmp_path, content):
     checkpoint = damaged_copy(run, tmp_path, lambda d: (d / "heldout_episodes.json").write_text(content))
@@ -175,6 +185,37 @@ def test_train_vae_refuses_two_sources_whose_episode_ids_would_collide(sample, t
     assert not (tmp_path / "run").exists()
 
 
+def test_outputs_that_overlap_what_a_command_reads_are_refused(sample, run, tmp_path):
+    """Written into a source, a run's files would be read back as data (a videos root takes any mp4 under it)."""
+    before = sorted(sample.rglob("*"))
+    raw = config_dict(sample, sample / "lerobot" / "vae-run")
+    (tmp_path / "inside.yaml").write_text(yaml.safe_dump(raw))
+    one_line_error(runner.invoke(app, ["train-vae", str(tmp_path / "inside.yaml"), "--no-progress"]),
+                   f"{sample / 'lerobot' / 'vae-run'}: run.out_dir overlaps the input {sample / 'lerobot'}")
+    vae = str(step(run, 2))
+    one_line_error(runner.invoke(app, ["label", "--vae", vae, str(sample / "videos"), str(sample / "videos"), "--device", "cpu"]),
+                   "the output overlaps the input")
+    one_line_error(runner.invoke(app, ["eval-latents", "--vae", vae, str(sample / "lerobot"), "--device", "cpu",
+                                       "--out", str(sample / "lerobot" / "eval")]), "--out overlaps the input")
+    assert sorted(sample.rglob("*")) == before
+
+
+def test_a_run_out_dir_that_is_a_file_is_refused_before_reading_data(sample, tmp_path):
+    (tmp_path / "out.txt").write_text("keep me")
+    (tmp_path / "file.yaml").write_text(yaml.safe_dump(config_dict(sample, tmp_path / "out.txt")))
+    result = runner.invoke(app, ["train-vae", str(tmp_path / "file.yaml"), "--no-progress"])
+    assert one_line_error(result, "run.out_dir is a file") and "pairs:" not in result.output
+    assert (tmp_path / "out.txt").read_text() == "keep me"
+
+
+def test_label_fails_when_every_episode_was_skipped(sample, run, tmp_path):
+    result = runner.invoke(app, ["label", "--vae", str(step(run, 2)), str(sample / "lerobot"), str(tmp_path / "out"),
+                                 "--device", "cpu", "--cameras", "no_such_camera"])
+    assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {sample / 'lerobot'}: no episode labelled, all 3 skipped (the first: "), result.stderr
+    assert "no camera 'no_such_camera'" in result.stderr
+
+
 # ------------------------------------------------------------------------------------------------ train-vae --resume
 
 
@@ -196,6 +237,15 @@ def test_resume_refuses_a_config_that_changed_what_the_checkpoint_was_trained_wi
     result = runner.invoke(app, ["train-vae", str(tmp_path / "changed.yaml"), "--resume", "--no-progress"])
     one_line_error(result, "step_0000001: trained with other settings", words)
     assert not (tmp_path / "interrupted" / "checkpoints" / "step_0000003").exists()
+
+
+def test_resume_names_a_torn_optimizer_file(sample, run, tmp_path):
+    out_dir = interrupted_run(run, tmp_path)
+    (out_dir / "checkpoints" / "step_0000001" / "optimizer.safetensors").write_bytes(b"\xff" * 64)
+    (tmp_path / "torn.yaml").write_text(yaml.safe_dump(config_dict(sample, out_dir, max_steps=3)))
+    result = runner.invoke(app, ["train-vae", str(tmp_path / "torn.yaml"), "--resume", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "step_0000001: cannot resume from this checkpoint (SafetensorError" in result.stderr
 
 
 def test_resume_takes_a_longer_run_other_intervals_and_another_place(sample, run, tmp_path):
@@ -272,4 +322,11 @@ def test_label_curve_refuses_a_bad_option_before_training(sample, tmp_path, opti
     result = runner.invoke(app, ["label-curve", str(curve_config(sample, tmp_path)), str(sample / "lerobot"),
                                  "--shares", "0.5", "--no-progress", *option])
     one_line_error(result, words)
+    assert not (tmp_path / "curve").exists()
+
+
+def test_label_curve_refuses_a_data_root_that_is_no_dataset_before_training(sample, tmp_path):
+    result = runner.invoke(app, ["label-curve", str(curve_config(sample, tmp_path)), str(tmp_path / "nowhere"),
+                                 "--shares", "0.5", "--no-progress"])
+    one_line_error(result, f"{tmp_path / 'nowhere'}: not a directory")
     assert not (tmp_path / "curve").exists()

@@ -89,15 +89,15 @@ def test_the_duplicate_is_named_by_the_build_layer(hostile):
 def test_the_latent_action_reader_names_the_duplicate_too(hostile):
     """`train-vae`, `label` and `eval-latents` read episodes through `read_episodes`: a duplicated entry is one
     episode skipped with its reason, as in a build, not a second copy drawn into the split and the label share."""
-    from latent_action.pairs import read_episodes
+    from latent_action.pairs import UnreadableEpisode, read_episodes
 
     root, spec = hostile
     read = list(read_episodes(root, "lerobot"))
-    ids = [episode.episode_id for episode in read if not isinstance(episode, Exception)]
+    ids = [episode.episode_id for episode in read if not isinstance(episode, UnreadableEpisode)]
     assert len(ids) == len(set(ids)) and len(ids) >= len(spec.good)
     duplicate = next(bad for bad in spec.bad if bad.fault == "duplicate_id")
-    named = [error for error in read if isinstance(error, EpisodeError) and "duplicate episode: same id" in str(error)]
-    assert len(named) == 1 and duplicate.words in str(named[0])
+    named = [e for e in read if isinstance(e, UnreadableEpisode) and "duplicate episode: same id" in str(e.error)]
+    assert len(named) == 1 and duplicate.words in str(named[0].error) and named[0].episode_id.endswith(" (duplicate)")
 
 
 def test_follow_symlinks_reads_the_video_outside_the_root_but_never_a_loop(hostile):

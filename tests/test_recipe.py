@@ -59,6 +59,8 @@ def test_every_bad_key_is_reported_at_once(tmp_path):
     ({"flow": {"backend": "ptlflow:dpflow", "options": {"precision": "fp8"}}}, "precision must be one of"),
     ({"fps": float("inf")}, "fps: Input should be a finite number"),
     ({"shard_size_mb": float("nan")}, "shard_size_mb: Input should be a finite number"),
+    ({"sources": [{"kind": "videos", "root": "clips", "cameras": "t:head,left,right"}]},
+     "sources.0.cameras: 't:head,left,right' is not a camera name: give 'primary', one camera's name, or {layout: t"),
 ])
 def test_bad_option_values_are_refused_before_any_work(tmp_path, changes, words):
     # found while reading the recipe: after Ray started, every worker failed on them at once

@@ -169,6 +169,17 @@ def test_train_refuses_to_write_into_a_build(build, tmp_path, capsys):
     assert sorted(path.name for path in copy.iterdir()) == before
 
 
+def test_train_and_predict_refuse_an_output_inside_the_build(build, checkpoint, tmp_path, capsys):
+    copy = tmp_path / "build"
+    shutil.copytree(build.root, copy)
+    before = sorted(str(path) for path in copy.rglob("*"))
+    code, stderr = pyramid(capsys, "train", write_recipe(tmp_path / "into.yaml", copy, copy / "runs"))
+    assert_user_error(code, stderr, copy / "runs", "train.output_dir overlaps the input", "write it elsewhere")
+    code, stderr = pyramid(capsys, "predict", checkpoint, "--mode", "vla", "--data", copy, "--out", copy / "prediction")
+    assert_user_error(code, stderr, copy / "prediction", "the output overlaps the input")
+    assert sorted(str(path) for path in copy.rglob("*")) == before
+
+
 def test_train_refuses_an_output_that_is_a_file(build, tmp_path, capsys):
     output = tmp_path / "output.txt"
     output.write_text("keep me")
