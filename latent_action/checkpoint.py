@@ -127,9 +127,17 @@ def load_vae(directory: Path) -> LatentActionVAE:
 
 
 def required_weights(directory: Path) -> Path:
+    """The checkpoint's weights file, present and with a readable safetensors header (the tensors are not read)."""
+    from safetensors import safe_open
+
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise EpisodeError(weights, "missing: a latent-action VAE checkpoint keeps its weights in this file")
+    try:
+        with safe_open(str(weights), "pt") as file:
+            file.keys()
+    except (SafetensorError, OSError) as exc:
+        raise EpisodeError(weights, f"not a readable safetensors file ({_one_line(exc)})") from None
     return weights
 
 

@@ -104,11 +104,12 @@ def check_vae_config(recipe: Recipe) -> None:
     """The recipe's VAE exists and was trained on flow made as this recipe makes it (its config.json only)."""
     from diffusers.configuration_utils import FrozenDict
 
-    from latent_action.checkpoint import resolve_checkpoint
+    from latent_action.checkpoint import required_weights, resolve_checkpoint
     from pyramid.stages import check_vae_matches
 
     try:
         path = resolve_checkpoint(recipe.vae) / "config.json"
+        required_weights(path.parent)  # torn weights fail here, not in every worker once Ray has started
         config = json.loads(path.read_text())
     except (EpisodeError, OSError) as exc:
         raise BuildError(str(exc)) from None

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from pathlib import Path
 import lance
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 import yaml
+from safetensors.torch import save_file
 
 from flow.storage import unpack
 from pyramid.recipe import load_recipe
@@ -266,12 +269,16 @@ def test_a_build_refuses_before_ray_starts_what_would_hang_or_write_into_a_sourc
     videos = fixtures["videos"]
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text('{"foo": 1}')
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "vae" / "diffusion_pytorch_model.safetensors"))
+    shutil.copytree(tmp_path / "vae", tmp_path / "torn")
+    (tmp_path / "torn" / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 64)
     cases = [
         ({"output": str(videos / "pyramid")}, [], f"{videos / 'pyramid'}: the output overlaps the input {videos}"),
         ({"output": str(videos.parent)}, [], "the output overlaps the input"),
         ({}, ["--workers", "0"], "--workers: a build needs at least 1 worker per stage, got 0"),
         ({}, ["--address", "127.0.0.1:9"], "--address 127.0.0.1:9: no Ray answers there"),
         ({"vae": str(tmp_path / "vae")}, [], f"{tmp_path / 'vae' / 'config.json'}: not a latent-action VAE's config (AttributeError"),
+        ({"vae": str(tmp_path / "torn")}, [], "diffusion_pytorch_model.safetensors: not a readable safetensors file ("),
     ]
     before = sorted(videos.rglob("*"))
     for changes, options, words in cases:
