@@ -56,8 +56,8 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
     steps = recipe.model.inference_steps if steps is None else steps
     mode = Mode(mode)
     data = data or recipe.data
-    if overlapped_input(Path(out_dir), [data.root]) is not None:
-        raise FileExistsError(overlap_message(Path(out_dir), Path(data.root), "the output"))
+    if (found := overlapped_input(Path(out_dir), [data.root, checkpoint])) is not None:
+        raise FileExistsError(overlap_message(Path(out_dir), found, "the output"))
     if data.targets == "none":  # a stage-1 checkpoint still needs an action chunk's shape (and actions for world_model)
         data = data.model_copy(update={"targets": "actions"})
     dataset = ClipExamples(data, recipe.model, seed=seed)  # before the model: a bad build or clip fails fast

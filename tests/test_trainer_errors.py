@@ -177,6 +177,9 @@ def test_train_and_predict_refuse_an_output_inside_the_build(build, checkpoint, 
     assert_user_error(code, stderr, copy / "runs", "train.output_dir overlaps the input", "write it elsewhere")
     code, stderr = pyramid(capsys, "predict", checkpoint, "--mode", "vla", "--data", copy, "--out", copy / "prediction")
     assert_user_error(code, stderr, copy / "prediction", "the output overlaps the input")
+    code, stderr = pyramid(capsys, "predict", checkpoint, "--mode", "vla", "--out", checkpoint / "prediction")
+    assert_user_error(code, stderr, checkpoint / "prediction", f"the output overlaps the input {checkpoint}")
+    assert not (checkpoint / "prediction").exists()
     assert sorted(str(path) for path in copy.rglob("*")) == before
 
 
