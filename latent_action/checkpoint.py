@@ -90,6 +90,19 @@ def restore_checkpoint(
     return int(state["step"])
 
 
+def read_vae_config(checkpoint: str | Path) -> dict:
+    """The VAE's config.json as a dict, read without loading its weights; an EpisodeError naming it where it is not JSON
+    or not an object."""
+    path = resolve_checkpoint(checkpoint) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise EpisodeError(path, f"not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise EpisodeError(path, f"not a latent-action VAE's config (a JSON {type(config).__name__})")
+    return config
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory as given, or the latest checkpoint of a training run (`run.out_dir` or its checkpoints/)."""
     path = Path(path)

@@ -39,7 +39,7 @@ from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes
 from latent_action.plots import plot_latent_histograms, plot_probe, write_preview
 from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, r2_per_dim
 from latent_action.train import resolve_device
-from pyramid.paths import overlap_message, overlapped_input
+from pyramid.paths import overlap_problem
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
@@ -135,8 +135,8 @@ def evaluate_latents(
     device = resolve_device(device)
     check_dims(dims, data_root, kind)
     out_dir = Path(out_dir)
-    if overlapped_input(out_dir, [data_root]) is not None:
-        raise ValueError(overlap_message(out_dir, Path(data_root), "--out"))
+    if problem := overlap_problem(out_dir, [data_root], "--out"):
+        raise ValueError(problem)
     vae, _, heldout = load_trained(checkpoint, device)
     settings = FlowSettings.of_vae(vae.config)
     view = view_for(vae.config, cameras)

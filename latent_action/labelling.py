@@ -31,7 +31,7 @@ from pyramid.atomic import atomic_write, atomic_write_bytes
 from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
-from pyramid.paths import output_child, overlap_message, overlapped_input
+from pyramid.paths import output_child, overlap_problem
 from pyramid.stats import RunningStats
 
 DEFAULT_BATCH_SIZE = 64
@@ -110,12 +110,12 @@ def label_source(
     """Label every episode under `root` from its `cameras` (`view_for`); episodes the same checkpoint already labelled
     from the same cameras in `out_dir` are reused unless `overwrite`. An `out_dir` holding latents of another checkpoint
     or other cameras is refused unless `overwrite`."""
-    from latent_action.checkpoint import checkpoint_fingerprint, resolve_checkpoint
+    from latent_action.checkpoint import checkpoint_fingerprint, read_vae_config, resolve_checkpoint
     from latent_action.train import resolve_device
 
     checkpoint = resolve_checkpoint(checkpoint)
     resolve_device(device)  # a bad device fails now, even when every episode is reused
-    vae_config = _saved_config(checkpoint)
+    vae_config = read_vae_config(checkpoint)
     pairs_at = _pair_rate(vae_config)
     view_for(vae_config, cameras)  # a layout the VAE never saw fails now, before any episode
     if motus_layout and pairs_at["stride"] != 1:
@@ -123,8 +123,8 @@ def label_source(
                          "latent_action_dim14 holds the latent action of each pair of consecutive frames: use a VAE trained with stride 1")
     labeller = None
     out_dir = Path(out_dir)
-    if overlapped_input(out_dir, [root]) is not None:
-        raise ValueError(overlap_message(out_dir, Path(root), "the output"))
+    if problem := overlap_problem(out_dir, [root], "the output"):
+        raise ValueError(problem)
     record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary"}
     reuse = prepare_output(out_dir, record, overwrite)
     stats = RunningStats(14)
@@ -240,20 +240,6 @@ def _pair_rate(vae_config: dict) -> dict:
     """The stored rate and stride the latents are at, from the checkpoint's config (fps None: every source frame)."""
     settings = FlowSettings.of_vae(vae_config)
     return {"fps": settings.fps, "stride": settings.stride}
-
-
-def _saved_config(checkpoint: str | Path) -> dict:
-    """The VAE's config.json, read without loading its weights."""
-    from latent_action.checkpoint import resolve_checkpoint
-
-    path = resolve_checkpoint(checkpoint) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as exc:
-        raise EpisodeError(path, f"not JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise EpisodeError(path, f"not a latent-action VAE's config (a JSON {type(config).__name__})")
-    return config
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:

@@ -29,7 +29,7 @@ from latent_action.sampler import MixedPairSampler
 from pyramid.atomic import atomic_write_bytes
 from pyramid.cameras import CameraView
 from pyramid.errors import EpisodeError
-from pyramid.paths import overlap_message, overlapped_input
+from pyramid.paths import overlap_problem
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 
@@ -139,8 +139,8 @@ def check_out_dir(config: TrainConfig) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: run.out_dir is a file, not a directory")
     inputs = [source.root for source in config.data.sources] + ([config.data.lance] if config.data.lance else [])
-    if (found := overlapped_input(out_dir, inputs)) is not None:
-        raise ValueError(overlap_message(out_dir, found, "run.out_dir"))
+    if problem := overlap_problem(out_dir, inputs, "run.out_dir"):
+        raise ValueError(problem)
 
 
 def _write(log, record: dict) -> None:

@@ -77,14 +77,11 @@ def overlapping(first: Path, second: Path) -> bool:
     return _within(first, second) or _within(second, first)
 
 
-def overlapped_input(output: Path, inputs: Iterable[str | os.PathLike]) -> Path | None:
-    """The first of `inputs` that `output` is, lies inside or holds (links resolved), or None: a command writing there
-    would change what it reads, and what a later run of it would read."""
-    return next((Path(path) for path in inputs if overlapping(path, output)), None)
-
-
-def overlap_message(output: Path, found: Path, what: str) -> str:
-    return f"{output}: {what} overlaps the input {found} (one lies inside the other); write it elsewhere"
+def overlap_problem(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], what: str) -> str | None:
+    """The line refusing `output` (named `what`) where it is, lies inside or holds one of `inputs` (links resolved), or
+    None: a command writing there would change what it reads, and what a later run of it would read."""
+    found = next((path for path in inputs if overlapping(path, output)), None)
+    return None if found is None else f"{output}: {what} overlaps the input {found} (one lies inside the other); write it elsewhere"
 
 
 def check_export_target(input_path: Path, out_dir: Path, overwrite: bool, marker: str) -> None:

@@ -34,7 +34,7 @@ from typing import Iterator
 
 from pyramid.cluster import check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, SourceError, debugging
-from pyramid.paths import overlap_message, overlapped_input
+from pyramid.paths import overlap_problem
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds, colliding_roots
 
@@ -95,8 +95,8 @@ def preflight(recipe: Recipe) -> None:
             raise BuildError(f"source '{spec.kind}': {exc}") from None
     if recipe.vae:
         check_vae_config(recipe)
-    if (found := overlapped_input(Path(recipe.output), [spec.root for spec in recipe.sources])) is not None:
-        raise BuildError(overlap_message(Path(recipe.output), found, "the output"))
+    if problem := overlap_problem(recipe.output, [spec.root for spec in recipe.sources], "the output"):
+        raise BuildError(problem)
     check_output_writable(Path(recipe.output))
 
 
@@ -104,19 +104,15 @@ def check_vae_config(recipe: Recipe) -> None:
     """The recipe's VAE exists and was trained on flow made as this recipe makes it (its config.json only)."""
     from diffusers.configuration_utils import FrozenDict
 
-    from latent_action.checkpoint import required_weights, resolve_checkpoint
+    from latent_action.checkpoint import read_vae_config, required_weights, resolve_checkpoint
     from pyramid.stages import check_vae_matches
 
     try:
         path = resolve_checkpoint(recipe.vae) / "config.json"
         required_weights(path.parent)  # torn weights fail here, not in every worker once Ray has started
-        config = json.loads(path.read_text())
+        config = read_vae_config(path.parent)
     except (EpisodeError, OSError) as exc:
         raise BuildError(str(exc)) from None
-    except ValueError as exc:
-        raise BuildError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise BuildError(f"{path}: not a latent-action VAE's config (a JSON {type(config).__name__})")
     try:
         check_vae_matches(FrozenDict(config), recipe)
     except ValueError as exc:

@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 
 from pyramid.errors import EpisodeError
-from pyramid.paths import overlap_message, overlapped_input
+from pyramid.paths import overlap_problem
 from pyramid.training.checkpoints import STATE_FILE, read_state
 from pyramid.video_io import write_video
 from pyramid.yaml_config import validation_problems
@@ -56,8 +56,8 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
     steps = recipe.model.inference_steps if steps is None else steps
     mode = Mode(mode)
     data = data or recipe.data
-    if (found := overlapped_input(Path(out_dir), [data.root, checkpoint])) is not None:
-        raise FileExistsError(overlap_message(Path(out_dir), found, "the output"))
+    if problem := overlap_problem(out_dir, [data.root, checkpoint], "the output"):
+        raise FileExistsError(problem)
     if data.targets == "none":  # a stage-1 checkpoint still needs an action chunk's shape (and actions for world_model)
         data = data.model_copy(update={"targets": "actions"})
     dataset = ClipExamples(data, recipe.model, seed=seed)  # before the model: a bad build or clip fails fast

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pyramid.paths import overlap_message, overlapped_input
+from pyramid.paths import overlap_problem
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 from recipes.motus.build import build_encoders, build_motus
@@ -121,8 +121,8 @@ def check_output_dir(output: Path, build: Path) -> None:
     if found := [name for name in BUILD_CONTENTS if (output / name).exists()]:
         raise FileExistsError(f"{output}: train.output_dir is a build directory (it holds {found[0]}): "
                               "choose another output directory")
-    if overlapped_input(output, [build]) is not None:
-        raise FileExistsError(overlap_message(output, build, "train.output_dir"))
+    if problem := overlap_problem(output, [build], "train.output_dir"):
+        raise FileExistsError(problem)
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
