@@ -58,6 +58,10 @@ def inspect(
         typer.echo(json.dumps(row) if as_json else _describe(row))
     if not as_json:
         typer.echo(f"{reader.name}: {counts['ok']} episodes readable, {counts['errors']} unreadable", err=True)
+    if counts["errors"] and not counts["ok"]:
+        # listed, but nothing a build could use: say so in the exit code, as a script running inspect first needs
+        typer.echo(f"error: {root}: none of the {counts['errors']} {reader.name} episodes is readable", err=True)
+        raise typer.Exit(code=1)
 
 
 def _describe(row: dict) -> str:

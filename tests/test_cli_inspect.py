@@ -64,3 +64,12 @@ def test_a_usage_error_is_one_line_and_exit_code_2(args, words):
     command = [] if args[0] == "nosuch" else args[:1]
     help_text = subprocess.run([sys.executable, "-m", "pyramid", *command, "--help"], capture_output=True, text=True, timeout=120)
     assert help_text.returncode == 0 and "Usage:" in help_text.stdout
+
+
+def test_a_root_with_no_readable_episode_lists_them_and_exits_1(tmp_path):
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"not a video at all" * 64)
+    result = runner.invoke(app, ["inspect", str(tmp_path), "--source", "videos", "--json"])
+    assert result.exit_code == 1, result.output
+    assert [json.loads(line)["error"] for line in result.stdout.splitlines()] and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: none of the 2 videos episodes is readable"
