@@ -5,7 +5,8 @@ PIP := .venv/bin/pip
 # pyproject.toml keeps ranges any CUDA machine can satisfy.
 TORCH := torch==2.14.1 torchvision==0.29.1
 # LeRobot's own LeRobotDataset opens our LeRobot exports in the tests. Its torch pin clashes with ours, so it goes in
-# without its dependencies, beside the few of them its dataset code needs that ours do not bring.
+# without its dependencies, beside the few of them its dataset code needs that ours do not bring. Its video decoders
+# (torchcodec, or torchvision<0.23's VideoReader) are not among them: tests/lerobot_video.py says how items are read.
 LEROBOT := lerobot==0.4.1 datasets==5.2.0 draccus==0.11.6 multiprocess==0.70.19 dill==0.4.1 xxhash==4.1.0
 
 .venv/.installed: pyproject.toml Makefile

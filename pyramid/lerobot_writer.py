@@ -272,7 +272,7 @@ class _EpisodeVideo:
     frames: int
     height: int
     width: int
-    stats: dict[str, np.ndarray]  # image statistics, from every `image_sample_step`-th frame as LeRobot samples them
+    stats: dict[str, np.ndarray]  # image statistics, from every `image_sample_step`-th frame
 
     @classmethod
     def encode(cls, path: Path, frames: Frames, fps: int, codec: str) -> "_EpisodeVideo":
@@ -372,7 +372,8 @@ def feature_stats(values: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def image_sample_step(length: int, max_frames: int = 16) -> int:
-    """Every how many frames LeRobot samples an episode's video for its image statistics."""
+    """Every how many frames an episode's video is sampled for its image statistics: about 16 frames
+    (lerobot 0.4's own writer spaces about 100 evenly, at a lower size; both estimate the same per-channel figures)."""
     return max(1, length // max_frames)
 
 

@@ -31,6 +31,7 @@ from pyramid.sample_data import write_sample_data
 from pyramid.build_reader import decode_mp4
 from pyramid.video_io import probe, read_frames
 from tests.fixtures import builder, umt5
+from tests.lerobot_video import pyav_video_reader
 
 CLI = [sys.executable, "-m", "pyramid"]
 EPISODES, FRAMES = 3, 60  # robot episodes (and one captioned clip), 6 s at 10 fps: long enough for Motus's default sampling (1 + 8 * 6 frames)
@@ -213,7 +214,38 @@ def check_lerobot_v3(root: Path) -> dict:
     dataset = LeRobotDataset(repo_id=f"local/{root.name}", root=root)
     assert dataset.num_frames == info["total_frames"] and dataset.num_episodes == info["total_episodes"]
     assert set(dataset.hf_dataset[len(dataset) - 1]) == set(rows.columns)
+    check_lerobot_items(root, info, rows, videos)
     return info
+
+
+def check_lerobot_items(root: Path, info: dict, rows: "pd.DataFrame", videos: set[str]) -> None:
+    """Items as a policy's loader asks for them: a frame before and the current one of every camera, and an action chunk
+    reaching past the episode, at the first, a middle and the last frame of each episode. lerobot finds every frame at
+    its timestamp (within its 1e-4 s), returns the export's own frames and pads outside the episode."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    fps, chunk = info["fps"], 4
+    delta = {key: [-1 / fps, 0.0] for key in videos}
+    if "action" in info["features"]:
+        delta["action"] = [step / fps for step in range(chunk)]
+    with pyav_video_reader():
+        dataset = LeRobotDataset(repo_id=f"local/{root.name}", root=root, delta_timestamps=delta)
+        decoded = {key: read_frames(root / info["video_path"].format(video_key=key, chunk_index=0, file_index=0), decord=False)
+                   for key in videos}
+        by_index = rows.set_index("index")
+        for _, episode in rows.groupby("episode_index"):
+            first, last = int(episode["index"].min()), int(episode["index"].max())
+            for index in sorted({first, (first + last) // 2, last}):
+                item = dataset[index]
+                for key in videos:
+                    assert item[f"{key}_is_pad"].tolist() == [index == first, False]
+                    wanted = decoded[key][[max(index - 1, first), index]]
+                    assert torch.equal(item[key], torch.from_numpy(wanted).permute(0, 3, 1, 2).float() / 255), (root, key, index)
+                if "action" in delta:
+                    beyond = [index + step > last for step in range(chunk)]
+                    assert item["action_is_pad"].tolist() == beyond
+                    expected = np.stack(by_index.loc[[min(index + step, last) for step in range(chunk)], "action"])
+                    np.testing.assert_array_equal(item["action"].numpy(), expected)
 
 
 def test_export_lerobot_of_a_labelled_build(build, tmp_path):
