@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 DEBUG_ENV = "PYRAMID_DEBUG"  # set by `pyramid --debug`: tracebacks are shown, not one-line errors
@@ -33,3 +34,21 @@ class BuildError(Exception):
 
 class ExportError(Exception):
     """A build cannot be exported as asked; the message says what to pass or do."""
+
+
+# Errors that say the output takes no more writes, whatever is being written: no episode is at fault.
+OUTPUT_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class OutputFullError(Exception):
+    """A build's output stopped taking writes (a full disk or quota, a file system turned read-only). The build stops
+    and no episode is quarantined for it: a rerun, once there is room, does what was not written."""
+
+
+def output_full(exc: BaseException | str | None) -> bool:
+    """`exc`, or an error it was raised from, says that the disk takes no more writes."""
+    while isinstance(exc, BaseException):
+        if isinstance(exc, OSError) and exc.errno in OUTPUT_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__
+    return False

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pyramid.cluster import check_nodes_see, ray_address
-from pyramid.errors import BuildError, EpisodeError, SourceError, debugging
+from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, output_full
 from pyramid.paths import overlap_problem
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds, colliding_roots
@@ -97,28 +97,52 @@ def preflight(recipe: Recipe) -> None:
         check_vae_config(recipe)
     if problem := overlap_problem(recipe.output, [spec.root for spec in recipe.sources], "the output"):
         raise BuildError(problem)
+    check_output_ours(Path(recipe.output))
     check_output_writable(Path(recipe.output))
 
 
-def check_vae_config(recipe: Recipe) -> None:
-    """The recipe's VAE exists and was trained on flow made as this recipe makes it (its config.json only)."""
-    from diffusers.configuration_utils import FrozenDict
+# What a build leaves in its output besides its outputs: the lock, and probes killed before their removal.
+BUILD_LEFTOVERS = (".build.lock", ".write-check-*", ".node-check-*")
 
-    from latent_action.checkpoint import read_vae_config, required_weights, resolve_checkpoint
-    from pyramid.stages import check_vae_matches
 
-    try:
-        path = resolve_checkpoint(recipe.vae) / "config.json"
-        required_weights(path.parent)  # torn weights fail here, not in every worker once Ray has started
-        config = read_vae_config(path.parent)
-    except (EpisodeError, OSError) as exc:
-        raise BuildError(str(exc)) from None
-    try:
-        check_vae_matches(FrozenDict(config), recipe)
-    except ValueError as exc:
-        raise BuildError(str(exc)) from None
-    except (TypeError, KeyError, AttributeError) as exc:  # a JSON file, but not a VAE's config
-        raise BuildError(f"{path}: not a latent-action VAE's config ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from None
+def check_output_ours(output: Path) -> None:
+    """A build writes into a new or empty directory, or into one of its own (finished, stopped with work staged, or
+    holding only what builds write): it replaces `webdataset/`, the Lance datasets and the report there, so a
+    directory holding anything else is refused."""
+    if not output.is_dir() or (output / "manifest.json").exists() or (output / "_staging").is_dir():
+        return
+    if others := _not_written_by_a_build(output):
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise BuildError(f"{output}: holds files no build wrote ({shown}); a build writes only into a new or empty "
+                         f"directory or one of its own: choose another output directory")
+
+
+def _not_written_by_a_build(output: Path) -> list[str]:
+    """The entries of `output` (relative paths) that are not a build's: its shards by level, its Lance datasets, its
+    report and its leftovers."""
+    from pyramid.sinks.lance_sink import written_by
+
+    others = []
+    for path in sorted(output.iterdir()):
+        if path.name == "webdataset" and path.is_dir():
+            others += _not_shards(path)
+        elif path.name in ("clips.lance", "flow.lance") and written_by(path) is not None:
+            continue
+        elif path.name != "report.html" and not any(path.match(pattern) for pattern in BUILD_LEFTOVERS):
+            others.append(path.name)
+    return others
+
+
+def _not_shards(folder: Path) -> list[str]:
+    """What a `webdataset/` folder holds besides level folders of shards (and shards being written)."""
+    others = []
+    for level in sorted(folder.iterdir()):
+        if not (level.is_dir() and re.fullmatch(r"level\d+", level.name)):
+            others.append(f"webdataset/{level.name}")
+            continue
+        others += [f"webdataset/{level.name}/{shard.name}" for shard in sorted(level.iterdir())
+                   if not re.fullmatch(r"\.?shard-\d+\.tar(\.tmp)?", shard.name)]
+    return others
 
 
 def check_output_writable(output: Path) -> None:
@@ -162,34 +186,43 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
     recipe = _with_checkpoint(recipe)
     output = Path(recipe.output)
     fingerprint = recipe.content_fingerprint()
-    manifest_path = output / "manifest.json"
-    if manifest_path.exists():
-        manifest = _read_manifest(manifest_path)
-        if manifest.get("recipe_fingerprint") != fingerprint:
-            raise BuildError(f"{output}: holds a finished build of a different recipe; choose another output directory")
-        if retry_failed and manifest["episodes"]["failed"]:
-            raise BuildError(f"{output}: --retry-failed works on an unfinished build; this one is finished and its "
-                             f"{manifest['episodes']['failed']} quarantined episode(s) are packed around, so retrying "
-                             f"them means building again: delete {output} or build into a new directory")
-        shutil.rmtree(output / "_staging", ignore_errors=True)
-        return BuildResult(output, manifest, up_to_date=True, failed_fraction=manifest["episodes"]["failed_fraction"])
+    if (finished := _finished_build(output, fingerprint, retry_failed)) is not None:
+        return finished
     check_unique_roots(recipe)
     which_ray = ray_address(address)  # before anything is written: an address where no Ray answers is refused
     preflight(recipe)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with build_lock(output), _ray_session(which_ray, progress) as session:
-        timings["ray_start"] = time.perf_counter() - started
-        check_nodes_see([spec.root for spec in recipe.sources], output)
-        _claim_staging(output, fingerprint, retry_failed)
-        started = time.perf_counter()
-        _process_episodes(recipe, workers)
-        timings["process"] = time.perf_counter() - started
     from pyramid.finalize import finalize
 
-    with build_lock(output):
+    with build_lock(output), _stopped_when_output_full(output):
+        if (finished := _finished_build(output, fingerprint, retry_failed)) is not None:
+            return finished  # by another build, after the check above and before this one took the lock
+        with _ray_session(which_ray, progress) as session:
+            timings["ray_start"] = time.perf_counter() - started
+            check_nodes_see([spec.root for spec in recipe.sources], output)
+            _claim_staging(output, fingerprint, retry_failed)
+            started = time.perf_counter()
+            _process_episodes(recipe, workers)
+            timings["process"] = time.perf_counter() - started
         manifest = finalize(recipe, fingerprint, timings, progress)
     return BuildResult(output, manifest, failed_fraction=manifest["episodes"]["failed_fraction"], timings=timings, ray=session.which)
+
+
+def _finished_build(output: Path, fingerprint: str, retry_failed: bool) -> BuildResult | None:
+    """The build already finished in `output` by this recipe, if there is one."""
+    manifest_path = output / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    manifest = _read_manifest(manifest_path)
+    if manifest.get("recipe_fingerprint") != fingerprint:
+        raise BuildError(f"{output}: holds a finished build of a different recipe; choose another output directory")
+    if retry_failed and manifest["episodes"]["failed"]:
+        raise BuildError(f"{output}: --retry-failed works on an unfinished build; this one is finished and its "
+                         f"{manifest['episodes']['failed']} quarantined episode(s) are packed around, so retrying "
+                         f"them means building again: delete {output} or build into a new directory")
+    shutil.rmtree(output / "_staging", ignore_errors=True)
+    return BuildResult(output, manifest, up_to_date=True, failed_fraction=manifest["episodes"]["failed_fraction"])
 
 
 @contextmanager
@@ -322,7 +355,7 @@ def _died_in(window: list[dict], recipe: Recipe, workers: int | None) -> str | N
     The error is not kept: its traceback would hold the failed dataset, whose surviving actors
     would then keep their CPUs and the next run would wait for them forever.
     """
-    cannot_start = None
+    cannot_start = full = None
     try:
         for _ in _run_window(window, recipe, workers):
             pass
@@ -330,12 +363,38 @@ def _died_in(window: list[dict], recipe: Recipe, workers: int | None) -> str | N
         died = exc.__class__.__name__
         if getattr(exc, "actor_init_failed", False):  # no episode's fault: every worker would fail the same way
             cannot_start = _last_line(str(exc))
+        full = _output_full_in_worker(exc)
     else:
         return None
     gc.collect()  # release the failed dataset's actors now
     if cannot_start is not None:
         raise BuildError(f"a build worker could not start: {cannot_start}")
+    if full is not None:
+        raise OutputFullError(full)
     return died
+
+
+def _output_full_in_worker(exc: BaseException) -> str | None:
+    """Why the output took no more writes, when a worker stopped on that (its OutputFullError reaches the driver
+    wrapped by Ray, sometimes only as the text of its traceback)."""
+    if output_full(exc):
+        return exc.strerror if isinstance(exc, OSError) else str(exc)
+    found = re.search(r"OutputFullError: (.+)", str(exc))
+    return found.group(1).strip() if found else None
+
+
+@contextmanager
+def _stopped_when_output_full(output: Path) -> Iterator[None]:
+    """A full disk (or quota, or a file system turned read-only) ends the build with one line; nothing is quarantined
+    for it, so the same command resumes once there is room."""
+    try:
+        yield
+    except (OutputFullError, OSError) as exc:
+        if not isinstance(exc, OutputFullError) and not output_full(exc):
+            raise
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise BuildError(f"{output}: cannot write the build here ({why}); make room and run the same command again: "
+                         f"the build resumes where it stopped, and no episode was quarantined for this") from None
 
 
 def _last_line(message: str) -> str:

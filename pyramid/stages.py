@@ -24,7 +24,7 @@ from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
 from pyramid.clips import PART_FRAMES, ClipSpan, clip_parts, clip_spans, decode_stored_parts, stored_frames_of
 from pyramid.episode import Episode, EpisodeRef
 from pyramid.episode_outputs import EpisodeSummary, part_outputs, part_record, recorded_part, timed
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, OutputFullError, output_full
 from pyramid.recipe import Recipe
 
 _readers: dict[str, Any] = {}
@@ -67,6 +67,9 @@ def _staging(recipe: Recipe):
 
 
 def failure(row: dict, exc: BaseException | str) -> dict:
+    """The row of an episode quarantined for `exc`; a full output is no episode's fault and stops the build."""
+    if output_full(exc):
+        raise OutputFullError(f"{exc.strerror or exc}") from exc
     if isinstance(exc, str):
         reason = exc
     elif isinstance(exc, EpisodeError):

@@ -330,3 +330,89 @@ def test_a_window_gives_each_worker_of_a_large_cluster_many_episodes():
 
     assert window_episodes(2) == WINDOW_EPISODES
     assert window_episodes(1000) == WINDOW_EPISODES_PER_WORKER * 1000 >= 32 * 1000
+
+
+def test_a_folder_of_other_files_is_refused_as_the_output_and_left_as_it_was(fixtures, tmp_path):
+    output = tmp_path / "mine"
+    (output / "webdataset" / "old").mkdir(parents=True)
+    (output / "webdataset" / "old" / "data.tar").write_bytes(b"a user's shard")
+    (output / "notes.txt").write_text("keep me")
+    (output / "clips.lance").mkdir()
+    (output / "clips.lance" / "keep.txt").write_text("not a Lance dataset")
+    before = {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    recipe_path = make_recipe(tmp_path, {"videos": fixtures["videos"]}, "mine", formats=["webdataset"])
+    result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: {output}: holds files no build wrote (clips.lance, notes.txt, webdataset/old); " in result.stderr
+    assert {path: path.read_bytes() for path in output.rglob("*") if path.is_file()} == before
+
+
+def test_a_build_that_finishes_while_another_waits_to_start_is_not_built_again(fixtures, tmp_path, monkeypatch):
+    """The finished-build check is made again once the lock is held: between the first check and the lock (the
+    preflight opens every source) another build of the recipe may have finished there."""
+    from pyramid import pipeline
+
+    recipe_path = make_recipe(tmp_path, {"videos": fixtures["videos"]}, "raced", formats=["webdataset"])
+    output = tmp_path / "raced"
+    preflight = pipeline.preflight
+
+    def preflight_while_another_build_runs(recipe):
+        preflight(recipe)
+        other = subprocess.run([*CLI, "build", str(recipe_path), "--quiet", "--workers", "1"], capture_output=True, text=True, timeout=600)
+        assert other.returncode == 0, other.stderr[-2000:]
+
+    monkeypatch.setattr(pipeline, "preflight", preflight_while_another_build_runs)
+    result = pipeline.build(load_recipe(recipe_path), workers=1, progress=False)
+    assert result.up_to_date
+    assert not (output / "_staging").exists() and (output / "manifest.json").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 KiB file system (tmpfs), grown by calling the fixture's value; skipped where mounting is not allowed."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount, lambda: subprocess.run(["mount", "-o", "remount,size=20m", str(mount)], check=True)
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_build_without_quarantining_and_a_rerun_finishes_it(fixtures, small_disk, tmp_path):
+    mount, make_room = small_disk
+    recipe_path = make_recipe(tmp_path, {"videos": fixtures["videos"]}, str(mount / "out"), formats=["webdataset"])
+    result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet", "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"error: {mount / 'out'}: cannot write the build here (No space left on device); make room and run the "
+                    f"same command again: the build resumes where it stopped, and no episode was quarantined for this"), result.stderr
+    assert "worker died" not in result.stderr
+    statuses = [json.loads(p.read_text()) for p in (mount / "out" / "_staging").glob("*.json") if p.name != "recipe.json"]
+    assert not [s for s in statuses if "space" in s.get("reason", "")], statuses
+    make_room()
+    result = subprocess.run([*CLI, "build", str(recipe_path), "--quiet", "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((mount / "out" / "manifest.json").read_text())
+    assert [Path(q["path"]).name for q in manifest["quarantined"]] == ["broken.mp4"] and manifest["episodes"]["ok"] == 3
+
+
+def test_a_worker_that_finds_the_disk_full_records_no_status_for_its_episode(fixtures, tmp_path):
+    """Where a file system cannot be mounted: the writer given a part that fails as a full disk fails (ENOSPC raised
+    where the part is made, as a write would raise it) leaves the episode without a status and without staged files."""
+    import errno
+
+    from pyramid.errors import OutputFullError
+    from pyramid.stages import StageWriter
+
+    recipe = load_recipe(make_recipe(tmp_path, {"videos": fixtures["videos"]}, "full", formats=["webdataset"]))
+    writer = StageWriter(recipe)
+
+    def parts():
+        raise OSError(errno.ENOSPC, "No space left on device")
+        yield
+
+    row = {"order": 0, "episode_id": "videos-x", "source": "videos", "path": "x.mp4", "status": "ok", "level": 2}
+    with pytest.raises(OutputFullError, match="No space left on device"):
+        writer.write(row, parts())
+    assert sorted(p.name for p in (tmp_path / "full" / "_staging").iterdir()) == []
