@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from pyramid.errors import EpisodeError
-from pyramid.video_io import frame_times, frames_at_constant_rate, probe, read_frame_chunks, read_frames
+from pyramid.video_io import frame_times, frames_at_constant_rate, probe, read_frame_chunks, read_frames, repeated_timestamps
 
 # The six levels of the Motus data pyramid, bottom (most plentiful) to top (most specific).
 PYRAMID_LEVELS = {
@@ -122,8 +122,11 @@ class VideoCamera:
         if gaps[longest] > 1 / low:  # a stalled recording or a clock jump, not hours of one repeated frame
             raise EpisodeError(self.path, f"frame timestamps jump {gaps[longest]:.1f} s after frame {longest} "
                                           f"(recorded video shows a frame at least every {1 / low:g} s)")
-        # a clock at an absurd header rate would tick billions of times over a long video
-        if low <= self.fps <= high and np.array_equal(frames_at_constant_rate(times, self.fps), np.arange(len(times))):
+        # a clock at an absurd header rate would tick billions of times over a long video; a frame stamped with another's
+        # time has no time of its own (the times are the distinct ones), so its file is numbered by time too
+        repeated = repeated_timestamps(self.path)
+        if (low <= self.fps <= high and not repeated
+                and np.array_equal(frames_at_constant_rate(times, self.fps), np.arange(len(times)))):
             return  # evenly spaced at the header's rate, give or take the rounding of timestamps
         # The rate it mostly runs at (a phone's 30 fps, not the average its slow stretches pull down), so frames taken
         # at a rate that divides it lie exactly at their times where the recording kept its pace.
@@ -133,6 +136,8 @@ class VideoCamera:
         self.fps = rate
         self.file_frames = frames_at_constant_rate(times, self.fps)
         self.num_frames = len(self.file_frames)
+        if repeated:
+            self.decord = False  # decord numbers every packet, the repeated ones too; PyAV numbers the times
 
     def _file_indices(self, local: Sequence[int]) -> list[int]:
         if self.file_frames is not None:

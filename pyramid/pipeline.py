@@ -101,6 +101,27 @@ def preflight(recipe: Recipe) -> None:
     check_output_writable(Path(recipe.output))
 
 
+def check_vae_config(recipe: Recipe) -> None:
+    """The recipe's VAE exists and was trained on flow made as this recipe makes it (its config.json only)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    from latent_action.checkpoint import read_vae_config, required_weights, resolve_checkpoint
+    from pyramid.stages import check_vae_matches
+
+    try:
+        path = resolve_checkpoint(recipe.vae) / "config.json"
+        required_weights(path.parent)  # torn weights fail here, not in every worker once Ray has started
+        config = read_vae_config(path.parent)
+    except (EpisodeError, OSError) as exc:
+        raise BuildError(str(exc)) from None
+    try:
+        check_vae_matches(FrozenDict(config), recipe)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    except (TypeError, KeyError, AttributeError) as exc:  # a JSON file, but not a VAE's config
+        raise BuildError(f"{path}: not a latent-action VAE's config ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from None
+
+
 # What a build leaves in its output besides its outputs: the lock, and probes killed before their removal.
 BUILD_LEFTOVERS = (".build.lock", ".write-check-*", ".node-check-*")
 

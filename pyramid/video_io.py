@@ -376,7 +376,7 @@ class PacketTimeline:
     spacing: one pass over the packets (no decoding, in an opening of its own) lists every frame's timestamp."""
 
     def __init__(self, source: Path | bytes, stream):
-        self.pts, _ = _display_timestamps(source)
+        self.pts, _, _ = _display_timestamps(source)
         # packets without timestamps (some raw streams): only the rate can number frames
         self.by_rate = None if len(self.pts) else ConstantRateTimeline(stream)
 
@@ -391,8 +391,9 @@ class PacketTimeline:
             container.seek(int(self.pts[first]), stream=stream, backward=True)
 
 
-def _display_timestamps(source: Path | bytes) -> tuple[np.ndarray, Fraction]:
-    """The timestamps of the video's frames in display order, and their time base, from its packets (no decoding), of
+def _display_timestamps(source: Path | bytes) -> tuple[np.ndarray, Fraction, int]:
+    """The distinct timestamps of the video's frames in display order, their time base, and how many frames carry a
+    timestamp another frame has too (shown as one frame), from its packets (no decoding), of
     a file or of a clip's bytes. A file's are listed once while it is unchanged: its frame times, then every read of it
     (each chunk of an unordered read, a retry from the start), would each demux the whole file again."""
     if not isinstance(source, (str, os.PathLike)):
@@ -402,19 +403,19 @@ def _display_timestamps(source: Path | bytes) -> tuple[np.ndarray, Fraction]:
 
 
 @functools.lru_cache(maxsize=8)
-def _file_timestamps(path: str, version: tuple[int, int, int]) -> tuple[np.ndarray, Fraction]:
+def _file_timestamps(path: str, version: tuple[int, int, int]) -> tuple[np.ndarray, Fraction, int]:
     """`_listed_timestamps` of a file, kept by its inode, size and modification time too: a file written anew, in
     place or renamed over it, is listed anew."""
     return _listed_timestamps(path, Path(path))
 
 
-def _listed_timestamps(source, origin) -> tuple[np.ndarray, Fraction]:
+def _listed_timestamps(source, origin) -> tuple[np.ndarray, Fraction, int]:
     with av.open(source) as container:
         stream = video_stream(container, origin)
-        pts = np.unique([packet.pts for packet in container.demux(stream)
-                         if _shows_a_frame(packet) and packet.pts is not None]).astype(np.int64)
+        listed = [packet.pts for packet in container.demux(stream) if _shows_a_frame(packet) and packet.pts is not None]
+        pts = np.unique(listed).astype(np.int64)
         pts.flags.writeable = False  # shared by every reader of the file
-        return pts, stream.time_base
+        return pts, stream.time_base, len(listed) - len(pts)
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:
@@ -422,10 +423,19 @@ def frame_times(path: str | os.PathLike) -> np.ndarray:
     timestamps)."""
     path = Path(path)
     try:
-        pts, time_base = _display_timestamps(path)
+        pts, time_base, _ = _display_timestamps(path)
     except (av.error.FFmpegError, OSError) as exc:
         raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
     return (pts - pts[:1]).astype(np.float64) * float(time_base) if len(pts) else np.zeros(0)
+
+
+def repeated_timestamps(path: str | os.PathLike) -> int:
+    """How many frames of the video carry a timestamp an earlier frame has (a recorder's slip; Matroska allows it):
+    `frame_times` lists the time once, and frames are numbered by time, so each such frame is left out."""
+    try:
+        return _display_timestamps(Path(path))[2]
+    except (av.error.FFmpegError, OSError) as exc:
+        raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
 
 
 def frames_at_constant_rate(times: np.ndarray, fps: float) -> np.ndarray:
@@ -537,6 +547,7 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
     codec, size, deinterlace = stream.codec_context, _stored_size(stream), Deinterlacer(stream)
     # not where frames are interlaced: their neighbours in time are what the deinterlacer weaves a frame from
     skip_unwanted = lookup is not None and codec.name == "h264" and not _coded_interlaced(codec)
+    previous = None
     for packet in container.demux(stream):
         if skip_unwanted and packet.pts is not None:
             codec.skip_frame = "DEFAULT" if timeline.index(packet.pts) in lookup else "NONREF"
@@ -546,6 +557,9 @@ def _decoded_frames(container, stream, lookup: set[int] | None, last: int | None
             if frame.pts is None:
                 raise av.error.InvalidDataError(0, "frame without timestamp")
             index = timeline.index(frame.pts)
+            if index == previous:
+                continue  # stamped with the time of the frame before it: the timeline has one frame there, the first
+            previous = index
             if lookup is None or index in lookup:
                 yield index, _to_rgb(frame, size, at_least)
             if last is not None and index >= last:

@@ -90,6 +90,25 @@ def test_a_variable_frame_rate_recording_is_read_at_even_times(tmp_path):
     assert evenly_spaced.file_frames is None and evenly_spaced.num_frames == 12
 
 
+def test_two_frames_stamped_with_one_time_are_read_as_the_one_shown(tmp_path):
+    """A recorder that stamps two frames with one time (Matroska allows it): the packets count both, the timestamps
+    one. Numbered by their times, every path reads the same frames, the second of the two left out; the file's
+    packet count used to be kept, so the last frame was "past the end" and the episode quarantined."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    pts = [*range(0, 500, 100), 400, *range(500, 1900, 100)]  # in 1/1000 s: frame 5 has frame 4's time
+    frames = np.stack([np.full((64, 96, 3), 10 + 10 * i, np.uint8) for i in range(len(pts))])  # each shows its number
+    fixture.write_variable_rate(tmp_path / "rec/stamped_twice.mkv", frames, pts, Fraction(1, 1000))
+    reader = get_source("videos")(tmp_path)
+    camera = reader.load(reader.ref("rec/stamped_twice.mkv")).cameras["video"]
+    assert camera.num_frames == 19 and camera.fps == pytest.approx(10.0)
+    decoded = camera.frames()
+    assert np.rint((decoded.mean(axis=(1, 2, 3)) - 10) / 10).astype(int).tolist() == [*range(5), *range(6, 20)]
+    assert np.array_equal(np.concatenate(list(camera.frame_chunks(range(19), 7))), decoded)
+
+
 def test_a_clip_cut_without_re_encoding_starts_at_its_cut(tmp_path):
     """`ffmpeg -ss T -i in.mp4 -c copy` keeps the frames from the keyframe before T and an edit list hiding them: its
     header counts them, decord shows them, and numbering them put every frame a build took up to a GOP early."""
