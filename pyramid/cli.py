@@ -69,8 +69,13 @@ def _describe(row: dict) -> str:
         return f"{row['episode_id']}  ERROR  {row['error']}"
     return (
         f"{row['episode_id']}  level {row['level']}  {row['embodiment']}  {row['num_frames']} frames @ {row['fps']:g} fps  "
-        f"cameras={','.join(row['cameras'])}  state={row['state_dim']}  action={row['action_dim']}  {row['task']!r}"
+        f"cameras={','.join(_camera_words(name, size) for name, size in row['camera_sizes'].items())}  state={row['state_dim']}  "
+        f"action={row['action_dim']}  {row['task']!r}"
     )
+
+
+def _camera_words(name: str, size: list[int] | None) -> str:
+    return f"{name} {size[0]}x{size[1]}" if size else name
 
 
 @app.command("sample-data")

@@ -302,7 +302,14 @@ class Episode:
             "cameras": list(self.cameras),
             "state_dim": self.state_dim,
             "action_dim": self.action_dim,
+            # as a player shows them (rotation and non-square pixels applied); None where only decoding tells (images)
+            "camera_sizes": {name: _shown_size(camera) for name, camera in self.cameras.items()},
         }
+
+
+def _shown_size(camera: Any) -> list[int] | None:
+    height, width = getattr(camera, "height", None), getattr(camera, "width", None)
+    return [int(height), int(width)] if height and width else None
 
 
 def _as_float32_2d(array: np.ndarray | None, path: str, what: str) -> np.ndarray | None:

@@ -11,7 +11,7 @@ from pyramid.cli import app
 from pyramid.sources import SOURCES
 from tests.fixtures import builder
 
-KEYS = ["episode_id", "source", "embodiment", "level", "task", "fps", "num_frames", "cameras", "state_dim", "action_dim"]
+KEYS = ["episode_id", "source", "embodiment", "level", "task", "fps", "num_frames", "cameras", "state_dim", "action_dim", "camera_sizes"]
 runner = CliRunner()
 
 
@@ -33,6 +33,8 @@ def test_inspect_json_lists_every_episode_and_reports_corrupt_ones(kind, tmp_pat
     for row in good:
         assert list(row) == KEYS
         assert row["source"] == kind
+        assert list(row["camera_sizes"]) == row["cameras"]
+        assert all(size is None or (len(size) == 2 and min(size) > 0) for size in row["camera_sizes"].values())
     for row in bad:
         assert set(row) == {"episode_id", "error"} and ": " in row["error"] and "\n" not in row["error"]
 
@@ -73,3 +75,19 @@ def test_a_root_with_no_readable_episode_lists_them_and_exits_1(tmp_path):
     assert result.exit_code == 1, result.output
     assert [json.loads(line)["error"] for line in result.stdout.splitlines()] and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: none of the 2 videos episodes is readable"
+
+
+def test_inspect_gives_each_camera_the_size_a_player_shows(tmp_path):
+    from fractions import Fraction
+
+    from tests.fixtures import videos
+    from tests.fixtures.media import moving_square_frames
+
+    videos.write_portrait_clip(tmp_path / "phone/upright.mp4", moving_square_frames(6, 96, 64))
+    videos.write_anamorphic(tmp_path / "dv/take.mp4", moving_square_frames(6, 64, 120), Fraction(4, 3))
+    result = runner.invoke(app, ["inspect", str(tmp_path), "--source", "videos", "--json"])
+    sizes = {row["episode_id"]: row["camera_sizes"] for row in map(json.loads, result.stdout.splitlines())}
+    ids = {ref.relpath: ref.episode_id for ref in SOURCES["videos"](tmp_path).discover()}
+    assert sizes == {ids["phone/upright.mp4"]: {"video": [96, 64]}, ids["dv/take.mp4"]: {"video": [64, 120]}}, result.output
+    table = runner.invoke(app, ["inspect", str(tmp_path), "--source", "videos"])
+    assert "cameras=video 96x64" in table.stdout and "cameras=video 64x120" in table.stdout
