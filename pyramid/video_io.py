@@ -61,7 +61,22 @@ def video_stream(container, path: Path):
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Read frame count, rate, size and codec from the container, counting packets if needed."""
+    """Read frame count, rate, size and codec from the container, counting packets if needed. A file's are read once
+    while it is unchanged: a LeRobot v3 mp4 holds thousands of episodes, each of which probes it."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return _probe(str(path))  # says what is wrong with the path, as opening it does
+    return _probe_unchanged(str(path), (status.st_ino, status.st_size, status.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_unchanged(path: str, version: tuple[int, int, int]) -> VideoInfo:
+    """`_probe` of a file, kept by its inode, size and modification time too (as `_file_timestamps`)."""
+    return _probe(path)
+
+
+def _probe(path: str | os.PathLike) -> VideoInfo:
     path = Path(path)
     try:
         with av.open(str(path)) as container:

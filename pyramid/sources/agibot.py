@@ -20,6 +20,7 @@ from pyramid.sources.hdf5_file import one_line, open_hdf5, read_numeric
 FALLBACK_FPS = 30.0  # formats.md: the release is 30 Hz; used only when the head video states no rate
 PRIMARY_CAMERA = "head"
 VIDEO_SUFFIX = "_color.mp4"
+TASKS_KEPT = 3  # task_info files kept parsed per reader (`_task_entries`)
 GRIPPER_NAMES = ["effector.left_gripper", "effector.right_gripper"]
 DEXHAND_NAMES = [f"effector.left_hand_{i}" for i in range(6)] + [f"effector.right_hand_{i}" for i in range(6)]
 # The parts of the official converter's state vector, in its order; the effector is 2 (gripper) or 12 (dexhand) wide.
@@ -151,8 +152,15 @@ class AgiBotSource(Source):
         return instructions, {"task_name": name, "init_scene_text": scene, "segments": segments}
 
     def _task_entries(self, task: str) -> dict[str, dict[str, Any]]:
-        if task not in self._task_info:
-            self._task_info = {task: _load_task_info(self.resolve(_task_info_relpath(task)))}
+        """A task's entries by episode id. The last few tasks read are kept: a worker reads a task's episodes one
+        after another, but a window can end inside a task, and parsing a task's JSON again costs as much as reading
+        tens of its episodes."""
+        if task in self._task_info:
+            self._task_info[task] = self._task_info.pop(task)  # the most recent last
+        else:
+            self._task_info[task] = _load_task_info(self.resolve(_task_info_relpath(task)))
+            while len(self._task_info) > TASKS_KEPT:
+                del self._task_info[next(iter(self._task_info))]
         return self._task_info[task]
 
 

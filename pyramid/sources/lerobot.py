@@ -30,6 +30,7 @@ from pyramid.episode import FPS_RANGE, Episode, EpisodeRef, VideoCamera, decode_
 from pyramid.errors import EpisodeError, SourceError
 from pyramid.sources.base import Source, register
 from pyramid.sources.lerobot_parts import DEFAULT_FEATURES, part_name, vector_features
+from pyramid.sources.parquet_rows import EpisodeRows
 from pyramid.video_io import probe
 
 INFO = "meta/info.json"
@@ -52,6 +53,7 @@ class LeRobotSource(Source):
                  action_features: list[str] | None = None, **options: Any):
         super().__init__(root, level, embodiment, **options)
         self.chosen_features = {"state": state_features, "action": action_features}
+        self._rows = EpisodeRows()  # a v3 data file's footer and row groups, read once for its many episodes
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -239,14 +241,16 @@ class LeRobotSource(Source):
         if not data_path.is_file():
             raise EpisodeError(data_path, f"missing data file of episode {where['episode_index']}")
         try:
-            schema = pq.read_schema(data_path)
+            names = self._rows.schema_names(data_path) if where["shared_file"] else pq.read_schema(data_path).names
         except (pa.ArrowException, OSError) as exc:
             raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
-        self._check_declared_columns(data_path, where, schema.names)
-        columns = [name for name in (*self.vector_keys, "episode_index", "task_index") if name in schema.names]
-        episode_filter = [("episode_index", "=", where["episode_index"])] if where["shared_file"] else None
+        self._check_declared_columns(data_path, where, names)
+        columns = [name for name in (*self.vector_keys, "episode_index", "task_index") if name in names]
         try:
-            rows = pq.read_table(data_path, columns=columns, filters=episode_filter)
+            if where["shared_file"]:
+                rows = self._rows.read(data_path, where["episode_index"], columns)
+            else:
+                rows = pq.read_table(data_path, columns=columns)
         except (pa.ArrowException, OSError) as exc:
             raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
         expected = where["length"]

@@ -1,0 +1,101 @@
+"""One episode's rows of a parquet file that holds many (LeRobot v3.0 packs thousands of episodes per data file).
+
+Reading an episode with `pq.read_table(path, filters=...)` parses the file's footer and tests every row group's
+statistics each time, and where the file is one row group (as `DataFrame.to_parquet` and LeRobot's v2.1 -> v3.0
+converter write it) decodes the whole file for each episode: a file of E episodes cost O(E^2) over a build. Here a
+file's footer is parsed once and its row groups are found by their `episode_index` statistics; a decoded row group
+that holds several episodes is kept for the episodes after it, up to `KEPT_BYTES`, since a worker reads a file's
+episodes one after another.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+KEPT_BYTES = 256 << 20  # decoded row groups kept per reader, and the largest one kept
+OPEN_FILES = 4  # parsed footers kept per reader
+
+
+class EpisodeRows:
+    """Parsed footers and decoded row groups of the data files one reader reads, each known by its path and version
+    (a file rewritten in place is read anew)."""
+
+    def __init__(self) -> None:
+        self.files: OrderedDict[tuple, _DataFile] = OrderedDict()
+        self.groups: OrderedDict[tuple, pa.Table] = OrderedDict()
+
+    def schema_names(self, path: Path) -> list[str]:
+        return self._file(path).parquet.schema_arrow.names
+
+    def read(self, path: Path, episode_index: int, columns: list[str]) -> pa.Table:
+        """The rows of `episode_index` (`columns` must include `episode_index`)."""
+        data = self._file(path)
+        groups = data.groups_holding(episode_index)
+        if groups is None:  # no statistics to go by
+            return pq.read_table(path, columns=columns, filters=[("episode_index", "=", episode_index)])
+        tables = [self._group(data, group, columns) for group in groups]
+        rows = pa.concat_tables(tables) if tables else data.parquet.schema_arrow.empty_table().select(columns)
+        return rows.filter(pc.equal(rows.column("episode_index"), episode_index))
+
+    def _file(self, path: Path) -> "_DataFile":
+        key = _version(path)
+        if key in self.files:
+            self.files.move_to_end(key)
+            return self.files[key]
+        data = self.files[key] = _DataFile(key, pq.ParquetFile(path))
+        while len(self.files) > OPEN_FILES:
+            _, evicted = self.files.popitem(last=False)
+            evicted.parquet.close()
+        return data
+
+    def _group(self, data: "_DataFile", group: int, columns: list[str]) -> pa.Table:
+        key = (data.key, group, tuple(columns))
+        if key in self.groups:
+            self.groups.move_to_end(key)
+            return self.groups[key]
+        table = data.parquet.read_row_group(group, columns=columns)
+        if data.episodes_in(group) > 1 and table.nbytes <= KEPT_BYTES:
+            self.groups[key] = table
+            while sum(kept.nbytes for kept in self.groups.values()) > KEPT_BYTES:
+                self.groups.popitem(last=False)
+        return table
+
+
+class _DataFile:
+    def __init__(self, key: tuple, parquet: pq.ParquetFile):
+        self.key, self.parquet = key, parquet
+        self.ranges = _episode_ranges(parquet)
+
+    def groups_holding(self, episode_index: int) -> list[int] | None:
+        if self.ranges is None:
+            return None
+        return [group for group, (low, high) in enumerate(self.ranges) if low <= episode_index <= high]
+
+    def episodes_in(self, group: int) -> int:
+        low, high = self.ranges[group]
+        return high - low + 1
+
+
+def _episode_ranges(parquet: pq.ParquetFile) -> list[tuple[int, int]] | None:
+    """(lowest, highest) `episode_index` of each row group, from the footer; None where a group lacks them."""
+    leaves = [parquet.metadata.schema.column(i).path for i in range(parquet.metadata.num_columns)]
+    if "episode_index" not in leaves:
+        return None
+    leaf, ranges = leaves.index("episode_index"), []
+    for group in range(parquet.metadata.num_row_groups):
+        statistics = parquet.metadata.row_group(group).column(leaf).statistics
+        if statistics is None or not statistics.has_min_max:
+            return None
+        ranges.append((int(statistics.min), int(statistics.max)))
+    return ranges
+
+
+def _version(path: Path) -> tuple:
+    status = os.stat(path)
+    return str(path), status.st_ino, status.st_size, status.st_mtime_ns
