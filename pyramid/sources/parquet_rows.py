@@ -14,6 +14,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -75,15 +76,15 @@ class _DataFile:
     def groups_holding(self, episode_index: int) -> list[int] | None:
         if self.ranges is None:
             return None
-        return [group for group, (low, high) in enumerate(self.ranges) if low <= episode_index <= high]
+        low, high = self.ranges
+        return np.flatnonzero((low <= episode_index) & (episode_index <= high)).tolist()
 
     def episodes_in(self, group: int) -> int:
-        low, high = self.ranges[group]
-        return high - low + 1
+        return int(self.ranges[1][group] - self.ranges[0][group] + 1)
 
 
-def _episode_ranges(parquet: pq.ParquetFile) -> list[tuple[int, int]] | None:
-    """(lowest, highest) `episode_index` of each row group, from the footer; None where a group lacks them."""
+def _episode_ranges(parquet: pq.ParquetFile) -> tuple[np.ndarray, np.ndarray] | None:
+    """The lowest and the highest `episode_index` of each row group, from the footer; None where a group lacks them."""
     leaves = [parquet.metadata.schema.column(i).path for i in range(parquet.metadata.num_columns)]
     if "episode_index" not in leaves:
         return None
@@ -93,7 +94,8 @@ def _episode_ranges(parquet: pq.ParquetFile) -> list[tuple[int, int]] | None:
         if statistics is None or not statistics.has_min_max:
             return None
         ranges.append((int(statistics.min), int(statistics.max)))
-    return ranges
+    bounds = np.array(ranges, np.int64).reshape(-1, 2)
+    return bounds[:, 0], bounds[:, 1]
 
 
 def _version(path: Path) -> tuple:
