@@ -45,10 +45,10 @@ class OutputFullError(Exception):
     and no episode is quarantined for it: a rerun, once there is room, does what was not written."""
 
 
-def output_full(exc: BaseException | str | None) -> bool:
-    """`exc`, or an error it was raised from, says that the disk takes no more writes."""
+def output_full(exc: BaseException | str | None) -> str | None:
+    """Why the disk takes no more writes, where `exc` or an error it was raised from says so; else None."""
     while isinstance(exc, BaseException):
         if isinstance(exc, OSError) and exc.errno in OUTPUT_FULL_ERRNOS:
-            return True
+            return exc.strerror or str(exc)
         exc = exc.__cause__
-    return False
+    return None

@@ -398,8 +398,8 @@ def _died_in(window: list[dict], recipe: Recipe, workers: int | None) -> str | N
 def _output_full_in_worker(exc: BaseException) -> str | None:
     """Why the output took no more writes, when a worker stopped on that (its OutputFullError reaches the driver
     wrapped by Ray, sometimes only as the text of its traceback)."""
-    if output_full(exc):
-        return exc.strerror if isinstance(exc, OSError) else str(exc)
+    if why := output_full(exc):
+        return why
     found = re.search(r"OutputFullError: (.+)", str(exc))
     return found.group(1).strip() if found else None
 
@@ -411,9 +411,9 @@ def _stopped_when_output_full(output: Path) -> Iterator[None]:
     try:
         yield
     except (OutputFullError, OSError) as exc:
-        if not isinstance(exc, OutputFullError) and not output_full(exc):
+        why = str(exc) if isinstance(exc, OutputFullError) else output_full(exc)
+        if not why:
             raise
-        why = exc.strerror if isinstance(exc, OSError) else str(exc)
         raise BuildError(f"{output}: cannot write the build here ({why}); make room and run the same command again: "
                          f"the build resumes where it stopped, and no episode was quarantined for this") from None
 

@@ -68,8 +68,8 @@ def _staging(recipe: Recipe):
 
 def failure(row: dict, exc: BaseException | str) -> dict:
     """The row of an episode quarantined for `exc`; a full output is no episode's fault and stops the build."""
-    if output_full(exc):
-        raise OutputFullError(f"{exc.strerror or exc}") from exc
+    if why := output_full(exc):
+        raise OutputFullError(why) from exc
     if isinstance(exc, str):
         reason = exc
     elif isinstance(exc, EpisodeError):

@@ -397,19 +397,23 @@ def test_a_full_disk_stops_the_build_without_quarantining_and_a_rerun_finishes_i
     assert [Path(q["path"]).name for q in manifest["quarantined"]] == ["broken.mp4"] and manifest["episodes"]["ok"] == 3
 
 
-def test_a_worker_that_finds_the_disk_full_records_no_status_for_its_episode(fixtures, tmp_path):
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_worker_that_finds_the_disk_full_records_no_status_for_its_episode(fixtures, tmp_path, wrapped):
     """Where a file system cannot be mounted: the writer given a part that fails as a full disk fails (ENOSPC raised
     where the part is made, as a write would raise it) leaves the episode without a status and without staged files."""
     import errno
 
-    from pyramid.errors import OutputFullError
+    from pyramid.errors import EpisodeError, OutputFullError
     from pyramid.stages import StageWriter
 
     recipe = load_recipe(make_recipe(tmp_path, {"videos": fixtures["videos"]}, "full", formats=["webdataset"]))
     writer = StageWriter(recipe)
 
     def parts():
-        raise OSError(errno.ENOSPC, "No space left on device")
+        full = OSError(errno.ENOSPC, "No space left on device")
+        if wrapped:  # as a writer that names its file would raise it
+            raise EpisodeError(tmp_path / "full" / "x.tar", "cannot write") from full
+        raise full
         yield
 
     row = {"order": 0, "episode_id": "videos-x", "source": "videos", "path": "x.mp4", "status": "ok", "level": 2}
