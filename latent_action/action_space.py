@@ -107,9 +107,11 @@ class ActionNormalizer:
         mask[:count] = moving
         return value, mask
 
+    def to_json(self) -> dict:
+        return {"latent_action_dim": LATENT_ACTION_DIM, "embodiments": {k: v.to_json() for k, v in sorted(self.stats.items())}}
+
     def save(self, path: Path) -> None:
-        payload = {"latent_action_dim": LATENT_ACTION_DIM, "embodiments": {k: v.to_json() for k, v in sorted(self.stats.items())}}
-        Path(path).write_text(json.dumps(payload, indent=2))
+        Path(path).write_text(json.dumps(self.to_json(), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> "ActionNormalizer":

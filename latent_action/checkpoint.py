@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from latent_action.action_space import ActionNormalizer
 from latent_action.config import TrainConfig, config_changes, parse_config
@@ -28,7 +28,7 @@ from latent_action.model import LatentActionVAE
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
 from pyramid.training.checkpoints import (RNG_FILE, STATE_FILE, latest_checkpoint, load_rng, prune_checkpoints,
-                                          read_state, save_rng, step_directory)
+                                          read_state, read_tensors, require_fields, save_rng, state_file, step_directory)
 
 __all__ = ["checkpoint_dir", "latest_checkpoint", "prune_checkpoints", "save_checkpoint", "restore_checkpoint",
            "resolve_checkpoint", "load_trained", "checkpoint_fingerprint", "saved_train_config", "changed_settings"]
@@ -75,19 +75,22 @@ def restore_checkpoint(
     from safetensors.torch import load_model
 
     state = read_state(directory)
+    require_fields(state, state_file(directory), {"step": int, "optimizer": dict, "scheduler": dict}, "pyramid train-vae")
+    weights = directory / WEIGHTS_FILE
     try:
-        load_model(vae, str(directory / WEIGHTS_FILE), device=str(next(vae.parameters()).device))
-        tensors = load_file(str(directory / "optimizer.safetensors"), device=str(next(vae.parameters()).device))
+        load_model(vae, str(weights), device=str(next(vae.parameters()).device))
     except RuntimeError as exc:  # load_model's size mismatch or missing keys: a model of another config
         raise EpisodeError(directory, f"cannot resume: its weights do not fit the model the config builds "
-                                      f"({weights_mismatch(vae, directory / WEIGHTS_FILE) or _one_line(exc)})") from exc
+                                      f"({weights_mismatch(vae, weights) or _one_line(exc)})") from exc
     except (OSError, ValueError, KeyError, SafetensorError) as exc:  # a torn or foreign file
-        raise EpisodeError(directory, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {_one_line(exc)})") from exc
+        raise EpisodeError(weights, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {_one_line(exc)})") from exc
+    tensors = read_tensors(directory / "optimizer.safetensors")  # names the file where it is missing or torn
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     # Checkpoints from before the shared convention keep their RNG states in the state file, base64-encoded.
-    _restore_rng(generator, load_rng(directory) if (directory / RNG_FILE).is_file() else _decode_all(state["rng"]))
-    return int(state["step"])
+    old_rng = not (directory / RNG_FILE).is_file() and "rng" in state
+    _restore_rng(generator, _decode_all(state["rng"]) if old_rng else load_rng(directory))  # load_rng names a missing file
+    return state["step"]
 
 
 def read_vae_config(checkpoint: str | Path) -> dict:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from latent_action.action_space import ActionNormalizer
-from latent_action.checkpoint import (changed_settings, checkpoint_dir, latest_checkpoint, prune_checkpoints, restore_checkpoint,
-                                      save_checkpoint)
+from latent_action.checkpoint import (changed_settings, checkpoint_dir, latest_checkpoint, load_heldout, prune_checkpoints,
+                                      restore_checkpoint, save_checkpoint)
 from latent_action.config import TrainConfig
 from latent_action.images import distance_from_white, random_shift, to_model_input, to_uint8, white
 from latent_action.losses import LossTerms, latent_action_loss
@@ -69,6 +69,8 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     torch.manual_seed(config.run.seed)
 
     data = prepare_data(config, echo)
+    if last is not None:
+        refuse_other_data(last, data)
     out_dir.mkdir(parents=True, exist_ok=True)  # after the data, so that a refusal of it leaves nothing behind
     if data.skipped:
         atomic_write_bytes(out_dir / SKIPPED_FILE, json.dumps(data.skipped, indent=1).encode())
@@ -131,6 +133,21 @@ def refuse_changed_config(checkpoint: Path, config: TrainConfig) -> None:
     if changes:
         raise EpisodeError(checkpoint, f"trained with other settings (checkpoint's -> config's: {'; '.join(changes)}): "
                                        "resume with the checkpoint's settings, or train afresh in another run.out_dir")
+
+
+def refuse_other_data(checkpoint: Path, data: TrainingData) -> None:
+    """An EpisodeError where the data is not what the checkpoint was trained on (a dataset written again in place,
+    another at the moved root): its held-out episodes or its action statistics differ. Training on would score on
+    another split, perhaps of episodes it has trained on, with actions scaled anew."""
+    if (checkpoint / "heldout_episodes.json").is_file() and (saved := load_heldout(checkpoint)) != data.heldout:
+        raise EpisodeError(checkpoint, f"trained on other data: {len(saved - data.heldout)} of its {len(saved)} held-out "
+                                       f"episodes are not held out in this data, and {len(data.heldout - saved)} others are; "
+                                       f"resume on the data it was trained on, or train afresh in another run.out_dir")
+    stats_path = checkpoint / "action_normalizer.json"
+    if stats_path.is_file() and ActionNormalizer.load(stats_path).to_json() != data.normalizer.to_json():
+        raise EpisodeError(checkpoint, "trained on other data: the actions of this data's training episodes have other "
+                                       "statistics than those it was trained with; resume on the data it was trained on, "
+                                       "or train afresh in another run.out_dir")
 
 
 def check_out_dir(config: TrainConfig) -> None:

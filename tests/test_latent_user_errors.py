@@ -239,13 +239,34 @@ def test_resume_refuses_a_config_that_changed_what_the_checkpoint_was_trained_wi
     assert not (tmp_path / "interrupted" / "checkpoints" / "step_0000003").exists()
 
 
-def test_resume_names_a_torn_optimizer_file(sample, run, tmp_path):
+@pytest.mark.parametrize("member, damage, words", [
+    ("optimizer.safetensors", lambda path: path.write_bytes(b"\xff" * 64), "unreadable safetensors file, the checkpoint is damaged"),
+    ("optimizer.safetensors", lambda path: path.unlink(), "missing from this checkpoint"),
+    ("diffusion_pytorch_model.safetensors", lambda path: path.write_bytes(b"\xff" * 64), "cannot resume from this checkpoint (SafetensorError"),
+    ("rng.safetensors", lambda path: path.unlink(), "missing from this checkpoint"),
+    ("training_state.json", lambda path: path.write_text("{}"), "missing or malformed step, optimizer, scheduler: not a `pyramid train-vae` checkpoint"),
+])
+def test_resume_names_the_damaged_file_of_its_checkpoint(sample, run, tmp_path, member, damage, words):
     out_dir = interrupted_run(run, tmp_path)
-    (out_dir / "checkpoints" / "step_0000001" / "optimizer.safetensors").write_bytes(b"\xff" * 64)
+    damage(out_dir / "checkpoints" / "step_0000001" / member)
     (tmp_path / "torn.yaml").write_text(yaml.safe_dump(config_dict(sample, out_dir, max_steps=3)))
     result = runner.invoke(app, ["train-vae", str(tmp_path / "torn.yaml"), "--resume", "--no-progress"])
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "step_0000001: cannot resume from this checkpoint (SafetensorError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {out_dir / 'checkpoints' / 'step_0000001' / member}: {words}"), result.stderr
+
+
+def test_resume_refuses_other_data_at_the_roots_it_may_move_to(sample, run, tmp_path):
+    """Data roots may change on resume (a dataset moved); a dataset written again with another episode may not: its
+    split and action statistics would change under the run."""
+    other = tmp_path / "other"
+    write_sample_data(other, robot_episodes=4, video_clips=2, num_frames=6)
+    raw = config_dict(other, interrupted_run(run, tmp_path), max_steps=3)
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train-vae", str(tmp_path / "other.yaml"), "--resume", "--no-progress"])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result.output
+    last = result.stderr.strip().splitlines()[-1]  # after the line saying what was read, as the data is read first
+    assert last.startswith("error: ") and "step_0000001: trained on other data: " in last and "resume on the data it was trained on" in last
+    assert not (tmp_path / "interrupted" / "checkpoints" / "step_0000003").exists()
 
 
 def test_resume_takes_a_longer_run_other_intervals_and_another_place(sample, run, tmp_path):

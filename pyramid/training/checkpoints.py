@@ -104,3 +104,13 @@ def read_tensors(path: Path) -> dict:
         return load_file(path)
     except (SafetensorError, OSError) as exc:
         raise EpisodeError(path, f"unreadable safetensors file, the checkpoint is damaged ({exc})") from exc
+
+
+def require_fields(state: dict, path: Path, fields: dict[str, type], command: str) -> None:
+    """The training state read from `path` holds each field with its type; else an error naming the file and the
+    `command` whose checkpoint it is not."""
+    from pyramid.errors import EpisodeError
+
+    wrong = [name for name, kind in fields.items() if not isinstance(state.get(name), kind)]
+    if wrong:
+        raise EpisodeError(path, f"missing or malformed {', '.join(wrong)}: not a `{command}` checkpoint or a damaged one")

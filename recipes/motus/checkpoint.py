@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
-from pyramid.training.checkpoints import RNG_FILE, STATE_FILE, load_rng, read_state, read_tensors, save_rng
+from pyramid.training.checkpoints import RNG_FILE, STATE_FILE, load_rng, read_state, read_tensors, require_fields, save_rng
 from pyramid.training.checkpoints import latest_checkpoint as latest_in
 from pyramid.training.checkpoints import step_directory as step_in
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -98,7 +98,7 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, generator: tor
     load_weights(directory, model)
     state = read_state(directory)
     require_fields(state, directory / STATE_FILE, {"step": int, "samples_consumed": int, "scheduler": dict,
-                                                   "param_groups": list})
+                                                   "param_groups": list}, "pyramid train")
     moments: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in read_tensors(directory / "optimizer.safetensors").items():
         param, _, name = key.rpartition("/")
@@ -138,13 +138,6 @@ def restore_noise(directory: Path, generator: torch.Generator) -> None:
             generator.manual_seed(int(generators["noise_generator_rank0"].sum()) + 7919 * rank)
     except (RuntimeError, KeyError, TypeError) as exc:
         raise EpisodeError(directory / RNG_FILE, f"no usable noise generator state ({first_problem(exc)})") from exc
-
-
-def require_fields(state: dict[str, Any], path: Path, fields: dict[str, type]) -> None:
-    wrong = [name for name, kind in fields.items() if not isinstance(state.get(name), kind)]
-    if wrong:
-        raise EpisodeError(path, f"missing or malformed {', '.join(wrong)}: not a `pyramid train` checkpoint "
-                                 f"or a damaged one")
 
 
 def first_problem(exc: BaseException) -> str:
