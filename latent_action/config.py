@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -12,6 +10,7 @@ from pydantic import Field, model_validator
 from latent_action.losses import DEFAULT_BETA, DEFAULT_LAMBDA_A, DEFAULT_MOTION_WEIGHT
 from latent_action.sampler import DEFAULT_LABELLED_FRACTION
 from pyramid.cameras import Cameras
+from pyramid.training.settings import setting_changes
 from pyramid.yaml_config import ConfigError, Strict, load_yaml, resolve_path, validate
 
 
@@ -156,33 +155,7 @@ RESUMABLE = frozenset({
 
 def config_changes(saved: dict, current: dict, only_shared: bool = False) -> list[str]:
     """'key: saved -> current' for each setting (JSON of a TrainConfig) that differs, except RESUMABLE ones."""
-    old, new = _flatten(saved), _flatten(current)
-    keys = [key for key in dict.fromkeys([*new, *old]) if not only_shared or (key in old and key in new)]
-    return [f"{key}: {_shown(old, key)} -> {_shown(new, key)}" for key in keys
-            if old.get(key, _UNSET) != new.get(key, _UNSET) and not _may_change(key, old, new)]
-
-
-_UNSET = object()
-
-
-def _may_change(key: str, old: dict, new: dict) -> bool:
-    """A RESUMABLE setting, set on both sides (a source added or dropped is a change of data)."""
-    return key in old and key in new and re.sub(r"\[\d+\]", "[*]", key) in RESUMABLE
-
-
-def _flatten(value: object, prefix: str = "") -> dict[str, object]:
-    """Leaf settings by dotted key; lists of sections are indexed (`data.sources[0].root`)."""
-    if isinstance(value, dict):
-        items = [(f"{prefix}.{key}" if prefix else str(key), item) for key, item in value.items()]
-    elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
-        items = [(f"{prefix}[{index}]", item) for index, item in enumerate(value)]
-    else:
-        return {prefix: value}
-    return {key: leaf for name, item in items for key, leaf in _flatten(item, name).items()}
-
-
-def _shown(settings: dict, key: str) -> str:
-    return json.dumps(settings[key]) if key in settings else "(unset)"
+    return setting_changes(saved, current, RESUMABLE, only_shared)
 
 
 def parse_config(raw: object, origin: str = "config") -> TrainConfig:

@@ -22,8 +22,8 @@ from pyramid.paths import overlap_problem
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 from recipes.motus.build import build_encoders, build_motus
-from recipes.motus.checkpoint import (latest_checkpoint, load_checkpoint, load_weights, save_checkpoint,
-                                      step_directory)
+from recipes.motus.checkpoint import (latest_checkpoint, load_checkpoint, load_weights, refuse_changed_recipe,
+                                      save_checkpoint, step_directory)
 from recipes.motus.config import Recipe, load_recipe
 from recipes.motus.data import ClipExamples, make_loader
 from recipes.motus.schedule import training_loss
@@ -36,6 +36,8 @@ def train(recipe: Recipe, resume: bool = False, log=print) -> dict:
     output = Path(cfg.output_dir)
     check_output_dir(output, Path(recipe.data.root))
     checkpoint = checkpoint_to_resume(output / "checkpoints", resume)  # refuses checkpoints unless resuming
+    if checkpoint is not None:
+        refuse_changed_recipe(checkpoint, recipe)
     dataset = ClipExamples(recipe.data, recipe.model, seed=cfg.seed)  # before the model: a bad build fails fast
 
     # Model: same seed on every rank, so random-init weights agree before the first step.

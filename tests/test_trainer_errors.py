@@ -226,4 +226,30 @@ def test_resume_names_a_checkpoint_of_another_model(build, run, tmp_path, capsys
     wider["model"] = {"preset": "tiny", "action": {"dim": 48}}
     recipe.write_text(yaml.safe_dump(wider))
     code, stderr = pyramid(capsys, "train", recipe, "--resume")
+    assert_user_error(code, stderr, output / "checkpoints" / "step_0000001", "trained with another recipe", "model.action.dim: ")
+    state = output / "checkpoints" / "step_0000001" / "training_state.json"  # a checkpoint that kept no recipe
+    state.write_text(json.dumps({key: value for key, value in json.loads(state.read_text()).items() if key != "recipe"}))
+    code, stderr = pyramid(capsys, "train", recipe, "--resume")
     assert_user_error(code, stderr, output / "checkpoints" / "step_0000001", "weights do not fit the model")
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"lr": 2e-3}, "train.lr: 0.001 -> 0.002"),  # the restored optimizer state would have kept the old one
+    ({"trainable": ["action"]}, 'train.trainable: ["video", "action", "understanding"] -> ["action"]'),
+    ({"batch_size": 2, "seed": 3}, "train.batch_size: 1 -> 2; train.seed: 0 -> 3"),
+])
+def test_resume_refuses_a_recipe_that_changed_how_the_checkpoint_was_trained(build, run, tmp_path, capsys, settings, words):
+    output = tmp_path / "resumed"
+    shutil.copytree(run / "checkpoints", output / "checkpoints")
+    recipe = write_recipe(tmp_path / "resume.yaml", build.root, output, steps=2, **settings)
+    code, stderr = pyramid(capsys, "train", recipe, "--resume")
+    assert_user_error(code, stderr, output / "checkpoints" / "step_0000001", "trained with another recipe", words)
+    assert not (output / "checkpoints" / "step_0000002").exists()
+
+
+def test_resume_takes_more_steps_other_cadences_and_another_output(build, run, tmp_path, capsys):
+    output = tmp_path / "elsewhere"
+    shutil.copytree(run / "checkpoints", output / "checkpoints")
+    recipe = write_recipe(tmp_path / "resume.yaml", build.root, output, steps=2, save_every=2, log_every=5, precision="fp32")
+    code, _ = pyramid(capsys, "train", recipe, "--resume")
+    assert code in (0, None) and (output / "checkpoints" / "step_0000002").is_dir()

@@ -6,6 +6,8 @@ parameter counts are checked without any weights.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,7 @@ def build_vlm(config: ModelConfig):
     if config.vlm.pretrained_path and not _on_meta():
         return Qwen3VLForConditionalGeneration.from_pretrained(config.vlm.pretrained_path, dtype=torch.bfloat16).model
     vlm_config = Qwen3VLConfig.from_pretrained(config.vlm.pretrained_path) if config.vlm.pretrained_path \
-        else Qwen3VLConfig(**config.vlm.architecture)
+        else Qwen3VLConfig(**copy.deepcopy(config.vlm.architecture))  # transformers fills its dicts in place: the recipe stays as given
     return Qwen3VLModel(vlm_config)
 
 

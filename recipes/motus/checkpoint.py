@@ -166,3 +166,35 @@ def _unwrap(model):
 def _jsonable(group: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()
             if isinstance(v, (int, float, str, bool, list, tuple)) or v is None}
+
+
+# What a resumed run may change: how long it trains, where it reads, writes and finds weights, how often it logs and
+# saves, its precision. The rest (model, data selection, optimiser, batch, seed, trainable experts) decides the
+# trajectory: a new lr would be overridden by the optimizer state the checkpoint restores, a new `trainable` would
+# freeze experts from the resume on.
+RESUMABLE = frozenset({
+    "train.steps", "train.output_dir", "train.log_every", "train.save_every", "train.precision", "train.init_from",
+    "data.root", "data.num_workers", "model.video.pretrained_path", "model.text.pretrained_path", "model.vlm.pretrained_path",
+})
+
+
+def refuse_changed_recipe(directory: Path, recipe) -> None:
+    """An EpisodeError listing what `recipe` changed from the one the checkpoint was trained with (RESUMABLE aside);
+    nothing for a checkpoint that did not record its recipe."""
+    from recipes.motus.config import Recipe
+    from pyramid.training.settings import setting_changes
+
+    saved = read_state(directory).get("recipe")
+    if not isinstance(saved, dict):
+        return
+    current = json.loads(recipe.model_dump_json())
+    try:  # settings added since the checkpoint was saved take their defaults
+        saved = json.loads(Recipe.model_validate(saved).model_dump_json())
+    except ValueError:  # a recipe of an older layout: the settings both know are compared
+        pass
+    # Only settings both name: the model's library arguments (Wan's, Qwen3-VL's) are free-form, and checkpoints saved
+    # before build.py copied them record what transformers filled into a recipe's in place (`rope_scaling.rope_theta`).
+    changes = setting_changes(saved, current, RESUMABLE, only_shared=True)
+    if changes:
+        raise EpisodeError(directory, f"trained with another recipe (checkpoint's -> recipe's: {'; '.join(changes)}): "
+                                      "resume with the checkpoint's recipe, or train afresh in another train.output_dir")
