@@ -169,11 +169,12 @@ def _jsonable(group: dict) -> dict:
 
 
 # What a resumed run may change: how long it trains, where it reads, writes and finds weights, how often it logs and
-# saves, its precision. The rest (model, data selection, optimiser, batch, seed, trainable experts) decides the
+# saves, its precision, and DDP or FSDP (checkpoints hold whole state dicts either way). The rest (model, data selection, optimiser, batch, seed, trainable experts) decides the
 # trajectory: a new lr would be overridden by the optimizer state the checkpoint restores, a new `trainable` would
 # freeze experts from the resume on.
 RESUMABLE = frozenset({
     "train.steps", "train.output_dir", "train.log_every", "train.save_every", "train.precision", "train.init_from",
+    "train.distributed",
     "data.root", "data.num_workers", "model.video.pretrained_path", "model.text.pretrained_path", "model.vlm.pretrained_path",
 })
 
