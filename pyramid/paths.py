@@ -71,6 +71,13 @@ def output_child(out_dir: Path, *names: str) -> Path:
     return Path(out_dir).joinpath(*(safe_name(name) for name in names))
 
 
+def file_version(path: str | os.PathLike) -> tuple[int, int, int]:
+    """What changes when a file is written anew, in place or renamed over it: its inode, size and modification time
+    (the key under which what was read of it is kept)."""
+    status = os.stat(path)
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def overlapping(first: Path, second: Path) -> bool:
     """Whether one path is the other or lies inside it (links resolved)."""
     first, second = os.path.realpath(first), os.path.realpath(second)

@@ -30,6 +30,7 @@ from av.video.reformatter import VideoReformatter
 from pyramid.atomic import atomic_write
 from pyramid.errors import EpisodeError, debugging
 from pyramid.hdr import HDR_TRANSFERS, is_hdr, to_sdr
+from pyramid.paths import file_version
 
 # decord bundles an FFmpeg without an AV1 decoder; asking it anyway fails or yields garbage.
 CODECS_DECORD_CANNOT_DECODE = {"av1", "libdav1d", "libaom-av1", "vp9"}
@@ -64,10 +65,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     """Read frame count, rate, size and codec from the container, counting packets if needed. A file's are read once
     while it is unchanged: a LeRobot v3 mp4 holds thousands of episodes, each of which probes it."""
     try:
-        status = os.stat(path)
+        version = file_version(path)
     except OSError:
         return _probe(str(path))  # says what is wrong with the path, as opening it does
-    return _probe_unchanged(str(path), (status.st_ino, status.st_size, status.st_mtime_ns))
+    return _probe_unchanged(str(path), version)
 
 
 @functools.lru_cache(maxsize=32)
@@ -413,8 +414,7 @@ def _display_timestamps(source: Path | bytes) -> tuple[np.ndarray, Fraction, int
     (each chunk of an unordered read, a retry from the start), would each demux the whole file again."""
     if not isinstance(source, (str, os.PathLike)):
         return _listed_timestamps(io.BytesIO(source), "clip")
-    status = os.stat(source)
-    return _file_timestamps(str(source), (status.st_ino, status.st_size, status.st_mtime_ns))
+    return _file_timestamps(str(source), file_version(source))
 
 
 @functools.lru_cache(maxsize=8)

@@ -4,6 +4,7 @@ with `proprio_stats/<task>/<episode>/proprio_stats.h5` and `task_info/task_<task
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -42,7 +43,10 @@ class AgiBotSource(Source):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._task_info: dict[str, dict[str, dict[str, Any]]] = {}
+        # A task's entries by episode id, of the last few tasks read: a worker reads a task's episodes one after
+        # another, but a window can end inside a task, and parsing a task's JSON again costs as much as reading tens
+        # of its episodes.
+        self._task_entries = functools.lru_cache(maxsize=TASKS_KEPT)(self._read_task_entries)
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -151,17 +155,8 @@ class AgiBotSource(Source):
         instructions = [text for text in [task_text, *(segment["text"] for segment in segments)] if text]
         return instructions, {"task_name": name, "init_scene_text": scene, "segments": segments}
 
-    def _task_entries(self, task: str) -> dict[str, dict[str, Any]]:
-        """A task's entries by episode id. The last few tasks read are kept: a worker reads a task's episodes one
-        after another, but a window can end inside a task, and parsing a task's JSON again costs as much as reading
-        tens of its episodes."""
-        if task in self._task_info:
-            self._task_info[task] = self._task_info.pop(task)  # the most recent last
-        else:
-            self._task_info[task] = _load_task_info(self.resolve(_task_info_relpath(task)))
-            while len(self._task_info) > TASKS_KEPT:
-                del self._task_info[next(iter(self._task_info))]
-        return self._task_info[task]
+    def _read_task_entries(self, task: str) -> dict[str, dict[str, Any]]:
+        return _load_task_info(self.resolve(_task_info_relpath(task)))
 
 
 def _container_fps(camera: VideoCamera) -> float:

@@ -10,7 +10,7 @@ episodes one after another.
 
 from __future__ import annotations
 
-import os
+import functools
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pyramid.paths import file_version
 
 KEPT_BYTES = 256 << 20  # decoded row groups kept per reader, and the largest one kept
 OPEN_FILES = 4  # parsed footers kept per reader
@@ -28,7 +30,7 @@ class EpisodeRows:
     (a file rewritten in place is read anew)."""
 
     def __init__(self) -> None:
-        self.files: OrderedDict[tuple, _DataFile] = OrderedDict()
+        self._opened = functools.lru_cache(maxsize=OPEN_FILES)(_DataFile)  # by (path, version): a file read anew
         self.groups: OrderedDict[tuple, pa.Table] = OrderedDict()
 
     def schema_names(self, path: Path) -> list[str]:
@@ -45,15 +47,7 @@ class EpisodeRows:
         return rows.filter(pc.equal(rows.column("episode_index"), episode_index))
 
     def _file(self, path: Path) -> "_DataFile":
-        key = _version(path)
-        if key in self.files:
-            self.files.move_to_end(key)
-            return self.files[key]
-        data = self.files[key] = _DataFile(key, pq.ParquetFile(path))
-        while len(self.files) > OPEN_FILES:
-            _, evicted = self.files.popitem(last=False)
-            evicted.parquet.close()
-        return data
+        return self._opened((str(path), *file_version(path)))
 
     def _group(self, data: "_DataFile", group: int, columns: list[str]) -> pa.Table:
         key = (data.key, group, tuple(columns))
@@ -69,9 +63,9 @@ class EpisodeRows:
 
 
 class _DataFile:
-    def __init__(self, key: tuple, parquet: pq.ParquetFile):
-        self.key, self.parquet = key, parquet
-        self.ranges = _episode_ranges(parquet)
+    def __init__(self, key: tuple):
+        self.key, self.parquet = key, pq.ParquetFile(key[0])  # closed when the cache lets it go
+        self.ranges = _episode_ranges(self.parquet)
 
     def groups_holding(self, episode_index: int) -> list[int] | None:
         if self.ranges is None:
@@ -96,8 +90,3 @@ def _episode_ranges(parquet: pq.ParquetFile) -> tuple[np.ndarray, np.ndarray] | 
         ranges.append((int(statistics.min), int(statistics.max)))
     bounds = np.array(ranges, np.int64).reshape(-1, 2)
     return bounds[:, 0], bounds[:, 1]
-
-
-def _version(path: Path) -> tuple:
-    status = os.stat(path)
-    return str(path), status.st_ino, status.st_size, status.st_mtime_ns
