@@ -436,19 +436,20 @@ def _listed_timestamps(source, origin) -> tuple[np.ndarray, Fraction, int]:
 def frame_times(path: str | os.PathLike) -> np.ndarray:
     """Seconds from the first frame at which each frame is shown, in display order (empty where packets carry no
     timestamps)."""
-    path = Path(path)
-    try:
-        pts, time_base, _ = _display_timestamps(path)
-    except (av.error.FFmpegError, OSError) as exc:
-        raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
+    pts, time_base, _ = _timestamps_of_file(path)
     return (pts - pts[:1]).astype(np.float64) * float(time_base) if len(pts) else np.zeros(0)
 
 
 def repeated_timestamps(path: str | os.PathLike) -> int:
     """How many frames of the video carry a timestamp an earlier frame has (a recorder's slip; Matroska allows it):
     `frame_times` lists the time once, and frames are numbered by time, so each such frame is left out."""
+    return _timestamps_of_file(path)[2]
+
+
+def _timestamps_of_file(path: str | os.PathLike) -> tuple[np.ndarray, Fraction, int]:
+    """`_display_timestamps` of a file; an EpisodeError naming it where it does not open."""
     try:
-        return _display_timestamps(Path(path))[2]
+        return _display_timestamps(Path(path))
     except (av.error.FFmpegError, OSError) as exc:
         raise EpisodeError(path, f"cannot open video ({_reason(exc)})") from exc
 
