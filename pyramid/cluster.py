@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pyramid.errors import BuildError
 
+NODE_CHECK_PREFIX = ".node-check-"  # the token each node must see in the output (`paths_missing_on_nodes`)
+
 
 def ray_address(requested: str | None) -> tuple[str, str]:
     """(the address for `ray.init`, a line for the log saying which Ray the build runs on)."""
@@ -74,7 +76,7 @@ def paths_missing_on_nodes(source_roots: list[str], output: Path) -> dict[str, l
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    token = output / f".node-check-{uuid.uuid4().hex}"
+    token = output / f"{NODE_CHECK_PREFIX}{uuid.uuid4().hex}"
     token.write_text(token.name)
     try:
         probe = ray.remote(num_cpus=0)(_missing_here)

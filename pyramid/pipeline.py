@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pyramid.cluster import check_nodes_see, ray_address
+from pyramid.cluster import NODE_CHECK_PREFIX, check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, output_full
 from pyramid.paths import overlap_problem
 from pyramid.recipe import Recipe
@@ -122,8 +122,10 @@ def check_vae_config(recipe: Recipe) -> None:
         raise BuildError(f"{path}: not a latent-action VAE's config ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from None
 
 
+LOCK_FILE = ".build.lock"
+WRITE_CHECK_PREFIX = ".write-check-"
 # What a build leaves in its output besides its outputs: the lock, and probes killed before their removal.
-BUILD_LEFTOVERS = (".build.lock", ".write-check-*", ".node-check-*")
+BUILD_LEFTOVERS = (LOCK_FILE, f"{WRITE_CHECK_PREFIX}*", f"{NODE_CHECK_PREFIX}*")
 
 
 def check_output_ours(output: Path) -> None:
@@ -175,7 +177,7 @@ def check_output_writable(output: Path) -> None:
             break
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-check-{os.getpid()}"
+        probe = output / f"{WRITE_CHECK_PREFIX}{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -248,7 +250,7 @@ def _finished_build(output: Path, fingerprint: str, retry_failed: bool) -> Build
 
 @contextmanager
 def build_lock(output: Path) -> Iterator[None]:
-    with open(output / ".build.lock", "w") as lock:
+    with open(output / LOCK_FILE, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

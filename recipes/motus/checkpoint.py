@@ -182,20 +182,15 @@ RESUMABLE = frozenset({
 def refuse_changed_recipe(directory: Path, recipe) -> None:
     """An EpisodeError listing what `recipe` changed from the one the checkpoint was trained with (RESUMABLE aside);
     nothing for a checkpoint that did not record its recipe."""
-    from recipes.motus.config import Recipe
     from pyramid.training.settings import setting_changes
 
     saved = read_state(directory).get("recipe")
     if not isinstance(saved, dict):
         return
-    current = json.loads(recipe.model_dump_json())
-    try:  # settings added since the checkpoint was saved take their defaults
-        saved = json.loads(Recipe.model_validate(saved).model_dump_json())
-    except ValueError:  # a recipe of an older layout: the settings both know are compared
-        pass
-    # Only settings both name: the model's library arguments (Wan's, Qwen3-VL's) are free-form, and checkpoints saved
-    # before build.py copied them record what transformers filled into a recipe's in place (`rope_scaling.rope_theta`).
-    changes = setting_changes(saved, current, RESUMABLE, only_shared=True)
+    # Only settings both name: settings added since a checkpoint was saved are not in it; the model's library
+    # arguments (Wan's, Qwen3-VL's) are free-form, and checkpoints saved before build.py copied them record what
+    # transformers filled into a recipe's in place (`rope_scaling.rope_theta`).
+    changes = setting_changes(saved, json.loads(recipe.model_dump_json()), RESUMABLE, only_shared=True)
     if changes:
         raise EpisodeError(directory, f"trained with another recipe (checkpoint's -> recipe's: {'; '.join(changes)}): "
                                       "resume with the checkpoint's recipe, or train afresh in another train.output_dir")
