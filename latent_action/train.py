@@ -34,6 +34,7 @@ from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
 
 PREVIEW_PAIRS = 8
+LOG_FILE = "train_log.jsonl"  # in run.out_dir: a JSON record per logged step and per evaluation
 SKIPPED_FILE = "skipped_episodes.json"  # in run.out_dir: the episodes training left out, and why
 EVAL_PAIRS = 64
 
@@ -93,7 +94,9 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     bar = tqdm(total=config.optim.max_steps, initial=step, disable=not show_progress, desc="train-vae", dynamic_ncols=True)
     last_saved = None
     started = time.perf_counter()
-    with (out_dir / "train_log.jsonl").open("a") as log:
+    log_path = out_dir / LOG_FILE
+    keep_log_until(log_path, step)
+    with log_path.open("a") as log:
         while step < config.optim.max_steps:
             # Batches and their shifts are functions of (seed, step): a resumed run draws the same ones.
             batch = make_batch(data.pairs, sampler.batch(step, config.optim.batch_size), data.normalizer, vae, device,
@@ -158,6 +161,25 @@ def check_out_dir(config: TrainConfig) -> None:
     inputs = [source.root for source in config.data.sources] + ([config.data.lance] if config.data.lance else [])
     if problem := overlap_problem(out_dir, inputs, "run.out_dir"):
         raise ValueError(problem)
+
+
+def keep_log_until(path: Path, step: int) -> None:
+    """Leave in the training log only the records of steps up to `step`, where training goes on from: a run killed
+    after its last checkpoint logged steps that the resumed run logs again (and a fresh run none of them). A line
+    torn by the kill is dropped with them."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(errors="replace").splitlines(keepends=True)
+            if (record := _record(line)) is not None and isinstance(record.get("step"), int) and record["step"] <= step]
+    atomic_write_bytes(path, "".join(kept).encode())
+
+
+def _record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and line.endswith("\n") else None
 
 
 def _write(log, record: dict) -> None:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -99,9 +100,13 @@ def test_resumed_run_reaches_the_same_state_as_an_uninterrupted_one(sample, stra
     # An interrupted run: its step-3 checkpoint is exactly what the straight run saved at step 3.
     (tmp_path / "checkpoints").mkdir()
     shutil.copytree(straight_dir / "checkpoints" / "step_0000003", tmp_path / "checkpoints" / "step_0000003")
+    # Its log ran on past the checkpoint, and the kill tore its last line.
+    straight_log = (straight_dir / "train_log.jsonl").read_text()
+    (tmp_path / "train_log.jsonl").write_text(straight_log + straight_log.splitlines()[-1][:20])
     messages = []
     resumed_final = train(parse_config(config_dict(sample, tmp_path)), resume=True, show_progress=False, echo=messages.append)
     assert any("resumed" in m and "step 3" in m for m in messages)
+    assert logged_steps(tmp_path / "train_log.jsonl") == logged_steps(straight_dir / "train_log.jsonl")
     straight_weights = load_file(str(straight_final / "diffusion_pytorch_model.safetensors"))
     resumed_weights = load_file(str(resumed_final / "diffusion_pytorch_model.safetensors"))
     assert straight_weights.keys() == resumed_weights.keys()
@@ -116,6 +121,24 @@ def test_resumed_run_reaches_the_same_state_as_an_uninterrupted_one(sample, stra
     straight_rng, resumed_rng = (load_file(str(final / "rng.safetensors")) for final in (straight_final, resumed_final))
     assert straight_state["scheduler"] == resumed_state["scheduler"] and straight_rng.keys() == resumed_rng.keys()
     assert all(torch.equal(straight_rng[name], resumed_rng[name]) for name in straight_rng)
+
+
+def logged_steps(log: Path) -> list[tuple[int, str]]:
+    """Each record of a training log as (step, loss record or evaluation), in the order written."""
+    return [(record["step"], "eval" if "eval" in record else "loss")
+            for record in map(json.loads, log.read_text().splitlines())]
+
+
+def test_resume_refuses_a_newest_checkpoint_that_lost_its_state(sample, straight_run, tmp_path):
+    straight_dir, _ = straight_run
+    for step in ("step_0000003", "step_0000006"):
+        shutil.copytree(straight_dir / "checkpoints" / step, tmp_path / "checkpoints" / step)
+    (tmp_path / "checkpoints" / "step_0000006" / "training_state.json").unlink()
+    with pytest.raises(EpisodeError, match="step_0000006: no training_state.json: .* to continue from .*step_0000003"):
+        train(parse_config(config_dict(sample, tmp_path)), resume=True, show_progress=False, echo=lambda _: None)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_0000003")  # the only one: resuming would start over
+    with pytest.raises(EpisodeError, match="step_0000006: no training_state.json: .* to continue from the start"):
+        train(parse_config(config_dict(sample, tmp_path)), resume=True, show_progress=False, echo=lambda _: None)
 
 
 def test_a_checkpoint_in_the_older_layout_resumes_exactly(sample, straight_run, tmp_path):

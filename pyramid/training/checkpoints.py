@@ -72,12 +72,30 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
 
 
 def checkpoint_to_resume(checkpoints: Path, resume: bool) -> Path | None:
-    """The checkpoint a run continues from (None: start afresh); an output with checkpoints needs `resume`."""
+    """The checkpoint a run continues from (None: start afresh); an output with checkpoints needs `resume`, and one
+    whose newest checkpoint lost its state file is refused, where it would be passed over for an older one."""
     latest = latest_checkpoint(checkpoints)
     if latest is not None and not resume:
         raise FileExistsError(f"{Path(checkpoints).parent} already holds checkpoints: pass --resume to continue, "
                               "or choose another output directory")
+    refuse_incomplete_newest(checkpoints, latest)
     return latest
+
+
+def refuse_incomplete_newest(checkpoints: Path, latest: Path | None) -> None:
+    """An EpisodeError naming a `step_*` directory newer than `latest` that has no state file. Checkpoints are renamed
+    into place whole, so it was damaged or copied in part; resuming before it would silently train its steps again
+    (from the start where it is the only one)."""
+    from pyramid.errors import EpisodeError
+
+    latest_step = -1 if latest is None else int(STEP_DIR.match(latest.name).group(1))
+    incomplete = sorted((int(match.group(1)), path) for path in Path(checkpoints).glob("step_*")
+                        if (match := STEP_DIR.match(path.name)) and path.is_dir() and not state_file(path).is_file())
+    newer = [path for step, path in incomplete if step > latest_step]
+    if newer:
+        since = f"from {latest}" if latest is not None else "from the start"
+        raise EpisodeError(newer[-1], f"no {STATE_FILE}: a checkpoint damaged or copied in part; restore it, or delete it "
+                                      f"to continue {since}")
 
 
 def save_rng(directory: Path, states: dict) -> None:
