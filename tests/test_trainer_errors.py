@@ -247,6 +247,42 @@ def test_resume_refuses_a_recipe_that_changed_how_the_checkpoint_was_trained(bui
     assert not (output / "checkpoints" / "step_0000002").exists()
 
 
+def test_resume_refuses_an_argument_added_to_a_library_model(build, run, tmp_path, capsys):
+    """Wan's and Qwen3-VL's arguments are free-form dicts: a key only the new recipe names is a change too."""
+    output = tmp_path / "resumed"
+    shutil.copytree(run / "checkpoints", output / "checkpoints")
+    recipe = write_recipe(tmp_path / "resume.yaml", build.root, output, steps=2)
+    changed = yaml.safe_load(recipe.read_text())
+    changed["model"] = {"preset": "tiny", "video": {"transformer": {"added_kv_proj_dim": 8}}}
+    recipe.write_text(yaml.safe_dump(changed))
+    code, stderr = pyramid(capsys, "train", recipe, "--resume")
+    assert_user_error(code, stderr, output / "checkpoints" / "step_0000001", "trained with another recipe",
+                      "model.video.transformer.added_kv_proj_dim: (unset) -> 8")
+
+
+def test_resume_takes_a_checkpoint_whose_recipe_transformers_filled_in(build, run, tmp_path, capsys):
+    """Before build.py passed Qwen3-VL a copy of its architecture, transformers wrote rope_theta into the recipe's
+    rope_scaling in place, and checkpoints recorded it: not a change of the recipe."""
+    output = tmp_path / "resumed"
+    shutil.copytree(run / "checkpoints", output / "checkpoints")
+    state_file = output / "checkpoints" / "step_0000001" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    state["recipe"]["model"]["vlm"]["architecture"]["text_config"]["rope_scaling"]["rope_theta"] = 500000.0
+    state_file.write_text(json.dumps(state))
+    code, _ = pyramid(capsys, "train", write_recipe(tmp_path / "resume.yaml", build.root, output, steps=2), "--resume")
+    assert code in (0, None) and (output / "checkpoints" / "step_0000002").is_dir()
+
+
+def test_resume_refuses_a_newest_checkpoint_that_lost_its_state(build, run, tmp_path, capsys):
+    output = tmp_path / "resumed"
+    shutil.copytree(run / "checkpoints" / "step_0000001", output / "checkpoints" / "step_0000001")
+    shutil.copytree(run / "checkpoints" / "step_0000001", output / "checkpoints" / "step_0000002")
+    remove(output / "checkpoints" / "step_0000002" / "training_state.json")
+    code, stderr = pyramid(capsys, "train", write_recipe(tmp_path / "resume.yaml", build.root, output, steps=3), "--resume")
+    assert_user_error(code, stderr, output / "checkpoints" / "step_0000002", "no training_state.json",
+                      "to continue from")
+
+
 def test_resume_takes_more_steps_other_cadences_and_another_output(build, run, tmp_path, capsys):
     output = tmp_path / "elsewhere"
     shutil.copytree(run / "checkpoints", output / "checkpoints")

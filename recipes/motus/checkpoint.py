@@ -13,6 +13,7 @@ state-dict API), so DDP and FSDP runs write the same files as a single process d
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -183,14 +184,33 @@ def refuse_changed_recipe(directory: Path, recipe) -> None:
     """An EpisodeError listing what `recipe` changed from the one the checkpoint was trained with (RESUMABLE aside);
     nothing for a checkpoint that did not record its recipe."""
     from pyramid.training.settings import setting_changes
+    from recipes.motus.config import Recipe
 
     saved = read_state(directory).get("recipe")
     if not isinstance(saved, dict):
         return
-    # Only settings both name: settings added since a checkpoint was saved are not in it; the model's library
-    # arguments (Wan's, Qwen3-VL's) are free-form, and checkpoints saved before build.py copied them record what
-    # transformers filled into a recipe's in place (`rope_scaling.rope_theta`).
-    changes = setting_changes(saved, json.loads(recipe.model_dump_json()), RESUMABLE, only_shared=True)
+    current = json.loads(recipe.model_dump_json())
+    saved = _without_filled_rope_theta(saved, current)
+    try:  # settings added since the checkpoint was saved take their defaults; the library arguments are compared whole
+        saved = json.loads(Recipe.model_validate(saved).model_dump_json())
+        changes = setting_changes(saved, current, RESUMABLE)
+    except ValueError:  # a recipe of an older layout: the settings both name are compared
+        changes = setting_changes(saved, current, RESUMABLE, only_shared=True)
     if changes:
         raise EpisodeError(directory, f"trained with another recipe (checkpoint's -> recipe's: {'; '.join(changes)}): "
                                       "resume with the checkpoint's recipe, or train afresh in another train.output_dir")
+
+
+def _without_filled_rope_theta(saved: dict, current: dict) -> dict:
+    """The saved recipe less the `rope_scaling.rope_theta` that transformers wrote into a recipe's Qwen3-VL
+    `text_config` in place, before build.py passed it a copy, where the recipe given now has none."""
+    def rope_scaling(recipe: dict) -> dict:
+        architecture = ((recipe.get("model") or {}).get("vlm") or {}).get("architecture") or {}
+        scaling = (architecture.get("text_config") or {}).get("rope_scaling")
+        return scaling if isinstance(scaling, dict) else {}
+
+    if "rope_theta" not in rope_scaling(saved) or "rope_theta" in rope_scaling(current):
+        return saved
+    saved = copy.deepcopy(saved)
+    del rope_scaling(saved)["rope_theta"]
+    return saved
