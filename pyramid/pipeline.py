@@ -488,8 +488,9 @@ def _ray_session(which_ray: tuple[str, str], progress: bool) -> Iterator[RaySess
     # the first-ready worker a small window's every episode). Each worker holds its next episode while it
     # works on one: with one at a time, it idled ~0.2 s between episodes waiting for the executor (a sixth
     # of a short episode on 2 cores); two cost at most one episode's time at a window's tail.
-    if not debugging():  # the build reports a worker's death itself (isolating the episode, or in one line)
-        logging.getLogger("ray.data.exceptions").setLevel(logging.CRITICAL)
+    if not debugging():  # the build reports a worker's death and a full disk itself (isolating the episode, or in one line)
+        for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # --quiet: not Ray Data's line that progress bars are off, nor its time per dataset (set either way: a program
     # may run quiet and then progress-showing builds in one process)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if progress else logging.ERROR)
