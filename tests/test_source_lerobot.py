@@ -107,6 +107,25 @@ def test_images_embedded_in_parquet_decode_losslessly(tmp_path):
         episode.frames(indices=[4])
 
 
+@pytest.mark.parametrize("group_per_episode", [True, False], ids=["row group per episode", "one row group"])
+def test_images_in_a_v3_data_file_of_many_episodes_decode_whole_and_in_chunks(tmp_path, group_per_episode):
+    """Read out of order too: the row group kept decoded for the next episode must give each its own rows."""
+    spec = fixtures.build_v3_images(tmp_path, group_per_episode)
+    reader = get_source("lerobot")(tmp_path)
+    refs = list(reader.discover())
+    assert [ref.relpath for ref in refs] == list(spec.expected)
+    for index in (0, 2, 1, 2):
+        episode = reader.load(refs[index])
+        expected = moving_square_frames(len(episode.state), fixtures.HEIGHT, fixtures.WIDTH, seed=index)
+        np.testing.assert_array_equal(episode.frames(), expected)
+        chunks = list(episode.frame_chunks(None, range(1, episode.num_frames), 2))
+        assert [len(chunk) for chunk in chunks[:-1]] == [2] * (len(chunks) - 1)
+        np.testing.assert_array_equal(np.concatenate(chunks), expected[1:])
+        assert episode.instructions == [fixtures.TASKS[index % 2]]
+    with pytest.raises(EpisodeError, match="frame 6 out of range"):
+        next(episode.frame_chunks(None, [0, 6], 2))
+
+
 def test_unsupported_version_is_refused(tmp_path):
     fixtures.build_v2(tmp_path, "v2.0")
     info = json.loads((tmp_path / "meta/info.json").read_text())

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -341,7 +341,7 @@ class LeRobotSource(Source):
 
     def _image_cameras(self, data_path: Path, where: dict[str, Any], length: int) -> dict[str, "ParquetImageCamera"]:
         return {camera_name(key): ParquetImageCamera(camera_name(key), str(data_path), key, where["episode_index"],
-                                                     where["shared_file"], length)
+                                                     where["shared_file"], length, self._rows)
                 for key in self.camera_features("image")}
 
     def _tasks_of(self, rows: pa.Table) -> list[str]:
@@ -395,7 +395,12 @@ class LeRobotSource(Source):
 
 @dataclass
 class ParquetImageCamera:
-    """Frames stored as PNG bytes in a parquet column (a LeRobot `image` feature: struct {bytes, path})."""
+    """Frames stored as PNG bytes in a parquet column (a LeRobot `image` feature: struct {bytes, path}).
+
+    A file that holds many episodes (v3.0) is read through the reader's `EpisodeRows`, which parses its footer once
+    and keeps a decoded row group for the episodes after it; `frame_chunks` reads the episode's images once for all
+    its chunks.
+    """
 
     name: str
     path: str
@@ -403,20 +408,40 @@ class ParquetImageCamera:
     episode_index: int
     shared_file: bool
     num_frames: int
+    rows: EpisodeRows | None = field(default=None, repr=False, compare=False)  # the reader's, for a shared file
 
     def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
         local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
-        outside = [i for i in local if not 0 <= i < self.num_frames]
-        if outside:
-            raise EpisodeError(self.path, f"frame {outside[0]} out of range (camera has {self.num_frames} frames)")
+        self._check_range(local)
+        return self._decoded(self._cells(), local)
+
+    def frame_chunks(self, indices: Sequence[int], chunk: int,
+                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """`frames(indices)` in arrays of at most `chunk` frames, from one read of the column (images are decoded at
+        their own size: `at_least` is for video)."""
+        local = [int(i) for i in indices]
+        self._check_range(local)
         cells = self._cells()
+        return (self._decoded(cells, local[start : start + chunk]) for start in range(0, len(local), chunk))
+
+    def _decoded(self, cells: list[Any], local: list[int]) -> np.ndarray:
         images = [self._decode(cells[i], i) for i in local]
         return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
 
+    def _check_range(self, local: list[int]) -> None:
+        outside = [i for i in local if not 0 <= i < self.num_frames]
+        if outside:
+            raise EpisodeError(self.path, f"frame {outside[0]} out of range (camera has {self.num_frames} frames)")
+
     def _cells(self) -> list[Any]:
-        episode_filter = [("episode_index", "=", self.episode_index)] if self.shared_file else None
         try:
-            cells = pq.read_table(self.path, columns=[self.column], filters=episode_filter).column(self.column).to_pylist()
+            if not self.shared_file:
+                table = pq.read_table(self.path, columns=[self.column])
+            elif self.rows is not None:
+                table = self.rows.read(Path(self.path), self.episode_index, [self.column, "episode_index"])
+            else:
+                table = pq.read_table(self.path, columns=[self.column], filters=[("episode_index", "=", self.episode_index)])
+            cells = table.column(self.column).to_pylist()
         except (pa.ArrowException, OSError, KeyError) as exc:
             raise EpisodeError(self.path, f"cannot read image column '{self.column}' ({_one_line(exc)})") from exc
         if len(cells) != self.num_frames:
