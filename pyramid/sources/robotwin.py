@@ -4,6 +4,7 @@ or the 2026 XPolicyLab `data/episode_0000000.hdf5`; the format is told apart per
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -29,6 +30,7 @@ EMBODIMENT_PREFIXES = {"aloha-agilex": "aloha-agilex", "arx-x5": "arx-x5", "fran
                        "franka": "franka-panda", "piper": "piper", "ur5-wsg": "ur5-wsg", "ur5": "ur5-wsg"}
 SIXTEEN_DOF_EMBODIMENT = "franka-panda"  # the one 7+1-per-arm robot; the others are 6+1 per arm
 NOT_EPISODE_FOLDERS = {"_traj_data", "video", "instructions"}
+CONFIG_FILES_KEPT = 8  # parsed side files per reader: seed.txt and scene_info.json of 4 config folders
 DETECT_DEPTH, DETECT_BREADTH = 5, 3
 
 
@@ -48,8 +50,10 @@ class RoboTwinSource(Source):
     def __init__(self, root, level=None, embodiment=None, *, fps: float | None = None, **options: Any):
         super().__init__(root, level, embodiment, **options)
         self.fps = None if fps is None else float(fps)
-        # scene_info.json / seed.txt, parsed once per reader: the content, None when absent, or the EpisodeError it raised
-        self._config_files: dict[Path, Any] = {}
+        # scene_info.json / seed.txt of the last few config folders read (a worker reads a folder's episodes one after
+        # another; a release has hundreds of folders, each scene_info.json megabytes parsed): the content, None when
+        # absent, or the EpisodeError it raised
+        self._config_files = functools.lru_cache(maxsize=CONFIG_FILES_KEPT)(self._parse_side_file)
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -120,9 +124,7 @@ class RoboTwinSource(Source):
         return context
 
     def _config_file(self, relative: Path, parse) -> Any:
-        if relative not in self._config_files:
-            self._config_files[relative] = self._parse_side_file(relative, parse)
-        found = self._config_files[relative]
+        found = self._config_files(relative, parse)
         if isinstance(found, EpisodeError):
             raise EpisodeError(found.path, found.problem)
         return found
