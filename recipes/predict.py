@@ -88,11 +88,15 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
     real_dims = int(batch["action_mask"][0].sum())
     actions = prediction.actions[0].float().cpu().numpy()[:, :real_dims]
     actions = dataset.normalizer.denormalize(actions, embodiment, data.targets)
+    moves = data.targets == "actions" and embodiment in data.displacement_actions
+    if moves:
+        actions = dataset.moves_per_step(actions, clip)
     np.save(out / "actions.npy", actions)
     summary = {"checkpoint": str(checkpoint), "mode": mode.value, "clip": batch["key"][0],
                "instruction": batch["instruction"][0], "given_clean": GIVEN_CLEAN.get(mode),
                "video_frames": int(frames.shape[0]), "action_shape": list(actions.shape), "steps": steps,
-               "action_units": data.targets}
+               "action_units": data.targets, "action_rate_hz": recipe.model.frames.action_fps,
+               "actions_are": "moves per step" if moves else "as recorded"}
     summary_path = out / "prediction.json"
     summary_path.write_text(json.dumps(summary, indent=1))
     return PredictionFiles(video_path, out / "actions.npy", summary_path)

@@ -12,7 +12,7 @@ import torch
 from pyramid.errors import EpisodeError
 from recipes.motus.config import DataConfig, FramesConfig, model_config
 from recipes.motus.data import (ClipExamples, Normalizer, ResumableSampler, choose_window,
-                                example_rng, make_loader, resample_hold, resample_linear, window_frames)
+                                example_rng, make_loader, resample_hold, resample_linear, resample_moves, window_frames)
 from recipes.motus.shards import LanceClips, WebDatasetClips
 from tests.fixtures import shards
 from tests.test_video_io import plain_decode
@@ -108,6 +108,36 @@ def test_actions_start_at_the_condition_frames_own_source_frame(tmp_path):
         low, high = data.normalizer.bounds(meta["embodiment"], "state", 8)
         np.testing.assert_allclose(example["state"][:8].numpy(), 2 * (raw["state"][condition] - low) / (high - low) - 1, atol=1e-5)
     assert odd_starts  # the windows where k / fps and the source frame differ were checked
+
+
+def test_displacement_actions_are_resampled_as_moves_that_add_up_to_the_motion(tmp_path):
+    """Actions that are moves, at 15 Hz: a 30 Hz step moves half a row's move; the 48 steps add up to the 24 rows."""
+    build = shards.build(tmp_path, episodes=1, clips_per_episode=2, num_frames=24, source_fps=15.0)
+    embodiment = next(iter(build.metas.values()))["embodiment"]
+    config = DataConfig(format="webdataset", root=str(build.root), targets="actions", displacement_actions=[embodiment])
+    data, as_targets = ClipExamples(config, TINY), examples(build)
+    for position in range(6):
+        example = data[(1, position)]
+        meta, raw = build.metas[example["key"]], build.arrays[example["key"]]["actions"]
+        window = data.window((1, position))[0]
+        condition = int(np.rint((meta["flow"]["pair_range"][0] + window.frame_indices[0]) * 1.5)) - meta["start_frame"]
+        trained = data.normalizer.denormalize(example["actions"][:, :7].numpy(), embodiment, "actions")
+        np.testing.assert_allclose(trained[::2], raw[condition : condition + 24], rtol=1e-4, atol=1e-4)  # a row's units
+        moves = data.moves_per_step(trained, 1)
+        np.testing.assert_allclose(moves[::2], raw[condition : condition + 24] / 2, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(moves.sum(0), raw[condition : condition + 24].sum(0), rtol=1e-4, atol=1e-4)
+        assert not torch.equal(example["actions"], as_targets[(1, position)]["actions"])  # targets are interpolated
+
+
+def test_moves_resampled_at_any_rate_keep_the_path():
+    moves = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    path = np.concatenate([np.zeros((1, 3)), np.cumsum(moves, 0)])
+    times = 0.3 + np.arange(30) / 25.0  # 25 Hz steps from between two 10 Hz rows
+    resampled = resample_moves(moves, 10.0, times, 1 / 25.0) * (10.0 / 25.0)
+    at = lambda t: np.stack([np.interp(t * 10.0, np.arange(21), column) for column in path.T], 1)  # noqa: E731
+    np.testing.assert_allclose(resampled.sum(0), (at(times[-1:] + 1 / 25.0) - at(times[:1]))[0], atol=1e-5)
+    np.testing.assert_allclose(resampled, at(times + 1 / 25.0) - at(times), atol=1e-5)
+    assert np.all(resample_moves(moves, 10.0, np.array([2.0, 5.0]), 0.04) == 0)  # past the last row: no move
 
 
 def test_resampling_interpolates_actions_and_holds_latent_actions():

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -135,6 +136,20 @@ def test_predict_takes_the_steps_it_is_given(checkpoint, build, tmp_path):
         predict_clip(checkpoint, "vla", tmp_path / "zero", steps=0)
     files = predict_clip(checkpoint, "vla", tmp_path / "one", steps=1)
     assert json.loads(files.summary.read_text())["steps"] == 1
+
+
+def test_predict_gives_displacement_actions_as_moves_per_30_hz_step(checkpoint, tmp_path):
+    """Trained in units of a source row's move (as the rows are normalised), predicted as the move of each step."""
+    build = shards.build(tmp_path / "build", episodes=1, clips_per_episode=2, num_frames=24, source_fps=15.0)
+    data = DataConfig(format="webdataset", root=str(build.root), targets="actions")
+    as_recorded = predict_clip(checkpoint, "vla", tmp_path / "as_recorded", data=data, steps=1)
+    meta = build.metas[json.loads(as_recorded.summary.read_text())["clip"]]
+    data = data.model_copy(update={"displacement_actions": [meta["embodiment"]]})
+    moves = predict_clip(checkpoint, "vla", tmp_path / "moves", data=data, steps=1)
+    assert meta["action_fps"] == 15
+    np.testing.assert_allclose(np.load(moves.actions), np.load(as_recorded.actions) * meta["action_fps"] / 30, rtol=1e-5, atol=1e-6)
+    summaries = [json.loads(files.summary.read_text()) for files in (as_recorded, moves)]
+    assert [summary["actions_are"] for summary in summaries] == ["as recorded", "moves per step"]
 
 
 def test_predict_says_a_missing_build_does_not_exist(checkpoint, tmp_path, capsys):

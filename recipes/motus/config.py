@@ -98,6 +98,9 @@ class DataConfig(Strict):
     embodiments: list[str] | None = None
     # stage 1 trains video only (none); stage 2 latent actions; stage 3 the robot's real actions.
     targets: Literal["none", "latent_actions", "actions"]
+    # Embodiments whose action k is a move (frame k to k + 1, as the sample data's and MetaWorld's), not a target pose:
+    # off the model's action rate they are resampled as moves, where targets are interpolated.
+    displacement_actions: list[str] = Field([], description="Embodiments whose actions are per-step moves.")
     num_workers: int = Field(0, ge=0)
 
     @field_validator("levels")

@@ -79,11 +79,26 @@ def _continues(meta: dict, after: dict) -> bool:
 
 def resample_linear(values: np.ndarray, rate: float, times: np.ndarray) -> np.ndarray:
     """Rows sampled at `rate` Hz from t = 0, linearly interpolated at `times` (held at the ends)."""
+    return _interpolated(values, rate, times).astype(np.float32)
+
+
+def resample_moves(values: np.ndarray, rate: float, times: np.ndarray, step: float) -> np.ndarray:
+    """Per-step moves (row k moves from k / rate to (k + 1) / rate) as the moves over [t, t + step) for t in `times`,
+    in units of one row's step, so that they scale as the rows do (and normalise with their statistics): the path the
+    rows trace is interpolated linearly (held past its ends). A move over `step` is the value times `step * rate`;
+    interpolating the moves themselves would give each step a whole row's move (at 10 Hz, 30 Hz steps that sum to
+    three times the motion)."""
+    path = np.concatenate([np.zeros((1, values.shape[1])), np.cumsum(values, axis=0, dtype=np.float64)])
+    moves = _interpolated(path, rate, times + step) - _interpolated(path, rate, times)
+    return (moves / (step * rate)).astype(np.float32)
+
+
+def _interpolated(values: np.ndarray, rate: float, times: np.ndarray) -> np.ndarray:
     position = np.clip(times * rate, 0, len(values) - 1)
     low = np.floor(position).astype(int)
     high = np.minimum(low + 1, len(values) - 1)
     weight = (position - low)[:, None]
-    return ((1 - weight) * values[low] + weight * values[high]).astype(np.float32)
+    return (1 - weight) * values[low] + weight * values[high]
 
 
 def resample_hold(values: np.ndarray, rate: float, times: np.ndarray) -> np.ndarray:
@@ -145,6 +160,7 @@ class ClipExamples(torch.utils.data.Dataset):
     def __init__(self, data: DataConfig, model: ModelConfig, seed: int = 0):
         self.clips = open_clips(data.format, data.root, data.levels)
         self.frames, self.targets, self.seed = model.frames, data.targets, seed
+        self.displacement_actions = set(data.displacement_actions)
         self.state_dim, self.action_dim = model.action.state_dim, model.action.action_dim
         self.normalizer = Normalizer(Path(data.root) / "manifest.json") if data.targets != "none" else None
         if data.targets == "latent_actions" and self.normalizer.flow_stride != 1:
@@ -207,6 +223,14 @@ class ClipExamples(torch.utils.data.Dataset):
             example.update(self._targets(record, after, window))
         return example
 
+    def moves_per_step(self, actions: np.ndarray, index: int) -> np.ndarray:
+        """Denormalised actions of usable clip `index` as moves per step of the model's action rate where its
+        embodiment's actions are moves (they are trained in units of a source row's step: `resample_moves`)."""
+        meta = self.clips.metadata()[self.usable[index]]
+        if meta["embodiment"] not in self.displacement_actions:
+            return actions
+        return (actions * (meta["action_fps"] / self.frames.action_fps)).astype(np.float32)
+
     def _continuation(self, index: int, window: Window) -> ClipRecord | None:
         """The next clip of the episode where the window runs into it."""
         clip = self.usable[index]
@@ -227,7 +251,10 @@ class ClipExamples(torch.utils.data.Dataset):
         if name == "actions":
             # the next clip's rows follow on from this clip's: both are source rows of one episode, without a gap
             actions = record.arrays["actions"] if after is None else np.concatenate([record.arrays["actions"], after.arrays["actions"]])
-            values = resample_linear(actions, meta["action_fps"], source_start + steps)
+            if meta["embodiment"] in self.displacement_actions:
+                values = resample_moves(actions, meta["action_fps"], source_start + steps, 1 / self.frames.action_fps)
+            else:
+                values = resample_linear(actions, meta["action_fps"], source_start + steps)
         else:
             values = resample_hold(record.arrays["latent_actions"], meta["fps"], window.start_time + steps)
         values = self.normalizer.normalize(values, meta["embodiment"], name)
