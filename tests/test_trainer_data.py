@@ -127,6 +127,8 @@ def test_displacement_actions_are_resampled_as_moves_that_add_up_to_the_motion(t
         np.testing.assert_allclose(moves[::2], raw[condition : condition + 24] / 2, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(moves.sum(0), raw[condition : condition + 24].sum(0), rtol=1e-4, atol=1e-4)
         assert not torch.equal(example["actions"], as_targets[(1, position)]["actions"])  # targets are interpolated
+    with pytest.raises(EpisodeError, match=f"displacement_actions names tiny_armm, which the build does not hold .*{embodiment}"):
+        ClipExamples(config.model_copy(update={"displacement_actions": ["tiny_armm"]}), TINY)
 
 
 def test_moves_resampled_at_any_rate_keep_the_path():

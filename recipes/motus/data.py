@@ -170,6 +170,10 @@ class ClipExamples(torch.utils.data.Dataset):
                                                      "consecutive frames (build with flow.stride 1)")
         self.skipped: Counter[str] = Counter()
         metas = self.clips.metadata()
+        held = sorted({meta["embodiment"] for meta in metas})
+        if unknown := sorted(self.displacement_actions - set(held)):
+            raise EpisodeError(data.root, f"data.displacement_actions names {', '.join(unknown)}, which the build does not "
+                                          f"hold (its embodiments: {', '.join(held)})")
         # A latent action exists only for pairs within a clip (the pair across two clips is in flow.lance alone), so
         # latent-action windows stay inside their clip.
         self.following = following_clips(metas) if data.targets != "latent_actions" else {}
