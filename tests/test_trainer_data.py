@@ -142,6 +142,13 @@ def test_moves_resampled_at_any_rate_keep_the_path():
     assert np.all(resample_moves(moves, 10.0, np.array([2.0, 5.0]), 0.04) == 0)  # past the last row: no move
 
 
+def test_clips_stored_below_the_models_frame_rate_are_skipped_and_counted(tmp_path):
+    """A 4 Hz source is stored at 4 fps: a window at 5 Hz would show some stored frames twice."""
+    build = shards.build(tmp_path, episodes=1, clips_per_episode=2, num_frames=24, fps=4.0, source_fps=4.0)
+    with pytest.raises(EpisodeError, match=r"no usable clips \(\{\"stored below the model's 5 fps\": 2\}\)"):
+        examples(build)
+
+
 def test_resampling_interpolates_actions_and_holds_latent_actions():
     values = np.arange(10, dtype=np.float32)[:, None] * [1.0, -2.0]
     np.testing.assert_allclose(resample_linear(values, 10.0, np.array([0.05, 0.25, 5.0])),

@@ -185,6 +185,8 @@ class ClipExamples(torch.utils.data.Dataset):
         reason = None
         if embodiments is not None and meta["embodiment"] not in embodiments:
             reason = "other embodiment"
+        elif meta["fps"] < self.frames.video_fps - 1e-6:  # a window would repeat stored frames to make up the rate
+            reason = f"stored below the model's {self.frames.video_fps:g} fps"
         elif window_frames(meta["fps"], self.frames)[-1] >= meta["num_frames"] + frames_after:
             reason = "shorter than one window"
         elif self.targets == "actions" and not meta.get("has_actions"):
