@@ -146,12 +146,12 @@ class VideoCamera:
 
     def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
         local = range(self.num_frames) if indices is None else indices
-        _check_range(self.path, local, self.num_frames)
+        check_frame_range(self.path, local, self.num_frames)
         return read_frames(self.path, self._file_indices(local), decord=self.decord)
 
     def frame_chunks(self, indices: Sequence[int], chunk: int,
                      at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-        _check_range(self.path, indices, self.num_frames)
+        check_frame_range(self.path, indices, self.num_frames)
         return read_frame_chunks(self.path, self._file_indices(indices), chunk, decord=self.decord, at_least=at_least)
 
 
@@ -172,18 +172,30 @@ class ImageSequenceCamera:
     raw_shapes: tuple[tuple[int, ...], ...] = ()
 
     def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
+        return next(self.frame_chunks(local, max(len(local), 1)), np.zeros((0, 0, 0, 3), np.uint8))
+
+    def frame_chunks(self, indices: Sequence[int], chunk: int,
+                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """`frames(indices)` in arrays of at most `chunk` frames, the file opened once for all (images are decoded at
+        their own size: `at_least` is for video)."""
+        local = [int(i) for i in indices]
+        check_frame_range(self.path, local, self.num_frames)
+        return self._chunks(local, chunk)
+
+    def _chunks(self, local: list[int], chunk: int) -> Iterator[np.ndarray]:
         import h5py
 
-        local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
-        _check_range(self.path, local, self.num_frames)
         with h5py.File(self.path, "r") as file:
             if self.dataset not in file:
                 raise EpisodeError(self.path, f"missing image dataset '{self.dataset}'")
-            data = file[self.dataset]
-            images = [self._decode(data[i], i) for i in local]
-        if not images:
-            return np.zeros((0, 0, 0, 3), np.uint8)
-        return np.stack(images)
+            data, shape = file[self.dataset], None
+            for start in range(0, len(local), chunk):
+                part = local[start : start + chunk]
+                images = stacked_images([self._decode(data[i], i) for i in part], self.path,
+                                        [f"'{self.dataset}'[{i}]" for i in part], shape)
+                shape = images.shape[1:]
+                yield images
 
     def _decode(self, element: Any, index: int) -> np.ndarray:
         image = decode_image_bytes(element, self.imdecode_gives_rgb, self.raw_shapes)
@@ -197,7 +209,13 @@ def decode_image_bytes(element: Any, imdecode_gives_rgb: bool, raw_shapes: Seque
     import cv2
 
     buffer = np.frombuffer(bytes(element), np.uint8) if isinstance(element, (bytes, np.bytes_)) else np.asarray(element, np.uint8).ravel()
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    # OpenCV logs its own line for a broken image on stderr; the caller reports it as one line naming the file
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if image is None:
         return _reshape_raw(buffer, raw_shapes)
     return image if imdecode_gives_rgb else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -210,7 +228,19 @@ def _reshape_raw(buffer: np.ndarray, raw_shapes: Sequence[tuple[int, ...]]) -> n
     return None
 
 
-def _check_range(path: str, indices: Sequence[int], total: int) -> None:
+def stacked_images(images: list[np.ndarray], path: str, names: list[str], shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Decoded images of one camera as one array; one of another size than the first (or than `shape`, the camera's
+    earlier images) is an EpisodeError naming it, as a camera's frames share one size."""
+    if not images:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    shape = images[0].shape if shape is None else tuple(shape)
+    for image, name in zip(images, names):
+        if image.shape != shape:
+            raise EpisodeError(path, f"{name} is {image.shape[1]}x{image.shape[0]}, the camera's other images {shape[1]}x{shape[0]}")
+    return np.stack(images)
+
+
+def check_frame_range(path: str, indices: Sequence[int], total: int) -> None:
     for i in indices:
         if not 0 <= int(i) < total:
             raise EpisodeError(path, f"frame {i} out of range (camera has {total} frames)")

@@ -28,6 +28,7 @@ CORPUS = {
     "robotwin2": ("robotwin", "robotwin", "build_hostile"),
     "aloha_v21": ("lerobot", "lerobot", "build_hostile"),
     "pusht_v30": ("lerobot", "lerobot", "build_hostile_v3"),
+    "pusht_image_v30": ("lerobot", "lerobot", "build_hostile_v3_images"),
     "agibot_world_any4lerobot": ("lerobot", "lerobot", "build_hostile_a2d"),
     "clips": ("videos", "videos", "build_hostile"),
 }

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pyramid.episode import FPS_RANGE, Episode, EpisodeRef, VideoCamera, decode_image_bytes
+from pyramid.episode import FPS_RANGE, Episode, EpisodeRef, VideoCamera, check_frame_range, decode_image_bytes, stacked_images
 from pyramid.errors import EpisodeError, SourceError
 from pyramid.sources.base import Source, register
 from pyramid.sources.lerobot_parts import DEFAULT_FEATURES, part_name, vector_features
@@ -412,26 +412,24 @@ class ParquetImageCamera:
 
     def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
         local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
-        self._check_range(local)
-        return self._decoded(self._cells(), local)
+        return next(self.frame_chunks(local, max(len(local), 1)), np.zeros((0, 0, 0, 3), np.uint8))
 
     def frame_chunks(self, indices: Sequence[int], chunk: int,
                      at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         """`frames(indices)` in arrays of at most `chunk` frames, from one read of the column (images are decoded at
         their own size: `at_least` is for video)."""
         local = [int(i) for i in indices]
-        self._check_range(local)
-        cells = self._cells()
-        return (self._decoded(cells, local[start : start + chunk]) for start in range(0, len(local), chunk))
+        check_frame_range(self.path, local, self.num_frames)
+        return self._chunks(local, chunk)
 
-    def _decoded(self, cells: list[Any], local: list[int]) -> np.ndarray:
-        images = [self._decode(cells[i], i) for i in local]
-        return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
-
-    def _check_range(self, local: list[int]) -> None:
-        outside = [i for i in local if not 0 <= i < self.num_frames]
-        if outside:
-            raise EpisodeError(self.path, f"frame {outside[0]} out of range (camera has {self.num_frames} frames)")
+    def _chunks(self, local: list[int], chunk: int) -> Iterator[np.ndarray]:
+        cells, shape = self._cells(), None
+        for start in range(0, len(local), chunk):
+            part = local[start : start + chunk]
+            images = stacked_images([self._decode(cells[i], i) for i in part], self.path,
+                                    [f"'{self.column}' row {i} of episode {self.episode_index}" for i in part], shape)
+            shape = images.shape[1:]
+            yield images
 
     def _cells(self) -> list[Any]:
         try:
