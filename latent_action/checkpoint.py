@@ -131,6 +131,7 @@ def load_trained(directory: str | Path, device: str | torch.device = "cpu") -> t
 def load_vae(directory: Path) -> LatentActionVAE:
     """The checkpoint's VAE, from its safetensors weights (never from a pickle)."""
     weights = required_weights(directory)
+    read_vae_config(directory)  # a config.json that is no JSON object, named before diffusers reads it its own way
     try:
         return LatentActionVAE.from_pretrained(str(directory), low_cpu_mem_usage=False, use_safetensors=True)
     except RuntimeError as exc:  # diffusers' size mismatch: weights of a model other than config.json describes

@@ -39,11 +39,13 @@ from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes
 from latent_action.plots import plot_latent_histograms, plot_probe, write_preview
 from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, r2_per_dim
 from latent_action.train import resolve_device
+from pyramid.atomic import atomic_write_bytes
 from pyramid.paths import overlap_problem
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
 PREVIEW_PAIRS = 8
+EVAL_FILE, REPORT_FILE = "eval.json", "report.html"
 GRID = 4  # the flow-grid baseline averages flow over GRID x GRID cells
 
 
@@ -135,7 +137,7 @@ def evaluate_latents(
     device = resolve_device(device)
     check_dims(dims, data_root, kind)
     out_dir = Path(out_dir)
-    if problem := overlap_problem(out_dir, [data_root], "--out"):
+    if problem := overlap_problem(out_dir, [data_root, checkpoint], "--out"):
         raise ValueError(problem)
     vae, _, heldout = load_trained(checkpoint, device)
     settings = FlowSettings.of_vae(vae.config)
@@ -165,7 +167,8 @@ def evaluate_latents(
             stats.update(latents)
         _collect(per_embodiment, episode, latents, grid, actions, scored, dims)
     if not any(e.scored for d in per_embodiment.values() for e in d.episodes):
-        raise ValueError(f"{data_root}: none of the {len(heldout)} episodes the checkpoint held out is here; try --split all")
+        raise ValueError(nothing_scored(data_root, split, heldout, per_embodiment, skipped))
+    clear_previous_results(out_dir)
     result = {
         "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "heldout_by": heldout_by(checkpoint), "alpha": alpha,
         "pairs": {"fps": settings.fps, "stride": settings.stride, "size": [settings.frame_height, settings.frame_width],
@@ -179,9 +182,29 @@ def evaluate_latents(
     plot_latent_histograms(out_dir / "latent_histograms.png", np.concatenate(scored_latents))
     write_preview(out_dir / "flow_preview.png", np.stack([p[1] for p in previews]), np.stack([p[2] for p in previews]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    atomic_write_bytes(out_dir / EVAL_FILE, json.dumps(result, indent=2).encode())
     write_eval_report(out_dir, result)
     return result
+
+
+def nothing_scored(data_root: str | Path, split: str, heldout: set[str], per_embodiment: dict, skipped: dict) -> str:
+    """Why no episode was scored, in one line."""
+    lost = [reason for episode_id, reason in skipped.items() if split == "all" or episode_id in heldout]
+    if lost:
+        return (f"{data_root}: no episode scored: the {len(lost)} {'' if split == 'all' else 'held-out '}episode(s) here "
+                f"were skipped (the first: {lost[0]})")
+    if per_embodiment:
+        return f"{data_root}: none of the {len(heldout)} episodes the checkpoint held out is here; try --split all"
+    return f"{data_root}: no episode with actions to score the latent actions against"
+
+
+def clear_previous_results(out_dir: Path) -> None:
+    """Remove what an earlier evaluation wrote in `out_dir` (its probe plots are per embodiment), before this one writes:
+    a run killed while writing then leaves no eval.json or report.html, rather than one over other plots."""
+    for name in (REPORT_FILE, EVAL_FILE, "flow_preview.png", "latent_histograms.png"):
+        (out_dir / name).unlink(missing_ok=True)
+    for plot in out_dir.glob("probe_*.png"):
+        plot.unlink()
 
 
 def heldout_by(checkpoint: str | Path) -> str:

@@ -18,11 +18,13 @@ from typing import Callable, Sequence
 from latent_action.checkpoint import latest_checkpoint, saved_train_config
 from latent_action.config import TrainConfig, load_config
 from latent_action.eval_report import embed, number, write_page
-from latent_action.evaluation import check_dims, evaluate_latents
+from latent_action.evaluation import action_dimension_names, check_dims, evaluate_latents
 from latent_action.plots import plot_label_curve
 from latent_action.train import refuse_changed_config, resolve_device, train
+from pyramid.atomic import atomic_write_bytes
 from pyramid.cameras import CameraView
 from pyramid.errors import EpisodeError
+from pyramid.paths import overlap_problem
 from pyramid.training.checkpoints import STEP_DIR
 
 DEFAULT_SHARES = (0.0, 0.025, 0.1, 0.5)
@@ -30,6 +32,16 @@ DEFAULT_SHARES = (0.0, 0.025, 0.1, 0.5)
 
 def share_name(share: float) -> str:
     return f"labels-{100 * share:g}pct"
+
+
+def check_share_names(shares: Sequence[float]) -> None:
+    """A ValueError for two shares whose runs would share a folder (they differ past 6 significant digits)."""
+    seen: dict[str, float] = {}
+    for share in sorted(set(shares)):
+        if (name := share_name(share)) in seen:
+            raise ValueError(f"shares {seen[name]!r} and {share!r} would train in one folder, {name}: give shares that "
+                             "differ within 6 significant digits")
+        seen[name] = share
 
 
 def config_for_share(config: TrainConfig, share: float) -> TrainConfig:
@@ -95,7 +107,12 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
 
     resolve_device(device)
     open_source(data_root)  # a DATA that is no dataset
+    if problem := overlap_problem(out_dir, [data_root], "--out"):
+        raise ValueError(problem)
     check_dims(dims, data_root)
+    if not dims and not action_dimension_names(data_root):
+        raise ValueError(f"{data_root}: no episode has actions to score the latent actions against")
+    check_share_names(shares)
     configs = {share: config_for_share(base, share) for share in sorted(shares)}
     for config in configs.values():
         finished_checkpoint(config)
@@ -113,7 +130,7 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
     curve = {"config": str(config_path), "data": str(data_root), "dims": list(dims) if dims else None,
              "heldout_by": base.data.holdout_by, "points": points}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "curve.json").write_text(json.dumps(curve, indent=2))
+    atomic_write_bytes(out_dir / "curve.json", json.dumps(curve, indent=2).encode())
     plot_label_curve(out_dir / "label_curve.png", [p["share"] for p in points], [p["r2"] for p in points],
                      [p["r2_flow_grid"] for p in points])
     write_curve_report(out_dir, curve)

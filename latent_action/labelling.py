@@ -121,15 +121,18 @@ def label_source(
     if motus_layout and pairs_at["stride"] != 1:
         raise ValueError(f"--motus-layout: {checkpoint} pairs frames {pairs_at['stride']} apart (flow stride); Motus's "
                          "latent_action_dim14 holds the latent action of each pair of consecutive frames: use a VAE trained with stride 1")
-    labeller = None
     out_dir = Path(out_dir)
-    if problem := overlap_problem(out_dir, [root], "the output"):
+    if problem := overlap_problem(out_dir, [root, checkpoint], "the output"):
         raise ValueError(problem)
-    record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary"}
+    # loaded before anything is written, so that a damaged checkpoint leaves no output recording it
+    labeller = LatentActionLabeller(checkpoint, device, cameras=cameras)
+    record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary",
+              "data": str(Path(root).resolve())}  # episode ids name the root's folder, not where it is: another one may match
     reuse = prepare_output(out_dir, record, overwrite)
     stats = RunningStats(14)
     report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": SkippedEpisodes(echo)}
     resampled = 0  # episodes whose source video holds more frames than their rows pair
+    kept: set[Path] = set()  # this run's latent files
     for episode in read_episodes(root, kind):
         if isinstance(episode, UnreadableEpisode):
             report["errors"].add(episode)
@@ -139,16 +142,18 @@ def label_source(
         if latents is not None:
             report["reused"] += 1
         else:
-            labeller = labeller or LatentActionLabeller(checkpoint, device, cameras=cameras)
             try:
                 latents = labeller(episode)
             except EPISODE_FAILURES as exc:  # its video, as the first read of it shows
                 report["errors"].add(episode, exc)
                 continue
             _write_atomically(target, lambda path: np.save(path, latents))
+        kept.add(target)
         if motus_layout:
             tensor = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
-            _write_atomically(output_child(out_dir, "latent_action_dim14", f"{episode.episode_id}.pt"), lambda path: torch.save(tensor, path))
+            motus_file = output_child(out_dir, "latent_action_dim14", f"{episode.episode_id}.pt")
+            _write_atomically(motus_file, lambda path: torch.save(tensor, path))
+            kept.add(motus_file)
             resampled += int(pairs_at["fps"] is not None and episode.fps > pairs_at["fps"])
         stats.update(latents)
         report["episodes"] += 1
@@ -159,12 +164,22 @@ def label_source(
     summary = {"latent_action": stats.summary(), "episodes": report["episodes"], "pairs": report["pairs"], "checkpoint": str(checkpoint),
                "pairs_at": pairs_at}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "latent_stats.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "label_report.json").write_text(json.dumps(report, indent=2))
+    remove_other_latents(out_dir, kept)
+    atomic_write_bytes(out_dir / "latent_stats.json", json.dumps(summary, indent=2).encode())
+    atomic_write_bytes(out_dir / "label_report.json", json.dumps(report, indent=2).encode())
     _write_record(out_dir, record)
     if motus_layout:
         echo(motus_layout_note(pairs_at["fps"], resampled, report["episodes"]))
     return report
+
+
+def remove_other_latents(out_dir: Path, kept: set[Path]) -> None:
+    """Remove latent files in `out_dir` this run did not write or reuse (another checkpoint's, relabelled with
+    --overwrite; an episode gone from the data, or unreadable now): the record names the checkpoint of every one."""
+    for folder, suffix in (("latent_actions", ".npy"), ("latent_action_dim14", ".pt")):
+        for path in (out_dir / folder).glob(f"*{suffix}"):
+            if path not in kept:
+                path.unlink()
 
 
 def motus_layout_note(fps: float | None, resampled: int, episodes: int) -> str:
@@ -187,7 +202,7 @@ def prepare_output(out_dir: Path, record: dict, overwrite: bool) -> bool:
     wish; --overwrite says it is a wish, as --resume does for train-vae.
     """
     recorded = _read_record(out_dir)
-    if recorded is not None and all(recorded.get(key, "primary") == record[key] for key in ("fingerprint", "cameras")):
+    if recorded is not None and _same_maker(recorded, record):
         return not overwrite
     if overwrite:  # until this run ends, out_dir holds latents of two checkpoints: a rerun must not reuse them
         (out_dir / RECORD_FILE).unlink(missing_ok=True)
@@ -199,12 +214,20 @@ def prepare_output(out_dir: Path, record: dict, overwrite: bool) -> bool:
     return True
 
 
+def _same_maker(recorded: dict, record: dict) -> bool:
+    """The same checkpoint, cameras and data (records written before they named the data are taken at their word)."""
+    return (recorded.get("fingerprint") == record["fingerprint"] and recorded.get("cameras", "primary") == record["cameras"]
+            and recorded.get("data", record["data"]) == record["data"])
+
+
 def _maker(recorded: dict | None, record: dict) -> str:
     if recorded is None:
         return (f"a checkpoint it does not record (no {RECORD_FILE}: labelled before labels recorded their checkpoint, "
                 "or by an interrupted --overwrite run)")
-    if recorded.get("fingerprint") == record["fingerprint"]:
+    if recorded.get("fingerprint") == record["fingerprint"] and recorded.get("cameras", "primary") != record["cameras"]:
         return f"the same checkpoint from --cameras {recorded.get('cameras', 'primary')}, not {record['cameras']}"
+    if recorded.get("fingerprint") == record["fingerprint"]:
+        return f"the same checkpoint from the dataset at {recorded.get('data')}, not {record['data']}"
     return f"{recorded.get('checkpoint')}, whose weights or config.json differ from those of {record['checkpoint']}"
 
 

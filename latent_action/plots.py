@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from pyramid.atomic import atomic_write
+
 
 def write_preview(path: Path, inputs: np.ndarray, reconstructions: np.ndarray) -> Path:
     """A two-row image: input flow-RGB on top, reconstruction below (uint8 [N, H, W, 3] each)."""
@@ -16,7 +18,7 @@ def write_preview(path: Path, inputs: np.ndarray, reconstructions: np.ndarray) -
     top, bottom = np.concatenate(list(inputs), axis=1), np.concatenate(list(reconstructions), axis=1)
     separator = np.zeros((2, top.shape[1], 3), np.uint8)
     grid = np.concatenate([top, separator, bottom], axis=0)
-    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    atomic_write(path, lambda tmp: cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)))
     return path
 
 
@@ -89,6 +91,6 @@ def plot_label_curve(path: Path, shares: Sequence[float], latent: Sequence[float
 
 def _save(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=90, format=path.suffix.lstrip(".")))
     _pyplot().close(figure)
     return path

@@ -93,6 +93,28 @@ def test_label_refuses_latents_of_another_checkpoint_unless_overwriting(sample, 
     assert label_source(step(run, 1), videos, out, device="cpu", echo=lambda _: None)["reused"] == len(made_by_two)
 
 
+def test_label_keeps_only_the_latents_of_the_data_and_checkpoint_it_records(sample, run, tmp_path):
+    """Episode ids name a dataset's folder, not where it lies: another dataset may hold the same ids."""
+    out, other = tmp_path / "out", tmp_path / "elsewhere"
+    write_sample_data(other, robot_episodes=3, video_clips=2, num_frames=6, seed=1)
+    label_source(step(run, 2), sample / "videos", out, device="cpu", echo=lambda _: None)
+    refused = runner.invoke(app, ["label", "--vae", str(step(run, 2)), str(other / "videos"), str(out), "--device", "cpu"])
+    one_line_error(refused, f"from the dataset at {sample / 'videos'}, not {other / 'videos'}", "pass --overwrite")
+    label_source(step(run, 1), sample / "lerobot", out, overwrite=True, device="cpu", echo=lambda _: None)
+    fresh = tmp_path / "fresh"
+    label_source(step(run, 1), sample / "lerobot", fresh, device="cpu", echo=lambda _: None)
+    names = sorted(path.name for path in (fresh / "latent_actions").glob("*.npy"))
+    assert sorted(path.name for path in (out / "latent_actions").glob("*.npy")) == names  # none of the videos' left
+
+
+@pytest.mark.parametrize("member", ["action_normalizer.json", "heldout_episodes.json"])
+def test_label_writes_nothing_with_a_damaged_checkpoint(sample, run, tmp_path, member):
+    checkpoint = damaged_copy(run, tmp_path, lambda d: (d / member).write_text("nope"))
+    labelled = runner.invoke(app, ["label", "--vae", checkpoint, str(sample / "videos"), str(tmp_path / "out"), "--device", "cpu"])
+    one_line_error(labelled, member)
+    assert not (tmp_path / "out").exists()
+
+
 def test_label_refuses_latents_whose_checkpoint_is_unrecorded(sample, run, tmp_path):
     """As an OUT labelled before labels named their checkpoint, or by an --overwrite run that was killed, holds."""
     label_source(step(run, 2), sample / "videos", tmp_path, device="cpu", echo=lambda _: None)
@@ -198,6 +220,12 @@ def test_outputs_that_overlap_what_a_command_reads_are_refused(sample, run, tmp_
     one_line_error(runner.invoke(app, ["eval-latents", "--vae", vae, str(sample / "lerobot"), "--device", "cpu",
                                        "--out", str(sample / "lerobot" / "eval")]), "--out overlaps the input")
     assert sorted(sample.rglob("*")) == before
+    checkpoint = sorted(step(run, 2).rglob("*"))
+    one_line_error(runner.invoke(app, ["label", "--vae", vae, str(sample / "videos"), str(step(run, 2) / "labels"), "--device", "cpu"]),
+                   f"the output overlaps the input {vae}")
+    one_line_error(runner.invoke(app, ["eval-latents", "--vae", vae, str(sample / "lerobot"), "--device", "cpu",
+                                       "--out", str(run / "checkpoints")]), f"--out overlaps the input {vae}")
+    assert sorted(step(run, 2).rglob("*")) == checkpoint
 
 
 def test_a_run_out_dir_that_is_a_file_is_refused_before_reading_data(sample, tmp_path):
@@ -298,6 +326,27 @@ def test_eval_latents_wants_a_positive_finite_alpha(sample, run, tmp_path, alpha
     one_line_error(result, "alpha", "finite number > 0")
 
 
+def test_eval_latents_replaces_an_earlier_evaluation_whole(sample, run, tmp_path):
+    """Probe plots are per embodiment: one an earlier evaluation wrote must not appear in this one's report."""
+    out = tmp_path / "eval"
+    evaluate_latents(step(run, 2), sample / "lerobot", out, split="all", device="cpu", echo=lambda _: None)
+    (out / "probe_other_arm.png").write_bytes((out / "latent_histograms.png").read_bytes())
+    evaluate_latents(step(run, 1), sample / "lerobot", out, split="all", device="cpu", echo=lambda _: None)
+    assert not (out / "probe_other_arm.png").exists()
+    assert json.loads((out / "eval.json").read_text())["checkpoint"] == str(step(run, 1))
+
+
+def test_eval_latents_says_why_nothing_was_scored(sample, run, tmp_path):
+    no_actions = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "videos"), "--device", "cpu",
+                                     "--split", "all", "--out", str(tmp_path / "eval")])
+    one_line_error(no_actions, "no episode with actions to score the latent actions against")
+    missing = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", "cpu",
+                                  "--split", "all", "--cameras", "no_such_camera", "--out", str(tmp_path / "eval")])
+    assert missing.exit_code == 2 and missing.stderr.strip().splitlines()[-1].startswith(
+        f"error: {sample / 'lerobot'}: no episode scored: the 3 episode(s) here were skipped (the first: "), missing.stderr
+    assert not (tmp_path / "eval").exists()
+
+
 def test_eval_latents_names_the_dimensions_it_has_when_asked_for_others(sample, run, tmp_path):
     result = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", "cpu",
                                  "--dims", "x,nope", "--out", str(tmp_path)])
@@ -344,6 +393,19 @@ def test_label_curve_refuses_a_bad_option_before_training(sample, tmp_path, opti
                                  "--shares", "0.5", "--no-progress", *option])
     one_line_error(result, words)
     assert not (tmp_path / "curve").exists()
+
+
+@pytest.mark.parametrize("data, options, words", [
+    ("lerobot", ["--shares", "0.1234567,0.1234568"], "shares 0.1234567 and 0.1234568 would train in one folder"),
+    ("lerobot", ["--shares", "0.5", "--out", "{data}/curve"], "--out overlaps the input"),
+    ("videos", ["--shares", "0.5"], "no episode has actions to score the latent actions against"),
+])
+def test_label_curve_refuses_what_it_could_not_score_before_training(sample, tmp_path, data, options, words):
+    root = sample / data
+    result = runner.invoke(app, ["label-curve", str(curve_config(sample, tmp_path)), str(root), "--no-progress",
+                                 *(option.format(data=root) for option in options)])
+    one_line_error(result, words)
+    assert not (tmp_path / "curve").exists() and not (root / "curve").exists()
 
 
 def test_label_curve_refuses_a_data_root_that_is_no_dataset_before_training(sample, tmp_path):
