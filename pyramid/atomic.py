@@ -7,6 +7,7 @@ share one, and it keeps the suffix that writers such as `np.save` go by.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ def temporary_name(path: Path) -> Path:
 
 def stale_temporaries(path: Path) -> list[Path]:
     """The temporary names of `path` that any process's writer left beside it (one killed before its rename)."""
-    return list(path.parent.glob(f".{path.stem}.tmp*{path.suffix}"))
+    return list(path.parent.glob(f".{glob.escape(path.stem)}.tmp*{glob.escape(path.suffix)}"))
 
 
 def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
@@ -57,8 +58,9 @@ def commit(tmp: Path, path: Path, sync: bool = True) -> None:
 @contextmanager
 def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iterator[Path]:
     """Yield a temporary directory to fill (`create=False`: not made, for writers that make it themselves);
-    on success it replaces `path`, whatever was there."""
-    path = Path(path)
+    on success it replaces `path`, whatever was there (where `path` links to a directory, that directory: the link
+    stays)."""
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     tmp = temporary_name(path)
     for stale in stale_temporaries(path):  # left by a killed writer (a checkpoint: GBs)
         shutil.rmtree(stale, ignore_errors=True)

@@ -37,6 +37,18 @@ def test_a_directory_appears_whole_or_not_at_all(tmp_path):
     assert (target / "weights").read_bytes() == b"2" and os.listdir(tmp_path) == ["step_0000001"]
 
 
+def test_a_directory_written_through_a_link_replaces_its_target_and_spares_other_temporaries(tmp_path):
+    real, link = tmp_path / "export[1]", tmp_path / "link"
+    real.mkdir()
+    (real / "old").write_text("old")
+    link.symlink_to(real, target_is_directory=True)
+    other = tmp_path / ".export1.tmp4242"  # another output's temporary name, which the glob `.export[1].tmp*` would match
+    other.mkdir()
+    with atomic_directory(link) as tmp:
+        (tmp / "new").write_text("new")
+    assert link.is_symlink() and os.listdir(real) == ["new"] and other.is_dir()
+
+
 def complete(folder, name, state="training_state.json"):
     (folder / name).mkdir(parents=True)
     (folder / name / state).write_text("{}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import random
 import shutil
@@ -251,6 +252,7 @@ def check_lerobot_items(root: Path, info: dict, rows: "pd.DataFrame", videos: se
 def test_export_lerobot_of_a_labelled_build(build, tmp_path):
     build_dir, _ = build
     out = tmp_path / "lerobot"
+    out.mkdir()  # an empty OUT is as good as none
     result = subprocess.run([*CLI, "export-lerobot", str(build_dir), str(out), "--codec", "libx264"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "1 episodes" in result.stdout and "--embodiment" in result.stdout  # the level-2 clip came first
     result = subprocess.run([*CLI, "export-lerobot", str(build_dir), str(out), "--codec", "libx264", "--embodiment", "sample_arm", "--overwrite"],
@@ -420,6 +422,44 @@ def test_export_motus_replaces_only_an_earlier_export_and_never_its_build(build,
     assert result.returncode == 2 and "--device: device 'banana' is not one of" in result.stderr
 
 
+def test_export_motus_leaves_out_as_it_was_until_the_new_export_is_whole(build, tmp_path, monkeypatch):
+    """Stopped midway (as by a kill), a first export leaves nothing at OUT and an --overwrite leaves the earlier one."""
+    from pyramid.sinks import motus_layout
+
+    build_dir, encoder = build
+    out, exported, seen = tmp_path / "export", motus_layout._export_run, []
+
+    def stopped_at_the_second_run(*args):
+        seen.append(sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else None)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return exported(*args)
+
+    monkeypatch.setattr(motus_layout, "_export_run", stopped_at_the_second_run)
+    with pytest.raises(KeyboardInterrupt):
+        motus_layout.export_motus(build_dir, out, encoder, progress=False)
+    assert seen == [None, None] and os.listdir(tmp_path) == []
+    motus_layout.export_motus(build_dir, out, encoder, progress=False)  # its two first runs seen, then whole
+    earlier = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        motus_layout.export_motus(build_dir, out, encoder, overwrite=True, progress=False)
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == earlier
+    assert seen[0] == seen[1] == sorted(str(p.relative_to(out)) for p in out.rglob("*")) and os.listdir(tmp_path) == ["export"]
+
+
+def test_export_motus_over_a_link_replaces_the_export_it_points_at(build, tmp_path):
+    build_dir, encoder = build
+    real, link = tmp_path / "export", tmp_path / "link"
+    assert export(build_dir, real, "--text-encoder", str(encoder)).returncode == 0
+    (real / "videos" / "from-an-earlier-export.mp4").write_bytes(b"")
+    link.symlink_to(real, target_is_directory=True)
+    result = export(build_dir, link, "--text-encoder", str(encoder), "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert link.is_symlink() and not (real / "videos" / "from-an-earlier-export.mp4").exists()
+    assert len(motus_episodes(real)) == EPISODES + 1
+
+
 def motus_fresh_scan(root: Path) -> list[dict]:
     """What Motus's LatentActionDataset._scan_all_episodes lists for a leaf folder `root`: the stems all four folders hold."""
     folders = {"videos": ".mp4", "umt5_wan": ".pt", "latent_action_dim14": ".pt", "metas": ".txt"}
@@ -453,6 +493,9 @@ def test_a_moved_export_loads_after_rescan_motus(build, tmp_path):
 
     result = subprocess.run([*CLI, "rescan-motus", str(build_dir)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "not a Motus export (no videos/" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    (moved / "motus_latent_action.yaml").unlink()  # written last: an export killed midway, or copied in part
+    result = subprocess.run([*CLI, "rescan-motus", str(moved)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "no motus_latent_action.yaml, so not a whole export" in result.stderr, result.stderr
 
 
 def test_export_motus_refuses_frames_and_sizes_motus_model_cannot_use(build, tmp_path):

@@ -20,7 +20,6 @@ so an export refuses a frame count or video size it could not use whole.
 from __future__ import annotations
 
 import io
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from pyramid.build_reader import (build_recipe, build_samples, build_shards, epi
                                   run_video, runs_with_latents)
 from pyramid.errors import EpisodeError, ExportError
 from pyramid.paths import check_export_target, output_child, safe_name
-from pyramid.atomic import atomic_write_bytes
+from pyramid.atomic import atomic_directory, atomic_write_bytes
 from pyramid.staging import mp4_bytes
 from pyramid.sinks.left_out import LeftOut
 
@@ -91,17 +90,17 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
         raise ExportError(f"{build_dir}: the build has no latent actions (its recipe names no `vae`); "
                           f"Motus's latent_action dataset needs them: build with a trained VAE")
     encoder = InstructionEncoder(Path(text_encoder), device)
-    if overwrite:  # an earlier export (check_export_target saw its config): none of its videos may stay beside these
-        shutil.rmtree(out_dir, ignore_errors=True)
-    for folder in FOLDERS:
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-    (out_dir / MOTUS_CACHE).unlink(missing_ok=True)
     counts = ExportCounts()
-    for episode_id, clips in tqdm(episodes_of(build_samples(shards)), desc="export", unit="episode", disable=not progress):
-        for run, values in runs_with_latents(episode_id, clips, latents):
-            _export_run(out_dir, episode_id, run, len(clips) == len(run), values, encoder, sampling, float(recipe["fps"]), counts)
-    write_motus_scan(out_dir)
-    write_config(out_dir, sampling, tuple(recipe["video_size"]))
+    # Written whole under a temporary name, then renamed over OUT (an earlier export, which stays until then): a run
+    # killed midway leaves OUT as it was, and none of an earlier export's episodes stays beside these.
+    with atomic_directory(out_dir) as partial:
+        for folder in FOLDERS:
+            (partial / folder).mkdir()
+        for episode_id, clips in tqdm(episodes_of(build_samples(shards)), desc="export", unit="episode", disable=not progress):
+            for run, values in runs_with_latents(episode_id, clips, latents):
+                _export_run(partial, episode_id, run, len(clips) == len(run), values, encoder, sampling, float(recipe["fps"]), counts)
+        write_motus_scan(partial, out_dir)
+        write_config(partial, sampling, tuple(recipe["video_size"]), out_dir)
     return counts
 
 
@@ -116,14 +115,15 @@ def check_model_shape(build_dir: Path, num_video_frames: int, video_size: tuple[
                           f"video_width must be multiples of {WAN_PIXELS_PER_TOKEN}: build with a video_size such as 384x320")
 
 
-def write_motus_scan(out_dir: Path) -> int:
+def write_motus_scan(out_dir: Path, lies_at: Path | None = None) -> int:
     """Motus's episode cache, as its scan of this folder writes it: its loader (QuanyiLi/Motus) caches a fresh
     scan without adding it to the episodes it returns, so without this file its first run after an export would
-    train on nothing from it. Written last, over a cache of an earlier export. Returns the number of episodes."""
+    train on nothing from it. Written last, over a cache of an earlier export; the files are named under `lies_at`,
+    where `out_dir` will lie (default: where it lies). Returns the number of episodes."""
     import pickle
 
-    root = out_dir.resolve()
-    stems = set.intersection(*({path.stem for path in (root / folder).iterdir() if path.suffix == suffix}
+    root = Path(lies_at or out_dir).resolve()
+    stems = set.intersection(*({path.stem for path in (out_dir / folder).iterdir() if path.suffix == suffix}
                                for folder, suffix in zip(FOLDERS, (".mp4", ".pt", ".pt", ".txt"))))
     episodes = [{"video_path": str(root / "videos" / f"{stem}.mp4"), "lang_path": str(root / "umt5_wan" / f"{stem}.pt"),
                  "latent_action_path": str(root / "latent_action_dim14" / f"{stem}.pt"),
@@ -140,10 +140,12 @@ def rescan_export(out_dir: Path) -> int:
     missing = [folder for folder in FOLDERS if not (out_dir / folder).is_dir()]
     if missing:
         raise ExportError(f"{out_dir}: not a Motus export (no {', '.join(f'{folder}/' for folder in missing)})")
-    config = read_config(out_dir) if (out_dir / CONFIG_NAME).is_file() else None  # unreadable: fail before writing
+    if not (out_dir / CONFIG_NAME).is_file():  # written last: a folder without it is no whole export
+        raise ExportError(f"{out_dir}: no {CONFIG_NAME}, so not a whole export (one killed midway, or copied in part): "
+                          "export the build again")
+    config = read_config(out_dir)  # unreadable: fail before writing
     count = write_motus_scan(out_dir)
-    if config is not None:
-        write_config(out_dir, *config)
+    write_config(out_dir, *config)
     return count
 
 
@@ -237,11 +239,12 @@ def torch_bytes(value) -> bytes:
     return buffer.getvalue()
 
 
-def write_config(out_dir: Path, sampling: Sampling, video_size: tuple[int, int]) -> Path:
+def write_config(out_dir: Path, sampling: Sampling, video_size: tuple[int, int], lies_at: Path | None = None) -> Path:
+    """The config snippet, its `dataset_dir` where `out_dir` will lie (`lies_at`; default: where it lies)."""
     config = {"common": {"num_video_frames": sampling.num_video_frames,
                          "global_downsample_rate": sampling.global_downsample_rate,
                          "video_height": int(video_size[0]), "video_width": int(video_size[1])},
-              "dataset": {"type": "latent_action", "dataset_dir": [str(out_dir.resolve())]}}
+              "dataset": {"type": "latent_action", "dataset_dir": [str(Path(lies_at or out_dir).resolve())]}}
     header = ("# Written by `pyramid export-motus`: merge into a Motus config (configs/latent_action.yaml).\n"
               f"# Every video here has at least 1 + num_video_frames * global_downsample_rate = {sampling.min_frames} "
               "frames, so this sampling never repeats a frame.\n")
