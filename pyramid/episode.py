@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
@@ -155,8 +156,44 @@ class VideoCamera:
         return read_frame_chunks(self.path, self._file_indices(indices), chunk, decord=self.decord, at_least=at_least)
 
 
+class EncodedImages:
+    """A camera whose frames are encoded images in one file, read chunk by chunk from one opening of it. A subclass
+    has `path` and `num_frames`, opens its file in `_opened` (a context yielding index -> decoded RGB image) and names
+    an image in `_image_name`."""
+
+    path: str
+    num_frames: int
+
+    def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
+        return next(self.frame_chunks(local, max(len(local), 1)), np.zeros((0, 0, 0, 3), np.uint8))
+
+    def frame_chunks(self, indices: Sequence[int], chunk: int,
+                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+        """`frames(indices)` in arrays of at most `chunk` frames, the file read once for all (images are decoded at
+        their own size: `at_least` is for video)."""
+        local = [int(i) for i in indices]
+        check_frame_range(self.path, local, self.num_frames)
+        return self._chunks(local, chunk)
+
+    def _chunks(self, local: list[int], chunk: int) -> Iterator[np.ndarray]:
+        with self._opened() as image:
+            shape = None
+            for start in range(0, len(local), chunk):
+                part = local[start : start + chunk]
+                images = stacked_images([image(i) for i in part], self.path, [self._image_name(i) for i in part], shape)
+                shape = images.shape[1:]
+                yield images
+
+    def _opened(self) -> ContextManager[Callable[[int], np.ndarray]]:
+        raise NotImplementedError
+
+    def _image_name(self, index: int) -> str:
+        raise NotImplementedError
+
+
 @dataclass
-class ImageSequenceCamera:
+class ImageSequenceCamera(EncodedImages):
     """Frames stored as encoded images (JPEG/PNG bytes) in an HDF5 dataset, one element per frame.
 
     `imdecode_gives_rgb`: whether `cv2.imdecode` already returns RGB. True for images that were
@@ -171,31 +208,18 @@ class ImageSequenceCamera:
     imdecode_gives_rgb: bool
     raw_shapes: tuple[tuple[int, ...], ...] = ()
 
-    def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
-        return next(self.frame_chunks(local, max(len(local), 1)), np.zeros((0, 0, 0, 3), np.uint8))
-
-    def frame_chunks(self, indices: Sequence[int], chunk: int,
-                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-        """`frames(indices)` in arrays of at most `chunk` frames, the file opened once for all (images are decoded at
-        their own size: `at_least` is for video)."""
-        local = [int(i) for i in indices]
-        check_frame_range(self.path, local, self.num_frames)
-        return self._chunks(local, chunk)
-
-    def _chunks(self, local: list[int], chunk: int) -> Iterator[np.ndarray]:
+    @contextmanager
+    def _opened(self) -> Iterator[Callable[[int], np.ndarray]]:
         import h5py
 
         with h5py.File(self.path, "r") as file:
             if self.dataset not in file:
                 raise EpisodeError(self.path, f"missing image dataset '{self.dataset}'")
-            data, shape = file[self.dataset], None
-            for start in range(0, len(local), chunk):
-                part = local[start : start + chunk]
-                images = stacked_images([self._decode(data[i], i) for i in part], self.path,
-                                        [f"'{self.dataset}'[{i}]" for i in part], shape)
-                shape = images.shape[1:]
-                yield images
+            data = file[self.dataset]
+            yield lambda index: self._decode(data[index], index)
+
+    def _image_name(self, index: int) -> str:
+        return f"'{self.dataset}'[{index}]"
 
     def _decode(self, element: Any, index: int) -> np.ndarray:
         image = decode_image_bytes(element, self.imdecode_gives_rgb, self.raw_shapes)

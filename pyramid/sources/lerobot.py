@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pyramid.episode import FPS_RANGE, Episode, EpisodeRef, VideoCamera, check_frame_range, decode_image_bytes, stacked_images
+from pyramid.episode import FPS_RANGE, EncodedImages, Episode, EpisodeRef, VideoCamera, decode_image_bytes
 from pyramid.errors import EpisodeError, SourceError
 from pyramid.sources.base import Source, register
 from pyramid.sources.lerobot_parts import DEFAULT_FEATURES, part_name, vector_features
@@ -394,12 +395,11 @@ class LeRobotSource(Source):
 
 
 @dataclass
-class ParquetImageCamera:
+class ParquetImageCamera(EncodedImages):
     """Frames stored as PNG bytes in a parquet column (a LeRobot `image` feature: struct {bytes, path}).
 
     A file that holds many episodes (v3.0) is read through the reader's `EpisodeRows`, which parses its footer once
-    and keeps a decoded row group for the episodes after it; `frame_chunks` reads the episode's images once for all
-    its chunks.
+    and keeps a decoded row group for the episodes after it; the episode's images are read once for all its chunks.
     """
 
     name: str
@@ -410,26 +410,13 @@ class ParquetImageCamera:
     num_frames: int
     rows: EpisodeRows | None = field(default=None, repr=False, compare=False)  # the reader's, for a shared file
 
-    def frames(self, indices: Sequence[int] | None = None) -> np.ndarray:
-        local = list(range(self.num_frames)) if indices is None else [int(i) for i in indices]
-        return next(self.frame_chunks(local, max(len(local), 1)), np.zeros((0, 0, 0, 3), np.uint8))
+    @contextmanager
+    def _opened(self) -> Iterator[Callable[[int], np.ndarray]]:
+        cells = self._cells()
+        yield lambda index: self._decode(cells[index], index)
 
-    def frame_chunks(self, indices: Sequence[int], chunk: int,
-                     at_least: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-        """`frames(indices)` in arrays of at most `chunk` frames, from one read of the column (images are decoded at
-        their own size: `at_least` is for video)."""
-        local = [int(i) for i in indices]
-        check_frame_range(self.path, local, self.num_frames)
-        return self._chunks(local, chunk)
-
-    def _chunks(self, local: list[int], chunk: int) -> Iterator[np.ndarray]:
-        cells, shape = self._cells(), None
-        for start in range(0, len(local), chunk):
-            part = local[start : start + chunk]
-            images = stacked_images([self._decode(cells[i], i) for i in part], self.path,
-                                    [f"'{self.column}' row {i} of episode {self.episode_index}" for i in part], shape)
-            shape = images.shape[1:]
-            yield images
+    def _image_name(self, index: int) -> str:
+        return f"'{self.column}' row {index} of episode {self.episode_index}"
 
     def _cells(self) -> list[Any]:
         try:
