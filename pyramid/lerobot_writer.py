@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
+from pyramid.paths import absent_or_empty
 from pyramid.video_io import Frames, chunks_of, encoder_options
 
 CODEBASE_VERSION = "v3.0"
@@ -76,7 +77,7 @@ def write_lerobot_v3(
     An episode whose frames fail to decode (`EpisodeError`) while it is written is left out, with nothing of it
     written, and passed to `on_unreadable`; without one, the error ends the write."""
     root = Path(root)
-    if root.exists() and not overwrite and not (root.is_dir() and not any(root.iterdir())):
+    if not overwrite and not absent_or_empty(root):
         raise FileExistsError(f"{root}: already exists")
     with atomic_directory(root, create=False) as tmp:
         writer = _DatasetWriter(tmp, fps, robot_type, list(state_names), list(action_names or []), codec,

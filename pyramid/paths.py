@@ -91,12 +91,17 @@ def overlap_problem(output: str | os.PathLike, inputs: Iterable[str | os.PathLik
     return None if found is None else f"{output}: {what} overlaps the input {found} (one lies inside the other); write it elsewhere"
 
 
+def absent_or_empty(path: Path) -> bool:
+    """Whether `path` does not exist or is an empty directory: an output a writer may take."""
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
 def check_export_target(input_path: Path, out_dir: Path, overwrite: bool, marker: str) -> None:
     """An export may write `out_dir` when it is apart from its input (neither inside the other) and absent, empty, or,
     with `overwrite`, an earlier export of its kind (it holds `marker`): never another directory a user keeps."""
     if overlapping(input_path, out_dir):
         raise ExportError(f"{out_dir}: overlaps the input {input_path} (one lies inside the other); write the export elsewhere")
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+    if absent_or_empty(out_dir):
         return
     if not overwrite:
         raise ExportError(f"{out_dir}: already exists (pass --overwrite to replace it)")
