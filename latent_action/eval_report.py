@@ -8,6 +8,10 @@ from pathlib import Path
 
 from pyramid.atomic import atomic_write_bytes
 
+# The files of an evaluation beside eval.json, which the report embeds
+REPORT_FILE, PREVIEW_FILE, HISTOGRAM_FILE = "report.html", "flow_preview.png", "latent_histograms.png"
+PROBE_PLOTS = "probe_*.png"  # probe_<embodiment>.png, one per embodiment
+
 FLOW_ROWS = [
     ("flow EPE over all pixels", "epe_px", "epe_blank_px"),
     ("flow EPE over moving pixels", "epe_moving_px", "epe_moving_blank_px"),
@@ -22,11 +26,11 @@ def write_eval_report(out_dir: Path, result: dict) -> Path:
         f"{' (held out by whole tasks, unseen in training)' if (result['split'], result.get('heldout_by')) == ('heldout', 'tasks') else ''}<br>{_pairs_line(result.get('pairs'))}</p>",
         _probe_table(result["probe"]),
         _flow_table(result["flow"]),
-        "<h2>Flow input (top) and reconstruction (bottom), most moving held-out pairs</h2>" + embed(out_dir / "flow_preview.png"),
-        "<h2>Probe predictions</h2>" + "".join(embed(p) for p in sorted(out_dir.glob("probe_*.png"))),
-        "<h2>Latent actions</h2>" + embed(out_dir / "latent_histograms.png"),
+        "<h2>Flow input (top) and reconstruction (bottom), most moving held-out pairs</h2>" + embed(out_dir / PREVIEW_FILE),
+        "<h2>Probe predictions</h2>" + "".join(embed(p) for p in sorted(out_dir.glob(PROBE_PLOTS))),
+        "<h2>Latent actions</h2>" + embed(out_dir / HISTOGRAM_FILE),
     ]
-    return write_page(out_dir / "report.html", "latent-action evaluation", "".join(sections))
+    return write_page(out_dir / REPORT_FILE, "latent-action evaluation", "".join(sections))
 
 
 def write_page(path: Path, title: str, body: str) -> Path:

@@ -30,7 +30,8 @@ import torch
 
 from latent_action.action_space import selected_dims
 from latent_action.checkpoint import load_trained
-from latent_action.eval_report import number, write_eval_report
+from latent_action.eval_report import (HISTOGRAM_FILE, PREVIEW_FILE, PROBE_PLOTS, REPORT_FILE, number,
+                                        write_eval_report)
 from latent_action.images import resize_images, to_uint8
 from latent_action.labelling import encode_flow_rgb, view_for
 from latent_action.model import LatentActionVAE
@@ -45,7 +46,7 @@ from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
 PREVIEW_PAIRS = 8
-EVAL_FILE, REPORT_FILE = "eval.json", "report.html"
+EVAL_FILE = "eval.json"
 GRID = 4  # the flow-grid baseline averages flow over GRID x GRID cells
 
 
@@ -179,8 +180,8 @@ def evaluate_latents(
         "skipped": skipped,
     }
     scored_latents = [e.latents for d in per_embodiment.values() for e in d.episodes if e.scored]
-    plot_latent_histograms(out_dir / "latent_histograms.png", np.concatenate(scored_latents))
-    write_preview(out_dir / "flow_preview.png", np.stack([p[1] for p in previews]), np.stack([p[2] for p in previews]))
+    plot_latent_histograms(out_dir / HISTOGRAM_FILE, np.concatenate(scored_latents))
+    write_preview(out_dir / PREVIEW_FILE, np.stack([p[1] for p in previews]), np.stack([p[2] for p in previews]))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / EVAL_FILE, json.dumps(result, indent=2).encode())
     write_eval_report(out_dir, result)
@@ -201,9 +202,9 @@ def nothing_scored(data_root: str | Path, split: str, heldout: set[str], per_emb
 def clear_previous_results(out_dir: Path) -> None:
     """Remove what an earlier evaluation wrote in `out_dir` (its probe plots are per embodiment), before this one writes:
     a run killed while writing then leaves no eval.json or report.html, rather than one over other plots."""
-    for name in (REPORT_FILE, EVAL_FILE, "flow_preview.png", "latent_histograms.png"):
+    for name in (REPORT_FILE, EVAL_FILE, PREVIEW_FILE, HISTOGRAM_FILE):
         (out_dir / name).unlink(missing_ok=True)
-    for plot in out_dir.glob("probe_*.png"):
+    for plot in out_dir.glob(PROBE_PLOTS):
         plot.unlink()
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from latent_action.checkpoint import latest_checkpoint, saved_train_config
 from latent_action.config import TrainConfig, load_config
-from latent_action.eval_report import embed, number, write_page
+from latent_action.eval_report import REPORT_FILE, embed, number, write_page
 from latent_action.evaluation import action_dimension_names, check_dims, evaluate_latents
 from latent_action.plots import plot_label_curve
 from latent_action.train import refuse_changed_config, resolve_device, train
@@ -126,7 +126,7 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
         points.append({"share": share, "checkpoint": str(checkpoint), "r2": probe["overall_r2"],
                        "r2_flow_grid": probe["overall_r2_flow_grid"], "r2_shuffled_control": probe["overall_r2_shuffled_control"],
                        "epe_moving_px": result["flow"]["epe_moving_px"], "epe_moving_blank_px": result["flow"]["epe_moving_blank_px"],
-                       "report": f"{share_name(share)}/report.html"})
+                       "report": f"{share_name(share)}/{REPORT_FILE}"})
     curve = {"config": str(config_path), "data": str(data_root), "dims": list(dims) if dims else None,
              "heldout_by": base.data.holdout_by, "points": points}
     out_dir.mkdir(parents=True, exist_ok=True)
