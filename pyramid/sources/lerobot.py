@@ -408,7 +408,7 @@ class ParquetImageCamera(EncodedImages):
     episode_index: int
     shared_file: bool
     num_frames: int
-    rows: EpisodeRows | None = field(default=None, repr=False, compare=False)  # the reader's, for a shared file
+    rows: EpisodeRows = field(repr=False, compare=False)  # the reader's: where a shared file's rows are read
 
     @contextmanager
     def _opened(self) -> Iterator[Callable[[int], np.ndarray]]:
@@ -420,12 +420,10 @@ class ParquetImageCamera(EncodedImages):
 
     def _cells(self) -> list[Any]:
         try:
-            if not self.shared_file:
-                table = pq.read_table(self.path, columns=[self.column])
-            elif self.rows is not None:
+            if self.shared_file:
                 table = self.rows.read(Path(self.path), self.episode_index, [self.column, "episode_index"])
             else:
-                table = pq.read_table(self.path, columns=[self.column], filters=[("episode_index", "=", self.episode_index)])
+                table = pq.read_table(self.path, columns=[self.column])
             cells = table.column(self.column).to_pylist()
         except (pa.ArrowException, OSError, KeyError) as exc:
             raise EpisodeError(self.path, f"cannot read image column '{self.column}' ({_one_line(exc)})") from exc
