@@ -52,11 +52,17 @@ def read_state(directory: Path) -> dict:
     return state
 
 
+def step_directories(checkpoints: Path) -> list[tuple[int, Path, bool]]:
+    """Every `step_*` directory under `checkpoints` as (step, path, complete), oldest first; complete: it has its
+    state file (checkpoints are renamed into place whole, so one without it was damaged or copied in part)."""
+    found = [(int(match.group(1)), path, state_file(path).is_file()) for path in Path(checkpoints).glob("step_*")
+             if (match := STEP_DIR.match(path.name)) and path.is_dir()]
+    return sorted(found)
+
+
 def checkpoints_by_step(checkpoints: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints under `checkpoints`, by step, oldest first."""
-    found = [(int(match.group(1)), path) for path in Path(checkpoints).glob("step_*")
-             if (match := STEP_DIR.match(path.name)) and state_file(path).is_file()]
-    return sorted(found)
+    return [(step, path) for step, path, complete in step_directories(checkpoints) if complete]
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -73,29 +79,21 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
 
 def checkpoint_to_resume(checkpoints: Path, resume: bool) -> Path | None:
     """The checkpoint a run continues from (None: start afresh); an output with checkpoints needs `resume`, and one
-    whose newest checkpoint lost its state file is refused, where it would be passed over for an older one."""
-    latest = latest_checkpoint(checkpoints)
+    whose newest checkpoint lost its state file is refused, where it would be passed over for an older one
+    (resuming before it would silently train its steps again, from the start where it is the only one)."""
+    from pyramid.errors import EpisodeError
+
+    steps = step_directories(checkpoints)
+    complete = [path for _, path, is_complete in steps if is_complete]
+    latest = complete[-1] if complete else None
     if latest is not None and not resume:
         raise FileExistsError(f"{Path(checkpoints).parent} already holds checkpoints: pass --resume to continue, "
                               "or choose another output directory")
-    refuse_incomplete_newest(checkpoints, latest)
-    return latest
-
-
-def refuse_incomplete_newest(checkpoints: Path, latest: Path | None) -> None:
-    """An EpisodeError naming a `step_*` directory newer than `latest` that has no state file. Checkpoints are renamed
-    into place whole, so it was damaged or copied in part; resuming before it would silently train its steps again
-    (from the start where it is the only one)."""
-    from pyramid.errors import EpisodeError
-
-    latest_step = -1 if latest is None else int(STEP_DIR.match(latest.name).group(1))
-    incomplete = sorted((int(match.group(1)), path) for path in Path(checkpoints).glob("step_*")
-                        if (match := STEP_DIR.match(path.name)) and path.is_dir() and not state_file(path).is_file())
-    newer = [path for step, path in incomplete if step > latest_step]
-    if newer:
+    if steps and not steps[-1][2]:
         since = f"from {latest}" if latest is not None else "from the start"
-        raise EpisodeError(newer[-1], f"no {STATE_FILE}: a checkpoint damaged or copied in part; restore it, or delete it "
-                                      f"to continue {since}")
+        raise EpisodeError(steps[-1][1], f"no {STATE_FILE}: a checkpoint damaged or copied in part; restore it, or "
+                                         f"delete it to continue {since}")
+    return latest
 
 
 def save_rng(directory: Path, states: dict) -> None:
