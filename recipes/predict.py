@@ -2,7 +2,8 @@
 
 Writes `prediction.mp4` (the condition frame then the predicted or given future frames, decoded by
 the VAE), `actions.npy` (the action chunk in the embodiment's units, real dimensions only) and
-`prediction.json` (what was given and what was predicted).
+`prediction.json` (what was given and what was predicted). Each file is written atomically and `prediction.json`
+last, after an earlier one is removed: a run killed midway leaves no `prediction.json` beside its files.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from pyramid.atomic import atomic_write, atomic_write_bytes
 from pyramid.errors import EpisodeError
 from pyramid.paths import overlap_problem
 from pyramid.training.checkpoints import STATE_FILE, read_state
@@ -82,6 +84,8 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "prediction.json"
+    summary_path.unlink(missing_ok=True)  # it vouches for the files beside it, so it goes before they change
     frames = encoders.video.decode(prediction.video_latents)[0].cpu().numpy()
     video_path = write_video(out / "prediction.mp4", frames, fps=recipe.model.frames.video_fps)
     embodiment = batch["embodiment"][0]
@@ -91,12 +95,11 @@ def predict_clip(checkpoint: str | Path, mode: str, out_dir: str | Path, data: D
     moves = data.targets == "actions" and embodiment in data.displacement_actions
     if moves:
         actions = dataset.moves_per_step(actions, clip)
-    np.save(out / "actions.npy", actions)
+    atomic_write(out / "actions.npy", lambda tmp: np.save(tmp, actions))
     summary = {"checkpoint": str(checkpoint), "mode": mode.value, "clip": batch["key"][0],
                "instruction": batch["instruction"][0], "given_clean": GIVEN_CLEAN.get(mode),
                "video_frames": int(frames.shape[0]), "action_shape": list(actions.shape), "steps": steps,
                "action_units": data.targets, "action_rate_hz": recipe.model.frames.action_fps,
                "actions_are": "moves per step" if moves else "as recorded"}
-    summary_path = out / "prediction.json"
-    summary_path.write_text(json.dumps(summary, indent=1))
+    atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
     return PredictionFiles(video_path, out / "actions.npy", summary_path)

@@ -138,6 +138,24 @@ def test_predict_takes_the_steps_it_is_given(checkpoint, build, tmp_path):
     assert json.loads(files.summary.read_text())["steps"] == 1
 
 
+def test_a_prediction_killed_midway_leaves_no_summary_of_the_earlier_one(checkpoint, tmp_path, monkeypatch):
+    """prediction.json vouches for the video and actions beside it: a rerun stopped before its own leaves none."""
+    import recipes.predict
+
+    out = tmp_path / "out"
+    first = predict_clip(checkpoint, "vla", out, steps=1)
+    assert first.summary.is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes.predict, "write_video", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict_clip(checkpoint, "vla", out, steps=1)
+    assert not first.summary.exists()
+    assert sorted(path.name for path in out.iterdir()) == ["actions.npy", "prediction.mp4"]  # no temporaries
+
+
 def test_predict_gives_displacement_actions_as_moves_per_30_hz_step(checkpoint, tmp_path):
     """Trained in units of a source row's move (as the rows are normalised), predicted as the move of each step."""
     build = shards.build(tmp_path / "build", episodes=1, clips_per_episode=2, num_frames=24, source_fps=15.0)
