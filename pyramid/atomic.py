@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,11 @@ from typing import Callable, Iterator
 
 def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` has a temporary name (`temporary_name`): pathlib's globs such as `*.json` match hidden files."""
+    return re.fullmatch(r"\..+\.tmp\d+.*", Path(path).name) is not None
 
 
 def stale_temporaries(path: Path) -> list[Path]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from pyramid.atomic import atomic_write_bytes
 from pyramid.cluster import NODE_CHECK_PREFIX, check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, output_full
 from pyramid.paths import overlap_problem
@@ -275,17 +276,17 @@ def _claim_staging(output: Path, fingerprint: str, retry_failed: bool) -> None:
     from pyramid.staging import Staging
 
     staging = Staging(output)
-    marker = staging.dir / "recipe.json"
+    marker = staging.recipe_marker
     if marker.exists() and _staged_fingerprint(marker) != fingerprint:
-        if any(path != marker for path in staging.dir.glob("*.json")):
+        if staging.status_files():
             raise BuildError(f"{output}: holds an unfinished build of a different recipe; rerun that recipe, "
                              f"or delete {staging.dir} to start over")
         shutil.rmtree(staging.dir)
         staging = Staging(output)
-    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    atomic_write_bytes(marker, json.dumps({"fingerprint": fingerprint}).encode())  # torn, it would refuse the rerun
     if retry_failed:
-        for status_path in staging.dir.glob("*.json"):
-            if status_path != marker and json.loads(status_path.read_text()).get("status") == "failed":
+        for status_path in staging.status_files():
+            if json.loads(status_path.read_text()).get("status") == "failed":
                 status_path.unlink()
 
 

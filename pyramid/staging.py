@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pyramid.atomic import atomic_write, atomic_write_bytes, commit, stale_temporaries, temporary_name
+from pyramid.atomic import atomic_write, atomic_write_bytes, commit, is_temporary, stale_temporaries, temporary_name
 from pyramid.paths import output_child
 from pyramid.video_io import Frames, video_bytes
 
@@ -95,6 +95,14 @@ class Staging:
 
     def started(self, episode_id: str) -> bool:
         return self.path(episode_id, "started").exists()
+
+    @property
+    def recipe_marker(self) -> Path:
+        return self.dir / "recipe.json"
+
+    def status_files(self) -> list[Path]:
+        """Every episode's status file; not the recipe marker, nor a temporary a killed writer left (torn JSON)."""
+        return [path for path in self.dir.glob("*.json") if path != self.recipe_marker and not is_temporary(path)]
 
     def status_path(self, episode_id: str) -> Path:
         return self.path(episode_id, "json")

@@ -107,6 +107,22 @@ def test_a_staging_directory_without_a_finished_episode_is_taken_over_by_the_nex
         _claim_staging(tmp_path, "corrected", retry_failed=False)
 
 
+def test_a_status_torn_by_a_kill_before_its_rename_counts_for_nothing(tmp_path):
+    """A worker killed while writing a status leaves it under its temporary name, hidden but matched by `*.json`."""
+    from pyramid.pipeline import _claim_staging
+
+    staging = tmp_path / "_staging"
+    staging.mkdir()
+    (staging / "recipe.json").write_text(json.dumps({"fingerprint": "first"}))
+    (staging / ".lerobot-a-1.tmp4242.json").write_text("{cut")
+    _claim_staging(tmp_path, "second", retry_failed=False)  # no finished episode: taken over
+    assert json.loads((staging / "recipe.json").read_text()) == {"fingerprint": "second"}
+    (staging / "lerobot-a-2.json").write_text(json.dumps({"episode_id": "lerobot-a-2", "status": "failed"}))
+    (staging / ".lerobot-a-3.tmp4243.json").write_text("")
+    _claim_staging(tmp_path, "second", retry_failed=True)
+    assert not (staging / "lerobot-a-2.json").exists()
+
+
 @pytest.mark.parametrize("content", ["{cut", "[1, 2]", "\xff"])
 def test_an_unreadable_manifest_is_one_line_naming_it(tmp_path, content):
     from pyramid.pipeline import _read_manifest
