@@ -77,10 +77,22 @@ def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iter
         if sync:
             for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
                 _fsync(file)
-        shutil.rmtree(path, ignore_errors=True)
+        retired = _rename_aside(path)
         os.replace(tmp, path)
+        if retired is not None:  # deleted once the new version is in place: a kill during the deletion of a large
+            shutil.rmtree(retired, ignore_errors=True)  # one left it half-deleted where it stood
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rename_aside(path: Path) -> Path | None:
+    """Move a directory at `path` to a temporary name beside it (one that `stale_temporaries` finds)."""
+    if not path.is_dir():
+        return None
+    retired = path.with_name(f".{path.stem}.tmp{os.getpid()}-old{path.suffix}")
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(path, retired)
+    return retired
 
 
 def _fsync(file: Path) -> None:

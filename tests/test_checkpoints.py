@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,33 @@ def test_a_directory_appears_whole_or_not_at_all(tmp_path):
         (tmp / "weights").write_bytes(b"2")
         assert not target.exists()
     assert (target / "weights").read_bytes() == b"2" and os.listdir(tmp_path) == ["step_0000001"]
+
+
+def test_a_replaced_directory_is_never_half_deleted_where_it_stood(tmp_path, monkeypatch):
+    """The old version goes aside before the new one takes its place; a kill while deleting it (a large export:
+    minutes) leaves the new version whole, and the next write removes what is left of the old."""
+    import shutil
+
+    target = tmp_path / "export"
+    target.mkdir()
+    for name in "abc":
+        (target / name).write_text("old")
+    delete = shutil.rmtree
+
+    def killed_while_deleting(path, ignore_errors=False):
+        if Path(path).is_dir() and (Path(path) / "a").exists():  # the old version
+            (Path(path) / "a").unlink()
+            raise KeyboardInterrupt
+        delete(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as tmp:
+        (tmp / "new").write_text("new")
+    monkeypatch.setattr(shutil, "rmtree", delete)
+    assert os.listdir(target) == ["new"]
+    with atomic_directory(target) as tmp:
+        (tmp / "newer").write_text("newer")
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["newer"]
 
 
 def test_a_directory_written_through_a_link_replaces_its_target_and_spares_other_temporaries(tmp_path):
