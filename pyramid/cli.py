@@ -247,6 +247,9 @@ def _register_other_commands() -> None:
 _register_other_commands()
 
 
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console entry point: every error a user can cause becomes one line and an exit code."""
     # bitsandbytes (installed beside transformers) warns at import that it cannot fetch a CPU kernel from
@@ -263,8 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except typer.Abort:
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        code = INTERRUPTED
     except typer.TyperException as exc:  # a bad option or argument (click's usage errors): one line, not a framed box
         command = exc.ctx.command_path if getattr(exc, "ctx", None) else "pyramid"
         typer.echo(f"error: {command}: {' '.join(exc.format_message().split())} (see {command} --help)", err=True)
@@ -274,4 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         code, message = describe_error(exc)
         typer.echo(f"error: {message}", err=True)
+        sys.exit(code)
+    if code == INTERRUPTED:  # typer turns Ctrl-C (KeyboardInterrupt) into this code without a word
+        typer.echo("error: interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)

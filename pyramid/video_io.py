@@ -719,23 +719,39 @@ def _encode(target, container_format: str, frames: Frames, fps: float, codec: st
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(target, mode="w", format=container_format) as container:
         stream, index = None, 0
-        for chunk in chunks_of(frames):
-            if stream is None:  # sized by the first chunk
-                height, width = chunk.shape[1:3]
-                stream = container.add_stream(codec, rate=rate)
-                stream.width, stream.height = width + width % 2, height + height % 2
-                stream.pix_fmt = "yuv420p"
-                stream.options = encoder_options(codec, crf, gop)
-                stream.thread_count = 1  # builds parallelise across episodes, not within one clip
-            for frame in chunk:
-                if frame.shape[0] % 2 or frame.shape[1] % 2:
-                    frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
-                for packet in stream.encode(_yuv420p_frame(frame, index)):
-                    container.mux(packet)
-                index += 1
+        try:
+            for chunk in chunks_of(frames):
+                if stream is None:  # sized by the first chunk
+                    height, width = chunk.shape[1:3]
+                    stream = container.add_stream(codec, rate=rate)
+                    stream.width, stream.height = width + width % 2, height + height % 2
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = encoder_options(codec, crf, gop)
+                    stream.thread_count = 1  # builds parallelise across episodes, not within one clip
+                for frame in chunk:
+                    if frame.shape[0] % 2 or frame.shape[1] % 2:
+                        frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
+                    for packet in stream.encode(_yuv420p_frame(frame, index)):
+                        container.mux(packet)
+                    index += 1
+        except BaseException:
+            _drain(stream)
+            raise
         if stream is not None:
             for packet in stream.encode():
                 container.mux(packet)
+
+
+def _drain(stream) -> None:
+    """End an encoder that will not finish (its frames failed, or Ctrl-C): SVT-AV1 torn down without its end of
+    stream prints an error line of its own on stderr beside the one that names the failure."""
+    if stream is None:
+        return
+    try:
+        for _ in stream.encode():
+            pass
+    except Exception:  # noqa: BLE001 - the failure that stopped the encoding is the one to report
+        pass
 
 
 def _yuv420p_frame(rgb: np.ndarray, index: int) -> av.VideoFrame:

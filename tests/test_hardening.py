@@ -232,3 +232,20 @@ def test_a_pylance_too_old_for_the_lance_format_is_refused_before_writing(monkey
     monkeypatch.setattr(schema, "MIN_PYLANCE", "999.0")
     with pytest.raises(BuildError, match=r"pylance .* is older than 999.0, which a build's Lance datasets need: pip install 'pylance>=999.0'"):
         schema.check_pylance()
+
+
+def test_ctrl_c_is_one_line_an_exit_code_and_no_temporary(tmp_path):
+    """typer turns a KeyboardInterrupt into exit code 130 without a word; the user is told, and the writer's
+    temporary folder goes."""
+    import signal
+
+    out = tmp_path / "sample"
+    process = subprocess.Popen([*CLI, "sample-data", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".lerobot.tmp*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.strip().splitlines() == ["error: interrupted"], stderr
+    assert sorted(path.name for path in out.iterdir()) == []
