@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pyramid.atomic import atomic_directory
 from pyramid.errors import EpisodeError
 from pyramid.paths import absent_or_empty
-from pyramid.video_io import Frames, chunks_of, encoder_options
+from pyramid.video_io import Frames, chunks_of, drain_encoder, encoder_options
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -288,17 +288,21 @@ class _EpisodeVideo:
         try:
             with av.open(str(path), mode="w") as container:
                 stream = container.add_stream(codec, rate=Fraction(fps))
-                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                stream.options = encoder_options(codec, VIDEO_CRF[codec], VIDEO_GOP)  # x264's without mbtree: see there
-                for chunk in chunks_of(frames):
-                    _check_frames(path, chunk, height, width)
-                    sampled += [chunk[i].copy() for i in range(-written % step, len(chunk), step)]  # a view would keep its chunk
-                    for frame in chunk:
-                        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                        video_frame.pts, video_frame.time_base = written, Fraction(1, fps)
-                        container.mux(stream.encode(video_frame))
-                        written += 1
-                container.mux(stream.encode())
+                try:
+                    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                    stream.options = encoder_options(codec, VIDEO_CRF[codec], VIDEO_GOP)  # x264's without mbtree: see there
+                    for chunk in chunks_of(frames):
+                        _check_frames(path, chunk, height, width)
+                        sampled += [chunk[i].copy() for i in range(-written % step, len(chunk), step)]  # a view would keep its chunk
+                        for frame in chunk:
+                            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                            video_frame.pts, video_frame.time_base = written, Fraction(1, fps)
+                            container.mux(stream.encode(video_frame))
+                            written += 1
+                    container.mux(stream.encode())
+                except BaseException:
+                    drain_encoder(stream)
+                    raise
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -734,15 +734,15 @@ def _encode(target, container_format: str, frames: Frames, fps: float, codec: st
                     for packet in stream.encode(_yuv420p_frame(frame, index)):
                         container.mux(packet)
                     index += 1
+            if stream is not None:
+                for packet in stream.encode():
+                    container.mux(packet)
         except BaseException:
-            _drain(stream)
+            drain_encoder(stream)
             raise
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
 
 
-def _drain(stream) -> None:
+def drain_encoder(stream) -> None:
     """End an encoder that will not finish (its frames failed, or Ctrl-C): SVT-AV1 torn down without its end of
     stream prints an error line of its own on stderr beside the one that names the failure."""
     if stream is None:
