@@ -54,7 +54,7 @@ def label(
 
     try:
         report = label_source(vae, source_root, out_dir, source, motus_layout, overwrite, device, echo=_echo_err, cameras=cameras)
-    except (EpisodeError, SourceError, ValueError) as exc:
+    except (EpisodeError, SourceError, ValueError, OSError) as exc:  # OSError: an output that is busy or a file
         _fail(str(exc))
     typer.echo(f"labelled {report['episodes']} episodes ({report['pairs']} pairs, {report['reused']} reused), "
                f"{len(report['errors'])} unreadable; stats in {out_dir / 'latent_stats.json'}")
@@ -84,7 +84,7 @@ def eval_latents(
         out_dir = vae.parent.parent / "eval" / vae.name if vae.parent.name == "checkpoints" else vae.with_name(vae.name + "-eval")
     try:
         result = evaluate_latents(vae, data, out_dir, source, split, alpha, device, echo=_echo_err, dims=_names(dims), cameras=cameras)
-    except (EpisodeError, SourceError, ValueError) as exc:
+    except (EpisodeError, SourceError, ValueError, OSError) as exc:  # OSError: an output that is busy or a file
         _fail(str(exc))
     probe = result["probe"]
     summary = {key: probe[key] for key in ("overall_r2", "overall_r2_flow_grid", "overall_r2_shuffled_control")} | result["flow"]

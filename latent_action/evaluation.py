@@ -40,13 +40,15 @@ from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes
 from latent_action.plots import plot_latent_histograms, plot_probe, write_preview
 from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_ridge, r2_per_dim
 from latent_action.train import resolve_device
-from pyramid.atomic import atomic_write_bytes
+from pyramid.atomic import atomic_write_bytes, remove_temporaries
+from pyramid.locks import exclusive
 from pyramid.paths import overlap_problem
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
 PREVIEW_PAIRS = 8
 EVAL_FILE = "eval.json"
+LOCK_FILE = ".eval.lock"
 GRID = 4  # the flow-grid baseline averages flow over GRID x GRID cells
 
 
@@ -141,6 +143,14 @@ def evaluate_latents(
     if problem := overlap_problem(out_dir, [data_root, checkpoint], "--out"):
         raise ValueError(problem)
     vae, _, heldout = load_trained(checkpoint, device)
+    with exclusive(out_dir, LOCK_FILE, "another eval-latents run is writing here"):  # else plots of one, JSON of the other
+        return _evaluate(vae, heldout, checkpoint, data_root, out_dir, kind, split, alpha, echo, dims, cameras)
+
+
+def _evaluate(vae: LatentActionVAE, heldout: set[str], checkpoint: str | Path, data_root: str | Path, out_dir: Path,
+              kind: str | None, split: str, alpha: float, echo: Callable[[str], None], dims: Sequence[str] | None,
+              cameras: str | None) -> dict:
+    remove_temporaries(out_dir)  # what a killed run left: this run holds the lock
     settings = FlowSettings.of_vae(vae.config)
     view = view_for(vae.config, cameras)
     estimator = settings.estimator()
@@ -182,7 +192,6 @@ def evaluate_latents(
     scored_latents = [e.latents for d in per_embodiment.values() for e in d.episodes if e.scored]
     plot_latent_histograms(out_dir / HISTOGRAM_FILE, np.concatenate(scored_latents))
     write_preview(out_dir / PREVIEW_FILE, np.stack([p[1] for p in previews]), np.stack([p[2] for p in previews]))
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / EVAL_FILE, json.dumps(result, indent=2).encode())
     write_eval_report(out_dir, result)
     return result

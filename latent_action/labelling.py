@@ -16,6 +16,7 @@ rerun reuses only latents of the same checkpoint.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -27,15 +28,18 @@ from latent_action.images import to_model_input
 from latent_action.model import LatentActionVAE
 from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes, UnreadableEpisode, episode_flows, flow_to_rgb,
                                  read_episodes)
-from pyramid.atomic import atomic_write, atomic_write_bytes
+from pyramid.atomic import atomic_write, atomic_write_bytes, remove_temporaries
 from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
-from pyramid.paths import output_child, overlap_problem
+from pyramid.locks import exclusive
+from pyramid.paths import output_child, overlap_problem, resolves_inside
 from pyramid.stats import RunningStats
 
 DEFAULT_BATCH_SIZE = 64
 RECORD_FILE = "labelled_with.json"
+LOCK_FILE = ".label.lock"
+LATENT_FOLDERS = {"latent_actions": ".npy", "latent_action_dim14": ".pt"}  # ours, and Motus's layout
 
 
 @torch.no_grad()
@@ -128,6 +132,19 @@ def label_source(
     labeller = LatentActionLabeller(checkpoint, device, cameras=cameras)
     record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary",
               "data": str(Path(root).resolve())}  # episode ids name the root's folder, not where it is: another one may match
+    with exclusive(out_dir, LOCK_FILE, "another label run is writing here"):  # two would trust each other's latents
+        return _label_episodes(labeller, root, kind, out_dir, record, overwrite, motus_layout, pairs_at, echo)
+
+
+def _label_episodes(labeller: "LatentActionLabeller", root: str | Path, kind: str | None, out_dir: Path, record: dict,
+                    overwrite: bool, motus_layout: bool, pairs_at: dict, echo: Callable[[str], None]) -> dict:
+    checkpoint = record["checkpoint"]
+    for folder in LATENT_FOLDERS:  # this run removes latents there that it did not write
+        if not resolves_inside(out_dir / folder, out_dir):
+            raise EpisodeError(out_dir / folder, f"links outside the output (to {os.path.realpath(out_dir / folder)}), where "
+                                                 "label writes and removes latent files; make it a folder of the output")
+    for folder in (out_dir, *(out_dir / name for name in LATENT_FOLDERS)):
+        remove_temporaries(folder)  # what a killed run left: this run holds the lock
     reuse = prepare_output(out_dir, record, overwrite)
     stats = RunningStats(14)
     report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": SkippedEpisodes(echo)}
@@ -163,7 +180,6 @@ def label_source(
         raise ValueError(f"{root}: no episode labelled, all {len(report['errors'])} skipped (the first: {reason})")
     summary = {"latent_action": stats.summary(), "episodes": report["episodes"], "pairs": report["pairs"], "checkpoint": str(checkpoint),
                "pairs_at": pairs_at}
-    out_dir.mkdir(parents=True, exist_ok=True)
     remove_other_latents(out_dir, kept)
     atomic_write_bytes(out_dir / "latent_stats.json", json.dumps(summary, indent=2).encode())
     atomic_write_bytes(out_dir / "label_report.json", json.dumps(report, indent=2).encode())
@@ -176,7 +192,7 @@ def label_source(
 def remove_other_latents(out_dir: Path, kept: set[Path]) -> None:
     """Remove latent files in `out_dir` this run did not write or reuse (another checkpoint's, relabelled with
     --overwrite; an episode gone from the data, or unreadable now): the record names the checkpoint of every one."""
-    for folder, suffix in (("latent_actions", ".npy"), ("latent_action_dim14", ".pt")):
+    for folder, suffix in LATENT_FOLDERS.items():
         for path in (out_dir / folder).glob(f"*{suffix}"):
             if path not in kept:
                 path.unlink()

@@ -25,9 +25,31 @@ def is_temporary(path: Path) -> bool:
     return re.fullmatch(r"\..+\.tmp\d+.*", Path(path).name) is not None
 
 
+def temporaries_of(path: Path) -> dict[Path, int]:
+    """The temporary names of exactly `path` beside it (not those of `path.v1`, say), with the writer's pid; a
+    directory's old version set aside (`-old`) is one too."""
+    exact = re.compile(rf"\.{re.escape(path.stem)}\.tmp(\d+)(?:-old)?{re.escape(path.suffix)}")
+    candidates = path.parent.glob(f".{glob.escape(path.stem)}.tmp*{glob.escape(path.suffix)}")
+    return {found: int(match.group(1)) for found in candidates if (match := exact.fullmatch(found.name))}
+
+
+def remove_temporaries(directory: Path) -> None:
+    """Remove what killed writers left in `directory` (not below it); for a writer that holds the directory's lock,
+    so that no live writer's temporary is among them."""
+    if not directory.is_dir() or directory.is_symlink():
+        return
+    for found in directory.iterdir():
+        if is_temporary(found):
+            if found.is_dir() and not found.is_symlink():
+                shutil.rmtree(found, ignore_errors=True)
+            else:
+                found.unlink(missing_ok=True)
+
+
 def stale_temporaries(path: Path) -> list[Path]:
-    """The temporary names of `path` that any process's writer left beside it (one killed before its rename)."""
-    return list(path.parent.glob(f".{glob.escape(path.stem)}.tmp*{glob.escape(path.suffix)}"))
+    """The temporary names of `path` that any writer left beside it, for outputs that one writer alone works on
+    (an episode's staged files)."""
+    return list(temporaries_of(path))
 
 
 def atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
@@ -61,38 +83,63 @@ def commit(tmp: Path, path: Path, sync: bool = True) -> None:
     os.replace(tmp, path)
 
 
+class OutputBusy(FileExistsError):
+    """Another live process is writing the same output."""
+
+
 @contextmanager
 def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iterator[Path]:
     """Yield a temporary directory to fill (`create=False`: not made, for writers that make it themselves);
     on success it replaces `path`, whatever was there (where `path` links to a directory, that directory: the link
-    stays)."""
+    stays). OutputBusy where another live process is writing `path`."""
     path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     tmp = temporary_name(path)
-    for stale in stale_temporaries(path):  # left by a killed writer (a checkpoint: GBs)
-        shutil.rmtree(stale, ignore_errors=True)
+    _clear_dead_writers(path)
     if create:
         tmp.mkdir(parents=True)
+    retired = _retired_name(path, os.getpid())
     try:
         yield tmp
         if sync:
             for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
                 _fsync(file)
-        retired = _rename_aside(path)
-        os.replace(tmp, path)
-        if retired is not None:  # deleted once the new version is in place: a kill during the deletion of a large
-            shutil.rmtree(retired, ignore_errors=True)  # one left it half-deleted where it stood
+        if path.is_dir():
+            os.replace(path, retired)  # set aside, not deleted in place: a kill while deleting a large one
+        os.replace(tmp, path)          # left it half-deleted where it stood
+    except BaseException:
+        if retired.exists() and not path.exists():  # stopped between the two renames (Ctrl-C)
+            os.replace(retired, path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _rename_aside(path: Path) -> Path | None:
-    """Move a directory at `path` to a temporary name beside it (one that `stale_temporaries` finds)."""
-    if not path.is_dir():
-        return None
-    retired = path.with_name(f".{path.stem}.tmp{os.getpid()}-old{path.suffix}")
     shutil.rmtree(retired, ignore_errors=True)
-    os.replace(path, retired)
-    return retired
+
+
+def _clear_dead_writers(path: Path) -> None:
+    """Remove what killed writers of `path` left (a checkpoint: GBs); restore an old version one set aside and did not
+    replace (killed between its renames). OutputBusy where a writer is alive."""
+    for found, pid in temporaries_of(path).items():
+        if pid != os.getpid() and _alive(pid):
+            raise OutputBusy(f"{path}: another process (pid {pid}) is writing it; wait for it to end, or choose another "
+                             f"output (delete {found.name} beside it if no such process is running)")
+        if found == _retired_name(path, pid) and not path.exists():
+            os.replace(found, path)
+        else:
+            shutil.rmtree(found, ignore_errors=True)
+
+
+def _retired_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.stem}.tmp{pid}-old{path.suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _fsync(file: Path) -> None:

@@ -78,6 +78,11 @@ def file_version(path: str | os.PathLike) -> tuple[int, int, int]:
     return status.st_ino, status.st_size, status.st_mtime_ns
 
 
+def resolves_inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links resolved, is `root` or lies inside it."""
+    return _within(os.path.realpath(path), os.path.realpath(root))
+
+
 def overlapping(first: Path, second: Path) -> bool:
     """Whether one path is the other or lies inside it (links resolved)."""
     first, second = os.path.realpath(first), os.path.realpath(second)
@@ -89,6 +94,15 @@ def overlap_problem(output: str | os.PathLike, inputs: Iterable[str | os.PathLik
     None: a command writing there would change what it reads, and what a later run of it would read."""
     found = next((path for path in inputs if overlapping(path, output)), None)
     return None if found is None else f"{output}: {what} overlaps the input {found} (one lies inside the other); write it elsewhere"
+
+
+def file_in_the_way(directory: Path) -> Path | None:
+    """The file that stops `directory` from being made: itself or its nearest existing parent, where that is no
+    directory."""
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def absent_or_empty(path: Path) -> bool:

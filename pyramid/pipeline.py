@@ -15,7 +15,6 @@ node before the work starts).
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import itertools
 import json
@@ -32,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pyramid.atomic import atomic_write_bytes
+from pyramid.atomic import atomic_write_bytes, is_temporary, remove_temporaries
 from pyramid.cluster import NODE_CHECK_PREFIX, check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, output_full
-from pyramid.paths import overlap_problem
+from pyramid.locks import exclusive
+from pyramid.paths import file_in_the_way, overlap_problem
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds, colliding_roots
 
@@ -125,7 +125,8 @@ def check_vae_config(recipe: Recipe) -> None:
 
 LOCK_FILE = ".build.lock"
 WRITE_CHECK_PREFIX = ".write-check-"
-# What a build leaves in its output besides its outputs: the lock, and probes killed before their removal.
+# What a build leaves in its output besides its outputs: the lock, probes killed before their removal (and files
+# under their temporary names, `is_temporary`).
 BUILD_LEFTOVERS = (LOCK_FILE, f"{WRITE_CHECK_PREFIX}*", f"{NODE_CHECK_PREFIX}*")
 
 
@@ -152,7 +153,7 @@ def _not_written_by_a_build(output: Path) -> list[str]:
             others += _not_shards(path)
         elif path.name in ("clips.lance", "flow.lance") and written_by(path) is not None:
             continue
-        elif path.name != "report.html" and not any(path.match(pattern) for pattern in BUILD_LEFTOVERS):
+        elif path.name != "report.html" and not is_temporary(path) and not any(path.match(p) for p in BUILD_LEFTOVERS):
             others.append(path.name)
     return others
 
@@ -171,11 +172,8 @@ def _not_shards(folder: Path) -> list[str]:
 
 def check_output_writable(output: Path) -> None:
     """The output directory exists or can be made, and accepts files; else one line saying why."""
-    for parent in (output, *output.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise BuildError(f"{output}: cannot be the output directory ({parent} is a file)")
-            break
+    if (blocker := file_in_the_way(output)) is not None:
+        raise BuildError(f"{output}: cannot be the output directory ({blocker} is a file)")
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / f"{WRITE_CHECK_PREFIX}{os.getpid()}"
@@ -219,7 +217,8 @@ def build(recipe: Recipe, address: str | None = None, workers: int | None = None
     started = time.perf_counter()
     from pyramid.finalize import finalize
 
-    with build_lock(output), _stopped_when_output_full(output):
+    with exclusive(output, LOCK_FILE, "another build is writing here"), _stopped_when_output_full(output):
+        remove_temporaries(output)  # a manifest or report a killed build left under its temporary name
         if (finished := _finished_build(output, fingerprint, retry_failed)) is not None:
             return finished  # by another build, after the check above and before this one took the lock
         with _ray_session(which_ray, progress) as session:
@@ -247,16 +246,6 @@ def _finished_build(output: Path, fingerprint: str, retry_failed: bool) -> Build
                          f"them means building again: delete {output} or build into a new directory")
     shutil.rmtree(output / "_staging", ignore_errors=True)
     return BuildResult(output, manifest, up_to_date=True, failed_fraction=manifest["episodes"]["failed_fraction"])
-
-
-@contextmanager
-def build_lock(output: Path) -> Iterator[None]:
-    with open(output / LOCK_FILE, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BuildError(f"{output}: another build is writing here") from None
-        yield
 
 
 def _read_manifest(path: Path) -> dict:

@@ -25,13 +25,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["data.bin"]
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (a killed writer's)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def test_a_directory_appears_whole_or_not_at_all(tmp_path):
     target = tmp_path / "step_0000001"
     with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
         (tmp / "weights").write_bytes(b"1")
         raise RuntimeError("killed")
     assert os.listdir(tmp_path) == []
-    (tmp_path / ".step_0000001.tmp12345").mkdir()  # left by a killed writer
+    (tmp_path / f".step_0000001.tmp{dead_pid()}").mkdir()  # left by a killed writer
     with atomic_directory(target) as tmp:
         (tmp / "weights").write_bytes(b"2")
         assert not target.exists()
@@ -63,6 +73,61 @@ def test_a_replaced_directory_is_never_half_deleted_where_it_stood(tmp_path, mon
     with atomic_directory(target) as tmp:
         (tmp / "newer").write_text("newer")
     assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["newer"]
+
+
+def test_a_live_writer_of_the_same_output_is_refused_and_a_sibling_output_untouched(tmp_path):
+    """Two exports into one OUT: the second is refused, where it deleted the first one's temporary folder (which
+    the first then finished as an empty dataset); `ds`'s writer leaves `ds.v1`'s temporary alone."""
+    import subprocess
+    import sys
+
+    from pyramid.atomic import OutputBusy
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = tmp_path / f".ds.tmp{writer.pid}"
+        theirs.mkdir()
+        sibling = tmp_path / f".ds.tmp{dead_pid()}.v1"  # ds.v1's, killed: its own writer's to clear
+        sibling.mkdir()
+        with pytest.raises(OutputBusy, match=f"another process \\(pid {writer.pid}\\) is writing it"):
+            with atomic_directory(tmp_path / "ds"):
+                pass
+        assert theirs.is_dir() and sibling.is_dir() and not (tmp_path / "ds").exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    with atomic_directory(tmp_path / "ds") as tmp:  # its writer is gone now
+        (tmp / "new").write_text("new")
+    assert sorted(os.listdir(tmp_path)) == sorted(["ds", sibling.name])
+
+
+def test_an_old_version_set_aside_by_a_killed_writer_is_restored(tmp_path):
+    """Killed between its two renames: the old version aside, the new one under its temporary name, none in place."""
+    target = tmp_path / "export"
+    pid = dead_pid()
+    (tmp_path / f".export.tmp{pid}-old").mkdir()
+    (tmp_path / f".export.tmp{pid}-old" / "old").write_text("old")
+    (tmp_path / f".export.tmp{pid}").mkdir()
+    with pytest.raises(RuntimeError), atomic_directory(target):
+        raise RuntimeError("this run fails too")
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["old"]
+
+
+def test_ctrl_c_between_the_renames_puts_the_old_version_back(tmp_path, monkeypatch):
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old").write_text("old")
+    rename = os.replace
+
+    def interrupted_after_setting_aside(source, destination):
+        rename(source, destination)
+        if Path(source) == target:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted_after_setting_aside)
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as tmp:
+        (tmp / "new").write_text("new")
+    assert os.listdir(tmp_path) == ["export"] and os.listdir(target) == ["old"]
 
 
 def test_a_directory_written_through_a_link_replaces_its_target_and_spares_other_temporaries(tmp_path):
@@ -103,3 +168,18 @@ def test_an_output_with_checkpoints_needs_resume(tmp_path):
     with pytest.raises(FileExistsError, match=f"^{tmp_path / 'run'} already holds checkpoints: pass --resume"):
         checkpoint_to_resume(checkpoints, resume=False)
     assert checkpoint_to_resume(checkpoints, resume=True) == newest
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path):
+    """Opening it for writing followed the link and emptied the file it pointed at (a build's .build.lock)."""
+    from pyramid.locks import exclusive
+
+    outside = tmp_path / "notes.txt"
+    outside.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".build.lock").symlink_to(outside)
+    with pytest.raises(FileExistsError, match="is a link, where this lock file should be"):
+        with exclusive(out, ".build.lock", "another build is writing here"):
+            pass
+    assert outside.read_text() == "keep me"

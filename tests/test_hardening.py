@@ -193,9 +193,11 @@ def test_another_recipes_outputs_are_rebuilt_not_kept(tmp_path, videos):
     assert first.returncode == 0, first.stderr[-2000:]
     first_keys = _shard_keys(output)
     (output / "manifest.json").unlink()  # as if killed before the manifest; the user then deletes _staging too
+    (output / ".manifest.tmp99999999.json").write_text('{"cut')  # ... while writing it
     second = run("build", str(write_recipe(tmp_path / "b.yaml", [videos], output, clip_frames=4)), "--quiet", "--workers", "1")
     assert second.returncode == 0, second.stderr[-2000:]
     manifest = json.loads((output / "manifest.json").read_text())
+    assert not (output / ".manifest.tmp99999999.json").exists()
     keys = _shard_keys(output)
     assert keys != first_keys and len(keys) == sum(row["clips"] for row in manifest["by_source"].values())
     clips = lance.dataset(str(output / "clips.lance"))

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,6 +321,72 @@ def test_resume_from_a_checkpoint_without_its_config_names_the_tensor_that_does_
 
 
 # ------------------------------------------------------------------------------------------------ eval-latents
+
+
+@contextlib.contextmanager
+def held_by_another_process(lock: Path):
+    """A process that holds `lock` (as a run writing beside it does) until the block ends."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_two_label_runs_into_one_output_refuse_the_second(sample, run, tmp_path):
+    """Each would reuse the other's latents as its own, under a record naming one checkpoint."""
+    out = tmp_path / "out"
+    with held_by_another_process(out / ".label.lock"):
+        refused = runner.invoke(app, ["label", "--vae", str(step(run, 1)), str(sample / "videos"), str(out), "--device", "cpu"])
+        one_line_error(refused, str(out), "another label run is writing here")
+    assert sorted(path.name for path in out.iterdir()) == [".label.lock"]
+    left = [out / ".labelled_with.tmp99999999.json", out / "latent_actions" / ".clip_000.tmp99999999.npy"]
+    for path in left:  # by a run killed before its renames
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"cut")
+    label_source(step(run, 1), sample / "videos", out, device="cpu", echo=lambda _: None)
+    assert not any(path.exists() for path in left)
+
+
+def test_label_refuses_a_latent_folder_that_links_outside_its_output(sample, run, tmp_path):
+    """It removes latent files there that it did not write: another project's."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "other_project.npy").write_bytes(b"keep")
+    out.mkdir()
+    (out / "latent_actions").symlink_to(elsewhere, target_is_directory=True)
+    refused = runner.invoke(app, ["label", "--vae", str(step(run, 2)), str(sample / "videos"), str(out), "--device", "cpu"])
+    one_line_error(refused, str(out / "latent_actions"), "links outside the output")
+    assert (elsewhere / "other_project.npy").read_bytes() == b"keep"
+
+
+def test_label_and_eval_latents_into_a_file_say_so_before_any_work(sample, run, tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("keep me")
+    labelled = runner.invoke(app, ["label", "--vae", str(step(run, 2)), str(sample / "videos"), str(out), "--device", "cpu"])
+    one_line_error(labelled, f"{out}: cannot be the output directory ({out} is a file)")
+    evaluated = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", "cpu",
+                                    "--out", str(out / "eval")])
+    one_line_error(evaluated, f"{out / 'eval'}: cannot be the output directory ({out} is a file)")
+    assert out.read_text() == "keep me"
+
+
+def test_two_evaluations_into_one_output_refuse_the_second(sample, run, tmp_path):
+    """Else the report and eval.json of one sit beside the probe plots of the other."""
+    out = tmp_path / "eval"
+    with held_by_another_process(out / ".eval.lock"):
+        refused = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", "cpu",
+                                      "--split", "all", "--out", str(out)])
+        one_line_error(refused, str(out), "another eval-latents run is writing here")
+    assert sorted(path.name for path in out.iterdir()) == [".eval.lock"]
+    (out / ".eval.tmp99999999.json").write_text("{cut")  # by a run killed before its rename
+    evaluate_latents(step(run, 2), sample / "lerobot", out, split="all", device="cpu", echo=lambda _: None)
+    assert not (out / ".eval.tmp99999999.json").exists() and (out / "eval.json").is_file()
 
 
 @pytest.mark.parametrize("alpha", ["nan", "inf", "-1", "0"])
