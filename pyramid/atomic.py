@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from pyramid.paths import file_in_the_way
+
 
 def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
@@ -93,6 +95,8 @@ def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iter
     on success it replaces `path`, whatever was there (where `path` links to a directory, that directory: the link
     stays). OutputBusy where another live process is writing `path`."""
     path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    if (blocker := file_in_the_way(path.parent)) is not None:  # else the error names the temporary folder
+        raise NotADirectoryError(f"{path}: cannot be the output directory ({blocker} is a file)")
     tmp = temporary_name(path)
     _clear_dead_writers(path)
     if create:

@@ -183,3 +183,10 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path):
         with exclusive(out, ".build.lock", "another build is writing here"):
             pass
     assert outside.read_text() == "keep me"
+
+
+def test_a_directory_under_a_file_names_the_file_not_its_temporary(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(NotADirectoryError, match=r"sub: cannot be the output directory \(.*notes\.txt is a file\)"):
+        with atomic_directory(tmp_path / "notes.txt" / "sub"):
+            pass
