@@ -45,3 +45,18 @@ def test_a_file_written_anew_is_read_anew(tmp_path):
     path.with_suffix(".tmp").replace(path)
     after = rows.read(path, 2, COLUMNS)
     assert before.num_rows == 3 and after.equals(pq.read_table(path, columns=COLUMNS, filters=[("episode_index", "=", 2)]))
+
+
+def test_kept_row_groups_stay_under_their_cap_by_a_running_total(tmp_path, monkeypatch):
+    """Summing every kept group on each insert cost O(G^2) over a file of thousands of small groups."""
+    import pyramid.sources.parquet_rows as parquet_rows
+
+    path = tmp_path / "file-000.parquet"
+    write_episodes(path, episodes=60, rows_each=3, row_group_rows=5)
+    rows = EpisodeRows()
+    cap = 3 * pq.ParquetFile(path).read_row_group(0, columns=COLUMNS).nbytes
+    monkeypatch.setattr(parquet_rows, "KEPT_BYTES", cap)
+    for episode in range(60):
+        rows.read(path, episode, COLUMNS)
+        assert rows.kept_bytes == sum(kept.nbytes for kept in rows.groups.values()) <= cap
+    assert len(rows.groups) >= 2

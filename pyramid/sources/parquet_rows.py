@@ -32,6 +32,7 @@ class EpisodeRows:
     def __init__(self) -> None:
         self._opened = functools.lru_cache(maxsize=OPEN_FILES)(_DataFile)  # by (path, version): a file read anew
         self.groups: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self.kept_bytes = 0  # of `groups`, kept as a running total: small groups can number in the thousands
 
     def schema_names(self, path: Path) -> list[str]:
         return self._file(path).parquet.schema_arrow.names
@@ -57,8 +58,9 @@ class EpisodeRows:
         table = data.parquet.read_row_group(group, columns=columns)
         if data.episodes_in(group) > 1 and table.nbytes <= KEPT_BYTES:
             self.groups[key] = table
-            while sum(kept.nbytes for kept in self.groups.values()) > KEPT_BYTES:
-                self.groups.popitem(last=False)
+            self.kept_bytes += table.nbytes
+            while self.kept_bytes > KEPT_BYTES:
+                self.kept_bytes -= self.groups.popitem(last=False)[1].nbytes
         return table
 
 
