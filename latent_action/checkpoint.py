@@ -174,6 +174,20 @@ def weights_mismatch(model: torch.nn.Module, weights: Path) -> str | None:
     return f"{weights.name} holds {extra[0]}, which the model lacks" if extra else None
 
 
+def load_heldout_tasks(directory: Path) -> set[str]:
+    """The tasks a `holdout_by: tasks` run held out whole (none otherwise), so that an episode of them training did not
+    load (`max_episodes`, a skipped one, one added since) is scored as unseen, not used to fit the probe. Checkpoints
+    from before they were recorded give the tasks their config named, if it did."""
+    if not state_file(directory).is_file():
+        return set()
+    state = read_state(directory)
+    tasks = state.get("heldout_tasks")
+    if tasks is None:
+        data = (state.get("train_config") or {}).get("data") or {}
+        tasks = data.get("holdout_tasks") if data.get("holdout_by") == "tasks" else None
+    return {str(task) for task in tasks or []}
+
+
 def load_heldout(directory: Path) -> set[str]:
     """The episode ids the run held out of training (none for a checkpoint without the file)."""
     path = directory / "heldout_episodes.json"

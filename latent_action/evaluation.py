@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from latent_action.action_space import selected_dims
-from latent_action.checkpoint import load_trained
+from latent_action.checkpoint import load_heldout_tasks, load_trained, resolve_checkpoint
 from latent_action.eval_report import (HISTOGRAM_FILE, PREVIEW_FILE, PROBE_PLOTS, REPORT_FILE, number,
                                         write_eval_report)
 from latent_action.images import resize_images, to_uint8
@@ -151,6 +151,7 @@ def _evaluate(vae: LatentActionVAE, heldout: set[str], checkpoint: str | Path, d
               kind: str | None, split: str, alpha: float, echo: Callable[[str], None], dims: Sequence[str] | None,
               cameras: str | None) -> dict:
     remove_temporaries(out_dir)  # what a killed run left: this run holds the lock
+    unseen_tasks = load_heldout_tasks(resolve_checkpoint(checkpoint))
     settings = FlowSettings.of_vae(vae.config)
     view = view_for(vae.config, cameras)
     estimator = settings.estimator()
@@ -165,7 +166,7 @@ def _evaluate(vae: LatentActionVAE, heldout: set[str], checkpoint: str | Path, d
         actions = episode_pair_actions(episode, settings)
         if actions is None or len(actions) == 0:
             continue
-        scored = split == "all" or episode.episode_id in heldout
+        scored = split == "all" or episode.episode_id in heldout or (episode.task or "") in unseen_tasks
         episode_errors, kept_previews = FlowErrors(), list(previews)  # counted only once the whole episode is read
         try:
             latents, grid = _evaluate_episode(vae, episode, settings, estimator, view, episode_errors if scored else None, kept_previews)
@@ -180,11 +181,12 @@ def _evaluate(vae: LatentActionVAE, heldout: set[str], checkpoint: str | Path, d
     if not any(e.scored for d in per_embodiment.values() for e in d.episodes):
         raise ValueError(nothing_scored(data_root, split, heldout, per_embodiment, skipped))
     clear_previous_results(out_dir)
+    held_by = heldout_by(checkpoint)
     result = {
-        "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "heldout_by": heldout_by(checkpoint), "alpha": alpha,
+        "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "heldout_by": held_by, "alpha": alpha,
         "pairs": {"fps": settings.fps, "stride": settings.stride, "size": [settings.frame_height, settings.frame_width],
                   "backend": settings.backend, "resize": settings.fit, "cameras": view.as_option()},
-        "probe": _probe_report(per_embodiment, alpha, out_dir),
+        "probe": _probe_report(per_embodiment, alpha, out_dir, unseen_only=split == "heldout" and held_by == "tasks"),
         "flow": errors.summary(),
         "latent_stats": stats.summary(),
         "skipped": skipped,
@@ -312,14 +314,15 @@ def _collect(per_embodiment: dict[str, EmbodimentData], episode, latents: np.nda
                                        actions[:count][:, data.dims]))
 
 
-def _probe_report(per_embodiment: dict[str, EmbodimentData], alpha: float, out_dir: Path) -> dict:
+def _probe_report(per_embodiment: dict[str, EmbodimentData], alpha: float, out_dir: Path, unseen_only: bool = False) -> dict:
+    """`unseen_only`: the scored episodes are of tasks the VAE never saw, and so must be those the probe is fit on."""
     report = {}
     pooled: dict[str, list[np.ndarray]] = {"latent": [], "shuffled": [], "flow_grid": []}
     for embodiment, data in sorted(per_embodiment.items()):
         if not data.dims:
             report[embodiment] = {"error": "none of the asked action dimensions is here", "episodes": len(data.episodes)}
             continue
-        scored = _probe_embodiment(data, alpha)
+        scored = _probe_embodiment(data, alpha, unseen_only)
         if isinstance(scored, str):
             report[embodiment] = {"error": scored, "episodes": len(data.episodes)}
             continue
@@ -329,21 +332,28 @@ def _probe_report(per_embodiment: dict[str, EmbodimentData], alpha: float, out_d
             pooled[name].append(_standardised(truth, predicted))
         plot_probe(out_dir / f"probe_{embodiment}.png", truth, predictions["latent"], data.names,
                    f"{embodiment}: probe R^2 {number(summary['r2'])} (flow-grid baseline {number(summary['flow_grid']['r2'])})")
-    overall = lambda parts: float(1.0 - np.mean(np.concatenate(parts))) if parts else None  # noqa: E731
+    def overall(parts: list[np.ndarray]) -> float | None:  # None where no scored dimension varies (not NaN: not JSON)
+        pooled_errors = np.concatenate(parts) if parts else np.empty(0)
+        return float(1.0 - np.mean(pooled_errors)) if pooled_errors.size else None
+
     return {"overall_r2": overall(pooled["latent"]), "overall_r2_shuffled_control": overall(pooled["shuffled"]),
             "overall_r2_flow_grid": overall(pooled["flow_grid"]), "per_embodiment": report}
 
 
-def _probe_embodiment(data: EmbodimentData, alpha: float):
+def _probe_embodiment(data: EmbodimentData, alpha: float, unseen_only: bool = False):
     """(truth, {latent, shuffled, flow_grid: predictions}, summary) on the scored pairs, or why there is none.
 
     The VAE's held-out episodes are drawn over every embodiment's together, so one embodiment may have none of
-    them (nothing to score) or only them (the probe is then fit across folds of them, as with split "all")."""
+    them (nothing to score) or only them (the probe is then fit across folds of them, as with split "all"; not
+    where they are of tasks the VAE never saw, which the probe must not see either)."""
     scored = [e for e in data.episodes if e.scored]
     fit = [e for e in data.episodes if not e.scored]
     if fit and not scored:
         return ("none of its episodes with actions is among the VAE's held-out ones (drawn over every embodiment "
                 "together); --split all scores every episode")
+    if scored and not fit and unseen_only:
+        return ("every episode of it is of a task the VAE never saw (holdout_by: tasks): no training episode to fit "
+                "the probe on, and a probe fit on some of them would have seen their task; --split all scores them so")
     y = data.stacked("actions")
     shuffled_y = y[np.random.default_rng(0).permutation(len(y))]
     features = {"latent": data.stacked("latents"), "flow_grid": data.stacked("grid")}

@@ -55,6 +55,7 @@ class TrainingData:
     eval_indices: np.ndarray  # held-out pairs (training pairs when nothing is held out)
     normalizer: ActionNormalizer
     skipped: dict[str, str]  # episode id -> why it was left out (a video that will not decode...)
+    heldout_tasks: list[str]  # holdout_by tasks: every episode of these is unseen, also one training did not load
 
 
 def train(config: TrainConfig, resume: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> Path:
@@ -124,7 +125,8 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
                 _write(log, {"step": step, "eval": evaluate(vae, data, config, device, preview)})
             if step % config.run.checkpoint_every == 0 or final:
                 last_saved = save_checkpoint(checkpoint_dir(checkpoints, step), vae, optimizer, scheduler, generator, step,
-                                             data.normalizer, data.heldout, {"train_config": json.loads(config.model_dump_json())})
+                                             data.normalizer, data.heldout, {"train_config": json.loads(config.model_dump_json()),
+                                                                             "heldout_tasks": data.heldout_tasks})
                 prune_checkpoints(checkpoints, config.run.keep_checkpoints)
     bar.close()
     return last_saved or latest_checkpoint(checkpoints)
@@ -192,6 +194,7 @@ def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingDa
     skipped = SkippedEpisodes(echo)
     pairs = open_pairs(config, PRESETS[config.model.preset].image_size, skipped)
     heldout = heldout_episodes(pairs.table, config.data.holdout_fraction, config.data.holdout_by, config.data.holdout_tasks)
+    tasks = []
     if config.data.holdout_by == "tasks":
         tasks = sorted({task for episode, task in zip(pairs.table.episode_id, pairs.table.task) if episode in heldout})
         echo(f"held out of training: every episode of {len(tasks)} task(s): {'; '.join(tasks)}")
@@ -208,7 +211,7 @@ def prepare_data(config: TrainConfig, echo: Callable[[str], None]) -> TrainingDa
         echo(f"every training pair is {kind}: batches are all {kind}, whatever labelled_fraction says"
              + (" (set data.labels.share to train with fewer labels)" if labelled else ""))
     eval_indices = heldout_indices if len(heldout_indices) else train_indices
-    return TrainingData(pairs, heldout, train_indices, eval_indices, fit_normalizer(pairs, train_indices), skipped)
+    return TrainingData(pairs, heldout, train_indices, eval_indices, fit_normalizer(pairs, train_indices), skipped, tasks)
 
 
 def resolve_device(name: str) -> torch.device:

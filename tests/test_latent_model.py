@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -226,6 +228,31 @@ def test_probe_scores_each_embodiment_by_the_held_out_episodes_it_has(tmp_path):
     assert "held-out" in report["none_held_out"]["error"] and report["none_held_out"]["episodes"] == 3
     assert report["all_held_out"]["probe_fit_on"].startswith("the other folds") and report["all_held_out"]["r2"] > 0.99
     assert sorted(path.name for path in tmp_path.iterdir()) == ["probe_all_held_out.png", "probe_arm.png"]
+
+
+def test_an_embodiment_of_unseen_tasks_only_is_not_scored_by_a_probe_fit_on_them(tmp_path):
+    """With holdout_by: tasks the probe must not see the unseen tasks either: no fit across their folds."""
+    from latent_action.evaluation import EmbodimentData, EpisodeRecord, _probe_report
+
+    rng = np.random.default_rng(0)
+    episodes = [EpisodeRecord(f"a-{i}", "task", True, rng.normal(size=(30, 14)), rng.normal(size=(30, 32)),
+                              rng.normal(size=(30, 2))) for i in range(3)]
+    report = _probe_report({"arm": EmbodimentData(["x", "y"], [0, 1], episodes)}, alpha=1e-3, out_dir=tmp_path,
+                           unseen_only=True)
+    assert "every episode of it is of a task the VAE never saw" in report["per_embodiment"]["arm"]["error"]
+    assert report["overall_r2"] is None and not list(tmp_path.iterdir())
+
+
+def test_no_varying_dimension_scores_none_not_nan(tmp_path):
+    """NaN is no JSON: eval.json and the command's summary line carried it."""
+    from latent_action.evaluation import EmbodimentData, EpisodeRecord, _probe_report
+
+    rng = np.random.default_rng(0)
+    episodes = [EpisodeRecord(f"a-{i}", "task", i < 2, rng.normal(size=(30, 14)), rng.normal(size=(30, 32)),
+                              np.ones((30, 1))) for i in range(5)]
+    report = _probe_report({"arm": EmbodimentData(["z"], [0], episodes)}, alpha=1e-3, out_dir=tmp_path)
+    assert report["overall_r2"] is None and report["overall_r2_flow_grid"] is None
+    json.dumps(report, allow_nan=False)
 
 
 def test_config_reports_every_problem_at_once_by_key():

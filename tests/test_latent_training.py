@@ -380,6 +380,20 @@ def test_holding_out_whole_tasks_keeps_them_out_of_training_and_scores_them(tmp_
     assert json.loads((run / "label_curve" / "curve.json").read_text())["heldout_by"] == "tasks"
 
 
+def test_an_episode_of_an_unseen_task_that_training_did_not_load_is_scored_not_fit(tmp_path):
+    """The checkpoint lists the held-out episodes training loaded; one of the same task it did not (max_episodes
+    here; a skipped one, one added since) fitted the probe, which then saw the unseen task."""
+    write_three_tasks(tmp_path / "data", 8)  # episodes 2 and 5 push the button
+    config = config_dict(tmp_path, tmp_path / "run", max_steps=1)
+    config["data"] |= {"sources": [{"root": str(tmp_path / "data"), "max_episodes": 4}], "holdout_by": "tasks",
+                       "holdout_tasks": ["push the button"]}
+    checkpoint = train(parse_config(config), show_progress=False, echo=lambda _: None)
+    assert len(json.loads((checkpoint / "heldout_episodes.json").read_text())) == 1
+    result = evaluate_latents(checkpoint, tmp_path / "data", tmp_path / "eval", device="cpu", echo=lambda _: None)
+    arm = result["probe"]["per_embodiment"]["arm"]
+    assert (arm["scored_episodes"], arm["probe_fit_episodes"]) == (2, 4)
+
+
 def test_tasks_named_to_hold_out_are_the_ones_kept_out(tmp_path):
     write_three_tasks(tmp_path / "data", 6)
     config = config_dict(tmp_path, tmp_path / "run", max_steps=1)
