@@ -80,11 +80,16 @@ def finished_checkpoint(config: TrainConfig) -> Path | None:
 
 
 def cameras_of_root(config: TrainConfig, data_root: str | Path) -> str | None:
-    """The cameras the config trains on from `data_root` (`--cameras` form), when it is one of its sources."""
-    for source in config.data.sources:
-        if Path(source.root).resolve() == Path(data_root).resolve():
-            return CameraView.of_recipe(source.cameras, config.data.flow.resize).as_option()
-    return None
+    """The cameras the config trains on from `data_root` (`--cameras` form): its source's, or where DATA is none of
+    its sources (a copy, say), the cameras every source reads; a ValueError where they read different ones."""
+    views = {Path(source.root).resolve(): CameraView.of_recipe(source.cameras, config.data.flow.resize).as_option()
+             for source in config.data.sources}
+    if (own := views.get(Path(data_root).resolve())) is not None:
+        return own
+    if len(set(views.values())) > 1:
+        raise ValueError(f"{data_root}: none of the config's sources, whose cameras differ ({', '.join(sorted(set(views.values())))}): "
+                         "score it from one of them, or with pyramid eval-latents --cameras")
+    return next(iter(views.values()), None)
 
 
 def with_holdout(config: TrainConfig, holdout_by: str | None) -> TrainConfig:
@@ -116,7 +121,8 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
     configs = {share: config_for_share(base, share) for share in sorted(shares)}
     for config in configs.values():
         finished_checkpoint(config)
-    points, cameras = [], cameras_of_root(base, data_root)
+    cameras = cameras_of_root(base, data_root)
+    points = []
     for share, config in configs.items():
         echo(f"labels.share {share:g}: training in {config.run.out_dir}")
         checkpoint = trained_checkpoint(config, show_progress, echo)

@@ -50,12 +50,15 @@ class PairTable:
     group: list[str] = field(default_factory=list)  # what the sampler weighs: a config `sources` entry, or the source name
     task: list[str] = field(default_factory=list)  # the episode's task ("" where it names none, and in a flow.lance)
     action_names: dict[str, list[str]] = field(default_factory=dict)  # per embodiment, where known
+    action_width: dict[str, tuple[int, str]] = field(default_factory=dict)  # per embodiment: (width, first episode id)
 
     def __len__(self) -> int:
         return len(self.episode_id)
 
     def append(self, episode_id: str, source: str, embodiment: str, pair_index: int, action: np.ndarray | None, group: str | None = None,
                task: str = "") -> None:
+        if action is not None:
+            self._check_width(embodiment, len(action), episode_id)
         self.group.append(source if group is None else group)
         self.task.append(task)
         self.episode_id.append(episode_id)
@@ -67,6 +70,15 @@ class PairTable:
     @property
     def labelled(self) -> np.ndarray:
         return np.array([a is not None for a in self.action], bool)
+
+    def _check_width(self, embodiment: str, width: int, episode_id: str) -> None:
+        """Actions are normalised per embodiment, so one embodiment's are of one width: two datasets that name their
+        robot alike (or not at all: "unknown") with other action spaces are refused, where one crashed the fit or
+        lost dimensions."""
+        known, first = self.action_width.setdefault(embodiment, (width, episode_id))
+        if width != known:
+            raise ValueError(f"embodiment '{embodiment}' has {width}-D actions in episode {episode_id} and {known}-D in "
+                             f"{first}: give one of their sources its own `embodiment:` name in the config")
 
 
 class PairSet:

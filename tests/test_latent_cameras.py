@@ -154,3 +154,18 @@ def test_a_vae_trained_from_a_build_records_the_builds_layouts_and_fit(tmp_path)
     manifest.write_text(json.dumps({"recipe": json.loads(recipe.model_dump_json())}))
     settings = build_flow_settings(manifest)
     assert (settings.fit, settings.layouts) == ("crop", ("single", "t"))
+
+
+def test_label_curve_scores_a_copy_of_its_source_with_the_cameras_the_source_trains_on(tmp_path):
+    """DATA that is none of the config's sources used to be scored from 'primary', refused only after training."""
+    from latent_action.label_curve import cameras_of_root
+
+    t_layout = {"layout": "t", "names": T_CAMERAS}
+    run = {"out_dir": str(tmp_path / "run")}
+    config = parse_config({"data": {"sources": [{"root": str(tmp_path / "agibot"), "cameras": t_layout}]}, "run": run})
+    expected = cameras_of_root(config, tmp_path / "agibot")
+    assert expected.startswith("t:") and cameras_of_root(config, tmp_path / "copy" / "agibot") == expected
+    mixed = parse_config({"data": {"sources": [{"root": str(tmp_path / "agibot"), "cameras": t_layout},
+                                               {"root": str(tmp_path / "videos")}]}, "run": run})
+    with pytest.raises(ValueError, match="none of the config's sources, whose cameras differ"):
+        cameras_of_root(mixed, tmp_path / "copy")

@@ -295,3 +295,16 @@ def test_flow_errors_score_a_blank_reconstruction_as_the_blank_baseline():
     assert summary["epe_moving_px"] == summary["epe_moving_blank_px"] == 5.0
     assert summary["epe_px"] == summary["epe_blank_px"] == pytest.approx(5.0 * 8 / 128)
     assert summary["moving_pixel_fraction"] == pytest.approx(8 / 128)
+
+
+def test_one_embodiment_with_actions_of_two_widths_is_refused_naming_both_episodes():
+    """Two datasets naming their robot alike (or not at all) with other action spaces: the per-embodiment fit crashed
+    on an index, or dropped the wider one's last dimensions."""
+    from latent_action.pairs import PairTable
+
+    table = PairTable()
+    table.append("lerobot-a-0", "lerobot", "arm_x", 0, np.zeros(4, np.float32))
+    table.append("videos-clip", "videos", "arm_x", 0, None)  # no actions: nothing to compare
+    with pytest.raises(ValueError, match=r"embodiment 'arm_x' has 3-D actions in episode lerobot-b-0 and 4-D in "
+                                         r"lerobot-a-0: give one of their sources its own `embodiment:` name"):
+        table.append("lerobot-b-0", "lerobot", "arm_x", 0, np.zeros(3, np.float32))
