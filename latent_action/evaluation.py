@@ -205,6 +205,9 @@ def nothing_scored(data_root: str | Path, split: str, heldout: set[str], per_emb
     if lost:
         return (f"{data_root}: no episode scored: the {len(lost)} {'' if split == 'all' else 'held-out '}episode(s) here "
                 f"were skipped (the first: {lost[0]})")
+    if per_embodiment and not heldout:
+        return (f"{data_root}: the checkpoint held out no episode (holdout_fraction 0, or fewer than two labelled "
+                "episodes to draw from); --split all scores every episode")
     if per_embodiment:
         return f"{data_root}: none of the {len(heldout)} episodes the checkpoint held out is here; try --split all"
     return f"{data_root}: no episode with actions to score the latent actions against"

@@ -308,3 +308,11 @@ def test_one_embodiment_with_actions_of_two_widths_is_refused_naming_both_episod
     with pytest.raises(ValueError, match=r"embodiment 'arm_x' has 3-D actions in episode lerobot-b-0 and 4-D in "
                                          r"lerobot-a-0: give one of their sources its own `embodiment:` name"):
         table.append("lerobot-b-0", "lerobot", "arm_x", 0, np.zeros(3, np.float32))
+
+
+def test_a_checkpoint_that_held_out_nothing_is_said_so():
+    from latent_action.evaluation import EmbodimentData, nothing_scored
+
+    line = nothing_scored("data", "heldout", set(), {"arm": EmbodimentData(["x"], [0])}, {})
+    assert line == ("data: the checkpoint held out no episode (holdout_fraction 0, or fewer than two labelled episodes "
+                    "to draw from); --split all scores every episode")
