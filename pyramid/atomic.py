@@ -2,7 +2,8 @@
 target, flushed to disk, then renamed over it, so a reader sees the old version or the whole new one.
 
 The temporary name is `.<stem>.tmp<pid><suffix>`: hidden from globs such as `step_*`, two processes never
-share one, and it keeps the suffix that writers such as `np.save` go by.
+share one, it keeps the suffix that writers such as `np.save` go by, and its pid tells a live writer from a killed
+one. A directory's old version waits under `.<stem>.tmp<pid>-old<suffix>` until the new one is in place.
 """
 
 from __future__ import annotations
