@@ -242,11 +242,15 @@ def test_ctrl_c_is_one_line_an_exit_code_and_no_temporary(tmp_path):
     import signal
 
     out = tmp_path / "sample"
-    process = subprocess.Popen([*CLI, "sample-data", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Python's Ctrl-C handler, as at a terminal: a test run started in the background inherits SIGINT ignored
+    as_at_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "sys.argv = ['pyramid', *sys.argv[1:]]; runpy.run_module('pyramid', run_name='__main__')")
+    process = subprocess.Popen([sys.executable, "-c", as_at_a_terminal, "sample-data", str(out), "--episodes", "400"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # seconds of writing to stop
     deadline = time.monotonic() + 300
     while not list(out.glob(".lerobot.tmp*")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
+    assert process.poll() is None, process.communicate()  # stopped while writing, not after
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and stderr.strip().splitlines() == ["error: interrupted"], stderr

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 # The core of pyramid/ (the rest of pyramid/ is the pipeline, its sinks and exports, and the CLI), with flow/.
 CORE_PYRAMID = {"pyramid", "pyramid.errors", "pyramid.episode", "pyramid.validate", "pyramid.video_io", "pyramid.paths",
                 "pyramid.atomic", "pyramid.resize", "pyramid.clips", "pyramid.cameras", "pyramid.stats", "pyramid.schema",
-                "pyramid.yaml_config", "pyramid.lerobot_writer", "pyramid.hdr"}
+                "pyramid.yaml_config", "pyramid.lerobot_writer", "pyramid.hdr", "pyramid.locks"}
 CLI = {"pyramid.cli", "pyramid.__main__", "pyramid.cli_errors", "latent_action.commands", "recipes.commands"}
 
 
