@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pyramid.paths import file_in_the_way
+from pyramid.paths import under_a_file
 
 
 def temporary_name(path: Path) -> Path:
@@ -96,8 +96,8 @@ def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iter
     on success it replaces `path`, whatever was there (where `path` links to a directory, that directory: the link
     stays). OutputBusy where another live process is writing `path`."""
     path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
-    if (blocker := file_in_the_way(path.parent)) is not None:  # else the error names the temporary folder
-        raise NotADirectoryError(f"{path}: cannot be the output directory ({blocker} is a file)")
+    if problem := under_a_file(path, made_in=path.parent):  # else the error names the temporary folder
+        raise NotADirectoryError(problem)
     tmp = temporary_name(path)
     _clear_dead_writers(path)
     if create:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pyramid.atomic import OutputBusy
-from pyramid.paths import file_in_the_way
+from pyramid.paths import under_a_file
 
 
 @contextmanager
@@ -22,8 +22,8 @@ def exclusive(directory: Path, lock_name: str, busy: str) -> Iterator[None]:
     """Hold `directory/lock_name` (made with `directory` where absent, and removed with it where the block fails before
     writing anything there); OutputBusy "`directory`: `busy`" where another process holds it."""
     directory = Path(directory)
-    if (blocker := file_in_the_way(directory)) is not None:
-        raise NotADirectoryError(f"{directory}: cannot be the output directory ({blocker} is a file)")
+    if problem := under_a_file(directory):
+        raise NotADirectoryError(problem)
     made = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / lock_name

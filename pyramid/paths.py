@@ -96,12 +96,13 @@ def overlap_problem(output: str | os.PathLike, inputs: Iterable[str | os.PathLik
     return None if found is None else f"{output}: {what} overlaps the input {found} (one lies inside the other); write it elsewhere"
 
 
-def file_in_the_way(directory: Path) -> Path | None:
-    """The file that stops `directory` from being made: itself or its nearest existing parent, where that is no
-    directory."""
+def under_a_file(output: Path, made_in: Path | None = None) -> str | None:
+    """The line refusing `output` where a file stops it from being made (`made_in`: the folder it is made in, where
+    `output` itself is replaced whole), the file being that folder or its nearest existing parent; or None."""
+    directory = output if made_in is None else made_in
     for parent in (directory, *directory.parents):
         if parent.exists():
-            return None if parent.is_dir() else parent
+            return None if parent.is_dir() else f"{output}: cannot be the output directory ({parent} is a file)"
     return None
 
 

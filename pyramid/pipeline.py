@@ -35,7 +35,7 @@ from pyramid.atomic import atomic_write_bytes, is_temporary, remove_temporaries
 from pyramid.cluster import NODE_CHECK_PREFIX, check_nodes_see, ray_address
 from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, output_full
 from pyramid.locks import exclusive
-from pyramid.paths import file_in_the_way, overlap_problem
+from pyramid.paths import overlap_problem, under_a_file
 from pyramid.recipe import Recipe
 from pyramid.sources.base import DuplicateIds, colliding_roots
 
@@ -172,8 +172,8 @@ def _not_shards(folder: Path) -> list[str]:
 
 def check_output_writable(output: Path) -> None:
     """The output directory exists or can be made, and accepts files; else one line saying why."""
-    if (blocker := file_in_the_way(output)) is not None:
-        raise BuildError(f"{output}: cannot be the output directory ({blocker} is a file)")
+    if problem := under_a_file(output):
+        raise BuildError(problem)
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / f"{WRITE_CHECK_PREFIX}{os.getpid()}"
