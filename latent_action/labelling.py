@@ -29,7 +29,7 @@ from latent_action.model import LatentActionVAE
 from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes, UnreadableEpisode, episode_flows, flow_to_rgb,
                                  read_episodes)
 from pyramid.atomic import atomic_write, atomic_write_bytes, remove_temporaries
-from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
+from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words, reordered_t_layout
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
 from pyramid.locks import exclusive
@@ -76,6 +76,8 @@ def view_for(vae_config, cameras: str | None = None) -> CameraView:
     if view.layout not in settings.layouts:
         hint = "; pass --cameras t:HEAD,LEFT_WRIST,RIGHT_WRIST with the dataset's camera names" if "t" in settings.layouts else ""
         raise ValueError(f"the VAE was trained on {layouts_in_words(settings.layouts)}, not {LAYOUT_WORDS[view.layout]} (--cameras {cameras or 'primary'}){hint}")
+    if problem := reordered_t_layout(view, settings.t_names):
+        raise ValueError(f"--cameras: {problem}")
     return view
 
 

@@ -83,7 +83,8 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
     `flow_stride` the pair distance in stored frames, `flow_options` the backend's resolved options,
     `flow_still_*` where flow was zeroed for lack of change (`flow/still.py`; threshold 0 = never),
     `flow_resize` how frames were fitted to the stored size (a recipe's `resize`), `flow_camera_layouts` the camera
-    layouts its flow came from ("single", "t"; None: a VAE from before they were recorded, taken as ["single"]).
+    layouts its flow came from ("single", "t"; None: a VAE from before they were recorded, taken as ["single"]),
+    `flow_camera_t_names` the cameras of each T-layout among them, head first (None: not recorded).
     """
 
     @register_to_config
@@ -106,6 +107,7 @@ class LatentActionVAE(ModelMixin, ConfigMixin):
         flow_still_radius: int = 6,
         flow_resize: str = "pad",
         flow_camera_layouts: list[str] | None = None,
+        flow_camera_t_names: list[list[str]] | None = None,
     ):
         super().__init__()
         self.dcae = AutoencoderDC(**dcae_config)

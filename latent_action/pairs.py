@@ -20,6 +20,7 @@ import numpy as np
 from flow.still import zero_unchanged
 from latent_action.action_space import UNLABELLED_EMBODIMENTS
 from latent_action.images import resize_images
+from pyramid.cameras import CameraLayoutSpec, CameraView
 from pyramid.clips import decode_stored, pair_actions, stored_frames_of
 from pyramid.episode import Episode
 from pyramid.errors import EpisodeError
@@ -118,13 +119,14 @@ class FlowSettings:
     still_radius: int = 6
     fit: str = "pad"  # how frames are fitted to the stored size: a recipe's `resize`
     layouts: tuple[str, ...] = ("single",)  # the camera layouts trained on (`CameraView.layout`), recorded with the VAE
+    t_names: tuple[tuple[str, ...], ...] = ()  # the cameras of each T-layout trained on, head first (() = not recorded)
 
     @classmethod
-    def from_config(cls, flow_config, layouts: Sequence[str] = ("single",)) -> "FlowSettings":
-        """From a training config's `data.flow`, with the camera layouts of its sources."""
+    def from_config(cls, flow_config, views: Sequence[CameraView] = ()) -> "FlowSettings":
+        """From a training config's `data.flow`, with the camera views of its sources."""
         return cls(flow_config.backend, tuple(sorted(flow_config.options.items())), flow_config.fps, flow_config.stride,
                    flow_config.frame_height, flow_config.frame_width, flow_config.max_magnitude,
-                   flow_config.still_threshold, flow_config.still_radius, flow_config.resize, tuple(sorted(set(layouts))))
+                   flow_config.still_threshold, flow_config.still_radius, flow_config.resize, *_layouts_of(views))
 
     @classmethod
     def of_vae(cls, vae_config) -> "FlowSettings":
@@ -133,7 +135,8 @@ class FlowSettings:
         return cls(get("flow_backend", "dis"), tuple(sorted((get("flow_options") or {}).items())), get("flow_fps"),
                    int(get("flow_stride") or 1), get("frame_height", 384), get("frame_width", 320), get("flow_max_magnitude"),
                    float(get("flow_still_threshold") or 0.0), int(get("flow_still_radius", 6)),
-                   get("flow_resize") or "pad", tuple(get("flow_camera_layouts") or ("single",)))
+                   get("flow_resize") or "pad", tuple(get("flow_camera_layouts") or ("single",)),
+                   tuple(tuple(names) for names in get("flow_camera_t_names") or ()))
 
     def estimator(self):
         import flow
@@ -322,14 +325,25 @@ def build_flow_settings(manifest: Path) -> FlowSettings:
         recipe = json.loads(manifest.read_text())["recipe"]
         flow = recipe["flow"]
         height, width = recipe["video_size"]
-        layouts = sorted({"t" if isinstance(source.get("cameras"), dict) else "single" for source in recipe.get("sources", [])})
+        fit = recipe.get("resize", "pad")
+        views = [CameraView.of_recipe(_cameras_spec(source.get("cameras", "primary")), fit) for source in recipe.get("sources", [])]
         return FlowSettings(flow["backend"], tuple(sorted(flow.get("options", {}).items())), float(recipe["fps"]),
                             int(flow.get("stride", 1)), int(height), int(width), None,
-                            float(flow.get("still_threshold", 0.0)), int(flow.get("still_radius", 6)),
-                            recipe.get("resize", "pad"), tuple(layouts) or ("single",))
+                            float(flow.get("still_threshold", 0.0)), int(flow.get("still_radius", 6)), fit, *_layouts_of(views))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EpisodeError(manifest, f"cannot tell how the build beside it made its flow ({exc.__class__.__name__}: {exc}); "
                                      "train from a finished build's flow.lance") from exc
+
+
+def _layouts_of(views: Sequence[CameraView]) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """FlowSettings' `layouts` and `t_names` of sources read through `views`."""
+    layouts = tuple(sorted({view.layout for view in views})) or ("single",)
+    return layouts, tuple(sorted({view.names for view in views if view.layout == "t"}))
+
+
+def _cameras_spec(cameras):
+    """A manifest recipe's source `cameras` (JSON) as `CameraView.of_recipe` takes it."""
+    return CameraLayoutSpec(**cameras) if isinstance(cameras, dict) else cameras
 
 
 def _table_from_columns(columns: dict[str, list]) -> PairTable:

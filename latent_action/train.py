@@ -241,6 +241,7 @@ def build_model(config: TrainConfig, settings: FlowSettings) -> LatentActionVAE:
         "flow_still_threshold": settings.still_threshold, "flow_still_radius": settings.still_radius,
         "flow_options": flow.resolved_options(settings.backend, dict(settings.options)),
         "flow_resize": settings.fit, "flow_camera_layouts": list(settings.layouts),
+        "flow_camera_t_names": [list(names) for names in settings.t_names],
     }
     if config.model.head_hidden_dim:
         recorded["head_hidden_dim"] = config.model.head_hidden_dim
@@ -255,7 +256,7 @@ def open_pairs(config: TrainConfig, image_size: int, skipped: SkippedEpisodes) -
         return pairs
     refuse_colliding_sources(data.sources)
     views = [CameraView.of_recipe(source.cameras, data.flow.resize) for source in data.sources]
-    pairs = EpisodePairs(image_size, FlowSettings.from_config(data.flow, [view.layout for view in views]))
+    pairs = EpisodePairs(image_size, FlowSettings.from_config(data.flow, views))
     estimator = pairs.settings.estimator()
     for number, (source, view) in enumerate(zip(data.sources, views)):
         for episode in read_episodes(source.root, source.kind, source.embodiment, source.max_episodes):

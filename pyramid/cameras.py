@@ -44,6 +44,19 @@ def layouts_in_words(layouts) -> str:
     return " and ".join(LAYOUT_WORDS[layout] for layout in layouts)
 
 
+def reordered_t_layout(view: "CameraView", trained: Sequence[Sequence[str]]) -> str | None:
+    """Where a T-layout `view` names the cameras of one a VAE was trained on (`trained`, head first) in another order,
+    what is wrong, in words: its head and wrist pictures would sit in each other's places. Other names pass, as datasets
+    name the same cameras differently."""
+    if view.layout != "t":
+        return None
+    for names in trained:
+        if set(names) == set(view.names) and tuple(names) != view.names:
+            return (f"cameras t:{','.join(view.names)} are the VAE's training T-layout t:{','.join(names)} in another order "
+                    "(the head camera first, then the left wrist, then the right wrist)")
+    return None
+
+
 @dataclass(frozen=True)
 class CameraView:
     names: tuple[str, ...] = ()  # () = the episode's primary camera

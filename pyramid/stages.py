@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words
+from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words, reordered_t_layout
 from pyramid.clips import PART_FRAMES, ClipSpan, clip_parts, clip_spans, decode_stored_parts, stored_frames_of
 from pyramid.episode import Episode, EpisodeRef
 from pyramid.episode_outputs import EpisodeSummary, part_outputs, part_record, recorded_part, timed
@@ -300,10 +300,12 @@ def _view_problems(config: Any, recipe: Recipe) -> list[str]:
     if trained.fit != recipe.resize:
         problems.append(f"trained on frames fitted by '{trained.fit}', the recipe's resize is '{recipe.resize}'")
     for number, source in enumerate(recipe.sources):
-        layout = source.camera_view(recipe.resize).layout
-        if layout not in trained.layouts:
-            problems.append(f"sources[{number}] ({source.kind}) stores {LAYOUT_WORDS[layout]}, the VAE was trained on "
+        view = source.camera_view(recipe.resize)
+        if view.layout not in trained.layouts:
+            problems.append(f"sources[{number}] ({source.kind}) stores {LAYOUT_WORDS[view.layout]}, the VAE was trained on "
                             + layouts_in_words(trained.layouts))
+        elif problem := reordered_t_layout(view, trained.t_names):
+            problems.append(f"sources[{number}] ({source.kind}) {problem}")
     return problems
 
 

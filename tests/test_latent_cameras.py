@@ -51,8 +51,28 @@ def test_a_vae_records_the_layout_and_fit_of_its_training_frames(t_layout_run):
     _, checkpoint = t_layout_run
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["flow_resize"] == "crop" and config["flow_camera_layouts"] == ["t"]
+    assert config["flow_camera_t_names"] == [T_CAMERAS]
     settings = FlowSettings.of_vae(config)
-    assert (settings.fit, settings.layouts) == ("crop", ("t",))
+    assert (settings.fit, settings.layouts, settings.t_names) == ("crop", ("t",), (tuple(T_CAMERAS),))
+
+
+def test_labelling_refuses_the_training_cameras_in_another_order_and_takes_other_names(t_layout_run, tmp_path):
+    """A T-layout's head and wrist pictures swapped used to be labelled without a word."""
+    root, checkpoint = t_layout_run
+    swapped = "t:hand_left,head,hand_right"
+    with pytest.raises(ValueError, match=r"--cameras: cameras t:hand_left,head,hand_right are the VAE's training T-layout "
+                                         r"t:head,hand_left,hand_right in another order \(the head camera first"):
+        label_source(checkpoint, root, tmp_path / "swapped", device="cpu", echo=lambda _: None, cameras=swapped)
+    assert not (tmp_path / "swapped").exists()
+    vae_config = json.loads((checkpoint / "config.json").read_text())
+    assert view_for(vae_config, "t:head_camera,left_camera,right_camera").names == ("head_camera", "left_camera", "right_camera")
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["eval-latents", "--vae", str(checkpoint), str(root), "--cameras", swapped,
+                                         "--device", "cpu", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 2 and "in another order" in result.output and "Traceback" not in result.output
+    del vae_config["flow_camera_t_names"]  # a VAE saved before they were recorded takes any order
+    assert view_for(vae_config, swapped).names == ("hand_left", "head", "hand_right")
 
 
 def test_the_run_names_the_episode_training_left_out_and_why(t_layout_run):
@@ -88,8 +108,8 @@ def test_labelling_refuses_a_layout_the_vae_never_saw_and_labels_the_one_it_did(
 def test_latents_of_other_cameras_are_not_reused(t_layout_run, tmp_path):
     root, checkpoint = t_layout_run
     label_source(checkpoint, root, tmp_path, device="cpu", echo=lambda _: None, cameras=T_OPTION)
-    with pytest.raises(EpisodeError, match="the same checkpoint from --cameras t:head,hand_left,hand_right, not t:head,hand_right,hand_left"):
-        label_source(checkpoint, root, tmp_path, device="cpu", echo=lambda _: None, cameras="t:head,hand_right,hand_left")
+    with pytest.raises(EpisodeError, match="the same checkpoint from --cameras t:head,hand_left,hand_right, not t:head,hand_left,hand_left"):
+        label_source(checkpoint, root, tmp_path, device="cpu", echo=lambda _: None, cameras="t:head,hand_left,hand_left")
 
 
 def test_eval_latents_takes_the_cameras_and_says_which_it_read(t_layout_run, tmp_path):
@@ -117,6 +137,10 @@ def test_eval_latents_takes_the_cameras_and_says_which_it_read(t_layout_run, tmp
      "sources[0] (agibot) stores T-layout views (the head camera above two wrist cameras), the VAE was trained on one camera's view"),
     ({"flow_camera_layouts": ["t"]}, {"cameras": "hand_left"},
      "sources[0] (agibot) stores one camera's view, the VAE was trained on T-layout views"),
+    ({"flow_camera_layouts": ["t"], "flow_camera_t_names": [T_CAMERAS]},
+     {"cameras": {"layout": "t", "names": ["hand_right", "hand_left", "head"]}},
+     "sources[0] (agibot) cameras t:hand_right,hand_left,head are the VAE's training T-layout t:head,hand_left,hand_right "
+     "in another order"),
 ])
 def test_a_build_refuses_a_vae_trained_on_other_camera_frames(tmp_path, vae_settings, recipe_changes, words):
     vae = saved_vae(tmp_path, **vae_settings)
@@ -153,7 +177,7 @@ def test_a_vae_trained_from_a_build_records_the_builds_layouts_and_fit(tmp_path)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"recipe": json.loads(recipe.model_dump_json())}))
     settings = build_flow_settings(manifest)
-    assert (settings.fit, settings.layouts) == ("crop", ("single", "t"))
+    assert (settings.fit, settings.layouts, settings.t_names) == ("crop", ("single", "t"), (tuple(T_CAMERAS),))
 
 
 def test_label_curve_scores_a_copy_of_its_source_with_the_cameras_the_source_trains_on(tmp_path):
