@@ -174,18 +174,18 @@ def weights_mismatch(model: torch.nn.Module, weights: Path) -> str | None:
     return f"{weights.name} holds {extra[0]}, which the model lacks" if extra else None
 
 
-def load_heldout_tasks(directory: Path) -> set[str]:
-    """The tasks a `holdout_by: tasks` run held out whole (none otherwise), so that an episode of them training did not
-    load (`max_episodes`, a skipped one, one added since) is scored as unseen, not used to fit the probe. Checkpoints
-    from before they were recorded give the tasks their config named, if it did."""
-    if not state_file(directory).is_file():
-        return set()
-    state = read_state(directory)
+def load_holdout(directory: Path) -> tuple[str, set[str]]:
+    """What the run's held-out episodes were drawn from ("episodes", or "tasks": whole tasks it never saw), and the
+    tasks a `holdout_by: tasks` run held out (none otherwise), so that an episode of them training did not load
+    (`max_episodes`, a skipped one, one added since) is scored as unseen, not used to fit the probe. Checkpoints from
+    before the tasks were recorded give those their config named, if it did."""
+    state = read_state(directory) if state_file(directory).is_file() else {}
+    data = (state.get("train_config") or {}).get("data") or {}
+    held_by = data.get("holdout_by", "episodes")
     tasks = state.get("heldout_tasks")
     if tasks is None:
-        data = (state.get("train_config") or {}).get("data") or {}
-        tasks = data.get("holdout_tasks") if data.get("holdout_by") == "tasks" else None
-    return {str(task) for task in tasks or []}
+        tasks = data.get("holdout_tasks") if held_by == "tasks" else None
+    return held_by, {str(task) for task in tasks or []}
 
 
 def load_heldout(directory: Path) -> set[str]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from latent_action.action_space import selected_dims
-from latent_action.checkpoint import load_heldout_tasks, load_trained, resolve_checkpoint
+from latent_action.checkpoint import load_holdout, load_trained, resolve_checkpoint
 from latent_action.eval_report import (HISTOGRAM_FILE, PREVIEW_FILE, PROBE_PLOTS, REPORT_FILE, number,
                                         write_eval_report)
 from latent_action.images import resize_images, to_uint8
@@ -151,7 +151,7 @@ def _evaluate(vae: LatentActionVAE, heldout: set[str], checkpoint: str | Path, d
               kind: str | None, split: str, alpha: float, echo: Callable[[str], None], dims: Sequence[str] | None,
               cameras: str | None) -> dict:
     remove_temporaries(out_dir)  # what a killed run left: this run holds the lock
-    unseen_tasks = load_heldout_tasks(resolve_checkpoint(checkpoint))
+    held_by, unseen_tasks = load_holdout(resolve_checkpoint(checkpoint))
     settings = FlowSettings.of_vae(vae.config)
     view = view_for(vae.config, cameras)
     estimator = settings.estimator()
@@ -181,7 +181,6 @@ def _evaluate(vae: LatentActionVAE, heldout: set[str], checkpoint: str | Path, d
     if not any(e.scored for d in per_embodiment.values() for e in d.episodes):
         raise ValueError(nothing_scored(data_root, split, heldout, per_embodiment, skipped))
     clear_previous_results(out_dir)
-    held_by = heldout_by(checkpoint)
     result = {
         "checkpoint": str(checkpoint), "data": str(data_root), "split": split, "heldout_by": held_by, "alpha": alpha,
         "pairs": {"fps": settings.fps, "stride": settings.stride, "size": [settings.frame_height, settings.frame_width],
@@ -220,13 +219,6 @@ def clear_previous_results(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     for plot in out_dir.glob(PROBE_PLOTS):
         plot.unlink()
-
-
-def heldout_by(checkpoint: str | Path) -> str:
-    """What the checkpoint's held-out episodes were drawn from: "episodes", or "tasks" (whole tasks it never saw)."""
-    from latent_action.checkpoint import resolve_checkpoint, saved_train_config
-
-    return ((saved_train_config(resolve_checkpoint(checkpoint)) or {}).get("data") or {}).get("holdout_by", "episodes")
 
 
 def check_alpha(alpha: float) -> None:

@@ -23,15 +23,24 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
+def _temporary_pattern(stem: str, suffix: str) -> re.Pattern:
+    """`temporary_name`'s form, and that of a directory's old version, for a stem and suffix given as regexes; group 1
+    is the writer's pid."""
+    return re.compile(rf"\.{stem}\.tmp(\d+)(?:-old)?{suffix}")
+
+
+_ANY_TEMPORARY = _temporary_pattern(".+", ".*")
+
+
 def is_temporary(path: Path) -> bool:
     """Whether `path` has a temporary name (`temporary_name`): pathlib's globs such as `*.json` match hidden files."""
-    return re.fullmatch(r"\..+\.tmp\d+.*", Path(path).name) is not None
+    return _ANY_TEMPORARY.fullmatch(Path(path).name) is not None
 
 
 def temporaries_of(path: Path) -> dict[Path, int]:
     """The temporary names of exactly `path` beside it (not those of `path.v1`, say), with the writer's pid; a
     directory's old version set aside (`-old`) is one too."""
-    exact = re.compile(rf"\.{re.escape(path.stem)}\.tmp(\d+)(?:-old)?{re.escape(path.suffix)}")
+    exact = _temporary_pattern(re.escape(path.stem), re.escape(path.suffix))
     candidates = path.parent.glob(f".{glob.escape(path.stem)}.tmp*{glob.escape(path.suffix)}")
     return {found: int(match.group(1)) for found in candidates if (match := exact.fullmatch(found.name))}
 
