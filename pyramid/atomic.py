@@ -12,6 +12,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -126,7 +127,7 @@ def atomic_directory(path: Path, sync: bool = True, create: bool = True) -> Iter
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(retired, ignore_errors=True)
+    _remove_old_version(retired, path)
 
 
 def _clear_dead_writers(path: Path) -> None:
@@ -138,8 +139,24 @@ def _clear_dead_writers(path: Path) -> None:
                              f"output (delete {found.name} beside it if no such process is running)")
         if found == _retired_name(path, pid) and not path.exists():
             os.replace(found, path)
+        elif found == _retired_name(path, pid):
+            _remove_old_version(found, path)
         else:
             shutil.rmtree(found, ignore_errors=True)
+
+
+def _remove_old_version(retired: Path, path: Path) -> None:
+    """Delete `path`'s replaced version; where some of it cannot be deleted (read-only folders, say), say so on stderr
+    in one line, as it stays hidden beside the new one."""
+    try:
+        shutil.rmtree(retired)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        shutil.rmtree(retired, ignore_errors=True)  # as much of it as can go
+        if retired.exists():
+            print(f"warning: {path}: its earlier version could not all be deleted and stays beside it as {retired.name} "
+                  f"({exc.filename}: {exc.strerror or exc}); delete it by hand", file=sys.stderr)
 
 
 def _retired_name(path: Path, pid: int) -> Path:

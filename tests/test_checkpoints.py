@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,6 @@ def test_a_directory_appears_whole_or_not_at_all(tmp_path):
 def test_a_replaced_directory_is_never_half_deleted_where_it_stood(tmp_path, monkeypatch):
     """The old version goes aside before the new one takes its place; a kill while deleting it (a large export:
     minutes) leaves the new version whole, and the next write removes what is left of the old."""
-    import shutil
-
     target = tmp_path / "export"
     target.mkdir()
     for name in "abc":
@@ -190,3 +189,29 @@ def test_a_directory_under_a_file_names_the_file_not_its_temporary(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"sub: cannot be the output directory \(.*notes\.txt is a file\)"):
         with atomic_directory(tmp_path / "notes.txt" / "sub"):
             pass
+
+
+def test_an_old_version_that_cannot_all_be_deleted_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    """A read-only folder in the replaced version (as a non-root user meets it) used to stay hidden beside the new
+    one without a word."""
+    target = tmp_path / "export"
+    with atomic_directory(target) as tmp:
+        (tmp / "locked").mkdir()
+        (tmp / "locked" / "old").write_text("old")
+    delete = shutil.rmtree
+
+    def read_only_folder(path, ignore_errors=False):
+        locked = Path(path) / "locked" / "old"
+        if not locked.exists():
+            return delete(path, ignore_errors=ignore_errors)
+        if not ignore_errors:
+            raise PermissionError(13, "Permission denied", str(locked))
+
+    monkeypatch.setattr(shutil, "rmtree", read_only_folder)
+    with atomic_directory(target) as tmp:
+        (tmp / "new").write_text("new")
+    assert os.listdir(target) == ["new"]
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and warning.startswith(f"warning: {target}: its earlier version could not all be deleted "
+                                                           f"and stays beside it as .export.tmp{os.getpid()}-old")
+    assert "locked/old: Permission denied); delete it by hand" in warning
