@@ -255,3 +255,72 @@ def test_a_depth_feature_is_not_a_camera(tmp_path, version, depth_feature):
     reader = get_source("lerobot")(root)
     episode = reader.load(next(reader.discover()))
     assert list(episode.cameras) == cameras and "observation.images.depth" not in cameras
+
+
+def _rewrite_jsonl(path, edit) -> None:
+    """Each line of a JSON-lines file through `edit(number, line) -> line` (1-based line numbers)."""
+    lines = path.read_text().splitlines()
+    path.write_text("".join(edit(number, line) + "\n" for number, line in enumerate(lines, 1)))
+
+
+def test_a_bad_tasks_jsonl_line_fails_only_the_episodes_whose_task_it_gives(tmp_path):
+    """One torn line of meta/tasks.jsonl used to fail every episode taking its task from there (and the file was read
+    again for each one)."""
+    fixtures.build_v2(tmp_path, "v2.0")  # episode i has task_index i % 2
+    _rewrite_jsonl(tmp_path / "meta/episodes.jsonl", lambda _, line: json.dumps({**json.loads(line), "tasks": []}))
+    _rewrite_jsonl(tmp_path / "meta/tasks.jsonl", lambda number, line: '{"task_index": 1, "task": "op' if number == 2 else line)
+    reader = get_source("lerobot")(tmp_path)
+    first, second = list(reader.discover())
+    assert reader.load(first).instructions == [fixtures.TASKS[0]]
+    with pytest.raises(EpisodeError) as caught:
+        reader.load(second)
+    assert str(caught.value).startswith(f"{tmp_path / 'meta/tasks.jsonl'}: line 2 is not JSON (")
+    assert str(caught.value).endswith("and no other line gives the episode's task_index 1")
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"episode_index": ' + "9" * 5000 + "}", "line 1 is not JSON (ValueError: Exceeds the limit"),
+    ("[" * 100_000, "line 1 is not JSON (RecursionError: "),
+])
+def test_a_line_json_refuses_beyond_its_grammar_is_one_unreadable_episode(tmp_path, line, words):
+    """Lines that json.loads refuses with other errors than JSONDecodeError used to end discovery (exit 1)."""
+    fixtures.build_v2(tmp_path, "v2.0")
+    _rewrite_jsonl(tmp_path / "meta/episodes.jsonl", lambda number, kept: line if number == 1 else kept)
+    refs = list(get_source("lerobot")(tmp_path).discover())
+    assert refs[0].error.startswith(words) and "\n" not in refs[0].error
+    assert len(refs) == 2 and refs[1].error is None
+
+
+def test_ragged_list_rows_are_refused_not_slid_across_frames(tmp_path):
+    """Rows of 3, 5, 4, 4... values flatten to as many values as rows of 4: they were reshaped into the wrong frames."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fixtures.build_v2(tmp_path, "v2.0")
+    path = tmp_path / "data/chunk-000/episode_000000.parquet"
+    table = pq.read_table(path)
+    lengths = [3, 5] + [4] * (table.num_rows - 2)
+    ragged = pa.array([[float(i)] * n for i, n in enumerate(lengths)], pa.list_(pa.float32()))
+    pq.write_table(table.set_column(table.column_names.index("action"), "action", ragged), path)
+    (message,) = every_load_error(tmp_path, {"data/chunk-000/episode_000000.parquet"})
+    assert message == f"{path}: 'action' rows have different lengths"
+
+
+@pytest.mark.parametrize("version", ["v2.0", "v3.0"])
+def test_a_video_at_another_rate_than_declared_is_refused(tmp_path, version):
+    """Frames are paired with rows by index: a 10 fps video read as 30 fps data played three times slow, unsaid."""
+    root = tmp_path / "dataset"
+    spec = fixtures.build_v2(root, "v2.0") if version == "v2.0" else fixtures.build(root)
+    edit_info(root, fps=3 * fixtures.FPS, video_fps=3 * fixtures.FPS)
+    for message in every_load_error(root, set(spec.expected)):
+        assert f"video runs at {fixtures.FPS} fps, meta/info.json declares {3 * fixtures.FPS} fps for 'observation.images." in message
+
+
+def test_two_features_naming_one_camera_are_a_source_error(tmp_path):
+    """`observation.images.top` and `observation.top` are both camera 'top': one silently took the other's place."""
+    fixtures.build_v2(tmp_path, "v2.0")
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    info["features"]["observation.top"] = info["features"]["observation.images.top"]
+    (tmp_path / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(SourceError, match="features 'observation.images.top' and 'observation.top' both name camera 'top'"):
+        next(get_source("lerobot")(tmp_path).discover())

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pyramid.episode import FPS_RANGE, EncodedImages, Episode, EpisodeRef, VideoCamera, decode_image_bytes
@@ -78,6 +79,7 @@ class LeRobotSource(Source):
         chunks_size = info.get("chunks_size")
         if chunks_size is not None and not (_is_int(chunks_size) and chunks_size > 0):
             raise SourceError(f"{path}: 'chunks_size' must be a positive integer, got {chunks_size!r}")
+        _refuse_shared_camera_names(path, info["features"])
         fields = TEMPLATE_FIELDS[version[:2]]
         _check_template(path, "data_path", info.get("data_path"), fields)
         _check_template(path, "video_path", info.get("video_path"), {**fields, "video_key": "key"})
@@ -143,8 +145,8 @@ class LeRobotSource(Source):
         where = f"{EPISODES_JSONL}:line{number}"
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            return self.unreadable(where, f"line {number} is not JSON ({exc.msg})")
+        except JSON_FAILURES as exc:
+            return self.unreadable(where, f"line {number} is not JSON ({_json_problem(exc)})")
         index = entry.get("episode_index") if isinstance(entry, dict) else None
         if not _is_int(index):
             return self.unreadable(where, f"line {number} has no integer 'episode_index'")
@@ -316,7 +318,11 @@ class LeRobotSource(Source):
         `to_timestamp`. A segment shorter than the episode's rows is refused: reading on would take the next
         episode's frames, and nothing else would notice."""
         info = probe(path)
-        rate = self._segment_rate(key) or info.fps
+        declared = self._segment_rate(key)
+        if declared and math.isfinite(info.fps) and info.fps > 0 and abs(info.fps - declared) > 0.01 * declared:
+            raise EpisodeError(path, f"video runs at {info.fps:g} fps, meta/info.json declares {declared:g} fps for '{key}': "
+                                     "its frames would be paired with the wrong rows")
+        rate = declared or info.fps
         known_rate = math.isfinite(rate) and rate > 0  # else check_episode refuses the episode's rate
         offset = 0
         if from_timestamp:
@@ -349,24 +355,39 @@ class LeRobotSource(Source):
         if "task_index" not in rows.column_names:
             return []
         indices = dict.fromkeys(i for i in rows.column("task_index").to_pylist() if _is_int(i))
-        return [self.tasks[i] for i in indices if i in self.tasks]
+        if self.is_v3:
+            return [self.tasks[i] for i in indices if i in self.tasks]
+        tasks, bad_lines = self._tasks_v2
+        if bad_lines and (unknown := [i for i in indices if i not in tasks]):
+            path, why = bad_lines[0]
+            raise EpisodeError(path, f"{why}, and no other line gives the episode's task_index {unknown[0]}")
+        return [tasks[i] for i in indices if i in tasks]
 
     @cached_property
     def tasks(self) -> dict[int, str]:
         """task_index -> task text, from meta/tasks.jsonl (v2) or meta/tasks.parquet (v3; the task is the index)."""
-        return self._tasks_v3() if self.is_v3 else self._tasks_v2()
+        return self._tasks_v3() if self.is_v3 else self._tasks_v2[0]
 
-    def _tasks_v2(self) -> dict[int, str]:
+    @cached_property
+    def _tasks_v2(self) -> tuple[dict[int, str], list[tuple[Path, str]]]:
+        """meta/tasks.jsonl's tasks, and its lines that give none (the file, why): read once, as a bad line fails only
+        the episodes whose task it would give."""
         path = self.resolve("meta/tasks.jsonl")
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
-        tasks = {}
+        tasks, bad_lines = {}, []
         for number, line in enumerate(lines, 1):
-            entry = _parse_line(path, number, line) if line.strip() else None
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except JSON_FAILURES as exc:
+                bad_lines.append((path, f"line {number} is not JSON ({_json_problem(exc)})"))
+                continue
             if isinstance(entry, dict) and _is_int(entry.get("task_index")) and "task" in entry:
                 tasks[entry["task_index"]] = str(entry["task"])
-            elif entry is not None:
-                raise EpisodeError(path, f"line {number} has no integer 'task_index' and 'task'")
-        return tasks
+            else:
+                bad_lines.append((path, f"line {number} has no integer 'task_index' and 'task'"))
+        return tasks, bad_lines
 
     def _tasks_v3(self) -> dict[int, str]:
         path = self.resolve("meta/tasks.parquet")
@@ -448,6 +469,8 @@ def column_as_matrix(column: pa.ChunkedArray, key: str, path: Path, declared_dty
     while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
         if values.null_count:
             raise EpisodeError(path, f"'{key}' has missing rows")
+        if not pa.types.is_fixed_size_list(values.type) and len(pc.unique(pc.list_value_length(values))) > 1:
+            raise EpisodeError(path, f"'{key}' rows have different lengths")  # flattened, they would slide across rows
         values = values.flatten()
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type)):
         declared = f", meta/info.json declares {declared_dtype}" if declared_dtype else ""
@@ -486,6 +509,17 @@ def _declared_width(feature: dict[str, Any]) -> int | None:
     if not isinstance(shape, list) or not shape or not all(_is_int(n) and n >= 0 for n in shape):
         return None
     return int(np.prod(shape))
+
+
+def _refuse_shared_camera_names(path: Path, features: dict[str, Any]) -> None:
+    """A SourceError where two camera features would give one camera name (`observation.images.top` and
+    `observation.top`): one would silently take the other's place."""
+    seen: dict[str, str] = {}
+    for key, feature in features.items():
+        if feature.get("dtype") in ("video", "image") and not _is_depth(feature):
+            if (name := camera_name(key)) in seen:
+                raise SourceError(f"{path}: features {seen[name]!r} and {key!r} both name camera {name!r}")
+            seen[name] = key
 
 
 def camera_name(key: str) -> str:
@@ -564,15 +598,20 @@ def _is_depth(feature: dict[str, Any]) -> bool:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+    except (OSError, *JSON_FAILURES) as exc:  # ValueError: bad JSON or bad UTF-8
         raise SourceError(f"{path}: cannot read JSON ({_one_line(exc)})") from exc
     if not isinstance(content, dict):
         raise SourceError(f"{path}: expected a JSON object")
     return content
 
 
-def _parse_line(path: Path, number: int, line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise EpisodeError(path, f"line {number} is not JSON ({exc.msg})") from exc
+# What json.loads raises on a line it refuses: a JSONDecodeError, and a ValueError (an integer of more than 4300 digits)
+# or RecursionError (lists nested thousands deep) on input that is JSON to the grammar.
+JSON_FAILURES = (ValueError, RecursionError)
+
+
+def _json_problem(exc: BaseException) -> str:
+    """Why json.loads refused a line, in one line: the decoder's own words and where, or the other error's."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    return f"{exc.__class__.__name__}: {_one_line(exc)}"
