@@ -324,3 +324,29 @@ def test_two_features_naming_one_camera_are_a_source_error(tmp_path):
     (tmp_path / "meta/info.json").write_text(json.dumps(info))
     with pytest.raises(SourceError, match="features 'observation.images.top' and 'observation.top' both name camera 'top'"):
         next(get_source("lerobot")(tmp_path).discover())
+
+
+def test_a_duplicated_entry_does_not_hide_a_missing_one(tmp_path):
+    """Episode 1's line overwritten by a copy of episode 0's: the lines still numbered total_episodes, so episode 1,
+    whose files are there, was neither read nor named."""
+    fixtures.build_v2(tmp_path, "v2.0")
+    _rewrite_jsonl(tmp_path / "meta/episodes.jsonl", lambda number, line: '{"episode_index": 0, "tasks": [], "length": 8}'
+                   if number == 2 else line)
+    refs = list(get_source("lerobot")(tmp_path).discover())
+    assert refs[-1].relpath == "meta/episodes.jsonl:unlisted" and "lists 1: 1 missing" in refs[-1].error
+
+
+def test_a_byte_order_mark_and_a_task_that_is_no_text(tmp_path):
+    """A BOM (a file saved by a Windows editor) lost episode 0, or the whole dataset in info.json; a null task became
+    the instruction 'None'."""
+    fixtures.build_v2(tmp_path, "v2.0")
+    _rewrite_jsonl(tmp_path / "meta/episodes.jsonl", lambda _, line: json.dumps({**json.loads(line), "tasks": []}))
+    _rewrite_jsonl(tmp_path / "meta/tasks.jsonl", lambda number, line: '{"task_index": 1, "task": null}' if number == 2 else line)
+    for name in ("info.json", "episodes.jsonl"):
+        path = tmp_path / "meta" / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    reader = get_source("lerobot")(tmp_path)
+    first, second = list(reader.discover())
+    assert first.error is None and reader.load(first).instructions == [fixtures.TASKS[0]]
+    with pytest.raises(EpisodeError, match="line 2 has no integer 'task_index' and text 'task', and no other line gives"):
+        reader.load(second)

@@ -112,11 +112,14 @@ class LeRobotSource(Source):
 
     def discover(self) -> Iterator[EpisodeRef]:
         self.vector_features  # a feature option the dataset does not have fails here, before any episode
-        listed = 0
+        indices, unparsed = set(), 0  # distinct: a duplicated entry must not stand in for a missing one
         for ref in self._discover_v3() if self.is_v3 else self._discover_v2():
-            listed += 1
+            if "episode_index" in ref.locator:
+                indices.add(ref.locator["episode_index"])
+            else:
+                unparsed += 1
             yield ref
-        if (unlisted := self._unlisted(listed)) is not None:
+        if (unlisted := self._unlisted(len(indices) + unparsed)) is not None:
             yield unlisted
 
     def _unlisted(self, listed: int) -> EpisodeRef | None:
@@ -136,7 +139,7 @@ class LeRobotSource(Source):
         path = self._dataset_file(EPISODES_JSONL)
         if not path.is_file():
             raise SourceError(f"{path}: missing (LeRobot v2 lists its episodes there)")
-        with path.open(encoding="utf-8", errors="replace") as lines:  # streamed: 10^5 episodes are listed here
+        with path.open(encoding="utf-8-sig", errors="replace") as lines:  # streamed: 10^5 episodes are listed here
             for number, line in enumerate(lines, 1):
                 if line.strip():
                     yield self._entry_v2(number, line)
@@ -373,7 +376,7 @@ class LeRobotSource(Source):
         """meta/tasks.jsonl's tasks, and its lines that give none (the file, why): read once, as a bad line fails only
         the episodes whose task it would give."""
         path = self.resolve("meta/tasks.jsonl")
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines() if path.is_file() else []
         tasks, bad_lines = {}, []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -383,10 +386,10 @@ class LeRobotSource(Source):
             except JSON_FAILURES as exc:
                 bad_lines.append((path, f"line {number} is not JSON ({_json_problem(exc)})"))
                 continue
-            if isinstance(entry, dict) and _is_int(entry.get("task_index")) and "task" in entry:
-                tasks[entry["task_index"]] = str(entry["task"])
+            if isinstance(entry, dict) and _is_int(entry.get("task_index")) and isinstance(entry.get("task"), str):
+                tasks[entry["task_index"]] = entry["task"]
             else:
-                bad_lines.append((path, f"line {number} has no integer 'task_index' and 'task'"))
+                bad_lines.append((path, f"line {number} has no integer 'task_index' and text 'task'"))
         return tasks, bad_lines
 
     def _tasks_v3(self) -> dict[int, str]:
@@ -597,7 +600,7 @@ def _is_depth(feature: dict[str, Any]) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (a Windows editor) is no JSON
     except (OSError, *JSON_FAILURES) as exc:  # ValueError: bad JSON or bad UTF-8
         raise SourceError(f"{path}: cannot read JSON ({_one_line(exc)})") from exc
     if not isinstance(content, dict):
