@@ -33,7 +33,7 @@ from latent_action.checkpoint import load_holdout, load_trained, resolve_checkpo
 from latent_action.eval_report import (HISTOGRAM_FILE, PREVIEW_FILE, PROBE_PLOTS, REPORT_FILE, number,
                                         write_eval_report)
 from latent_action.images import resize_images, to_uint8
-from latent_action.labelling import encode_flow_rgb, view_for
+from latent_action.labelling import LOCK_FILE, OUTPUT_BUSY, encode_flow_rgb, view_for
 from latent_action.model import LatentActionVAE
 from latent_action.pairs import (EPISODE_FAILURES, FlowSettings, SkippedEpisodes, UnreadableEpisode, episode_flows, episode_pair_actions,
                                  flow_to_rgb, read_episodes, rgb_to_flow)
@@ -42,13 +42,12 @@ from latent_action.probe import DEFAULT_ALPHA, cross_validated_predictions, fit_
 from latent_action.train import resolve_device
 from pyramid.atomic import atomic_write_bytes, remove_temporaries
 from pyramid.locks import exclusive
-from pyramid.paths import overlap_problem
+from pyramid.paths import file_name_of, overlap_problem
 from pyramid.stats import RunningStats
 
 MOVING_PX = 1.0  # pixels whose input flow is longer than this count as moving for `epe_moving_px`
 PREVIEW_PAIRS = 8
 EVAL_FILE = "eval.json"
-LOCK_FILE = ".eval.lock"
 GRID = 4  # the flow-grid baseline averages flow over GRID x GRID cells
 
 
@@ -143,7 +142,7 @@ def evaluate_latents(
     if problem := overlap_problem(out_dir, [data_root, checkpoint], "--out"):
         raise ValueError(problem)
     vae, _, heldout = load_trained(checkpoint, device)
-    with exclusive(out_dir, LOCK_FILE, "another eval-latents run is writing here"):  # else plots of one, JSON of the other
+    with exclusive(out_dir, LOCK_FILE, OUTPUT_BUSY):  # else plots of one, JSON of the other; or label's files removed
         return _evaluate(vae, heldout, checkpoint, data_root, out_dir, kind, split, alpha, echo, dims, cameras)
 
 
@@ -313,6 +312,7 @@ def _probe_report(per_embodiment: dict[str, EmbodimentData], alpha: float, out_d
     """`unseen_only`: the scored episodes are of tasks the VAE never saw, and so must be those the probe is fit on."""
     report = {}
     pooled: dict[str, list[np.ndarray]] = {"latent": [], "shuffled": [], "flow_grid": []}
+    plot_names: set[str] = set()
     for embodiment, data in sorted(per_embodiment.items()):
         if not data.dims:
             report[embodiment] = {"error": "none of the asked action dimensions is here", "episodes": len(data.episodes)}
@@ -325,7 +325,7 @@ def _probe_report(per_embodiment: dict[str, EmbodimentData], alpha: float, out_d
         report[embodiment] = summary
         for name, predicted in predictions.items():
             pooled[name].append(_standardised(truth, predicted))
-        plot_probe(out_dir / f"probe_{embodiment}.png", truth, predictions["latent"], data.names,
+        plot_probe(out_dir / _plot_name(embodiment, plot_names), truth, predictions["latent"], data.names,
                    f"{embodiment}: probe R^2 {number(summary['r2'])} (flow-grid baseline {number(summary['flow_grid']['r2'])})")
     def overall(parts: list[np.ndarray]) -> float | None:  # None where no scored dimension varies (not NaN: not JSON)
         pooled_errors = np.concatenate(parts) if parts else np.empty(0)
@@ -333,6 +333,16 @@ def _probe_report(per_embodiment: dict[str, EmbodimentData], alpha: float, out_d
 
     return {"overall_r2": overall(pooled["latent"]), "overall_r2_shuffled_control": overall(pooled["shuffled"]),
             "overall_r2_flow_grid": overall(pooled["flow_grid"]), "per_embodiment": report}
+
+
+def _plot_name(embodiment: str, taken: set[str]) -> str:
+    """probe_<embodiment>.png inside OUT whatever the dataset names its robot (`x/../../y` wrote outside it), one file
+    per embodiment (`a b` and `a/b` both read `a_b`)."""
+    stem = f"probe_{file_name_of(embodiment)}"
+    name = next(candidate for number in range(len(taken) + 1)
+                if (candidate := f"{stem}{f'_{number}' if number else ''}.png") not in taken)
+    taken.add(name)
+    return name
 
 
 def _probe_embodiment(data: EmbodimentData, alpha: float, unseen_only: bool = False):

@@ -38,7 +38,9 @@ from pyramid.stats import RunningStats
 
 DEFAULT_BATCH_SIZE = 64
 RECORD_FILE = "labelled_with.json"
-LOCK_FILE = ".label.lock"
+# label and eval-latents take one lock, as each removes the temporaries it finds in its output (killed runs' leftovers)
+LOCK_FILE = ".latents.lock"
+OUTPUT_BUSY = "another label or eval-latents run is writing here"
 LATENT_FOLDERS = {"latent_actions": ".npy", "latent_action_dim14": ".pt"}  # ours, and Motus's layout
 
 
@@ -134,7 +136,7 @@ def label_source(
     labeller = LatentActionLabeller(checkpoint, device, cameras=cameras)
     record = {"checkpoint": str(checkpoint), "fingerprint": checkpoint_fingerprint(checkpoint), "cameras": cameras or "primary",
               "data": str(Path(root).resolve())}  # episode ids name the root's folder, not where it is: another one may match
-    with exclusive(out_dir, LOCK_FILE, "another label run is writing here"):  # two would trust each other's latents
+    with exclusive(out_dir, LOCK_FILE, OUTPUT_BUSY):  # two would trust each other's latents
         return _label_episodes(labeller, root, kind, out_dir, record, overwrite, motus_layout, pairs_at, echo)
 
 

@@ -66,6 +66,12 @@ def safe_name(name: str, what: str = "name") -> str:
     return name
 
 
+def file_name_of(text: str) -> str:
+    """`text` (a name from a dataset: a robot type, say) as a safe file name: each run of other characters than
+    letters, digits, `_` and `-` becomes one `_` (`x/../y` reads `x_y`)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:200] or "_"
+
+
 def output_child(out_dir: Path, *names: str) -> Path:
     """A path under `out_dir` built from safe names only."""
     return Path(out_dir).joinpath(*(safe_name(name) for name in names))

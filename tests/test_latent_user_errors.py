@@ -341,10 +341,10 @@ def held_by_another_process(lock: Path):
 def test_two_label_runs_into_one_output_refuse_the_second(sample, run, tmp_path):
     """Each would reuse the other's latents as its own, under a record naming one checkpoint."""
     out = tmp_path / "out"
-    with held_by_another_process(out / ".label.lock"):
+    with held_by_another_process(out / ".latents.lock"):
         refused = runner.invoke(app, ["label", "--vae", str(step(run, 1)), str(sample / "videos"), str(out), "--device", "cpu"])
-        one_line_error(refused, str(out), "another label run is writing here")
-    assert sorted(path.name for path in out.iterdir()) == [".label.lock"]
+        one_line_error(refused, str(out), "another label or eval-latents run is writing here")
+    assert sorted(path.name for path in out.iterdir()) == [".latents.lock"]
     left = [out / ".labelled_with.tmp99999999.json", out / "latent_actions" / ".clip_000.tmp99999999.npy"]
     for path in left:  # by a run killed before its renames
         path.parent.mkdir(exist_ok=True)
@@ -376,14 +376,15 @@ def test_label_and_eval_latents_into_a_file_say_so_before_any_work(sample, run, 
     assert out.read_text() == "keep me"
 
 
-def test_two_evaluations_into_one_output_refuse_the_second(sample, run, tmp_path):
-    """Else the report and eval.json of one sit beside the probe plots of the other."""
+def test_an_evaluation_into_an_output_another_label_or_evaluation_writes_is_refused(sample, run, tmp_path):
+    """Else the report and eval.json of one sit beside the probe plots of the other; and an evaluation removed a live
+    label run's temporaries, which then failed after writing every latent. Both commands take one lock."""
     out = tmp_path / "eval"
-    with held_by_another_process(out / ".eval.lock"):
+    with held_by_another_process(out / ".latents.lock"):
         refused = runner.invoke(app, ["eval-latents", "--vae", str(step(run, 2)), str(sample / "lerobot"), "--device", "cpu",
                                       "--split", "all", "--out", str(out)])
-        one_line_error(refused, str(out), "another eval-latents run is writing here")
-    assert sorted(path.name for path in out.iterdir()) == [".eval.lock"]
+        one_line_error(refused, str(out), "another label or eval-latents run is writing here")
+    assert sorted(path.name for path in out.iterdir()) == [".latents.lock"]
     (out / ".eval.tmp99999999.json").write_text("{cut")  # by a run killed before its rename
     evaluate_latents(step(run, 2), sample / "lerobot", out, split="all", device="cpu", echo=lambda _: None)
     assert not (out / ".eval.tmp99999999.json").exists() and (out / "eval.json").is_file()
@@ -483,3 +484,18 @@ def test_label_curve_refuses_a_data_root_that_is_no_dataset_before_training(samp
                                  "--shares", "0.5", "--no-progress"])
     one_line_error(result, f"{tmp_path / 'nowhere'}: not a directory")
     assert not (tmp_path / "curve").exists()
+
+
+def test_a_robot_type_naming_a_path_names_a_probe_plot_inside_the_output(sample, run, tmp_path):
+    """LeRobot's robot_type `x/../../ESCAPED` is the embodiment, whose probe plot was written two folders up."""
+    import json
+    import shutil
+
+    data = tmp_path / "lerobot"
+    shutil.copytree(sample / "lerobot", data)
+    info = json.loads((data / "meta/info.json").read_text())
+    (data / "meta/info.json").write_text(json.dumps({**info, "robot_type": "x/../../ESCAPED"}))
+    out = tmp_path / "a" / "b" / "eval"
+    evaluate_latents(step(run, 2), data, out, split="all", device="cpu", echo=lambda _: None)
+    assert sorted(path.name for path in tmp_path.rglob("*.png") if out not in path.parents) == []
+    assert [path.name for path in out.glob("probe_*.png")] == ["probe_x_ESCAPED.png"]
