@@ -31,7 +31,7 @@ def train_vae(
 
     try:
         checkpoint = train(load_config(config), resume=resume, show_progress=progress, echo=_echo_err)
-    except (ConfigError, EpisodeError, SourceError, ValueError) as exc:
+    except (ConfigError, EpisodeError, SourceError, ValueError, OSError) as exc:  # OSError: a busy run.out_dir
         _fail(str(exc))
     typer.echo(f"checkpoint: {checkpoint}")
 
@@ -119,7 +119,7 @@ def label_curve(
         if holdout_by not in (None, "episodes", "tasks"):
             raise ValueError(f"--holdout-by: expected 'episodes' or 'tasks', got {holdout_by!r}")
         curve = run_curve(config, data, out_dir, wanted, _names(dims), device, progress, _echo_err, holdout_by)
-    except (ConfigError, EpisodeError, SourceError, ValueError) as exc:
+    except (ConfigError, EpisodeError, SourceError, ValueError, OSError) as exc:  # OSError: a busy output
         _fail(str(exc))
     for point in curve["points"]:
         typer.echo(json.dumps({key: point[key] for key in ("share", "r2", "r2_flow_grid", "epe_moving_px", "epe_moving_blank_px")}))

@@ -119,8 +119,11 @@ def label_curve(config_path: str | Path, data_root: str | Path, out_dir: str | P
         raise ValueError(f"{data_root}: no episode has actions to score the latent actions against")
     check_share_names(shares)
     configs = {share: config_for_share(base, share) for share in sorted(shares)}
-    for config in configs.values():
+    for share, config in configs.items():
         finished_checkpoint(config)
+        if overlap_problem(scored_in := out_dir / share_name(share), [config.run.out_dir], "--out"):
+            raise ValueError(f"--out {out_dir}: share {share:g} would be scored in {scored_in}, which overlaps the run that "
+                             f"trains it ({config.run.out_dir}): give label-curve another --out")
     cameras = cameras_of_root(base, data_root)
     points = []
     for share, config in configs.items():

@@ -41,6 +41,7 @@ RECORD_FILE = "labelled_with.json"
 # label and eval-latents take one lock, as each removes the temporaries it finds in its output (killed runs' leftovers)
 LOCK_FILE = ".latents.lock"
 OUTPUT_BUSY = "another label or eval-latents run is writing here"
+SUMMARY_FILES = ("latent_stats.json", "label_report.json")  # written once every episode is labelled
 LATENT_FOLDERS = {"latent_actions": ".npy", "latent_action_dim14": ".pt"}  # ours, and Motus's layout
 
 
@@ -150,6 +151,8 @@ def _label_episodes(labeller: "LatentActionLabeller", root: str | Path, kind: st
     for folder in (out_dir, *(out_dir / name for name in LATENT_FOLDERS)):
         remove_temporaries(folder)  # what a killed run left: this run holds the lock
     reuse = prepare_output(out_dir, record, overwrite)
+    for name in SUMMARY_FILES:  # an earlier run's, which a killed run would leave beside its own latents
+        (out_dir / name).unlink(missing_ok=True)
     stats = RunningStats(14)
     report = {"episodes": 0, "pairs": 0, "reused": 0, "errors": SkippedEpisodes(echo)}
     resampled = 0  # episodes whose source video holds more frames than their rows pair
@@ -185,8 +188,8 @@ def _label_episodes(labeller: "LatentActionLabeller", root: str | Path, kind: st
     summary = {"latent_action": stats.summary(), "episodes": report["episodes"], "pairs": report["pairs"], "checkpoint": str(checkpoint),
                "pairs_at": pairs_at}
     remove_other_latents(out_dir, kept)
-    atomic_write_bytes(out_dir / "latent_stats.json", json.dumps(summary, indent=2).encode())
-    atomic_write_bytes(out_dir / "label_report.json", json.dumps(report, indent=2).encode())
+    for name, content in zip(SUMMARY_FILES, (summary, report)):
+        atomic_write_bytes(out_dir / name, json.dumps(content, indent=2).encode())
     _write_record(out_dir, record)
     if motus_layout:
         echo(motus_layout_note(pairs_at["fps"], resampled, report["episodes"]))

@@ -29,6 +29,7 @@ from latent_action.sampler import MixedPairSampler
 from pyramid.atomic import atomic_write_bytes
 from pyramid.cameras import CameraView
 from pyramid.errors import EpisodeError
+from pyramid.locks import exclusive
 from pyramid.paths import overlap_problem
 from pyramid.training.checkpoints import checkpoint_to_resume
 from pyramid.training.lr_schedule import warmup_cosine
@@ -36,6 +37,7 @@ from pyramid.training.lr_schedule import warmup_cosine
 PREVIEW_PAIRS = 8
 LOG_FILE = "train_log.jsonl"  # in run.out_dir: a JSON record per logged step and per evaluation
 SKIPPED_FILE = "skipped_episodes.json"  # in run.out_dir: the episodes training left out, and why
+LOCK_FILE = ".train.lock"  # in run.out_dir, held while a run writes there
 EVAL_PAIRS = 64
 
 
@@ -60,10 +62,16 @@ class TrainingData:
 
 def train(config: TrainConfig, resume: bool = False, show_progress: bool = True, echo: Callable[[str], None] = print) -> Path:
     """Train (or continue training) and return the directory of the last checkpoint."""
+    check_out_dir(config)
+    # One run per out_dir: two saved checkpoints over each other, and one's log lines went to a file the other replaced.
+    with exclusive(config.run.out_dir, LOCK_FILE, "another train-vae run is writing here"):
+        return _train(config, resume, show_progress, echo)
+
+
+def _train(config: TrainConfig, resume: bool, show_progress: bool, echo: Callable[[str], None]) -> Path:
     from tqdm import tqdm
 
     out_dir, checkpoints = config.run.out_dir, config.run.out_dir / "checkpoints"
-    check_out_dir(config)
     last = checkpoint_to_resume(checkpoints, resume)  # refuses an out_dir with checkpoints unless resuming
     if last is not None:
         refuse_changed_config(last, config)
@@ -73,7 +81,6 @@ def train(config: TrainConfig, resume: bool = False, show_progress: bool = True,
     data = prepare_data(config, echo)
     if last is not None:
         refuse_other_data(last, data)
-    out_dir.mkdir(parents=True, exist_ok=True)  # after the data, so that a refusal of it leaves nothing behind
     if data.skipped:
         atomic_write_bytes(out_dir / SKIPPED_FILE, json.dumps(data.skipped, indent=1).encode())
     vae = build_model(config, data.pairs.settings).to(device).train()

@@ -24,6 +24,8 @@ def exclusive(directory: Path, lock_name: str, busy: str) -> Iterator[None]:
     directory = Path(directory)
     if problem := under_a_file(directory):
         raise NotADirectoryError(problem)
+    if directory.is_symlink() and not directory.exists():  # mkdir would say only "File exists"
+        raise NotADirectoryError(f"{directory}: a link to {os.readlink(directory)}, which does not exist")
     made = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / lock_name

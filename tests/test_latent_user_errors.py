@@ -240,6 +240,18 @@ def test_a_run_out_dir_that_is_a_file_is_refused_before_reading_data(sample, tmp
     assert (tmp_path / "out.txt").read_text() == "keep me"
 
 
+def test_a_second_train_vae_into_one_run_out_dir_is_refused(sample, tmp_path):
+    """Two runs saved their checkpoints over each other (each told of one trained with the other's settings), and one's
+    log lines went to a file the other had replaced."""
+    out = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config_dict(sample, out)))
+    with held_by_another_process(out / ".train.lock"):
+        result = runner.invoke(app, ["train-vae", str(tmp_path / "run.yaml"), "--no-progress"])
+        one_line_error(result, str(out), "another train-vae run is writing here")
+    assert sorted(path.name for path in out.iterdir()) == [".train.lock"]
+    assert runner.invoke(app, ["train-vae", str(tmp_path / "run.yaml"), "--no-progress"]).exit_code == 0
+
+
 def test_label_fails_when_every_episode_was_skipped(sample, run, tmp_path):
     result = runner.invoke(app, ["label", "--vae", str(step(run, 2)), str(sample / "lerobot"), str(tmp_path / "out"),
                                  "--device", "cpu", "--cameras", "no_such_camera"])
@@ -450,6 +462,15 @@ def test_label_curve_refuses_a_finished_run_of_other_settings_before_training(sa
     assert not (tmp_path / "curve" / "labels-0pct").exists()  # refused before the first share trained
 
 
+def test_label_curve_refuses_an_out_where_its_shares_train_before_training(sample, tmp_path):
+    """--out run.out_dir scores share X in labels-Xpct, the folder its VAE trains in: refused only after training it."""
+    result = runner.invoke(app, ["label-curve", str(curve_config(sample, tmp_path)), str(sample / "lerobot"), "--shares", "0",
+                                 "--device", "cpu", "--out", str(tmp_path / "curve"), "--no-progress"])
+    one_line_error(result, f"share 0 would be scored in {tmp_path / 'curve' / 'labels-0pct'}, which overlaps the run that "
+                           f"trains it ({tmp_path / 'curve' / 'labels-0pct'})")
+    assert not (tmp_path / "curve").exists()
+
+
 def test_label_curve_refuses_a_run_trained_past_the_configs_max_steps(sample, run, tmp_path):
     config_path = curve_config(sample, tmp_path, max_steps=1)
     shutil.copytree(run / "checkpoints", tmp_path / "curve" / "labels-100pct" / "checkpoints")
@@ -499,3 +520,22 @@ def test_a_robot_type_naming_a_path_names_a_probe_plot_inside_the_output(sample,
     evaluate_latents(step(run, 2), data, out, split="all", device="cpu", echo=lambda _: None)
     assert sorted(path.name for path in tmp_path.rglob("*.png") if out not in path.parents) == []
     assert [path.name for path in out.glob("probe_*.png")] == ["probe_x_ESCAPED.png"]
+
+
+def test_a_label_run_that_stops_leaves_no_summary_of_an_earlier_run(sample, run, tmp_path):
+    """An --overwrite run with another VAE, stopped midway, left the earlier run's latent_stats.json and
+    label_report.json (naming the earlier VAE) beside its own latents."""
+    out = tmp_path / "out"
+    label_source(step(run, 2), sample / "lerobot", out, device="cpu", echo=lambda _: None)
+    assert (out / "latent_stats.json").is_file() and (out / "label_report.json").is_file()
+    with pytest.raises(ValueError, match="no episode labelled"):
+        label_source(step(run, 1), sample / "lerobot", out, overwrite=True, device="cpu", echo=lambda _: None,
+                     cameras="no_such_camera")
+    assert not (out / "latent_stats.json").exists() and not (out / "label_report.json").exists()
+
+
+def test_an_output_that_links_nowhere_is_named_in_words(sample, run, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "gone", target_is_directory=True)
+    result = runner.invoke(app, ["label", "--vae", str(step(run, 2)), str(sample / "videos"), str(tmp_path / "out"),
+                                 "--device", "cpu"])
+    one_line_error(result, f"{tmp_path / 'out'}: a link to {tmp_path / 'gone'}, which does not exist")
