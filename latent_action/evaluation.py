@@ -339,8 +339,10 @@ def _plot_name(embodiment: str, taken: set[str]) -> str:
     """probe_<embodiment>.png inside OUT whatever the dataset names its robot (`x/../../y` wrote outside it), one file
     per embodiment (`a b` and `a/b` both read `a_b`)."""
     stem = f"probe_{file_name_of(embodiment)}"
-    name = next(candidate for number in range(len(taken) + 1)
-                if (candidate := f"{stem}{f'_{number}' if number else ''}.png") not in taken)
+    name, number = f"{stem}.png", 0
+    while name in taken:
+        number += 1
+        name = f"{stem}_{number}.png"
     taken.add(name)
     return name
 

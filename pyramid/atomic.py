@@ -137,12 +137,12 @@ def _clear_dead_writers(path: Path) -> None:
         if pid != os.getpid() and _alive(pid):
             raise OutputBusy(f"{path}: another process (pid {pid}) is writing it; wait for it to end, or choose another "
                              f"output (delete {found.name} beside it if no such process is running)")
-        if found == _retired_name(path, pid) and not path.exists():
-            os.replace(found, path)
-        elif found == _retired_name(path, pid):
+        if found != _retired_name(path, pid):
+            shutil.rmtree(found, ignore_errors=True)
+        elif path.exists():
             _remove_old_version(found, path)
         else:
-            shutil.rmtree(found, ignore_errors=True)
+            os.replace(found, path)
 
 
 def _remove_old_version(retired: Path, path: Path) -> None:
