@@ -307,13 +307,24 @@ def test_ragged_list_rows_are_refused_not_slid_across_frames(tmp_path):
 
 
 @pytest.mark.parametrize("version", ["v2.0", "v3.0"])
-def test_a_video_at_another_rate_than_declared_is_refused(tmp_path, version):
-    """Frames are paired with rows by index: a 10 fps video read as 30 fps data played three times slow, unsaid."""
+@pytest.mark.parametrize("at_another_rate", ["video", "rows"])
+def test_a_video_or_rows_at_another_rate_than_declared_are_refused(tmp_path, version, at_another_rate):
+    """Frames are paired with rows by index: a 10 fps video read as 30 fps data played three times slow, unsaid.
+    Rows whose timestamps run at 10 fps in a dataset declared at 30 are refused alike."""
+    import pyarrow.parquet as pq
+
     root = tmp_path / "dataset"
     spec = fixtures.build_v2(root, "v2.0") if version == "v2.0" else fixtures.build(root)
     edit_info(root, fps=3 * fixtures.FPS, video_fps=3 * fixtures.FPS)
+    if at_another_rate == "video":  # the rows' timestamps at the declared rate: only the video contradicts it
+        for path in (root / "data").rglob("*.parquet"):
+            table = pq.read_table(path)
+            _set_timestamps(path, table.column("frame_index").to_numpy() / (3 * fixtures.FPS))
+        words = f"video runs at {fixtures.FPS} fps, meta/info.json declares {3 * fixtures.FPS} fps for 'observation.images."
+    else:
+        words = f"rows are 0.1 s apart ({fixtures.FPS} fps), meta/info.json declares {3 * fixtures.FPS} fps"
     for message in every_load_error(root, set(spec.expected)):
-        assert f"video runs at {fixtures.FPS} fps, meta/info.json declares {3 * fixtures.FPS} fps for 'observation.images." in message
+        assert words in message, message
 
 
 def test_two_features_naming_one_camera_are_a_source_error(tmp_path):
@@ -350,3 +361,83 @@ def test_a_byte_order_mark_and_a_task_that_is_no_text(tmp_path):
     assert first.error is None and reader.load(first).instructions == [fixtures.TASKS[0]]
     with pytest.raises(EpisodeError, match="line 2 has no integer 'task_index' and text 'task', and no other line gives"):
         reader.load(second)
+
+
+def _set_timestamps(path, times, dtype=np.float32) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    column = table.column_names.index("timestamp")
+    pq.write_table(table.set_column(column, "timestamp", pa.array(np.asarray(times, dtype))), path)
+
+
+def test_rows_starting_after_the_video_are_read_from_their_timestamp(tmp_path):
+    """LeRobot finds a row's frame at its timestamp: an episode whose rows start 0.2 s into its mp4 (frames before
+    them kept) was read from the mp4's first frame, every row two frames early."""
+    from tests.fixtures.media import moving_square_frames
+    from pyramid.video_io import write_video
+
+    fixtures.build_v2(tmp_path, "v2.0")
+    length, lead = 8, 2
+    frames = moving_square_frames(length, fixtures.HEIGHT, fixtures.WIDTH, seed=0)
+    earlier = moving_square_frames(lead, fixtures.HEIGHT, fixtures.WIDTH, seed=7)
+    for camera in ("top", "wrist"):
+        write_video(tmp_path / f"videos/chunk-000/observation.images.{camera}/episode_000000.mp4",
+                    np.concatenate([earlier, frames]), fps=fixtures.FPS)
+    _set_timestamps(tmp_path / "data/chunk-000/episode_000000.parquet", (np.arange(length) + lead) / fixtures.FPS)
+    reader = get_source("lerobot")(tmp_path)
+    episode = reader.load(next(reader.discover()))
+    assert episode.cameras["top"].frame_offset == lead and episode.num_frames == length
+    read = episode.frames("top").astype(int)
+    two_early = np.concatenate([earlier, frames])[:length]
+    assert np.abs(read - frames).mean() < np.abs(read - two_early).mean() / 3
+
+
+@pytest.mark.parametrize("times, words", [
+    (1.7e9 + np.arange(8) / fixtures.FPS, "video has 8 frames, episode needs 17000000008 (its rows start at 1.7e+09 s)"),
+    ([0, 0.1, 0.2, 0.2, 0.3, 0.4, 0.5, 0.6], "row 3's timestamp 0.2 s is frame 2 of the episode (dropped or repeated"),
+    ([0, 0.1, np.nan, 0.3, 0.4, 0.5, 0.6, 0.7], "'timestamp' of row 2 is nan, not a time in seconds"),
+])
+def test_timestamps_that_no_frame_matches_are_refused(tmp_path, times, words):
+    """Seconds since the epoch and a repeated row: LeRobot's own loader finds no frame for them (or another one)."""
+    fixtures.build_v2(tmp_path, "v2.0")
+    path = tmp_path / "data/chunk-000/episode_000000.parquet"
+    _set_timestamps(path, times, np.float64)  # as a port may write them: float32 would round 1.7e9 s to 128 s steps
+    (message,) = every_load_error(tmp_path, {"data/chunk-000/episode_000000.parquet"})
+    assert words in message and "\n" not in message
+
+
+@pytest.mark.parametrize("version", ["v2.0", "v3.0"])
+@pytest.mark.parametrize("tasks_file", ["lacks_the_task", "missing"])
+def test_a_task_index_no_task_gives_is_refused_not_left_without_instruction(tmp_path, version, tasks_file):
+    """An episode whose metadata lists no task and whose rows' task_index the tasks table does not give was built with
+    no instruction, without a word."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "dataset"
+    if version == "v2.0":
+        fixtures.build_v2(root, version)  # episode i has task_index i % 2
+        _rewrite_jsonl(root / "meta/episodes.jsonl", lambda _, line: json.dumps({**json.loads(line), "tasks": []}))
+        tasks = root / "meta/tasks.jsonl"
+        _rewrite_jsonl(tasks, lambda number, line: "" if number == 2 else line)
+    else:
+        fixtures.build(root)
+        (meta,) = (root / "meta/episodes").rglob("*.parquet")
+        table = pq.read_table(meta)
+        empty = pc.list_slice(table.column("tasks"), 0, 0)
+        pq.write_table(table.set_column(table.column_names.index("tasks"), "tasks", empty), meta)
+        tasks = root / "meta/tasks.parquet"
+        table = pq.read_table(tasks)
+        pq.write_table(table.filter(pc.not_equal(table.column("task_index"), 1)), tasks)
+    if tasks_file == "missing":
+        tasks.unlink()
+    reader = get_source("lerobot")(root)
+    first, second = list(reader.discover())[:2]
+    if tasks_file == "lacks_the_task":
+        assert reader.load(first).instructions == [fixtures.TASKS[0]]
+    with pytest.raises(EpisodeError) as caught:
+        reader.load(second)
+    state = "gives no task" if tasks_file == "lacks_the_task" else "is missing, so there is no task"
+    assert str(caught.value) == (f"{tasks}: {state} for task_index 1 of episode 1's rows, and its metadata lists none")

@@ -38,6 +38,8 @@ from pyramid.video_io import probe
 INFO = "meta/info.json"
 EPISODES_JSONL = "meta/episodes.jsonl"
 EPISODES_DIR = "meta/episodes"
+TASKS_V2 = "meta/tasks.jsonl"
+TASKS_V3 = "meta/tasks.parquet"
 V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -222,15 +224,16 @@ class LeRobotSource(Source):
         data_path = self.resolve(where["data_file"])
         rows = self._episode_rows(data_path, where)
         length = rows.num_rows
+        first_time = self._first_timestamp(rows, data_path)
         state, state_names = self._vector(rows, "state", data_path)
         actions, action_names = self._vector(rows, "action", data_path)
-        cameras = {**self._video_cameras(where, length), **self._image_cameras(data_path, where, length)}
+        cameras = {**self._video_cameras(where, length, first_time), **self._image_cameras(data_path, where, length)}
         return Episode(
             episode_id=ref.episode_id,
             source=self.name,
             embodiment=self.embodiment(self.info.get("robot_type")),
             level=self.level,
-            instructions=where["tasks"] or self._tasks_of(rows),
+            instructions=where["tasks"] or self._tasks_of(rows, where["episode_index"]),
             fps=float(self.info["fps"]),  # implausible values are refused by check_episode, after read
             num_frames=length,
             cameras=cameras,
@@ -251,7 +254,7 @@ class LeRobotSource(Source):
         except (pa.ArrowException, OSError) as exc:
             raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
         self._check_declared_columns(data_path, where, names)
-        columns = [name for name in (*self.vector_keys, "episode_index", "task_index") if name in names]
+        columns = [name for name in (*self.vector_keys, "episode_index", "task_index", "timestamp") if name in names]
         try:
             if where["shared_file"]:
                 rows = self._rows.read(data_path, where["episode_index"], columns)
@@ -259,6 +262,8 @@ class LeRobotSource(Source):
                 rows = pq.read_table(data_path, columns=columns)
         except (pa.ArrowException, OSError) as exc:
             raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
+        if not where["shared_file"]:
+            _refuse_other_episodes_rows(rows, where["episode_index"], data_path)
         expected = where["length"]
         if rows.num_rows == 0 or (expected is not None and rows.num_rows != expected):
             raise EpisodeError(data_path, f"episode {where['episode_index']} has {rows.num_rows} rows, "
@@ -306,20 +311,47 @@ class LeRobotSource(Source):
             raise EpisodeError(self.root / INFO, f"'{key}' lists {len(names)} names but its data has {dim} dims")
         return [f"{prefix}.{name}" for name in names] if qualified else names
 
-    def _video_cameras(self, where: dict[str, Any], length: int) -> dict[str, VideoCamera]:
+    def _first_timestamp(self, rows: pa.Table, data_path: Path) -> float:
+        """The time of the episode's first row, where its video frames start: LeRobot finds a row's frame at its
+        `timestamp` (after the episode's `from_timestamp` in a v3 file). Frames are read one per row from there, so the
+        rows must be one frame apart at the dataset's fps: after a jump (dropped or repeated frames), every row would
+        be paired with another frame than the one LeRobot gives it."""
+        if "timestamp" not in rows.column_names:
+            return 0.0
+        times = column_as_matrix(rows.column("timestamp"), "timestamp", data_path, dtype=np.float64)[:, 0]
+        if not np.isfinite(times).all() or times[0] < 0:
+            row = int(np.flatnonzero(~np.isfinite(times) | (times < 0))[0])
+            raise EpisodeError(data_path, f"'timestamp' of row {row} is {times[row]:g}, not a time in seconds")
+        fps = float(self.info["fps"])
+        if not FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
+            return float(times[0])  # check_episode refuses the episode's rate, in its own words
+        frames = np.rint((times - times[0]) * fps)
+        if (wrong := np.flatnonzero(frames != np.arange(len(times)))).size:
+            steps = np.diff(times)
+            if steps[0] > 0 and np.allclose(steps, steps[0], rtol=0.01):  # every row apart alike: another rate
+                raise EpisodeError(data_path, f"rows are {steps[0]:.4g} s apart ({1 / steps[0]:.4g} fps), "
+                                              f"meta/info.json declares {fps:g} fps")
+            row = int(wrong[0])
+            raise EpisodeError(data_path, f"rows are not one frame apart at {fps:g} fps: row {row}'s timestamp "
+                                          f"{times[row]:g} s is frame {int(frames[row])} of the episode (dropped or "
+                                          "repeated frames?)")
+        return float(times[0])
+
+    def _video_cameras(self, where: dict[str, Any], length: int, first_time: float) -> dict[str, VideoCamera]:
         cameras = {}
         for key, video in where["videos"].items():
             path = self.resolve(video["file"])
             if not path.is_file():
                 raise EpisodeError(path, f"missing video of '{key}' for episode {where['episode_index']}")
-            cameras[camera_name(key)] = self._video_segment(key, path, video["from_timestamp"], length, video.get("to_timestamp"))
+            cameras[camera_name(key)] = self._video_segment(key, path, video["from_timestamp"] + first_time, length,
+                                                            video.get("to_timestamp"))
         return cameras
 
     def _video_segment(self, key: str, path: Path, from_timestamp: float, length: int,
                        to_timestamp: float | None = None) -> VideoCamera:
-        """The episode's frames of `path`: a v3 mp4 holds episodes back to back, from `from_timestamp` to
-        `to_timestamp`. A segment shorter than the episode's rows is refused: reading on would take the next
-        episode's frames, and nothing else would notice."""
+        """The episode's frames of `path`, from `from_timestamp` (a v3 mp4 holds episodes back to back; the episode's
+        first row may start after its segment does) to `to_timestamp`. A segment shorter than the episode's rows is
+        refused: reading on would take the next episode's frames, and nothing else would notice."""
         info = probe(path)
         declared = self._segment_rate(key)
         if declared and math.isfinite(info.fps) and info.fps > 0 and abs(info.fps - declared) > 0.01 * declared:
@@ -336,7 +368,8 @@ class LeRobotSource(Source):
             raise EpisodeError(path, f"the episode's segment {from_timestamp:g}-{to_timestamp:g} s holds {held} frames at "
                                      f"{rate:g} fps, fewer than its {length} rows")
         if info.num_frames - offset < length:
-            raise EpisodeError(path, f"video has {info.num_frames} frames, episode needs {offset + length}")
+            starting = f" (its rows start at {from_timestamp:g} s)" if offset else ""
+            raise EpisodeError(path, f"video has {info.num_frames} frames, episode needs {offset + length}{starting}")
         return VideoCamera(camera_name(key), str(path), length, info.height, info.width, info.fps, offset, info.codec,
                            info.decord)
 
@@ -354,17 +387,22 @@ class LeRobotSource(Source):
                                                      where["shared_file"], length, self._rows)
                 for key in self.camera_features("image")}
 
-    def _tasks_of(self, rows: pa.Table) -> list[str]:
+    def _tasks_of(self, rows: pa.Table, episode_index: int) -> list[str]:
+        """The texts of the rows' task_index, for an episode whose metadata lists no task. An index the tasks table
+        does not give is refused: the episode would be built without its instruction, and nothing would say so."""
         if "task_index" not in rows.column_names:
             return []
         indices = dict.fromkeys(i for i in rows.column("task_index").to_pylist() if _is_int(i))
-        if self.is_v3:
-            return [self.tasks[i] for i in indices if i in self.tasks]
-        tasks, bad_lines = self._tasks_v2
-        if bad_lines and (unknown := [i for i in indices if i not in tasks]):
-            path, why = bad_lines[0]
-            raise EpisodeError(path, f"{why}, and no other line gives the episode's task_index {unknown[0]}")
-        return [tasks[i] for i in indices if i in tasks]
+        tasks, bad_lines = (self.tasks, []) if self.is_v3 else self._tasks_v2
+        if unknown := [i for i in indices if i not in tasks]:
+            if bad_lines:
+                path, why = bad_lines[0]
+                raise EpisodeError(path, f"{why}, and no other line gives the episode's task_index {unknown[0]}")
+            path = self.resolve(TASKS_V3 if self.is_v3 else TASKS_V2)
+            state = "gives no task" if path.is_file() else "is missing, so there is no task"
+            raise EpisodeError(path, f"{state} for task_index {unknown[0]} of episode {episode_index}'s rows, and its "
+                                     "metadata lists none")
+        return [tasks[i] for i in indices]
 
     @cached_property
     def tasks(self) -> dict[int, str]:
@@ -375,7 +413,7 @@ class LeRobotSource(Source):
     def _tasks_v2(self) -> tuple[dict[int, str], list[tuple[Path, str]]]:
         """meta/tasks.jsonl's tasks, and its lines that give none (the file, why): read once, as a bad line fails only
         the episodes whose task it would give."""
-        path = self.resolve("meta/tasks.jsonl")
+        path = self.resolve(TASKS_V2)
         lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines() if path.is_file() else []
         tasks, bad_lines = {}, []
         for number, line in enumerate(lines, 1):
@@ -393,7 +431,7 @@ class LeRobotSource(Source):
         return tasks, bad_lines
 
     def _tasks_v3(self) -> dict[int, str]:
-        path = self.resolve("meta/tasks.parquet")
+        path = self.resolve(TASKS_V3)
         if not path.is_file():
             return {}
         try:
@@ -463,8 +501,9 @@ class ParquetImageCamera(EncodedImages):
         return image
 
 
-def column_as_matrix(column: pa.ChunkedArray, key: str, path: Path, declared_dtype: str | None = None) -> np.ndarray:
-    """A parquet column of numeric scalars, fixed-size lists or nested lists as float32 [T, D]."""
+def column_as_matrix(column: pa.ChunkedArray, key: str, path: Path, declared_dtype: str | None = None,
+                     dtype: type = np.float32) -> np.ndarray:
+    """A parquet column of numeric scalars, fixed-size lists or nested lists as a [T, D] matrix (float32 unless told)."""
     values = column.combine_chunks()
     rows = len(values)
     if isinstance(values.type, pa.ExtensionType):  # HF datasets' Array2D, read so once `datasets` (LeRobot's) is imported
@@ -480,7 +519,7 @@ def column_as_matrix(column: pa.ChunkedArray, key: str, path: Path, declared_dty
         raise EpisodeError(path, f"column '{key}' holds {values.type} values, not numbers{declared}")
     if values.null_count:
         raise EpisodeError(path, f"'{key}' has missing values")
-    flat = values.to_numpy(zero_copy_only=False).astype(np.float32)
+    flat = values.to_numpy(zero_copy_only=False).astype(dtype)
     if rows == 0 or flat.size % rows:
         raise EpisodeError(path, f"'{key}' rows have different lengths")
     return flat.reshape(rows, -1)
@@ -512,6 +551,17 @@ def _declared_width(feature: dict[str, Any]) -> int | None:
     if not isinstance(shape, list) or not shape or not all(_is_int(n) and n >= 0 for n in shape):
         return None
     return int(np.prod(shape))
+
+
+def _refuse_other_episodes_rows(rows: pa.Table, episode_index: int, data_path: Path) -> None:
+    """A v2 file named after one episode but holding another's rows (a file copied under another name) is refused:
+    its rows would be built as this episode, beside its metadata's task and length."""
+    if "episode_index" not in rows.column_names:
+        return
+    others = sorted({_as_int(i) for i in pc.unique(rows.column("episode_index")).to_pylist()} - {episode_index, None})
+    if others:
+        raise EpisodeError(data_path, f"holds rows of episode {others[0]}, the metadata names this file episode "
+                                      f"{episode_index}'s")
 
 
 def _refuse_shared_camera_names(path: Path, features: dict[str, Any]) -> None:
