@@ -211,7 +211,7 @@ def test_v3_without_episode_metadata_is_a_source_error(tmp_path):
 
 
 @pytest.mark.parametrize("content, words", [
-    ("{not json", "cannot read JSON"),
+    ("{not json", "line 1: invalid JSON (Expecting property name enclosed in double quotes)"),
     ("[1, 2]", "expected a JSON object"),
     (json.dumps({"codebase_version": "v2.1", "fps": "thirty", "features": {}}), "'fps' must be a number"),
     (json.dumps({"codebase_version": "v2.1", "fps": 30, "features": {}, "chunks_size": 0}), "chunks_size"),

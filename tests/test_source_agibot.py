@@ -239,3 +239,17 @@ def test_a_malformed_segment_fails_its_episode_naming_it(tmp_path):
     entry = {**fixture._task_entry(5), "label_info": {"action_config": [{"start_frame": 0, "action_text": "Take it."}]}}
     with pytest.raises(EpisodeError, match=r"task_1\.json: malformed action_config entry \{'start_frame': 0"):
         one_episode(tmp_path, fixture.proprio_arrays(8), task_info=[entry])
+
+
+def test_task_info_nested_too_deep_is_named_by_discovery_and_load(tmp_path):
+    """json.loads raises RecursionError on lists nested thousands deep: it escaped inspect's discovery."""
+    write_video(tmp_path / "observations/1/5/videos/head_color.mp4", moving_square_frames(8, 48, 64), 30.0)
+    fixture.write_proprio(tmp_path / "proprio_stats/1/5/proprio_stats.h5", fixture.proprio_arrays(8))
+    (tmp_path / "task_info").mkdir()
+    (tmp_path / "task_info/task_1.json").write_text("[" * 100_000)
+    reader = get_source("agibot")(tmp_path)
+    (ref,) = reader.discover()
+    words = f"{tmp_path / 'task_info/task_1.json'}: unreadable JSON (RecursionError: "
+    assert ref.error.startswith(words) and "\n" not in ref.error
+    with pytest.raises(EpisodeError, match=r"task_1\.json: unreadable JSON \(RecursionError: "):
+        reader.load(ref)

@@ -338,3 +338,14 @@ def test_a_side_file_linked_outside_the_root_is_refused(tmp_path):
         reader.load(ref)
     assert get_source("robomind")(root, follow_symlinks=True).load(ref).instructions == ["Do the task."]
     assert ref.relpath == relpath
+
+
+def test_an_annotation_file_nested_too_deep_fails_its_episodes_in_one_line(tmp_path):
+    """json.loads raises RecursionError on lists nested thousands deep: it became an "unexpected error"."""
+    spec = fixture.build_hostile(tmp_path)
+    (tmp_path / "language_description_annotation_json/h5_tienkung_xsens_1rgb.json").write_text("[" * 100_000)
+    reader = get_source("robomind")(tmp_path)
+    ref = next(ref for ref in reader.discover() if ref.relpath == fixture.HOSTILE_XSENS)
+    with pytest.raises(EpisodeError, match=r"h5_tienkung_xsens_1rgb\.json: unreadable JSON \(RecursionError: "):
+        reader.load(ref)
+    assert spec.good

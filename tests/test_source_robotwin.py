@@ -261,3 +261,13 @@ def test_invalid_scene_info_fails_each_episode_of_its_folder_naming_the_line(tmp
     for ref in reader.discover():
         with pytest.raises(EpisodeError, match=r"scene_info\.json: line 2: invalid JSON"):
             reader.load(ref)
+
+
+def test_scene_info_nested_too_deep_fails_its_episodes_in_one_line(tmp_path):
+    """json.loads raises RecursionError on lists nested thousands deep: it became an "unexpected error"."""
+    config = tmp_path / "beat_block_hammer/demo_clean"
+    fixture.write_legacy_episode(config / "data/episode0.hdf5", fixture.camera_frames(fixture.LEGACY_CAMERAS))
+    (config / "scene_info.json").write_text("[" * 100_000)
+    reader = get_source("robotwin")(tmp_path)
+    with pytest.raises(EpisodeError, match=r"scene_info\.json: unreadable JSON \(RecursionError: "):
+        reader.load(next(reader.discover()))

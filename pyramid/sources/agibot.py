@@ -16,6 +16,7 @@ from pyramid.episode import Episode, EpisodeRef, VideoCamera
 from pyramid.errors import EpisodeError
 from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
+from pyramid.sources.json_file import read_json
 from pyramid.sources.hdf5_file import one_line, open_hdf5, read_numeric
 
 FALLBACK_FPS = 30.0  # formats.md: the release is 30 Hz; used only when the head video states no rate
@@ -187,10 +188,7 @@ def _task_info_list(path: Path) -> list[Any]:
     """The parsed task_info JSON list; [] when the file is absent (not every task is listed)."""
     if not path.is_file():
         return []
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EpisodeError(path, f"unreadable task_info JSON ({exc.__class__.__name__}: {one_line(exc)})") from exc
+    entries = read_json(path)
     if not isinstance(entries, list):
         raise EpisodeError(path, f"task_info must be a JSON list, got {type(entries).__name__}")
     return entries

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from pyramid.episode import FPS_RANGE, EncodedImages, Episode, EpisodeRef, VideoCamera, decode_image_bytes
 from pyramid.errors import EpisodeError, SourceError
 from pyramid.sources.base import Source, register
+from pyramid.sources.json_file import JSON_FAILURES, json_problem, read_json
 from pyramid.sources.lerobot_parts import DEFAULT_FEATURES, part_name, vector_features
 from pyramid.sources.parquet_rows import EpisodeRows
 from pyramid.video_io import probe
@@ -151,7 +152,7 @@ class LeRobotSource(Source):
         try:
             entry = json.loads(line)
         except JSON_FAILURES as exc:
-            return self.unreadable(where, f"line {number} is not JSON ({_json_problem(exc)})")
+            return self.unreadable(where, f"line {number} is not JSON ({json_problem(exc)})")
         index = entry.get("episode_index") if isinstance(entry, dict) else None
         if not _is_int(index):
             return self.unreadable(where, f"line {number} has no integer 'episode_index'")
@@ -422,7 +423,7 @@ class LeRobotSource(Source):
             try:
                 entry = json.loads(line)
             except JSON_FAILURES as exc:
-                bad_lines.append((path, f"line {number} is not JSON ({_json_problem(exc)})"))
+                bad_lines.append((path, f"line {number} is not JSON ({json_problem(exc)})"))
                 continue
             if isinstance(entry, dict) and _is_int(entry.get("task_index")) and isinstance(entry.get("task"), str):
                 tasks[entry["task_index"]] = entry["task"]
@@ -650,21 +651,9 @@ def _is_depth(feature: dict[str, Any]) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        content = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (a Windows editor) is no JSON
-    except (OSError, *JSON_FAILURES) as exc:  # ValueError: bad JSON or bad UTF-8
-        raise SourceError(f"{path}: cannot read JSON ({_one_line(exc)})") from exc
+        content = read_json(path)
+    except EpisodeError as exc:  # wrong for every episode
+        raise SourceError(str(exc)) from None
     if not isinstance(content, dict):
         raise SourceError(f"{path}: expected a JSON object")
     return content
-
-
-# What json.loads raises on a line it refuses: a JSONDecodeError, and a ValueError (an integer of more than 4300 digits)
-# or RecursionError (lists nested thousands deep) on input that is JSON to the grammar.
-JSON_FAILURES = (ValueError, RecursionError)
-
-
-def _json_problem(exc: BaseException) -> str:
-    """Why json.loads refused a line, in one line: the decoder's own words and where, or the other error's."""
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at column {exc.colno}"
-    return f"{exc.__class__.__name__}: {_one_line(exc)}"

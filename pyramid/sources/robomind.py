@@ -7,7 +7,6 @@ and leader `master/` arrays); `SCHEMAS` holds what differs: keys, widths, action
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
 from pyramid.errors import EpisodeError
 from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
+from pyramid.sources.json_file import read_json
 from pyramid.sources.hdf5_file import check_finite, one_line, open_hdf5, read_numeric
 
 SUCCESS, FAILED = "success_episodes", "failed_episodes"
@@ -409,12 +409,7 @@ def _read_annotations(path: Path) -> dict[str, list[tuple[tuple[str, ...], Any]]
     The file is one JSON document for a whole embodiment folder, so invalid JSON leaves no record usable:
     every episode that needs it (no `language_raw`) fails, naming the file and the line of the error.
     """
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EpisodeError(path, f"line {error.lineno}: invalid JSON ({error.msg})") from None
-    except ValueError as error:
-        raise EpisodeError(path, f"unreadable annotation file ({one_line(error)})") from None
+    records = read_json(path)
     index: dict[str, list[tuple[tuple[str, ...], Any]]] = {}
     for record in records if isinstance(records, list) else []:
         if isinstance(record, dict) and isinstance(record.get("id"), str):

@@ -17,6 +17,7 @@ from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
 from pyramid.errors import EpisodeError
 from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
+from pyramid.sources.json_file import JSON_FAILURES, read_json
 from pyramid.sources.hdf5_file import one_line, open_hdf5, read_numeric
 
 EPISODE_FILE = re.compile(r"episode_?(\d+)\.hdf5")
@@ -114,7 +115,7 @@ class RoboTwinSource(Source):
                 raise EpisodeError(seed.path, seed.problem)
             context["seed"] = seed
         # One JSON document for the whole config folder: invalid JSON fails each of its episodes, naming the file and line.
-        scenes = self._config_file(beside / "scene_info.json", _read_json)
+        scenes = self._config_file(beside / "scene_info.json", read_json)
         if isinstance(scenes, dict) and f"episode_{number}" in scenes:
             context["scene_info"] = scenes[f"episode_{number}"]
         video = self.root / beside / "video" / f"episode{number}.mp4"
@@ -268,17 +269,8 @@ def _config_folder(ref: EpisodeRef) -> Path | None:
     return relpath.parent.parent if len(relpath.parts) >= 2 else None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EpisodeError(path, f"line {error.lineno}: invalid JSON ({error.msg})") from None
-    except ValueError as error:
-        raise EpisodeError(path, f"unreadable ({one_line(error)})") from None
-
-
 def _read_instructions(path: Path) -> list[str]:
-    content = _read_json(path)
+    content = read_json(path)
     lists = [content.get(key, []) for key in ("seen", "unseen")] if isinstance(content, dict) else None
     if lists is None or not all(isinstance(texts, list) for texts in lists):
         raise EpisodeError(path, 'expected {"seen": [...], "unseen": [...]}')
@@ -310,7 +302,7 @@ def _xpolicylab_instructions(file, path: Path) -> list[str]:
     if stored.ndim == 0:
         try:
             values = json.loads(_text(stored))
-        except ValueError:
+        except JSON_FAILURES:
             raise EpisodeError(path, "'instructions' is not a JSON list of strings") from None
         values = values if isinstance(values, list) else [values]
     elif stored.ndim == 1 and stored.dtype.kind in "SOU":
