@@ -251,16 +251,7 @@ class LeRobotSource(Source):
         if not data_path.is_file():
             raise EpisodeError(data_path, f"missing data file of episode {where['episode_index']}")
         try:
-            names = self._rows.schema_names(data_path) if where["shared_file"] else pq.read_schema(data_path).names
-        except (pa.ArrowException, OSError) as exc:
-            raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
-        self._check_declared_columns(data_path, where, names)
-        columns = [name for name in (*self.vector_keys, "episode_index", "task_index", "timestamp") if name in names]
-        try:
-            if where["shared_file"]:
-                rows = self._rows.read(data_path, where["episode_index"], columns)
-            else:
-                rows = pq.read_table(data_path, columns=columns)
+            rows = self._shared_file_rows(data_path, where) if where["shared_file"] else self._file_rows(data_path, where)
         except (pa.ArrowException, OSError) as exc:
             raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
         if not where["shared_file"]:
@@ -270,6 +261,19 @@ class LeRobotSource(Source):
             raise EpisodeError(data_path, f"episode {where['episode_index']} has {rows.num_rows} rows, "
                                           f"its metadata says length {expected}")
         return rows
+
+    def _shared_file_rows(self, data_path: Path, where: dict[str, Any]) -> pa.Table:
+        names = self._rows.schema_names(data_path)
+        return self._rows.read(data_path, where["episode_index"], self._columns_to_read(data_path, where, names))
+
+    def _file_rows(self, data_path: Path, where: dict[str, Any]) -> pa.Table:
+        """A v2 episode's file: its footer parsed once, for its columns and its rows."""
+        with pq.ParquetFile(data_path) as parquet:
+            return parquet.read(columns=self._columns_to_read(data_path, where, parquet.schema_arrow.names))
+
+    def _columns_to_read(self, data_path: Path, where: dict[str, Any], names: list[str]) -> list[str]:
+        self._check_declared_columns(data_path, where, names)
+        return [name for name in (*self.vector_keys, "episode_index", "task_index", "timestamp") if name in names]
 
     def _check_declared_columns(self, data_path: Path, where: dict[str, Any], names: list[str]) -> None:
         """What the reader loads and meta/info.json declares must be in the file: no silently action-less episode."""
