@@ -255,7 +255,11 @@ def _maker(recorded: dict | None, record: dict) -> str:
 
 
 def reusable_latents(path: Path, echo: Callable[[str], None]) -> np.ndarray | None:
-    """The latents at `path`, or None (to relabel) when there are none or they are unreadable."""
+    """The latents at `path`, or None (to relabel) when there are none, they are unreadable, or `path` is a link: what
+    it points at, maybe outside the output, is no file a label run wrote."""
+    if path.is_symlink():
+        echo(f"relabelling {path}: a link (to {os.path.realpath(path)}), not latents label wrote")
+        return None
     if not path.is_file():
         return None
     try:

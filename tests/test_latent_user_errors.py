@@ -139,6 +139,24 @@ def test_label_redoes_a_latent_file_a_killed_run_left_partial(sample, run, tmp_p
     assert np.allclose(np.load(partial), whole, atol=1e-6)
 
 
+def test_label_relabels_a_latent_file_that_links_elsewhere_and_leaves_its_target_alone(sample, run, tmp_path):
+    """A latent file linked to one outside OUT was read and reused as if label had written it."""
+    out = tmp_path / "out"
+    label_source(step(run, 2), sample / "videos", out, device="cpu", echo=lambda _: None)
+    linked = sorted((out / "latent_actions").glob("*.npy"))[0]
+    whole = np.load(linked)
+    elsewhere = tmp_path / "elsewhere.npy"
+    np.save(elsewhere, np.zeros_like(whole))
+    linked.unlink()
+    linked.symlink_to(elsewhere)
+    messages: list[str] = []
+    report = label_source(step(run, 2), sample / "videos", out, device="cpu", echo=messages.append)
+    assert report["reused"] == report["episodes"] - 1
+    assert any(str(linked) in message and "a link (to" in message for message in messages)
+    assert not linked.is_symlink() and np.allclose(np.load(linked), whole, atol=1e-6)
+    assert not np.load(elsewhere).any()
+
+
 @pytest.mark.parametrize("device", ["banana", "cuda:99"])
 def test_a_device_that_is_not_here_is_one_line_even_when_every_latent_is_reused(sample, run, tmp_path, device):
     label_source(step(run, 2), sample / "videos", tmp_path, device="cpu", echo=lambda _: None)
