@@ -26,7 +26,7 @@ from latent_action.action_space import ActionNormalizer
 from latent_action.config import TrainConfig, config_changes, parse_config
 from latent_action.model import LatentActionVAE
 from pyramid.atomic import atomic_directory
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, one_line
 from pyramid.training.checkpoints import (RNG_FILE, STATE_FILE, latest_checkpoint, load_rng, prune_checkpoints,
                                           read_state, read_tensors, require_fields, save_rng, state_file, step_directory)
 
@@ -81,9 +81,9 @@ def restore_checkpoint(
         load_model(vae, str(weights), device=str(next(vae.parameters()).device))
     except RuntimeError as exc:  # load_model's size mismatch or missing keys: a model of another config
         raise EpisodeError(directory, f"cannot resume: its weights do not fit the model the config builds "
-                                      f"({weights_mismatch(vae, weights) or _one_line(exc)})") from exc
+                                      f"({weights_mismatch(vae, weights) or one_line(exc, 300)})") from exc
     except (OSError, ValueError, KeyError, SafetensorError) as exc:  # a torn or foreign file
-        raise EpisodeError(weights, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {_one_line(exc)})") from exc
+        raise EpisodeError(weights, f"cannot resume from this checkpoint ({exc.__class__.__name__}: {one_line(exc, 300)})") from exc
     tensors = read_tensors(directory / "optimizer.safetensors")  # names the file where it is missing or torn
     optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
@@ -137,10 +137,10 @@ def load_vae(directory: Path) -> LatentActionVAE:
     except RuntimeError as exc:  # diffusers' size mismatch: weights of a model other than config.json describes
         model = LatentActionVAE.from_config(LatentActionVAE.load_config(str(directory)))
         raise EpisodeError(directory, f"its weights do not fit the model its config.json describes "
-                                      f"({weights_mismatch(model, weights) or _one_line(exc)})") from exc
+                                      f"({weights_mismatch(model, weights) or one_line(exc, 300)})") from exc
     except (TypeError, ValueError, KeyError, AttributeError, SafetensorError) as exc:  # not JSON, or not a VAE's, or torn
         raise EpisodeError(directory, f"not a readable latent-action VAE checkpoint ({exc.__class__.__name__}: "
-                                      f"{_one_line(exc)})") from exc
+                                      f"{one_line(exc, 300)})") from exc
 
 
 def required_weights(directory: Path) -> Path:
@@ -154,7 +154,7 @@ def required_weights(directory: Path) -> Path:
         with safe_open(str(weights), "pt") as file:
             file.keys()
     except (SafetensorError, OSError) as exc:
-        raise EpisodeError(weights, f"not a readable safetensors file ({_one_line(exc)})") from None
+        raise EpisodeError(weights, f"not a readable safetensors file ({one_line(exc, 300)})") from None
     return weights
 
 
@@ -228,10 +228,6 @@ def changed_settings(directory: Path, config: TrainConfig) -> list[str]:
         return config_changes(json.loads(parse_config(saved).model_dump_json()), current)
     except ValueError:  # a config of an older layout: compare the settings both know
         return config_changes(saved, current, only_shared=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -20,10 +20,10 @@ import numpy as np
 from flow.still import zero_unchanged
 from latent_action.action_space import UNLABELLED_EMBODIMENTS
 from latent_action.images import resize_images
-from pyramid.cameras import CameraLayoutSpec, CameraView
+from pyramid.cameras import Cameras, CameraView
 from pyramid.clips import decode_stored, pair_actions, stored_frames_of
 from pyramid.episode import Episode
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, one_line
 
 FRAMES_PER_CHUNK = 128  # stored frames whose flow is computed at once
 FLOW_COLUMN = "flow_npy_zst"  # flow.lance's stored flow (pyramid/schema.py)
@@ -331,7 +331,7 @@ def build_flow_settings(manifest: Path) -> FlowSettings:
                             int(flow.get("stride", 1)), int(height), int(width), None,
                             float(flow.get("still_threshold", 0.0)), int(flow.get("still_radius", 6)), fit, *_layouts_of(views))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EpisodeError(manifest, f"cannot tell how the build beside it made its flow ({exc.__class__.__name__}: {exc}); "
+        raise EpisodeError(manifest, f"cannot tell how the build beside it made its flow ({exc.__class__.__name__}: {one_line(exc)}); "
                                      "train from a finished build's flow.lance") from exc
 
 
@@ -342,8 +342,10 @@ def _layouts_of(views: Sequence[CameraView]) -> tuple[tuple[str, ...], tuple[tup
 
 
 def _cameras_spec(cameras):
-    """A manifest recipe's source `cameras` (JSON) as `CameraView.of_recipe` takes it."""
-    return CameraLayoutSpec(**cameras) if isinstance(cameras, dict) else cameras
+    """A manifest recipe's source `cameras` (JSON), validated as the recipe's `cameras` is."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Cameras).validate_python(cameras)
 
 
 def _table_from_columns(columns: dict[str, list]) -> PairTable:

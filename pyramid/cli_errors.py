@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from pyramid.errors import BuildError, EpisodeError, ExportError, SourceError, debugging
+from pyramid.errors import BuildError, EpisodeError, ExportError, SourceError, debugging, one_line
 
 
 def fail(message: str) -> None:
@@ -25,7 +25,7 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an error that reached the top of the CLI."""
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted"
-    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    text = one_line(exc)
     if isinstance(exc, _user_errors()):
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
             text = f"{exc.filename}: {text}"

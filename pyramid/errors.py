@@ -12,6 +12,13 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def one_line(error: BaseException, limit: int | None = None) -> str:
+    """An error's message on one line (a library's may span many), cut at `limit` characters; the error's type when it
+    says nothing."""
+    text = " ".join(str(error).split()) or error.__class__.__name__
+    return text[:limit] if limit else text
+
+
 class EpisodeError(Exception):
     """An input file is missing, corrupt or not what its format promises."""
 

@@ -33,7 +33,7 @@ from typing import Iterator
 
 from pyramid.atomic import atomic_write_bytes, is_temporary, remove_temporaries
 from pyramid.cluster import NODE_CHECK_PREFIX, check_nodes_see, ray_address
-from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, output_full
+from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, one_line, output_full
 from pyramid.locks import exclusive
 from pyramid.paths import overlap_problem, under_a_file
 from pyramid.recipe import Recipe
@@ -84,7 +84,7 @@ def _discovery_of(spec, reader) -> Iterator:
     try:
         yield from reader.discover()
     except (EpisodeError, SourceError, OSError, ValueError, KeyError) as exc:
-        raise BuildError(f"source '{spec.kind}' at {spec.root}: discovery stopped: {' '.join(str(exc).split())}") from exc
+        raise BuildError(f"source '{spec.kind}' at {spec.root}: discovery stopped: {one_line(exc)}") from exc
 
 
 def preflight(recipe: Recipe) -> None:
@@ -120,7 +120,7 @@ def check_vae_config(recipe: Recipe) -> None:
     except ValueError as exc:
         raise BuildError(str(exc)) from None
     except (TypeError, KeyError, AttributeError) as exc:  # a JSON file, but not a VAE's config
-        raise BuildError(f"{path}: not a latent-action VAE's config ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from None
+        raise BuildError(f"{path}: not a latent-action VAE's config ({exc.__class__.__name__}: {one_line(exc)})") from None
 
 
 LOCK_FILE = ".build.lock"

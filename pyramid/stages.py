@@ -24,7 +24,7 @@ from pyramid.cameras import LAYOUT_WORDS, CameraView, layouts_in_words, reordere
 from pyramid.clips import PART_FRAMES, ClipSpan, clip_parts, clip_spans, decode_stored_parts, stored_frames_of
 from pyramid.episode import Episode, EpisodeRef
 from pyramid.episode_outputs import EpisodeSummary, part_outputs, part_record, recorded_part, timed
-from pyramid.errors import EpisodeError, OutputFullError, output_full
+from pyramid.errors import EpisodeError, OutputFullError, one_line, output_full
 from pyramid.recipe import Recipe
 
 _readers: dict[str, Any] = {}
@@ -45,7 +45,7 @@ def worker_setup():
     except WorkerSetupError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise WorkerSetupError(f"{exc.__class__.__name__}: {' '.join(str(exc).split())}") from exc
+        raise WorkerSetupError(f"{exc.__class__.__name__}: {one_line(exc)}") from exc
 
 
 def _reader(recipe: Recipe, source_index: int):

@@ -16,6 +16,8 @@ from typing import Any, Callable, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pyramid.errors import one_line
+
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -44,7 +46,7 @@ def read_mapping(path: Path, error: type[ConfigError]) -> dict:
     except UnicodeDecodeError as exc:
         raise error(f"{path}: cannot read {_kind(error)} (not UTF-8 text: byte {exc.start})") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise error(f"{path}: cannot read {_kind(error)} ({' '.join(str(exc).split())})") from None
+        raise error(f"{path}: cannot read {_kind(error)} ({one_line(exc)})") from None
     if not isinstance(raw, dict):
         raise error(f"{path}: a {_kind(error)} must be a mapping of keys to values")
     return raw

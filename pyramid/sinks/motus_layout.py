@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from pyramid.build_reader import (build_recipe, build_samples, build_shards, episodes_of, pair_latents, run_frames,
                                   run_video, runs_with_latents)
-from pyramid.errors import EpisodeError, ExportError
+from pyramid.errors import EpisodeError, ExportError, one_line
 from pyramid.paths import check_export_target, output_child, safe_name
 from pyramid.atomic import atomic_directory, atomic_write_bytes
 from pyramid.staging import mp4_bytes
@@ -157,7 +157,7 @@ def read_config(out_dir: Path) -> tuple[Sampling, tuple[int, int]]:
         return (Sampling(int(common["global_downsample_rate"]), int(common["num_video_frames"])),
                 (int(common["video_height"]), int(common["video_width"])))
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"{path}: unreadable ({exc.__class__.__name__}: {' '.join(str(exc).split())}); export the build again") from None
+        raise ExportError(f"{path}: unreadable ({exc.__class__.__name__}: {one_line(exc)}); export the build again") from None
 
 
 def _device(name: str) -> str:
@@ -180,7 +180,7 @@ class InstructionEncoder:
         try:
             self.embedder = Umt5TextEmbedder(path, WAN_TEXT_LEN, device)
         except (OSError, ValueError) as exc:
-            raise ExportError(f"{path}: cannot load a UMT5 text encoder ({' '.join(str(exc).split())[:200]}); {ENCODER_HINT}") from exc
+            raise ExportError(f"{path}: cannot load a UMT5 text encoder ({one_line(exc, 200)}); {ENCODER_HINT}") from exc
         self.cache: dict[str, object] = {}
 
     def __call__(self, texts: list[str]) -> list:

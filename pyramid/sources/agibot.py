@@ -13,11 +13,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, VideoCamera
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, one_line
 from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
 from pyramid.sources.json_file import read_json
-from pyramid.sources.hdf5_file import one_line, open_hdf5, read_numeric
+from pyramid.sources.hdf5_file import open_hdf5, read_numeric
 
 FALLBACK_FPS = 30.0  # formats.md: the release is 30 Hz; used only when the head video states no rate
 PRIMARY_CAMERA = "head"

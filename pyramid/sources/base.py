@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from pyramid.episode import PYRAMID_LEVELS, Episode, EpisodeRef
-from pyramid.errors import EpisodeError, SourceError
+from pyramid.errors import EpisodeError, SourceError, one_line
 from pyramid.paths import confined, symlink_problem
 from pyramid.validate import check_episode
 
@@ -65,7 +65,7 @@ class Source(ABC):
         except EpisodeError:
             raise
         except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
-            raise EpisodeError(ref.path, f"{exc.__class__.__name__}: {' '.join(str(exc).split())}") from exc
+            raise EpisodeError(ref.path, f"{exc.__class__.__name__}: {one_line(exc)}") from exc
         return check_episode(episode)
 
     def ref(self, relpath: str | os.PathLike, **locator: Any) -> EpisodeRef:

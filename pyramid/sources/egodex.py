@@ -12,10 +12,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, VideoCamera
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, one_line
 from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
-from pyramid.sources.hdf5_file import one_line, open_hdf5
+from pyramid.sources.hdf5_file import open_hdf5
 
 # The official `get_camera_intrinsics()` constant ("it is always the same"), for a 1920x1080 image.
 # part1 files often store `camera/intrinsic` as an empty (0, 3) array (ml-egodex issue #10).

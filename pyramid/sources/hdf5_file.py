@@ -6,13 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, one_line
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
-
-
-def one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
 
 
 def open_hdf5(path: Path):

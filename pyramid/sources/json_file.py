@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pyramid.errors import EpisodeError
-from pyramid.sources.hdf5_file import one_line
+from pyramid.errors import EpisodeError, one_line
 
 # What json.loads raises on text it refuses: JSONDecodeError (a ValueError), ValueError, RecursionError.
 JSON_FAILURES = (ValueError, RecursionError)

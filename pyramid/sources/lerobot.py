@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pyramid.episode import FPS_RANGE, EncodedImages, Episode, EpisodeRef, VideoCamera, decode_image_bytes
-from pyramid.errors import EpisodeError, SourceError
+from pyramid.errors import EpisodeError, SourceError, one_line
 from pyramid.sources.base import Source, register
 from pyramid.sources.json_file import JSON_FAILURES, json_problem, read_json
 from pyramid.sources.lerobot_parts import DEFAULT_FEATURES, part_name, vector_features
@@ -195,7 +195,7 @@ class LeRobotSource(Source):
                     yield self._entry_v3(row, relpath, number)
                     number += 1
         except (pa.ArrowException, OSError) as exc:
-            yield self.unreadable(relpath, f"cannot read episode metadata parquet ({_one_line(exc)})")
+            yield self.unreadable(relpath, f"cannot read episode metadata parquet ({one_line(exc)})")
 
     def _entry_v3(self, row: dict[str, Any], relpath: str, number: int) -> EpisodeRef:
         index = _as_int(row.get("episode_index"))
@@ -203,7 +203,7 @@ class LeRobotSource(Source):
         try:
             return self._ref_v3(row, where)
         except (KeyError, ValueError, TypeError, IndexError) as exc:
-            return self.unreadable(where, f"{relpath} row {number}: {_one_line(exc)}")
+            return self.unreadable(where, f"{relpath} row {number}: {one_line(exc)}")
 
     def _ref_v3(self, row: dict[str, Any], relpath: str) -> EpisodeRef:
         index = _required_int(row, "episode_index")
@@ -253,7 +253,7 @@ class LeRobotSource(Source):
         try:
             rows = self._shared_file_rows(data_path, where) if where["shared_file"] else self._file_rows(data_path, where)
         except (pa.ArrowException, OSError) as exc:
-            raise EpisodeError(data_path, f"cannot read parquet ({_one_line(exc)})") from exc
+            raise EpisodeError(data_path, f"cannot read parquet ({one_line(exc)})") from exc
         if not where["shared_file"]:
             _refuse_other_episodes_rows(rows, where["episode_index"], data_path)
         expected = where["length"]
@@ -442,7 +442,7 @@ class LeRobotSource(Source):
         try:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
-            raise EpisodeError(path, f"cannot read parquet ({_one_line(exc)})") from exc
+            raise EpisodeError(path, f"cannot read parquet ({one_line(exc)})") from exc
         text = next((name for name in ("task", "__index_level_0__") if name in table.column_names), None)
         if text is None or "task_index" not in table.column_names:
             raise EpisodeError(path, f"expected columns 'task' and 'task_index', found {table.column_names}")
@@ -493,7 +493,7 @@ class ParquetImageCamera(EncodedImages):
                 table = pq.read_table(self.path, columns=[self.column])
             cells = table.column(self.column).to_pylist()
         except (pa.ArrowException, OSError, KeyError) as exc:
-            raise EpisodeError(self.path, f"cannot read image column '{self.column}' ({_one_line(exc)})") from exc
+            raise EpisodeError(self.path, f"cannot read image column '{self.column}' ({one_line(exc)})") from exc
         if len(cells) != self.num_frames:
             raise EpisodeError(self.path, f"'{self.column}' has {len(cells)} images, episode has {self.num_frames} frames")
         return cells
@@ -638,11 +638,7 @@ def _check_template(info_path: Path, key: str, template: Any, fields: dict[str, 
     try:
         template.format(**fields)
     except (KeyError, ValueError, IndexError, AttributeError) as exc:
-        raise SourceError(f"{info_path}: '{key}' {template!r} is not a usable path template ({_one_line(exc)})") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or exc.__class__.__name__
+        raise SourceError(f"{info_path}: '{key}' {template!r} is not a usable path template ({one_line(exc)})") from None
 
 
 def _is_depth(feature: dict[str, Any]) -> bool:

@@ -15,11 +15,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, one_line
 from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
 from pyramid.sources.json_file import read_json
-from pyramid.sources.hdf5_file import check_finite, one_line, open_hdf5, read_numeric
+from pyramid.sources.hdf5_file import check_finite, open_hdf5, read_numeric
 
 SUCCESS, FAILED = "success_episodes", "failed_episodes"
 RGB_GROUP = "observations/rgb_images"

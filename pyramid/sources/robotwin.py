@@ -14,11 +14,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from pyramid.episode import Episode, EpisodeRef, ImageSequenceCamera
-from pyramid.errors import EpisodeError
+from pyramid.errors import EpisodeError, one_line
 from pyramid.paths import symlink_problem
 from pyramid.sources.base import Source, register
 from pyramid.sources.json_file import JSON_FAILURES, read_json
-from pyramid.sources.hdf5_file import one_line, open_hdf5, read_numeric
+from pyramid.sources.hdf5_file import open_hdf5, read_numeric
 
 EPISODE_FILE = re.compile(r"episode_?(\d+)\.hdf5")
 PHYSICS_HZ = 250  # SAPIEN steps of 1/250 s; a frame is saved every `save_freq` steps (spacing not uniform)

@@ -38,7 +38,7 @@ def state_file(directory: Path) -> Path:
 
 def read_state(directory: Path) -> dict:
     """The checkpoint's training state as a JSON object; a missing or damaged state file is an error naming it."""
-    from pyramid.errors import EpisodeError
+    from pyramid.errors import EpisodeError, one_line
 
     path = state_file(directory)
     if not path.is_file():
@@ -46,7 +46,7 @@ def read_state(directory: Path) -> dict:
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
-        raise EpisodeError(path, f"unreadable training state ({exc.__class__.__name__}: {' '.join(str(exc).split())})") from exc
+        raise EpisodeError(path, f"unreadable training state ({exc.__class__.__name__}: {one_line(exc)})") from exc
     if not isinstance(state, dict):
         raise EpisodeError(path, "unreadable training state (not a JSON object)")
     return state
