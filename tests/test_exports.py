@@ -662,3 +662,19 @@ def test_export_lerobot_fits_videos_of_every_size_to_the_size_asked_for(tmp_path
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and result.stderr.strip() == (
         "error: --resize fits frames to --size: give --size HEIGHTxWIDTH as well")
+
+
+def test_export_motus_with_every_episode_left_out_fails_and_keeps_the_earlier_export(build, tmp_path):
+    """Every run too short for the samples asked: the export said "0 episodes" with exit 0, and wrote a dataset Motus
+    trains nothing from."""
+    build_dir, encoder = build
+    out = tmp_path / "export"
+    assert export(build_dir, out, "--text-encoder", str(encoder)).returncode == 0
+    before = tree_digest(out)
+    for target, extra in ((tmp_path / "new", ()), (out, ("--overwrite",))):
+        result = export(build_dir, target, "--text-encoder", str(encoder), "--num-video-frames", "512", *extra)
+        last = result.stderr.strip().splitlines()[-1]  # after the progress bars
+        assert result.returncode == 2 and last.startswith(f"error: {build_dir}: no episode to export (left out: "), result.stderr
+        assert " too short); a sample of " in last and last.endswith("lower --num-video-frames or --downsample-rate")
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "new").exists() and tree_digest(out) == before

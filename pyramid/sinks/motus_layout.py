@@ -99,9 +99,19 @@ def export_motus(build_dir: Path, out_dir: Path, text_encoder: Path | None, *, d
         for episode_id, clips in tqdm(episodes_of(build_samples(shards)), desc="export", unit="episode", disable=not progress):
             for run, values in runs_with_latents(episode_id, clips, latents):
                 _export_run(partial, episode_id, run, len(clips) == len(run), values, encoder, sampling, float(recipe["fps"]), counts)
+        if not counts.episodes:  # Motus would train on nothing, and a script running it next would not notice
+            raise ExportError(no_episode_exported(build_dir, counts.skipped, sampling))
         write_motus_scan(partial, out_dir)
         write_config(partial, sampling, tuple(recipe["video_size"]), out_dir)
     return counts
+
+
+def no_episode_exported(build_dir: Path, skipped: LeftOut, sampling: Sampling) -> str:
+    message = f"{build_dir}: no episode to export (left out: {skipped.describe() or 'none, the build has no clips'})"
+    if skipped.get("too_short"):
+        message += (f"; a sample of --num-video-frames {sampling.num_video_frames} frames {sampling.global_downsample_rate} "
+                    f"apart needs runs of {sampling.min_frames} stored frames: lower --num-video-frames or --downsample-rate")
+    return message
 
 
 def check_model_shape(build_dir: Path, num_video_frames: int, video_size: tuple[int, int]) -> None:
