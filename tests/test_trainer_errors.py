@@ -193,6 +193,25 @@ def test_train_refuses_levels_outside_the_pyramid(build, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("frames, words", [
+    ({"height": 36, "width": 32}, "model: frames.height 36 must be a multiple of 8: the video VAE shrinks frames 4x"),
+    ({"height": 32, "width": 20}, "frames.width 20 must be a multiple of 8"),
+])
+def test_train_refuses_frame_sides_the_video_model_cannot_patch(build, tmp_path, capsys, frames, words):
+    """A side the model cannot cut into whole tokens failed in the first step: "unexpected RuntimeError", exit 1,
+    after the output was written."""
+    recipe = write_recipe(tmp_path / "frames.yaml", build.root, tmp_path / "out")
+    content = yaml.safe_load(recipe.read_text())
+    content["model"] = {"preset": "tiny", "frames": frames}
+    recipe.write_text(yaml.safe_dump(content))
+    code, stderr = pyramid(capsys, "train", recipe)
+    assert_user_error(code, stderr, recipe, words)
+    assert not (tmp_path / "out").exists()
+    model_config({"preset": "tiny", "frames": {"height": 40, "width": 32}})  # sides of whole tokens pass
+    with pytest.raises(ValueError, match="frames.height 368 must be a multiple of 32"):
+        model_config({"preset": "paper", "frames": {"height": 368, "width": 320}})
+
+
 def test_train_refuses_to_write_into_a_build(build, tmp_path, capsys):
     copy = tmp_path / "build"
     shutil.copytree(build.root, copy)

@@ -90,6 +90,21 @@ class ModelConfig(Strict):
     eps: float = 1e-6
     inference_steps: int = Field(10, ge=1)
 
+    @model_validator(mode="after")
+    def _frames_fit_the_video_model(self) -> "ModelConfig":
+        """Frame sides the video model can cut into whole tokens: its VAE shrinks them `scale_factor_spatial` times, its
+        transformer patches the latents; other sides fail in the middle of the first step (tensor sizes that differ)."""
+        factor = self.video.vae.get("scale_factor_spatial")
+        patch = self.video.transformer.get("patch_size")
+        if not isinstance(factor, int) or not (isinstance(patch, (list, tuple)) and len(patch) == 3):
+            return self
+        for side, name, patch_side in ((self.frames.height, "height", patch[1]), (self.frames.width, "width", patch[2])):
+            if side % (factor * patch_side):
+                raise ValueError(f"frames.{name} {side} must be a multiple of {factor * patch_side}: the video VAE "
+                                 f"shrinks frames {factor}x and the transformer cuts its latents into patches of "
+                                 f"{patch[1]}x{patch[2]}")
+        return self
+
 
 class DataConfig(Strict):
     format: Literal["webdataset", "lance"]
