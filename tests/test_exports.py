@@ -678,3 +678,27 @@ def test_export_motus_with_every_episode_left_out_fails_and_keeps_the_earlier_ex
         assert " too short); a sample of " in last and last.endswith("lower --num-video-frames or --downsample-rate")
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "new").exists() and tree_digest(out) == before
+
+
+def test_export_lerobot_names_the_cameras_it_kept_where_episodes_have_others(tmp_path):
+    """An AgiBot episode with a wrist camera more than the first (or a build mixing a T-layout and one camera) was
+    left out as "other cameras" with nothing said of which ones the dataset holds."""
+    from pyramid.video_io import write_video
+    from tests.fixtures import agibot
+    from tests.fixtures.media import moving_square_frames
+
+    root = tmp_path / "agibot"
+    for episode, cameras in ((5, ["head_color"]), (6, ["head_color", "hand_left_color"])):
+        for camera in cameras:
+            write_video(root / f"observations/1/{episode}/videos/{camera}.mp4", moving_square_frames(8, 48, 64, seed=episode), 30.0)
+        agibot.write_proprio(root / f"proprio_stats/1/{episode}/proprio_stats.h5", agibot.proprio_arrays(8))
+    out = tmp_path / "lerobot"
+    result = subprocess.run([*CLI, "export-lerobot", str(root), str(out), "--codec", "libx264"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        f"{out}: 1 episodes, 8 frames; left out: 1 other cameras",
+        "(a LeRobot dataset holds one set of cameras: the first episode's (head); export the episodes with other cameras "
+        "from a build or dataset of their own)"]
+    features = check_lerobot_v3(out)["features"]
+    assert [key for key, feature in features.items() if feature["dtype"] == "video"] == ["observation.images.head"]

@@ -107,6 +107,10 @@ def export_lerobot(input_path: Path, out_dir: Path, *, source: str | None = None
         raise ExportError(f"{input_path}: no episode to export: each one failed to decode") from None
     info = json.loads((out_dir / "meta" / "info.json").read_text())
     summary.episodes, summary.frames = info["total_episodes"], info["total_frames"]
+    if "other_cameras" in summary.skipped:
+        cameras = ", ".join(key.removeprefix("observation.images.") for key in sorted(first.episode.videos))
+        summary.notes.append(f"a LeRobot dataset holds one set of cameras: the first episode's ({cameras}); export the "
+                             "episodes with other cameras from a build or dataset of their own")
     if "other_frame_size" in summary.skipped:
         sizes = ", ".join(f"{key.removeprefix('observation.images.')} {'x'.join(map(str, shape[:2]))}"
                           for key, shape in sorted(first.frame_sizes().items()))
