@@ -136,11 +136,13 @@ def test_export_is_the_layout_motus_reads(build, tmp_path, options, rate):
 
 
 def test_export_too_short_for_the_sampling_leaves_episodes_out(build, tmp_path):
+    """Every run too short: an error naming the count and the run length the sampling needs, and no export."""
     build_dir, encoder = build
     result = export(build_dir, tmp_path / "export", "--text-encoder", str(encoder), "--downsample-rate", "8")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "0 episodes" in result.stdout and f"{EPISODES + 1} too short" in result.stdout
-    assert "65 frames" in (tmp_path / "export" / "motus_latent_action.yaml").read_text()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"(left out: {EPISODES + 1} too short); a sample of --num-video-frames 8 frames 8 apart needs runs of 65 " \
+           "stored frames" in result.stderr
+    assert not (tmp_path / "export").exists()
 
 
 def test_export_without_a_text_encoder_says_what_to_pass(build, tmp_path):
