@@ -1,7 +1,7 @@
 """Write a LeRobotDataset v3.0 (lerobot >= 0.4): episodes back to back in one parquet file and one mp4 per camera.
 
 The layout, column names and metadata follow huggingface/lerobot (`dataset_writer.py`,
-`dataset_metadata.py`); see /work/shared/formats.md section 5. Everything streams: an episode's
+`dataset_metadata.py`); see pyramid/sources/FORMATS.md section 5. Everything streams: an episode's
 frames are encoded chunk by chunk as they are decoded, each episode into a file of its own that is then appended to
 the dataset's mp4 without re-encoding (as LeRobot concatenates its per-episode videos). A video that fails to decode
 halfway through thus leaves the dataset as it was: `write_lerobot_v3(on_unreadable=)` leaves that episode out.

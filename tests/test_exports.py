@@ -188,7 +188,7 @@ def lerobot_rows(root: Path) -> "pd.DataFrame":
 
 
 def check_lerobot_v3(root: Path) -> dict:
-    """The documented v3.0 layout (lerobot/datasets, our formats.md section 5): info features are the parquet columns
+    """The documented v3.0 layout (lerobot/datasets, our FORMATS.md section 5): info features are the parquet columns
     plus the videos; episode rows index the frames and the video spans; stats cover every feature; then our reader and
     lerobot's own LeRobotDataset open it."""
     import pandas as pd

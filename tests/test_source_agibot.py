@@ -147,7 +147,7 @@ def test_a_short_part_is_scattered_at_its_own_index_not_the_joints(tmp_path, par
 
 @pytest.mark.parametrize("part", ["effector", "head", "waist"])
 def test_a_short_part_whose_index_is_empty_does_not_borrow_the_joint_index(tmp_path, part):
-    """formats.md replaces only an empty `end/index` by `joint/index` (the arm controller commands both);
+    """FORMATS.md replaces only an empty `end/index` by `joint/index` (the arm controller commands both);
     the gripper, head and waist have controllers of their own, whose commands need not fall on the joints' frames."""
     arrays = fixture.proprio_arrays(8)
     arrays[f"action/{part}/position"] = arrays[f"action/{part}/position"][:4]

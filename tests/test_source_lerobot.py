@@ -328,7 +328,7 @@ def test_our_writer_writes_the_layout_lerobot_writes(tmp_path):
     ours = write_lerobot_v3(tmp_path / "ours", episodes, fps=FPS, robot_type="toy_arm", state_names=["x", "y", "z"],
                             action_names=["x", "y", "z"])
     info = {root: json.loads((root / "meta/info.json").read_text()) for root in (REFERENCE, ours)}
-    known = {"video_files_size_in_mb"}  # LeRobot's default changed from 500 to 200 after 0.4.1 (formats.md); we write 200
+    known = {"video_files_size_in_mb"}  # LeRobot's default changed from 500 to 200 after 0.4.1 (FORMATS.md); we write 200
     assert {k: v for k, v in info[ours].items() if k not in known} == {k: v for k, v in info[REFERENCE].items() if k not in known}
     for path in ("data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet"):  # in any order
         assert sorted(pq.read_schema(ours / path).names) == sorted(pq.read_schema(REFERENCE / path).names), path

@@ -19,7 +19,7 @@ from pyramid.sources.base import Source, register
 from pyramid.sources.json_file import read_json
 from pyramid.sources.hdf5_file import open_hdf5, read_numeric
 
-FALLBACK_FPS = 30.0  # formats.md: the release is 30 Hz; used only when the head video states no rate
+FALLBACK_FPS = 30.0  # FORMATS.md: the release is 30 Hz; used only when the head video states no rate
 PRIMARY_CAMERA = "head"
 VIDEO_SUFFIX = "_color.mp4"
 TASKS_KEPT = 3  # task_info files kept parsed per reader (`_task_entries`)
@@ -318,7 +318,7 @@ def _held_commands(values: np.ndarray, index: np.ndarray, num_frames: int) -> np
 
 
 def _action_index(file: Any, part: str, path: Path) -> tuple[np.ndarray, str]:
-    """The part's own frame index. The release's empty `action/end/index`, which formats.md and any4lerobot
+    """The part's own frame index. The release's empty `action/end/index`, which FORMATS.md and any4lerobot
     replace by `action/joint/index` (the arm controller commands both), concerns `end`, which is not read here;
     the gripper, head, waist and base have controllers of their own, so the joints' frames are no stand-in."""
     name = f"action/{part}/index"

@@ -29,7 +29,7 @@ TRACKED_JOINTS = (
 )
 STATE_NAMES = [f"{joint}.{axis}" for joint in TRACKED_JOINTS for axis in "xyz"]
 EPISODE_SUFFIXES = (".hdf5", ".mp4")
-FALLBACK_FPS = 30.0  # formats.md: every EgoDex video is 30 fps; used only when the container states no rate
+FALLBACK_FPS = 30.0  # FORMATS.md: every EgoDex video is 30 fps; used only when the container states no rate
 DETECT_FOLDER_LIMIT = 8
 
 

@@ -5,7 +5,7 @@ feature of its own (any4lerobot's `observation.states.<part>`, `actions.<part>`)
 the options `state_features` and `action_features` choose others. Every `video` feature is a camera, and so is
 every `image` feature (PNG bytes embedded in the parquet). Other float vectors (for example
 `observation.environment_state`) are not loaded: their dimension names are listed in
-`metadata["other_features"]`. Layouts: /work/shared/formats.md section 5.
+`metadata["other_features"]`. Layouts: FORMATS.md section 5.
 
 Real dumps are hostile: a bad line in `meta/episodes.jsonl`, a null column or a corrupt file under
 `meta/episodes/` becomes one unreadable ref and discovery goes on; every path named by the metadata

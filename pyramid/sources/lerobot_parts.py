@@ -1,6 +1,6 @@
 """Which features of a LeRobot dataset become an episode's state and its actions.
 
-Most datasets keep one vector each, `observation.state` and `action`. any4lerobot's converters (formats.md section 2,
+Most datasets keep one vector each, `observation.state` and `action`. any4lerobot's converters (FORMATS.md section 2,
 "LeRobot conversions"; its RoboMIND converter alike) keep every part as a feature of its own,
 `observation.states.<part>` and `actions.<part>`, some of them 2-D (`end.orientation` [2, 4]: two arms' quaternions).
 For such a dataset whose `robot_type` this toolkit reads raw, the parts are the ones its raw reader takes, in its
