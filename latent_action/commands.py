@@ -72,6 +72,7 @@ def eval_latents(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
 ) -> None:
     """Probe R^2 (latents -> real actions) beside a flow-grid baseline, flow reconstruction EPE and latent statistics."""
+    from latent_action.eval_report import REPORT_FILE
     from latent_action.evaluation import evaluate_latents
 
     from latent_action.checkpoint import resolve_checkpoint
@@ -89,7 +90,7 @@ def eval_latents(
     probe = result["probe"]
     summary = {key: probe[key] for key in ("overall_r2", "overall_r2_flow_grid", "overall_r2_shuffled_control")} | result["flow"]
     typer.echo(json.dumps(summary))
-    typer.echo(f"report: {out_dir / 'eval.json'}", err=True)
+    typer.echo(f"report: {out_dir / REPORT_FILE} (figures: {out_dir / 'eval.json'})", err=True)
 
 
 def label_curve(

@@ -58,9 +58,12 @@ def inspect(
         typer.echo(json.dumps(row) if as_json else _describe(row))
     if not as_json:
         typer.echo(f"{reader.name}: {counts['ok']} episodes readable, {counts['errors']} unreadable", err=True)
-    if counts["errors"] and not counts["ok"]:
-        # listed, but nothing a build could use: say so in the exit code, as a script running inspect first needs
-        typer.echo(f"error: {root}: none of the {counts['errors']} {reader.name} episodes is readable", err=True)
+    if not counts["ok"]:
+        # nothing a build could use (a root one folder off lists none): say so in the exit code, as a script running
+        # inspect first needs
+        problem = (f"none of the {counts['errors']} {reader.name} episodes is readable" if counts["errors"] else
+                   f"no {reader.name} episode found: is it the dataset's root?")
+        typer.echo(f"error: {root}: {problem}", err=True)
         raise typer.Exit(code=1)
 
 
@@ -155,7 +158,7 @@ def build(
 def export_motus(
     build_dir: Path = typer.Argument(..., help="Output directory of a finished, labelled `pyramid build`."),
     out_dir: Path = typer.Argument(..., help="Where to write videos/, latent_action_dim14/, umt5_wan/ and metas/."),
-    text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="Local Wan2.2 directory (text_encoder/ + tokenizer/: UMT5) for umt5_wan/."),
+    text_encoder: Optional[Path] = typer.Option(None, "--text-encoder", help="Required: a local Wan2.2 directory (text_encoder/ + tokenizer/: UMT5) for umt5_wan/."),
     downsample_rate: Optional[int] = typer.Option(None, "--downsample-rate", min=1, help="Motus's global_downsample_rate (default: frames 0.2 s apart, as Motus samples 30 fps video)."),
     num_video_frames: int = typer.Option(8, "--num-video-frames", min=1, help="Motus's num_video_frames (a multiple of 4)."),
     device: str = typer.Option("cpu", "--device", help="Where the text encoder runs (cpu, cuda)."),

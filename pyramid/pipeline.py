@@ -91,9 +91,11 @@ def preflight(recipe: Recipe) -> None:
     """What the driver can check before Ray starts: every source opens, the output can be written."""
     for spec in recipe.sources:
         try:
-            next(iter(spec.open_reader().discover()), None)  # a missing index or an unsupported version fails here
+            first = next(iter(spec.open_reader().discover()), None)  # a missing index or an unsupported version fails here
         except (SourceError, EpisodeError) as exc:
             raise BuildError(f"source '{spec.kind}': {exc}") from None
+        if first is None:  # a root one folder off, or an empty download: the build would succeed with none of it
+            raise BuildError(f"source '{spec.kind}' at {spec.root}: no episode found: is it the dataset's root?")
     if recipe.vae:
         check_vae_config(recipe)
     if problem := overlap_problem(recipe.output, [spec.root for spec in recipe.sources], "the output"):

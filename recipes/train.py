@@ -24,7 +24,7 @@ from pyramid.training.lr_schedule import warmup_cosine
 from recipes.motus.build import build_encoders, build_motus
 from recipes.motus.checkpoint import (latest_checkpoint, load_checkpoint, load_weights, refuse_changed_recipe,
                                       save_checkpoint, step_directory)
-from recipes.motus.config import Recipe, load_recipe
+from recipes.motus.config import Recipe
 from recipes.motus.data import ClipExamples, make_loader
 from recipes.motus.schedule import training_loss
 
@@ -175,14 +175,15 @@ def tensorboard_writer(output: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    resume = "--resume" in args
-    args = [arg for arg in args if arg != "--resume"]
-    if len(args) != 1:
-        raise SystemExit("usage: python -m recipes.train RECIPE.yaml [--resume]")
-    train(load_recipe(args[0]), resume=resume)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """`torchrun ... -m recipes.train RECIPE.yaml [--resume]`: `pyramid train` in each process, with its options, help
+    and one-line errors."""
+    from pyramid.cli import main as pyramid_main
+
+    try:
+        pyramid_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -77,6 +77,16 @@ def test_a_root_with_no_readable_episode_lists_them_and_exits_1(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: none of the 2 videos episodes is readable"
 
 
+@pytest.mark.parametrize("kind", ["videos", "egodex"])
+def test_a_root_with_no_episode_at_all_exits_1(kind, tmp_path):
+    """A root one folder off (or an empty download) listed nothing and exited 0, as if it were fine."""
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["inspect", str(tmp_path / "empty"), "--source", kind])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'empty'}: no {kind} episode found: "
+                                                      "is it the dataset's root?")
+
+
 def test_inspect_gives_each_camera_the_size_a_player_shows(tmp_path):
     from fractions import Fraction
 

@@ -145,6 +145,16 @@ def test_a_missing_source_root_fails_before_ray_starts_and_creates_nothing(tmp_p
     assert result.returncode == 2 and "a_file: not a directory" in one_error_line(result)
 
 
+def test_a_source_with_no_episode_fails_before_ray_starts_and_creates_nothing(tmp_path, videos):
+    """A root one folder off (or an empty download) built "0 built, 0 quarantined" with exit 0, a success."""
+    (tmp_path / "empty").mkdir()
+    recipe = write_recipe(tmp_path / "r.yaml", [videos, tmp_path / "empty"], tmp_path / "out")
+    result = run("build", str(recipe), "--quiet")
+    assert result.returncode == 2 and one_error_line(result) == (
+        f"error: source 'videos' at {tmp_path / 'empty'}: no episode found: is it the dataset's root?")
+    assert not (tmp_path / "out").exists()
+
+
 def test_workers_that_cannot_start_stop_the_build_in_one_line_naming_why(tmp_path, videos):
     """A stage that fails in its constructor (here learned flow without weights) is no episode's fault: the build
     stops and says why, instead of quarantining every episode as 'worker died'."""

@@ -341,3 +341,16 @@ def test_resume_takes_more_steps_other_cadences_and_another_output(build, run, t
     recipe = write_recipe(tmp_path / "resume.yaml", build.root, output, steps=2, save_every=2, log_every=5, precision="fp32")
     code, _ = pyramid(capsys, "train", recipe, "--resume")
     assert code in (0, None) and (output / "checkpoints" / "step_0000002").is_dir()
+
+
+def test_the_torchrun_entry_point_is_pyramid_train(tmp_path):
+    """`python -m recipes.train --help` read "--help" as a recipe and ended in a traceback; so did a missing recipe."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "recipes.train"]
+    help_text = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=300)
+    assert help_text.returncode == 0 and "Usage: pyramid train" in help_text.stdout and "--resume" in help_text.stdout
+    result = subprocess.run([*command, str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'none.yaml'}: cannot read recipe")
