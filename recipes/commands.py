@@ -22,6 +22,8 @@ def train_command(
 
     For several GPUs: torchrun --nproc-per-node N -m recipes.train RECIPE.yaml [--resume]
     """
+    import torch.distributed as dist
+
     from recipes.motus.config import TrainRecipeError, load_recipe
     from recipes.train import train
 
@@ -30,7 +32,8 @@ def train_command(
     except TrainRecipeError as exc:
         fail(str(exc))
     result = train(loaded, resume=resume, log=typer.echo)
-    typer.echo(f"done at step {result['step']}: {result['checkpoint']}")
+    if not dist.is_initialized() or dist.get_rank() == 0:  # under torchrun, one process says it
+        typer.echo(f"done at step {result['step']}: {result['checkpoint']}")
 
 
 def predict_command(

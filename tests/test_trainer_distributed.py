@@ -20,6 +20,7 @@ def torchrun(recipe: Path, *flags: str) -> None:
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "-m", "recipes.train", str(recipe), *flags], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("done at step") == 1, result.stdout[-2000:]  # one of the two processes says it
 
 
 def recipe(tmp_path: Path, root: Path, strategy: str) -> Path:
