@@ -419,6 +419,12 @@ def _last_line(message: str) -> str:
     return re.sub(r"^(?:\w+\.)*WorkerSetupError: |^(?:\w+\.)+(?=\w+: )", "", line)
 
 
+def _largest_node_cpus() -> int:
+    import ray
+
+    return int(max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=1))
+
+
 def _isolate_crashes(suspects: list[dict], recipe: Recipe, staging) -> None:
     """Rerun the suspects (unfinished episodes) one by one; one that kills its worker again is quarantined."""
     from pyramid.stages import failure
@@ -516,7 +522,9 @@ def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iter
     on_gpus = gpu_steps(recipe)
     flow_on_gpu, label_on_gpu = on_gpus.flow, on_gpus.label
     if not on_gpus:
-        threads = max(1, cpus // pool)
+        # A worker's CPUs must fit on one node: a window of fewer episodes than a cluster has CPUs asked for more than
+        # any node has, and Ray waited for such a node (wait_for_min_actors_s) instead of starting the worker.
+        threads = max(1, min(cpus // pool, _largest_node_cpus()))
         dataset = dataset.map(EpisodeWorker, fn_constructor_kwargs={"recipe": recipe, "threads": threads},
                               compute=ActorPoolStrategy(size=pool), num_cpus=threads, **no_retries)
         yield from dataset.iter_rows()

@@ -33,7 +33,7 @@ def lance_rows(output: Path, name: str) -> list[dict]:
 def test_a_two_node_cluster_build_uses_both_nodes_and_writes_what_a_local_build_writes(tmp_path):
     """Also: a build without --address reuses the cluster `ray start` left running on this machine."""
     root = tmp_path / "videos"
-    builder("videos")(root)
+    spec = builder("videos")(root)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     local_recipe = make_recipe(tmp_path, {"videos": root}, "local")
     result = subprocess.run([*CLI, "build", str(local_recipe), "--quiet", "--workers", "2"],
@@ -54,6 +54,16 @@ def test_a_two_node_cluster_build_uses_both_nodes_and_writes_what_a_local_build_
         assert result.returncode == 0, result.stderr[-3000:]
         said = next(line for line in result.stderr.splitlines() if line.startswith("pyramid build: "))
         assert "reusing the local Ray at" in said and said.split()[7].endswith(f":{cluster.address.rpartition(':')[2]}"), said
+        # One episode on two one-CPU nodes: its worker asked for both CPUs, which no node has, and the build waited
+        # ten minutes for such a node (as a --retry-failed of one episode, or crash isolation, did).
+        single = tmp_path / "single"
+        single.mkdir()
+        good = root / next(iter(spec.expected))
+        (single / f"one{good.suffix}").write_bytes(good.read_bytes())
+        result = subprocess.run([*CLI, "build", str(make_recipe(tmp_path, {"videos": single}, "one")), "--quiet",
+                                 "--address", cluster.address], capture_output=True, text=True, timeout=240, env=cluster.env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((tmp_path / "one" / "manifest.json").read_text())["episodes"]["ok"] == 1
     assert all(process.poll() is not None for process in cluster.processes)  # both nodes stopped
 
     local = tmp_path / "local"
