@@ -276,9 +276,13 @@ def _claim_staging(output: Path, fingerprint: str, retry_failed: bool) -> None:
         staging = Staging(output)
     atomic_write_bytes(marker, json.dumps({"fingerprint": fingerprint}).encode())  # torn, it would refuse the rerun
     if retry_failed:
-        for status_path in staging.status_files():
-            if json.loads(status_path.read_text()).get("status") == "failed":
-                status_path.unlink()
+        retried = [path for path in staging.status_files() if json.loads(path.read_text()).get("status") == "failed"]
+        for status_path in retried:
+            status_path.unlink()
+        if retried:  # a finalize that was stopped packed shards without them: pack every staged episode again
+            from pyramid.sinks.webdataset_sink import pack_state_path
+
+            pack_state_path(output).unlink(missing_ok=True)
 
 
 def _staged_fingerprint(marker: Path) -> str | None:

@@ -420,3 +420,44 @@ def test_a_worker_that_finds_the_disk_full_records_no_status_for_its_episode(fix
     with pytest.raises(OutputFullError, match="No space left on device"):
         writer.write(row, parts())
     assert sorted(p.name for p in (tmp_path / "full" / "_staging").iterdir()) == []
+
+
+class _StopBeforeFlow(Exception):
+    """Stands for a kill of the driver once finalize has packed the shards and committed clips.lance."""
+
+
+@pytest.mark.parametrize("between", ["retry_failed_of_a_repaired_episode", "an_episode_added_to_the_sources"])
+def test_a_finalize_stopped_midway_then_rerun_holds_the_same_episodes_in_every_output(fixtures, tmp_path, monkeypatch, between):
+    """A finalize stopped after clips.lance, then rerun with --retry-failed of an episode repaired meanwhile (or after
+    a video was added to the sources): the shards kept what they had packed and clips.lance, written under the same
+    recipe, was kept whole, so the manifest counted an episode that neither held (exit 0)."""
+    from pyramid import pipeline
+    from pyramid.sinks import lance_sink
+
+    root = tmp_path / "videos"
+    shutil.copytree(fixtures["videos"], root)
+    recipe = load_recipe(make_recipe(tmp_path, {"videos": root}, "stopped"))
+
+    def stop(*args, **kwargs):
+        raise _StopBeforeFlow
+
+    monkeypatch.setattr(lance_sink, "write_flow", stop)
+    with pytest.raises(_StopBeforeFlow):
+        pipeline.build(recipe, workers=1, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "stopped" / "clips.lance").exists() and not (tmp_path / "stopped" / "manifest.json").exists()
+    if between == "retry_failed_of_a_repaired_episode":
+        shutil.copyfile(root / "kitchen/clip_h264.mp4", root / "kitchen/broken.mp4")
+    else:
+        shutil.copytree(root / "outdoor", root / "zzz_added_later")
+    result = pipeline.build(recipe, workers=1, progress=False, retry_failed=between.startswith("retry"))
+    reference = pipeline.build(load_recipe(make_recipe(tmp_path, {"videos": root}, "reference")), workers=1, progress=False)
+
+    manifests = [json.loads((output / "manifest.json").read_text()) for output in (result.output, reference.output)]
+    assert manifests[0]["episodes"] == manifests[1]["episodes"]
+    assert manifests[0]["episodes"]["failed"] == (0 if between.startswith("retry") else 1)  # the broken video
+    assert read_shards(result.output).keys() == read_shards(reference.output).keys()
+    for name in ("clips.lance", "flow.lance"):
+        rows = [lance.dataset(str(output / name)).to_table(columns=["episode_id"]).column(0).to_pylist()
+                for output in (result.output, reference.output)]
+        assert rows[0] == rows[1], name

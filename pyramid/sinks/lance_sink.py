@@ -7,6 +7,7 @@ sees a half-written dataset.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ def clip_row(sample: dict[str, bytes]) -> dict:
 
 
 FINGERPRINT_KEY = b"pyramid.recipe_fingerprint"
+EPISODES_KEY = b"pyramid.episodes_digest"  # which episodes it holds, in order: a resumed finalize may hold others
 
 
 def write_clips(output: Path, staging: Staging, statuses: Callable[[], Iterable[dict]], fingerprint: str) -> Path:
@@ -48,25 +50,39 @@ def _write_staged(path: Path, schema: pa.Schema, staging: Staging, statuses: Cal
         for status in statuses():
             yield from staging.record_batches(status, suffix)
 
-    return _write_atomically(path, schema, batches, fingerprint)
+    return _write_atomically(path, schema, batches, fingerprint, _episodes_digest(statuses()))
+
+
+def _episodes_digest(statuses: Iterable[dict]) -> str:
+    return hashlib.sha256("\n".join(status["episode_id"] for status in statuses).encode()).hexdigest()[:16]
 
 
 def written_by(path: Path) -> str | None:
     """The recipe fingerprint a Lance dataset of ours was written under (None: not one of ours, or unreadable)."""
+    return _metadata(path)[0]
+
+
+def _metadata(path: Path) -> tuple[str | None, str | None]:
+    """The recipe fingerprint and the episodes' digest a Lance dataset of ours was written with (None where absent)."""
     try:
-        return (lance.dataset(str(path)).schema.metadata or {}).get(FINGERPRINT_KEY, b"").decode() or None
+        metadata = lance.dataset(str(path)).schema.metadata or {}
     except (OSError, ValueError, RuntimeError):
-        return None
+        return None, None
+    return tuple(metadata.get(key, b"").decode() or None for key in (FINGERPRINT_KEY, EPISODES_KEY))
 
 
-def _write_atomically(path: Path, schema: pa.Schema, batches: Callable[[], Iterator[pa.RecordBatch]], fingerprint: str) -> Path:
-    """Kept when this recipe already wrote it (finalize resumed); anything else there is stale and rewritten."""
+def _write_atomically(path: Path, schema: pa.Schema, batches: Callable[[], Iterator[pa.RecordBatch]], fingerprint: str,
+                      episodes: str) -> Path:
+    """Kept when this recipe already wrote it of these episodes (finalize resumed); anything else there is stale and
+    rewritten: another recipe's, or one written before a --retry-failed rerun built an episode more, or before the
+    sources gained one."""
     if path.exists():
-        if written_by(path) == fingerprint:
+        if _metadata(path) == (fingerprint, episodes):
             return path
         shutil.rmtree(path)
     check_pylance()
-    schema = schema.with_metadata({**(schema.metadata or {}), FINGERPRINT_KEY: fingerprint.encode()})
+    schema = schema.with_metadata({**(schema.metadata or {}), FINGERPRINT_KEY: fingerprint.encode(),
+                                   EPISODES_KEY: episodes.encode()})
     with atomic_directory(path, create=False) as tmp:
         reader = pa.RecordBatchReader.from_batches(schema, batches())
         lance.write_dataset(reader, str(tmp), schema=schema, mode="create", max_rows_per_file=4096,

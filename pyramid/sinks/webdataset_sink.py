@@ -32,10 +32,15 @@ class OpenShard:
     samples: int = 0
 
 
+def pack_state_path(output: Path) -> Path:
+    """Where finalize records the shards it has committed, to resume after them."""
+    return Path(output) / "_staging" / "pack_state.json"
+
+
 class ShardPacker:
     def __init__(self, output: Path, target_bytes: int, fingerprint: str):
         self.dir = Path(output) / "webdataset"
-        self.state_path = Path(output) / "_staging" / "pack_state.json"
+        self.state_path = pack_state_path(output)
         self.target_bytes = target_bytes
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         if self.state.get("fingerprint") != fingerprint:
