@@ -616,6 +616,14 @@ def test_lerobot_export_stores_a_near_whole_rate_and_says_so():
     assert whole_rate(1.5, summary) is None and whole_rate(2.5, summary) is None  # too far from any whole rate
 
 
+def exported_lines(source: Path, out: Path) -> list[str]:
+    """What `pyramid export-lerobot SOURCE OUT` (H.264) prints, once it has succeeded."""
+    result = subprocess.run([*CLI, "export-lerobot", str(source), str(out), "--codec", "libx264"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
+
+
 def test_export_lerobot_of_videos_at_two_sizes_names_the_size_it_kept(tmp_path):
     """A LeRobot dataset holds one frame size per camera. Phone clips at two sizes share an embodiment, so the hint to
     pick one with --embodiment (all that was said before) could not help: the count names the frame size."""
@@ -626,10 +634,7 @@ def test_export_lerobot_of_videos_at_two_sizes_names_the_size_it_kept(tmp_path):
     write_video(tmp_path / "clips/2024-05-01/b.mp4", moving_square_frames(8, 64, 96, seed=1), fps=30.0)
     write_video(tmp_path / "clips/2024-05-02/c.mp4", moving_square_frames(8, 48, 64), fps=30.0)
     out = tmp_path / "lerobot"
-    result = subprocess.run([*CLI, "export-lerobot", str(tmp_path / "clips"), str(out), "--codec", "libx264"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == [
+    assert exported_lines(tmp_path / "clips", out) == [
         f"{out}: 2 episodes, 16 frames; left out: 1 other frame size",
         "(a LeRobot dataset holds one frame size per camera: the first episode's (video 64x96); "
         "--size HEIGHTxWIDTH fits every episode to one)"]
@@ -695,10 +700,7 @@ def test_export_lerobot_names_the_cameras_it_kept_where_episodes_have_others(tmp
             write_video(root / f"observations/1/{episode}/videos/{camera}.mp4", moving_square_frames(8, 48, 64, seed=episode), 30.0)
         agibot.write_proprio(root / f"proprio_stats/1/{episode}/proprio_stats.h5", agibot.proprio_arrays(8))
     out = tmp_path / "lerobot"
-    result = subprocess.run([*CLI, "export-lerobot", str(root), str(out), "--codec", "libx264"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == [
+    assert exported_lines(root, out) == [
         f"{out}: 1 episodes, 8 frames; left out: 1 other cameras",
         "(a LeRobot dataset holds one set of cameras: the first episode's (head); export the episodes with other cameras "
         "from a build or dataset of their own)"]
