@@ -71,6 +71,18 @@ def check_nodes_see(source_roots: list[str], output: Path) -> None:
                          f"mount at the same path")
 
 
+def alive_nodes() -> list[dict]:
+    """The Ray nodes up now, as `ray.nodes()` describes them."""
+    import ray
+
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def largest_node_cpus() -> int:
+    """The most CPUs one node has: what one actor may ask for and still start."""
+    return int(max((node["Resources"].get("CPU", 0) for node in alive_nodes()), default=1))
+
+
 def paths_missing_on_nodes(source_roots: list[str], output: Path) -> dict[str, list[str]]:
     """{node address: paths it cannot see}; the output counts as seen only where the driver's token file is readable."""
     import ray
@@ -80,7 +92,7 @@ def paths_missing_on_nodes(source_roots: list[str], output: Path) -> dict[str, l
     token.write_text(token.name)
     try:
         probe = ray.remote(num_cpus=0)(_missing_here)
-        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        nodes = alive_nodes()
         # The driver's own node is checked in this process: a task would first wait for a worker process.
         driver_node = ray.get_runtime_context().get_node_id()
         pending = {node["NodeManagerAddress"]: probe.options(

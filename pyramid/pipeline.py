@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pyramid.atomic import atomic_write_bytes, is_temporary, remove_temporaries
-from pyramid.cluster import NODE_CHECK_PREFIX, check_nodes_see, ray_address
+from pyramid.cluster import NODE_CHECK_PREFIX, check_nodes_see, largest_node_cpus, ray_address
 from pyramid.errors import BuildError, EpisodeError, OutputFullError, SourceError, debugging, one_line, output_full
 from pyramid.locks import exclusive
 from pyramid.paths import overlap_problem, under_a_file
@@ -423,12 +423,6 @@ def _last_line(message: str) -> str:
     return re.sub(r"^(?:\w+\.)*WorkerSetupError: |^(?:\w+\.)+(?=\w+: )", "", line)
 
 
-def _largest_node_cpus() -> int:
-    import ray
-
-    return int(max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=1))
-
-
 def _isolate_crashes(suspects: list[dict], recipe: Recipe, staging) -> None:
     """Rerun the suspects (unfinished episodes) one by one; one that kills its worker again is quarantined."""
     from pyramid.stages import failure
@@ -528,7 +522,7 @@ def _run_window(window: list[dict], recipe: Recipe, workers: int | None) -> Iter
     if not on_gpus:
         # A worker's CPUs must fit on one node: a window of fewer episodes than a cluster has CPUs asked for more than
         # any node has, and Ray waited for such a node (wait_for_min_actors_s) instead of starting the worker.
-        threads = max(1, min(cpus // pool, _largest_node_cpus()))
+        threads = max(1, min(cpus // pool, largest_node_cpus()))
         dataset = dataset.map(EpisodeWorker, fn_constructor_kwargs={"recipe": recipe, "threads": threads},
                               compute=ActorPoolStrategy(size=pool), num_cpus=threads, **no_retries)
         yield from dataset.iter_rows()
