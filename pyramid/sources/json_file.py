@@ -28,6 +28,14 @@ def read_json(path: Path) -> Any:
         raise EpisodeError(path, f"unreadable JSON ({json_problem(error)})") from None
 
 
+def json_line(line: str, number: int) -> tuple[Any, str | None]:
+    """Line `number` of a JSON-lines file, parsed, and None; or None and why it is no JSON, in one line."""
+    try:
+        return json.loads(line), None
+    except JSON_FAILURES as error:
+        return None, f"line {number} is not JSON ({json_problem(error)})"
+
+
 def json_problem(error: BaseException) -> str:
     """Why json.loads refused a text, in one line: the decoder's own words and where, or the other error's."""
     if isinstance(error, json.JSONDecodeError):

@@ -15,7 +15,6 @@ or stored with another dtype or width, is an `EpisodeError` naming the file and 
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 from pyramid.episode import FPS_RANGE, EncodedImages, Episode, EpisodeRef, VideoCamera, decode_image_bytes
 from pyramid.errors import EpisodeError, SourceError, one_line
 from pyramid.sources.base import Source, register
-from pyramid.sources.json_file import JSON_FAILURES, json_problem, read_json
+from pyramid.sources.json_file import json_line, read_json
 from pyramid.sources.lerobot_parts import DEFAULT_FEATURES, part_name, vector_features
 from pyramid.sources.parquet_rows import EpisodeRows
 from pyramid.video_io import probe
@@ -149,10 +148,9 @@ class LeRobotSource(Source):
 
     def _entry_v2(self, number: int, line: str) -> EpisodeRef:
         where = f"{EPISODES_JSONL}:line{number}"
-        try:
-            entry = json.loads(line)
-        except JSON_FAILURES as exc:
-            return self.unreadable(where, f"line {number} is not JSON ({json_problem(exc)})")
+        entry, problem = json_line(line, number)
+        if problem:
+            return self.unreadable(where, problem)
         index = entry.get("episode_index") if isinstance(entry, dict) else None
         if not _is_int(index):
             return self.unreadable(where, f"line {number} has no integer 'episode_index'")
@@ -424,12 +422,10 @@ class LeRobotSource(Source):
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                entry = json.loads(line)
-            except JSON_FAILURES as exc:
-                bad_lines.append((path, f"line {number} is not JSON ({json_problem(exc)})"))
-                continue
-            if isinstance(entry, dict) and _is_int(entry.get("task_index")) and isinstance(entry.get("task"), str):
+            entry, problem = json_line(line, number)
+            if problem:
+                bad_lines.append((path, problem))
+            elif isinstance(entry, dict) and _is_int(entry.get("task_index")) and isinstance(entry.get("task"), str):
                 tasks[entry["task_index"]] = entry["task"]
             else:
                 bad_lines.append((path, f"line {number} has no integer 'task_index' and text 'task'"))
